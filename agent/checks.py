@@ -1,0 +1,261 @@
+"""Run the three checks (claim, mount, login) in order and report each one.
+
+A :class:`Checker` belongs to one worker for its whole life: it keeps the claim it won, so
+re-checks verify the claim instead of fighting over it. Every check runs every time, so a report
+names everything that is wrong at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent import login as login_mod
+from agent import mount as mount_mod
+from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
+from agent.config import AgentConfig
+from agent.defaults import STALE_REFRESH_DAYS
+from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError
+
+__all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
+
+CHECK_NAMES = ("claim", "mount", "login")
+
+log = structlog.get_logger(__name__)
+
+LoginCheck = Callable[[AgentConfig, dict[str, Any]], login_mod.LoginStatus]
+"""Runs the login check for a config with the given error facts; raises a LoginError."""
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The outcome of one check."""
+
+    name: str
+    ok: bool
+    message: str
+    duration_s: float
+    code: str | None = None
+    remediation: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    warnings: tuple[dict[str, str], ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe view."""
+        return {
+            "name": self.name,
+            "ok": self.ok,
+            "code": self.code,
+            "message": self.message,
+            "remediation": self.remediation,
+            "duration_s": round(self.duration_s, 4),
+            "details": self.details,
+            "warnings": list(self.warnings),
+        }
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """All check results for one worker at one moment."""
+
+    results: tuple[CheckResult, ...]
+    shard: int | None
+    volume: str | None
+    queue: str | None
+    codex_home: str
+    checked_at: float
+
+    @property
+    def ok(self) -> bool:
+        """Whether every check passed."""
+        return all(r.ok for r in self.results)
+
+    @property
+    def failures(self) -> tuple[CheckResult, ...]:
+        """The checks that failed, in order."""
+        return tuple(r for r in self.results if not r.ok)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe view."""
+        return {
+            "ok": self.ok,
+            "shard": self.shard,
+            "volume": self.volume,
+            "queue": self.queue,
+            "codex_home": self.codex_home,
+            "checked_at": self.checked_at,
+            "checks": [r.to_dict() for r in self.results],
+        }
+
+
+def _failed(name: str, error: AgentError, started: float, **details: Any) -> CheckResult:
+    return CheckResult(
+        name=name,
+        ok=False,
+        code=error.code,
+        message=error.message,
+        remediation=error.remediation,
+        duration_s=time.monotonic() - started,
+        details=details,
+    )
+
+
+def local_login_check(config: AgentConfig, facts: dict[str, Any]) -> login_mod.LoginStatus:
+    """``codex login status`` run in this container against CODEX_HOME."""
+    return login_mod.run_login_status(
+        config.codex_home, codex_bin=config.codex_bin, timeout=config.login_timeout, facts=facts
+    )
+
+
+class Checker:
+    """Runs claim, mount and login checks for one worker.
+
+    Args:
+        config: the validated configuration.
+        docker_client: used by the mount check to read this container's ``Mounts``; optional.
+        login_check: how to run the login check; ``codex login status`` here by default.
+        accept_own_container: count a claim held by another process of this same container as
+            fine (for ``codex-agent check`` run beside a live worker).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        docker_client: Any = None,
+        login_check: LoginCheck | None = None,
+        accept_own_container: bool = False,
+    ) -> None:
+        self.config = config
+        self.docker_client = docker_client
+        self.login_check = login_check or local_login_check
+        self.accept_own_container = accept_own_container
+        self.claim = VolumeClaim(
+            config.codex_home,
+            worker=config.worker_name,
+            shard=config.shard_index,
+            volume=config.volume_name,
+            stale_after=config.claim_stale_after,
+        )
+        self.mounted_volume: str | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """Shard, volume and paths for error messages."""
+        return dict(self.config.facts())
+
+    def _held_by_own_container(self, holder: Holder | None) -> bool:
+        mine = own_container_id()
+        return (
+            self.accept_own_container
+            and holder is not None
+            and mine is not None
+            and holder.container_id == mine
+            and holder.boot_id == boot_id()
+        )
+
+    def check_claim(self) -> CheckResult:
+        """Take the claim, or verify the one already held."""
+        started = time.monotonic()
+        try:
+            if self.claim.held:
+                self.claim.verify()
+                holder = self.claim.holder
+            else:
+                won, holder = self.claim.try_acquire()
+                if not won:
+                    if self._held_by_own_container(holder):
+                        assert holder is not None
+                        return CheckResult(
+                            name="claim",
+                            ok=True,
+                            message=f"held by this container's {holder.describe()}",
+                            duration_s=time.monotonic() - started,
+                            details={"holder": holder.describe(), "claim_id": holder.claim_id},
+                        )
+                    raise self.claim.refused(holder)
+        except ClaimError as e:
+            return _failed("claim", e, started)
+        assert holder is not None
+        return CheckResult(
+            name="claim",
+            ok=True,
+            message=f"claimed volume {self.config.volume_name} as {holder.describe()}",
+            duration_s=time.monotonic() - started,
+            details={"holder": holder.describe(), "claim_id": holder.claim_id},
+        )
+
+    def check_mount(self) -> CheckResult:
+        """Verify CODEX_HOME is the expected, private, read-write volume."""
+        started = time.monotonic()
+        observation = mount_mod.observe(self.config.codex_home, docker_client=self.docker_client)
+        error = mount_mod.judge(
+            observation,
+            expected_volume=self.config.volume_name,
+            uid=os.getuid(),
+            facts=self.facts(),
+        )
+        if error is not None:
+            return _failed("mount", error, started, **observation.to_dict())
+        self.mounted_volume = observation.volume
+        return CheckResult(
+            name="mount",
+            ok=True,
+            message=f"{observation.path} is volume {observation.volume}, read-write, 0700, uid {observation.owner_uid}",
+            duration_s=time.monotonic() - started,
+            details=observation.to_dict(),
+        )
+
+    def check_login(self) -> CheckResult:
+        """Ask the Codex CLI whether the volume is logged in; add freshness warnings."""
+        started = time.monotonic()
+        facts = login_mod.inspect_auth_file(self.config.codex_home)
+        try:
+            status = self.login_check(self.config, self.facts())
+        except AgentError as e:
+            return _failed("login", e, started, **facts.to_dict())
+        warnings: list[dict[str, str]] = []
+        age = facts.refresh_age_days()
+        if facts.access_token_expired() and age is not None and age > STALE_REFRESH_DAYS:
+            warnings.append(STALE_CREDENTIAL.render(**self.facts(), age_days=int(age)))
+        return CheckResult(
+            name="login",
+            ok=True,
+            message=f"logged in ({status.method})",
+            duration_s=time.monotonic() - started,
+            details=facts.to_dict(),
+            warnings=tuple(warnings),
+        )
+
+    def run(self) -> CheckReport:
+        """Run every check once, in order, and log the outcome."""
+        results = (self.check_claim(), self.check_mount(), self.check_login())
+        report = CheckReport(
+            results=results,
+            shard=self.config.shard_index,
+            volume=self.config.volume_name,
+            queue=self.config.codex_queue,
+            codex_home=str(self.config.codex_home),
+            checked_at=time.time(),
+        )
+        for result in results:
+            for warning in result.warnings:
+                log.warning("codex.check.warning", check=result.name, **warning)
+        if report.ok:
+            log.info("codex.check.passed", shard=report.shard, volume=report.volume)
+        else:
+            for failure in report.failures:
+                log.error(
+                    "codex.check.failed",
+                    check=failure.name,
+                    code=failure.code,
+                    error=failure.message,
+                    remediation=failure.remediation,
+                    shard=report.shard,
+                    volume=report.volume,
+                )
+        return report

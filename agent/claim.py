@@ -1,0 +1,334 @@
+"""The volume claim: one worker per login, detected at startup.
+
+A claim is an exclusive, non-blocking ``flock`` (filelock) on a lock file inside the volume, held
+for the life of the process, plus a JSON marker beside it naming the holder. The kernel releases
+the lock when the holder dies, even by ``kill -9``, so a stale marker on the same kernel is simply
+replaced. Containers on one Docker host share a kernel, hence the ``boot_id`` in the marker: a
+marker written under another ``boot_id`` comes from another host (say, over a network
+filesystem where flock is blind) and counts as held while its heartbeat is fresh.
+
+File names start with ``.codex-agent-`` so they never collide with what the Codex CLI keeps there
+(``auth.json``, ``auth.json.lock``, ``auth.lock``, ``log/``, ``tmp/``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import filelock
+import psutil
+import structlog
+
+from agent.errors import ClaimIOError, ClaimLostError, VolumeClaimedError
+
+__all__ = [
+    "LOCK_FILE",
+    "MARKER_FILE",
+    "Holder",
+    "VolumeClaim",
+    "read_marker",
+    "own_container_id",
+    "boot_id",
+]
+
+LOCK_FILE = ".codex-agent-claim.lock"
+MARKER_FILE = ".codex-agent-claim.json"
+
+log = structlog.get_logger(__name__)
+
+_CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
+
+
+def boot_id() -> str:
+    """The kernel's boot id: shared by every container on one host, new after each reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def own_container_id() -> str | None:
+    """This container's full id from ``/proc/self/mountinfo``, or None outside Docker."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return None
+    match = _CONTAINER_ID.search(text)
+    return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds a claim, as written in the marker."""
+
+    claim_id: str
+    worker: str
+    container_id: str | None
+    hostname: str
+    boot_id: str
+    pid: int
+    process_start: float
+    shard: int | None
+    volume: str | None
+    claimed_at: float
+    heartbeat: float
+
+    def describe(self) -> str:
+        """A one-line, human description for error messages."""
+        where = f"container {self.container_id[:12]}" if self.container_id else f"host {self.hostname}"
+        return f"worker {self.worker} ({where}, pid {self.pid})"
+
+    def same_kernel(self) -> bool:
+        """Whether the holder ran on this kernel, where flock is authoritative."""
+        return self.boot_id == boot_id()
+
+    def is_fresh(self, stale_after: float, now: float | None = None) -> bool:
+        """Whether the heartbeat is younger than ``stale_after`` seconds."""
+        return ((now or time.time()) - self.heartbeat) < stale_after
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Holder:
+        """Build from a marker's JSON; raises KeyError/TypeError/ValueError when malformed."""
+        names = cls.__dataclass_fields__
+        return cls(**{name: data[name] for name in names})
+
+
+def read_marker(directory: Path) -> Holder | None:
+    """The holder named in ``directory``'s marker; None when absent or unreadable."""
+    try:
+        data = json.loads((directory / MARKER_FILE).read_text())
+        return Holder.from_dict(data)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    """Write JSON so readers see the old or the new file, never half of one."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class VolumeClaim:
+    """An exclusive claim on the login volume mounted at ``directory``.
+
+    Use :meth:`acquire` (raises) or :meth:`try_acquire` (says whether it won), keep the object for
+    the life of the process, :meth:`heartbeat` now and then, and :meth:`release` at shutdown. It is
+    also a context manager.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        worker: str,
+        shard: int | None,
+        volume: str | None,
+        stale_after: float = 60.0,
+    ) -> None:
+        self.directory = Path(directory)
+        self.worker = worker
+        self.shard = shard
+        self.volume = volume
+        self.stale_after = stale_after
+        self.holder: Holder | None = None
+        # thread_local=False: the heartbeat thread must see the lock the main thread took;
+        # preserve_lock_file: unlinking a lock file on release races with the next claimant.
+        self._lock = filelock.FileLock(
+            str(self.directory / LOCK_FILE),
+            timeout=0,
+            mode=0o600,
+            thread_local=False,
+            is_singleton=False,
+            preserve_lock_file=True,
+        )
+        self._heartbeats: threading.Event | None = None
+
+    @property
+    def held(self) -> bool:
+        """Whether this object holds the lock right now."""
+        return self.holder is not None and self._lock.is_locked
+
+    def _facts(self, **extra: Any) -> dict[str, Any]:
+        return {
+            "shard": self.shard,
+            "volume": self.volume,
+            "codex_home": str(self.directory),
+            "worker": self.worker,
+            "uid": os.getuid(),
+            **extra,
+        }
+
+    def refused(self, holder: Holder | None) -> VolumeClaimedError:
+        """The error that names ``holder`` as the reason this claim was refused."""
+        if holder is None:
+            return VolumeClaimedError(
+                **self._facts(holder="another process (marker unreadable)", holder_container="<holder>")
+            )
+        return VolumeClaimedError(
+            **self._facts(
+                holder=holder.describe(),
+                holder_container=(holder.container_id or holder.hostname)[:12],
+            )
+        )
+
+    def try_acquire(self) -> tuple[bool, Holder | None]:
+        """Try once, without waiting.
+
+        Returns:
+            ``(True, our holder record)`` when won, else ``(False, the current holder or None)``.
+
+        Raises:
+            ClaimIOError: the claim files cannot be created or written.
+        """
+        if self.held:
+            return True, self.holder
+        try:
+            self._lock.acquire(timeout=0)
+        except filelock.Timeout:
+            return False, read_marker(self.directory)
+        except OSError as e:
+            raise ClaimIOError(**self._facts(cause=f"{type(e).__name__}: {e.strerror or e}")) from e
+
+        previous = read_marker(self.directory)
+        if previous is not None and not previous.same_kernel() and previous.is_fresh(self.stale_after):
+            self._lock.release()
+            return False, previous
+        try:
+            self.holder = self._write_marker(claimed_at=time.time())
+        except OSError as e:
+            self._lock.release()
+            raise ClaimIOError(**self._facts(cause=f"{type(e).__name__}: {e.strerror or e}")) from e
+        if previous is not None:
+            log.warning(
+                "codex.claim.stale_replaced",
+                volume=self.volume,
+                shard=self.shard,
+                previous_holder=previous.describe(),
+                previous_heartbeat_age_s=round(time.time() - previous.heartbeat, 1),
+            )
+        log.info("codex.claim.acquired", volume=self.volume, shard=self.shard, claim_id=self.holder.claim_id)
+        return True, self.holder
+
+    def acquire(self) -> Holder:
+        """Take the claim or raise.
+
+        Raises:
+            VolumeClaimedError: another live worker holds it (named in the message).
+            ClaimIOError: the claim files cannot be written.
+        """
+        won, holder = self.try_acquire()
+        if not won:
+            raise self.refused(holder)
+        assert holder is not None
+        return holder
+
+    def _write_marker(self, *, claimed_at: float, claim_id: str | None = None) -> Holder:
+        process = psutil.Process()
+        holder = Holder(
+            claim_id=claim_id or uuid.uuid4().hex,
+            worker=self.worker,
+            container_id=own_container_id(),
+            hostname=socket.gethostname(),
+            boot_id=boot_id(),
+            pid=process.pid,
+            process_start=process.create_time(),
+            shard=self.shard,
+            volume=self.volume,
+            claimed_at=claimed_at,
+            heartbeat=time.time(),
+        )
+        _write_atomically(self.directory / MARKER_FILE, asdict(holder))
+        return holder
+
+    def heartbeat(self) -> None:
+        """Refresh the marker's heartbeat, so hosts that cannot see our flock know we live.
+
+        Raises:
+            ClaimLostError: the marker no longer names us.
+        """
+        self.verify()
+        assert self.holder is not None
+        try:
+            self.holder = self._write_marker(claimed_at=self.holder.claimed_at, claim_id=self.holder.claim_id)
+        except OSError as e:
+            raise ClaimLostError(**self._facts(cause=f"heartbeat write failed: {e.strerror or e}")) from e
+
+    def verify(self) -> None:
+        """Cheap check that the claim is still ours: lock held and the marker names us.
+
+        Raises:
+            ClaimLostError: it is not.
+        """
+        if not self.held or self.holder is None:
+            raise ClaimLostError(**self._facts(cause="this process does not hold the lock"))
+        current = read_marker(self.directory)
+        if current is None:
+            raise ClaimLostError(**self._facts(cause="the claim marker was removed"))
+        if current.claim_id != self.holder.claim_id:
+            raise ClaimLostError(**self._facts(cause=f"the marker now names {current.describe()}"))
+
+    def start_heartbeat(self, interval: float) -> None:
+        """Refresh the heartbeat every ``interval`` seconds on a daemon thread."""
+        if self._heartbeats is not None:
+            return
+        stop = self._heartbeats = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.heartbeat()
+                except ClaimLostError as e:
+                    log.error("codex.claim.lost", code=e.code, error=e.message)
+
+        threading.Thread(target=beat, name="codex-claim-heartbeat", daemon=True).start()
+
+    def release(self) -> None:
+        """Give the claim up: stop heartbeats, remove our marker, unlock."""
+        if self._heartbeats is not None:
+            self._heartbeats.set()
+            self._heartbeats = None
+        if self.held and self.holder is not None:
+            current = read_marker(self.directory)
+            if current is not None and current.claim_id == self.holder.claim_id:
+                try:
+                    (self.directory / MARKER_FILE).unlink()
+                except OSError:
+                    pass
+            self._lock.release(force=True)
+            log.info("codex.claim.released", volume=self.volume, shard=self.shard)
+        self.holder = None
+
+    def __enter__(self) -> VolumeClaim:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()

@@ -1,0 +1,143 @@
+"""``codex-agent``: thin command line over the library.
+
+Each command parses, calls the library, echoes, and exits with the error's ``exit_code``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from agent import config as config_mod
+from agent import routing
+from agent.audit import configure_logging
+from agent.checks import Checker, CheckReport
+from agent.dockerenv import optional_client
+from agent.errors import AgentError
+
+__all__ = ["main", "cli"]
+
+
+def _fail(error: AgentError, as_json: bool) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "error": error.to_dict()}, indent=2))
+    else:
+        click.echo(f"error {error.code}: {error.message}", err=True)
+        click.echo(f"  fix: {error.remediation}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _load_config(as_json: bool = False) -> config_mod.AgentConfig:
+    try:
+        return config_mod.load()
+    except AgentError as e:
+        _fail(e, as_json)
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _echo_report(report: CheckReport) -> None:
+    click.echo(
+        f"shard {report.shard}  volume {report.volume}  queue {report.queue}  codex_home {report.codex_home}"
+    )
+    for result in report.results:
+        mark = "ok  " if result.ok else "FAIL"
+        code = f" {result.code}" if result.code else ""
+        click.echo(f"  {mark} {result.name:<6}{code} {result.message}")
+        if result.remediation and not result.ok:
+            click.echo(f"         fix: {result.remediation}")
+        for warning in result.warnings:
+            click.echo(f"  warn {result.name:<6} {warning['code']} {warning['message']}")
+            click.echo(f"         fix: {warning['remediation']}")
+    click.echo("healthy" if report.ok else "UNHEALTHY")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """Codex worker agent: one login per volume, claimed, verified and gated."""
+    # stdout carries the command's answer (often JSON); the agent's log lines go to stderr.
+    configure_logging("CRITICAL", stream=sys.stderr)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(as_json: bool) -> None:
+    """Run every check once here; exit 0 when healthy, 1 when not."""
+    config = _load_config(as_json)
+    checker = Checker(config, docker_client=optional_client(), accept_own_container=True)
+    try:
+        report = checker.run()
+    finally:
+        checker.claim.release()
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        _echo_report(report)
+    sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.argument("key")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shard count (default CODEX_SHARDS).")
+@click.option("--mode", type=click.Choice(["sharded", "single"]), default=None, help="Queue mode (default CODEX_QUEUE_MODE).")
+def route(key: str, shards: int | None, mode: str | None) -> None:
+    """Print the queue an affinity KEY routes to."""
+    config = _load_config()
+    count = shards if shards is not None else config.shards
+    try:
+        shard = routing.shard_for(key, count)
+    except AgentError as e:
+        _fail(e, False)
+    click.echo(routing.queue_for_shard(shard, mode or config.queue_mode))
+
+
+@cli.command("reshard-plan")
+@click.option("--from", "old", type=click.IntRange(min=1), required=True, help="Current shard count.")
+@click.option("--to", "new", type=click.IntRange(min=1), required=True, help="New shard count.")
+@click.option(
+    "--keys",
+    "keys_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="File of affinity keys, one per line; lists each key that moves.",
+)
+@click.option("--sample", type=click.IntRange(min=1), default=10000, show_default=True, help="Synthetic keys when --keys is absent.")
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_json: bool) -> None:
+    """Say how many keys move, and which, when the shard count changes."""
+    if keys_file is not None:
+        keys = [line.strip() for line in keys_file.read_text().splitlines() if line.strip()]
+    else:
+        keys = [f"sample-key-{i}" for i in range(sample)]
+    plan = routing.reshard_plan(keys, old, new)
+    if as_json:
+        _echo_json(
+            {
+                "from": old,
+                "to": new,
+                "keys": plan.total,
+                "moved": len(plan.moves),
+                "moved_fraction": round(plan.moved_fraction, 4),
+                "moves": [{"key": k, "from": a, "to": b} for k, a, b in plan.moves] if keys_file else [],
+            }
+        )
+        return
+    source = str(keys_file) if keys_file else f"{sample} synthetic keys"
+    click.echo(
+        f"{old} -> {new} shards: {len(plan.moves)} of {plan.total} keys move "
+        f"({plan.moved_fraction:.1%}) [{source}]"
+    )
+    if keys_file:
+        for key, before, after in plan.moves:
+            click.echo(f"  {key}: {routing.queue_for_shard(before)} -> {routing.queue_for_shard(after)}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="codex-agent")

@@ -1,0 +1,78 @@
+"""Defaults of the environment contract (DESIGN.md), one documented constant each."""
+
+from __future__ import annotations
+
+__all__ = [
+    "SHARDS",
+    "QUEUE_MODE",
+    "SHARDED_QUEUE_TEMPLATE",
+    "SINGLE_QUEUE",
+    "DEFAULT_QUEUE",
+    "VOLUME_TEMPLATE",
+    "JOB_HOME",
+    "JOB_USER",
+    "LOGIN_CHECK",
+    "LOGIN_CHECK_IMAGE",
+    "LOGIN_TIMEOUT",
+    "RECHECK_INTERVAL",
+    "STATE_DIR",
+    "BROKER_URL",
+    "CODEX_BIN",
+    "LOG_LEVEL",
+    "CLAIM_STALE_AFTER",
+    "STALE_REFRESH_DAYS",
+]
+
+SHARDS = 3
+"""Number of Codex shards when ``CODEX_SHARDS`` is unset."""
+
+QUEUE_MODE = "sharded"
+"""``sharded``: one queue per shard; ``single``: every Codex task on one durable queue."""
+
+SHARDED_QUEUE_TEMPLATE = "codex-{index}"
+"""Name of shard ``index``'s queue in sharded mode."""
+
+SINGLE_QUEUE = "codex"
+"""The one Codex queue in single mode."""
+
+DEFAULT_QUEUE = "default"
+"""Where every non-Codex task goes."""
+
+VOLUME_TEMPLATE = "codex_auth_{index}"
+"""Docker named volume holding shard ``index``'s login."""
+
+JOB_HOME = "/home/app/.codex"
+"""Where job containers get the auth volume."""
+
+JOB_USER = "1000:1000"
+"""uid:gid job containers run as; never root."""
+
+LOGIN_CHECK = "local"
+"""``local``: run ``codex login status`` here; ``container``: in a throwaway container."""
+
+LOGIN_CHECK_IMAGE = "codex-worker-agent/job:dev"
+"""Image of the throwaway login-check container (needs the Codex CLI)."""
+
+LOGIN_TIMEOUT = 20.0
+"""Seconds before a login check counts as failed."""
+
+RECHECK_INTERVAL = 15.0
+"""Seconds between re-checks while the gate is closed."""
+
+STATE_DIR = "/tmp/codex-agent"
+"""Where the agent publishes its live state for ``codex-agent status``."""
+
+BROKER_URL = "amqp://guest:guest@localhost:5672//"
+"""Celery broker when ``CELERY_BROKER_URL`` is unset."""
+
+CODEX_BIN = "codex"
+"""The Codex CLI executable, looked up on PATH."""
+
+LOG_LEVEL = "INFO"
+"""Level of the JSON log lines."""
+
+CLAIM_STALE_AFTER = 60.0
+"""Seconds after which a claim marker from another host, with no heartbeat, counts as dead."""
+
+STALE_REFRESH_DAYS = 8.0
+"""Days since ``last_refresh`` after which an expired ChatGPT access token earns a warning."""

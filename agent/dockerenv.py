@@ -1,0 +1,30 @@
+"""Reach the Docker engine when it is there, without making it a requirement."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import docker
+
+__all__ = ["docker_available", "optional_client"]
+
+_SOCKET = "/var/run/docker.sock"
+
+
+def docker_available(environ: dict[str, str] | None = None) -> bool:
+    """Whether an engine is configured: ``DOCKER_HOST`` set or the default socket present."""
+    env = os.environ if environ is None else environ
+    return bool(env.get("DOCKER_HOST")) or os.path.exists(_SOCKET)
+
+
+def optional_client(timeout: float = 10.0) -> Any:
+    """A ``docker.DockerClient`` that answered a ping, or None."""
+    if not docker_available():
+        return None
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except Exception:  # any failure means "no engine here"; callers fall back
+        return None
+    return client

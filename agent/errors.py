@@ -1,0 +1,359 @@
+"""Every failure the agent detects, each with a stable code and the command that fixes it.
+
+Hierarchy::
+
+    AgentError                      root; ``code``, ``exit_code``, ``message``, ``remediation``
+     ├── ConfigError                CODEX-E001  an environment variable has a bad value
+     ├── ClaimError
+     │    ├── VolumeClaimedError    CODEX-E010  another worker holds this volume
+     │    ├── ClaimLostError        CODEX-E011  our claim marker was replaced or removed
+     │    └── ClaimIOError          CODEX-E012  the claim files cannot be written
+     ├── MountError
+     │    ├── NotMountedError       CODEX-E020  CODEX_HOME is not a mount (ephemeral layer)
+     │    ├── WrongVolumeError      CODEX-E021  another volume is mounted at CODEX_HOME
+     │    ├── ReadOnlyMountError    CODEX-E022  the volume is mounted read-only
+     │    └── PermissionsError      CODEX-E023  mode is not 0700 or the owner is not us
+     ├── LoginError
+     │    ├── NotLoggedInError      CODEX-E030  ``codex login status`` says not logged in
+     │    ├── CodexMissingError     CODEX-E031  the Codex CLI cannot be found or run
+     │    ├── LoginTimeoutError     CODEX-E032  ``codex login status`` did not answer in time
+     │    └── LoginCheckError       CODEX-E033  any other failure of the login check
+     ├── InfrastructureError
+     │    ├── DockerUnavailableError CODEX-E040 the Docker engine cannot be reached or failed
+     │    ├── JobRejectedError      CODEX-E041  task code asked for a forbidden container setup
+     │    └── JobFailedError        CODEX-E042  a job container exited non-zero
+     ├── RoutingError               CODEX-E050  a routing input is unusable
+     └── DrainError                 CODEX-E060  queued tasks could not be moved
+
+Warnings (never close the gate) have ``W`` codes and live in :data:`WARNINGS`.
+
+Messages and remediations are formatted from keyword facts (shard, volume, holder, cause…);
+callers must never pass a secret as a fact.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+__all__ = [
+    "AgentError",
+    "ConfigError",
+    "ClaimError",
+    "VolumeClaimedError",
+    "ClaimLostError",
+    "ClaimIOError",
+    "MountError",
+    "NotMountedError",
+    "WrongVolumeError",
+    "ReadOnlyMountError",
+    "PermissionsError",
+    "LoginError",
+    "NotLoggedInError",
+    "CodexMissingError",
+    "LoginTimeoutError",
+    "LoginCheckError",
+    "InfrastructureError",
+    "DockerUnavailableError",
+    "JobRejectedError",
+    "JobFailedError",
+    "RoutingError",
+    "DrainError",
+    "Warning_",
+    "WARNINGS",
+    "STALE_CREDENTIAL",
+    "FORKED_LOGIN",
+    "ERRORS",
+    "all_codes",
+]
+
+
+class _Facts(dict[str, Any]):
+    """Format mapping that leaves unknown placeholders visible instead of raising."""
+
+    def __missing__(self, key: str) -> str:
+        return "{" + key + "}"
+
+
+class AgentError(Exception):
+    """Root of every error the agent reports.
+
+    Subclasses declare ``code`` (stable, never reused), ``title``, ``template`` and
+    ``remediation_template``; instances are built from keyword facts.
+    """
+
+    code: ClassVar[str] = "CODEX-E000"
+    title: ClassVar[str] = "agent error"
+    template: ClassVar[str] = "{cause}"
+    remediation_template: ClassVar[str] = "see runbook.md"
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, **facts: Any) -> None:
+        self.facts: dict[str, Any] = facts
+        self.message: str = self.template.format_map(_Facts(facts))
+        self.remediation: str = self.remediation_template.format_map(_Facts(facts))
+        super().__init__(f"{self.code} {self.message}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary: code, title, message and remediation."""
+        return {
+            "code": self.code,
+            "title": self.title,
+            "message": self.message,
+            "remediation": self.remediation,
+        }
+
+
+class ConfigError(AgentError):
+    code = "CODEX-E001"
+    title = "invalid configuration"
+    template = "{variable}={value!r} is invalid: {cause}; accepted: {accepted}"
+    remediation_template = "set {variable} to {accepted} and restart the worker"
+    exit_code = 2
+
+
+class ClaimError(AgentError):
+    """The volume claim could not be taken or kept."""
+
+
+class VolumeClaimedError(ClaimError):
+    code = "CODEX-E010"
+    title = "volume already claimed"
+    template = (
+        "shard {shard}: volume {volume} is already claimed by {holder}; "
+        "two workers must never share one login"
+    )
+    remediation_template = (
+        "give this worker its own volume (CODEX_SHARD_INDEX/CODEX_VOLUME_NAME), or stop the holder: "
+        "codex-agent volumes   # then: docker stop {holder_container}"
+    )
+
+
+class ClaimLostError(ClaimError):
+    code = "CODEX-E011"
+    title = "claim lost"
+    template = "shard {shard}: the claim on volume {volume} is no longer ours ({cause})"
+    remediation_template = (
+        "find who else writes to the volume: codex-agent volumes; "
+        "then restart this worker: docker restart {worker}"
+    )
+
+
+class ClaimIOError(ClaimError):
+    code = "CODEX-E012"
+    title = "claim files not writable"
+    template = "shard {shard}: cannot write the claim in {codex_home} on volume {volume} ({cause})"
+    remediation_template = (
+        "mount the volume read-write and owned by the worker user: "
+        "docker run --rm -u 0 -v {volume}:/v codex-worker-agent/job:dev chown -R {uid}:{uid} /v"
+    )
+
+
+class MountError(AgentError):
+    """CODEX_HOME is not the volume it should be, or not usable as it is."""
+
+
+class NotMountedError(MountError):
+    code = "CODEX-E020"
+    title = "CODEX_HOME is not a mounted volume"
+    template = (
+        "shard {shard}: {codex_home} is not a mount ({cause}); a login written there dies with "
+        "the container and volume {volume} is not used"
+    )
+    remediation_template = (
+        "mount the volume at CODEX_HOME: docker run -v {volume}:{codex_home} ... "
+        "(compose: volumes: - {volume}:{codex_home})"
+    )
+
+
+class WrongVolumeError(MountError):
+    code = "CODEX-E021"
+    title = "wrong volume mounted"
+    template = "shard {shard}: {codex_home} is backed by {found!r}, expected volume {volume}"
+    remediation_template = (
+        "mount {volume} at {codex_home} (compose: volumes: - {volume}:{codex_home}), "
+        "or set CODEX_VOLUME_NAME={found} if that volume really belongs to shard {shard}"
+    )
+
+
+class ReadOnlyMountError(MountError):
+    code = "CODEX-E022"
+    title = "volume mounted read-only"
+    template = (
+        "shard {shard}: volume {volume} is mounted read-only at {codex_home}; "
+        "Codex must rewrite auth.json when it refreshes the login"
+    )
+    remediation_template = "remove ':ro' from the mount: volumes: - {volume}:{codex_home}"
+
+
+class PermissionsError(MountError):
+    code = "CODEX-E023"
+    title = "volume not private"
+    template = (
+        "shard {shard}: {codex_home} on volume {volume} has mode {mode} owned by uid {owner}; "
+        "expected mode 0700 owned by uid {uid}"
+    )
+    remediation_template = (
+        "docker run --rm -u 0 -v {volume}:/v codex-worker-agent/job:dev "
+        "sh -c 'chown {uid}:{uid} /v && chmod 0700 /v'"
+    )
+
+
+class LoginError(AgentError):
+    """The Codex login in the volume is unusable or could not be checked."""
+
+
+class NotLoggedInError(LoginError):
+    code = "CODEX-E030"
+    title = "not logged in"
+    template = "shard {shard}: volume {volume} holds no valid Codex login ({cause})"
+    remediation_template = (
+        "log in once into the volume: docker compose run --rm login-{shard}   "
+        "(headless: docker run --rm -it -v {volume}:/home/app/.codex codex-worker-agent/job:dev "
+        "codex login --device-auth); the gate reopens by itself"
+    )
+
+
+class CodexMissingError(LoginError):
+    code = "CODEX-E031"
+    title = "Codex CLI missing"
+    template = "shard {shard}: the Codex CLI {binary!r} cannot be run ({cause})"
+    remediation_template = (
+        "install the pinned CLI in the image (npm install -g @openai/codex) or put `codex` on PATH"
+    )
+
+
+class LoginTimeoutError(LoginError):
+    code = "CODEX-E032"
+    title = "login check timed out"
+    template = (
+        "shard {shard}: `codex login status` on volume {volume} did not answer within {timeout}s"
+    )
+    remediation_template = (
+        "check the volume's storage and the CLI: time codex login status; "
+        "raise CODEX_LOGIN_TIMEOUT if the storage is slow"
+    )
+
+
+class LoginCheckError(LoginError):
+    code = "CODEX-E033"
+    title = "login check failed"
+    template = "shard {shard}: the login check on volume {volume} failed ({cause})"
+    remediation_template = "run it by hand and read its error: codex-agent check --json"
+
+
+class InfrastructureError(AgentError):
+    """Something around Codex failed (Docker, containers): never a login problem."""
+
+
+class DockerUnavailableError(InfrastructureError):
+    code = "CODEX-E040"
+    title = "Docker engine unavailable"
+    template = "shard {shard}: the Docker engine failed during {operation} ({cause})"
+    remediation_template = (
+        "mount the socket into the worker (-v /var/run/docker.sock:/var/run/docker.sock) "
+        "and check the engine: docker info"
+    )
+
+
+class JobRejectedError(InfrastructureError):
+    code = "CODEX-E041"
+    title = "job container request rejected"
+    template = "shard {shard}: refused to create a job container: {cause}"
+    remediation_template = (
+        "let the agent mount the auth volume and pick the user: drop {offending} from the "
+        "containers.run() call"
+    )
+
+
+class JobFailedError(InfrastructureError):
+    code = "CODEX-E042"
+    title = "job container failed"
+    template = "shard {shard}: job container {container_id} of image {image} exited {exit_code}"
+    remediation_template = "read the job's output: docker logs {worker} | jq 'select(.event==\"codex.job.finished\")'"
+
+
+class RoutingError(AgentError):
+    code = "CODEX-E050"
+    title = "unroutable input"
+    template = "{cause}"
+    remediation_template = "pass a non-empty affinity key and a shard count >= 1"
+    exit_code = 2
+
+
+class DrainError(AgentError):
+    code = "CODEX-E060"
+    title = "drain failed"
+    template = "could not drain queue {queue} ({cause}); tasks already moved stay moved, the rest stay queued"
+    remediation_template = "fix the cause and run the same command again: codex-agent drain {queue}"
+
+
+@dataclass(frozen=True)
+class Warning_:
+    """A condition worth an operator's attention that does not close the gate."""
+
+    code: str
+    title: str
+    template: str
+    remediation_template: str
+
+    def render(self, **facts: Any) -> dict[str, str]:
+        """The warning as a JSON-safe dict with its facts filled in."""
+        return {
+            "code": self.code,
+            "title": self.title,
+            "message": self.template.format_map(_Facts(facts)),
+            "remediation": self.remediation_template.format_map(_Facts(facts)),
+        }
+
+
+STALE_CREDENTIAL = Warning_(
+    code="CODEX-W030",
+    title="credential may be stale",
+    template=(
+        "shard {shard}: the access token on volume {volume} expired and the login was last "
+        "refreshed {age_days} days ago; the next run must refresh it"
+    ),
+    remediation_template=(
+        "if runs fail with refresh_token_reused or 401, log in again once: "
+        "docker compose run --rm login-{shard}"
+    ),
+)
+
+FORKED_LOGIN = Warning_(
+    code="CODEX-W031",
+    title="login copied into several volumes",
+    template="volumes {volumes} hold the same login (fingerprint {fingerprint})",
+    remediation_template=(
+        "keep one, and log the others in afresh: docker compose run --rm login-<shard> for each"
+    ),
+)
+
+WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN)
+
+ERRORS: tuple[type[AgentError], ...] = (
+    ConfigError,
+    VolumeClaimedError,
+    ClaimLostError,
+    ClaimIOError,
+    NotMountedError,
+    WrongVolumeError,
+    ReadOnlyMountError,
+    PermissionsError,
+    NotLoggedInError,
+    CodexMissingError,
+    LoginTimeoutError,
+    LoginCheckError,
+    DockerUnavailableError,
+    JobRejectedError,
+    JobFailedError,
+    RoutingError,
+    DrainError,
+)
+
+
+def all_codes() -> dict[str, str]:
+    """Every code the agent can report, errors and warnings, mapped to its title."""
+    codes = {cls.code: cls.title for cls in ERRORS}
+    codes.update({w.code: w.title for w in WARNINGS})
+    return codes
