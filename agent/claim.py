@@ -208,7 +208,7 @@ class VolumeClaim:
         try:
             self._lock.acquire(timeout=0)
         except filelock.Timeout:
-            return False, read_marker(self.directory)
+            return False, self._wait_for_marker()
         except OSError as e:
             raise ClaimIOError(**self._facts(cause=f"{type(e).__name__}: {e.strerror or e}")) from e
 
@@ -231,6 +231,13 @@ class VolumeClaim:
             )
         log.info("codex.claim.acquired", volume=self.volume, shard=self.shard, claim_id=self.holder.claim_id)
         return True, self.holder
+
+    def _wait_for_marker(self, patience: float = 1.0) -> Holder | None:
+        """The holder's marker; a winner that just took the lock may still be writing it."""
+        deadline = time.monotonic() + patience
+        while (holder := read_marker(self.directory)) is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return holder
 
     def acquire(self) -> Holder:
         """Take the claim or raise.
