@@ -41,7 +41,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
 
     Safe to call more than once; the last call wins.
     """
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(stream or sys.__stdout__)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=_SHARED_PROCESSORS,
@@ -51,6 +51,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
             ],
         )
     )
+    logging.captureWarnings(True)  # Python warnings become JSON lines too
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

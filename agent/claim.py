@@ -312,6 +312,24 @@ class VolumeClaim:
 
         threading.Thread(target=beat, name="codex-claim-heartbeat", daemon=True).start()
 
+    def close_inherited(self) -> None:
+        """In a forked child: close the inherited lock descriptor without unlocking.
+
+        flock belongs to the open file description, shared across fork; a pool child that
+        outlived a killed parent would otherwise keep the volume locked. Unlocking here would
+        release the parent's lock too, so the descriptor is only closed.
+        """
+        fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
+        if isinstance(fd, int):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+            self._lock._context.lock_file_fd = None
+            self._lock._context.lock_counter = 0
+        self._heartbeats = None
+        self.holder = None
+
     def release(self) -> None:
         """Give the claim up: stop heartbeats, remove our marker, unlock."""
         if self._heartbeats is not None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -18,6 +19,7 @@ from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport
 from agent.dockerenv import optional_client
 from agent.errors import AgentError
+from agent.state import judge_health, read_state
 
 __all__ = ["main", "cli"]
 
@@ -80,6 +82,31 @@ def check(as_json: bool) -> None:
     else:
         _echo_report(report)
     sys.exit(0 if report.ok else 1)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@click.option("--probe", is_flag=True, help="HEALTHCHECK mode: one line, exit 0 healthy, 1 not.")
+def status(as_json: bool, probe: bool) -> None:
+    """Show the running agent's live state: gate, checks, claim, queue, shard, volume."""
+    config = _load_config(as_json)
+    state = read_state(config.state_dir)
+    health = judge_health(state)
+    if as_json:
+        _echo_json({"healthy": health.healthy, "summary": health.summary, "state": state.to_dict() if state else None})
+    elif probe or state is None:
+        click.echo(health.summary)
+    else:
+        click.echo(health.summary)
+        since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.gate_since))
+        click.echo(f"  gate {state.gate} since {since}  queue {state.queue}  shard {state.shard}  volume {state.volume}")
+        if state.claim:
+            click.echo(f"  claim {state.claim['holder']}")
+        for reason in state.reason:
+            click.echo(f"  {reason.get('code')} {reason.get('message')}")
+            if reason.get("remediation"):
+                click.echo(f"    fix: {reason['remediation']}")
+    sys.exit(0 if health.healthy else 1)
 
 
 @cli.command()

@@ -21,6 +21,9 @@ __all__ = [
     "LOG_LEVEL",
     "CLAIM_STALE_AFTER",
     "STALE_REFRESH_DAYS",
+    "PREFLIGHT_LOGIN_TTL",
+    "WATCH_INTERVAL",
+    "OPEN_RECHECK_FACTOR",
 ]
 
 SHARDS = 3
@@ -76,3 +79,12 @@ CLAIM_STALE_AFTER = 60.0
 
 STALE_REFRESH_DAYS = 8.0
 """Days since ``last_refresh`` after which an expired ChatGPT access token earns a warning."""
+
+PREFLIGHT_LOGIN_TTL = 10.0
+"""Seconds a passed login check vouches for the next Codex tasks (while auth.json is unchanged)."""
+
+WATCH_INTERVAL = 0.5
+"""Seconds between looks at auth.json and the marker, so a fixed login reopens the gate promptly."""
+
+OPEN_RECHECK_FACTOR = 4
+"""While the gate is open, full re-checks run every AGENT_RECHECK_INTERVAL times this."""

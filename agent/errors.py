@@ -4,6 +4,7 @@ Hierarchy::
 
     AgentError                      root; ``code``, ``exit_code``, ``message``, ``remediation``
      ├── ConfigError                CODEX-E001  an environment variable has a bad value
+     ├── NotCodexWorkerError        CODEX-E002  a Codex task reached a worker with no shard
      ├── ClaimError
      │    ├── VolumeClaimedError    CODEX-E010  another worker holds this volume
      │    ├── ClaimLostError        CODEX-E011  our claim marker was replaced or removed
@@ -39,6 +40,7 @@ from typing import Any, ClassVar
 __all__ = [
     "AgentError",
     "ConfigError",
+    "NotCodexWorkerError",
     "ClaimError",
     "VolumeClaimedError",
     "ClaimLostError",
@@ -110,6 +112,16 @@ class ConfigError(AgentError):
     template = "{variable}={value!r} is invalid: {cause}; accepted: {accepted}"
     remediation_template = "set {variable} to {accepted} and restart the worker"
     exit_code = 2
+
+
+class NotCodexWorkerError(AgentError):
+    code = "CODEX-E002"
+    title = "Codex task on a non-Codex worker"
+    template = "task {task} reached worker {worker}, which serves no Codex shard (CODEX_SHARD_INDEX unset)"
+    remediation_template = (
+        "consume codex queues only from Codex workers: remove the codex queue from this worker's -Q, "
+        "or set CODEX_SHARD_INDEX; the task was requeued"
+    )
 
 
 class ClaimError(AgentError):
@@ -333,6 +345,7 @@ WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN)
 
 ERRORS: tuple[type[AgentError], ...] = (
     ConfigError,
+    NotCodexWorkerError,
     VolumeClaimedError,
     ClaimLostError,
     ClaimIOError,

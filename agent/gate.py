@@ -1,0 +1,131 @@
+"""The shard-queue gate: consume the Codex queue only while every check passes.
+
+The :class:`Gate` holds the decision (open or closed, and why). The :class:`GateStep` consumer
+bootstep attaches it to the Celery consumer and re-applies it on every consumer (re)start, so
+the decision survives broker reconnects. Consumer changes only ever run on the consumer's own
+thread: the re-check thread asks for them with ``consumer.call_soon``.
+
+Celery notes this module works around:
+* celery#7733: ``cancel_task_queue`` deselects the queue, and older ``add_task_queue`` does not
+  select it again, so after a reconnect the queue would silently stay unconsumed. Opening always
+  ``select_add``\\s the queue back.
+* ``Queues.deselect`` with no ``-Q`` given was a no-op on older Celery; ``worker-entry`` always
+  passes explicit queues.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import structlog
+from celery import bootsteps
+
+__all__ = ["Gate", "GateStep"]
+
+log = structlog.get_logger(__name__)
+
+
+class Gate:
+    """Open/closed decision for one Codex queue, applied to the Celery consumer.
+
+    Args:
+        app: the Celery app (its ``amqp.queues`` selection is what a consumer restart reads).
+        queue: the shard queue this gate guards.
+    """
+
+    def __init__(self, app: Any, queue: str) -> None:
+        self.app = app
+        self.queue = queue
+        self.is_open = False
+        self._decided = False
+        self.since = time.time()
+        self.reason: list[dict[str, Any]] = []
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+
+    def set(self, is_open: bool, reason: list[dict[str, Any]] | None = None) -> bool:
+        """Record the decision and apply it; returns whether it changed.
+
+        Safe from any thread: the consumer change is scheduled on the consumer's thread.
+        """
+        with self._lock:
+            changed = not self._decided or is_open != self.is_open
+            self._decided = True
+            self.reason = [] if is_open else list(reason or [])
+            if not changed:
+                return False
+            self.is_open = is_open
+            self.since = time.time()
+            consumer = self._consumer
+        if is_open:
+            log.info("codex.gate.opened", queue=self.queue)
+        else:
+            log.warning("codex.gate.closed", queue=self.queue, reason=self.reason)
+        if consumer is None:
+            self._select()
+        else:
+            consumer.call_soon(self.apply, consumer)
+        return True
+
+    def _select(self) -> None:
+        """Make the queue selection match the decision, for the next consumer start."""
+        queues = self.app.amqp.queues
+        if self.is_open:
+            if self.queue in queues:
+                queues.select_add(queues[self.queue])
+        else:
+            queues.deselect(self.queue)
+
+    def apply(self, consumer: Any) -> None:
+        """Make ``consumer`` match the decision. Runs on the consumer's thread only."""
+        task_consumer = getattr(consumer, "task_consumer", None)
+        if task_consumer is None:  # consumer not (re)started yet: the selection will do
+            self._select()
+            return
+        consuming = task_consumer.consuming_from(self.queue)
+        if self.is_open and not consuming:
+            consumer.add_task_queue(self.queue)
+            self._select()  # celery#7733: keep the queue selected for reconnects
+            log.info("codex.gate.consuming", queue=self.queue)
+        elif not self.is_open and consuming:
+            consumer.cancel_task_queue(self.queue)
+            log.info("codex.gate.cancelled", queue=self.queue)
+        else:
+            self._select()
+
+    def attach(self, consumer: Any) -> None:
+        """Remember the running consumer and apply the decision to it."""
+        with self._lock:
+            self._consumer = consumer
+        self.apply(consumer)
+
+    def detach(self) -> None:
+        """Forget the consumer (it is stopping or reconnecting)."""
+        with self._lock:
+            self._consumer = None
+
+
+class GateStep(bootsteps.StartStopStep):
+    """Consumer bootstep: hand the running consumer to the agent once consuming has started."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+    label = "codex-gate"
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        self.agent = getattr(c.app, "codex_agent", None)
+        self.enabled = self.agent is not None
+        super().__init__(c, **kwargs)
+
+    def start(self, c: Any) -> None:
+        self.agent.consumer = c
+        if self.agent.gate is not None:
+            self.agent.gate.attach(c)
+
+    def stop(self, c: Any) -> None:
+        self.agent.consumer = None
+        if self.agent.gate is not None:
+            self.agent.gate.detach()
+
+    shutdown = stop

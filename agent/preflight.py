@@ -1,0 +1,172 @@
+"""Per-task pre-flight for Codex tasks, and the task base class that runs it.
+
+Before a Codex phase starts, :class:`Preflight` checks that the claim is still ours and that the
+login still holds (the ``codex login status`` verdict is cached briefly, and forgotten the moment
+``auth.json`` changes). A failure raises :class:`PreflightRejected`, a ``celery.exceptions.Reject``
+with ``requeue=True``: the message goes back to its shard queue, and :class:`CodexRequest`, which
+runs in the worker's main process, closes the gate before the reject, so the broker has no one
+to redeliver it to (no hot loop).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from celery import Task
+from celery.exceptions import Reject
+from celery.worker.request import Request
+
+from agent.audit import RUN_AUDIT, bound
+from agent.claim import read_marker
+from agent.config import AgentConfig
+from agent.defaults import PREFLIGHT_LOGIN_TTL
+from agent.errors import AgentError, ClaimLostError, NotCodexWorkerError, NotLoggedInError
+from agent.login import AUTH_FILE, LoginStatus
+
+__all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
+
+log = structlog.get_logger(__name__)
+
+AuthSignature = tuple[int, int, int] | None
+
+
+def auth_signature(codex_home: Path) -> AuthSignature:
+    """Identity of ``auth.json`` right now (inode, size, mtime); None when absent."""
+    try:
+        st = os.stat(Path(codex_home) / AUTH_FILE)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class PreflightRejected(Reject):
+    """A Codex task's pre-flight failed: requeue the message and close the gate.
+
+    ``reason`` starts with the error code, e.g. ``"CODEX-E030 shard 1: ..."``.
+    """
+
+    def __init__(self, reason: Any = None, requeue: bool = True) -> None:
+        super().__init__(reason, requeue)
+
+    @property
+    def code(self) -> str:
+        """The agent error code the reason starts with."""
+        return str(self.reason).split(" ", 1)[0]
+
+
+class Preflight:
+    """Cheap checks before every Codex task: claim still ours, login still good.
+
+    Args:
+        config: the worker's configuration.
+        login_check: the full login check (``codex login status``), called on a cache miss.
+        ttl: seconds a passed login check stays valid while ``auth.json`` is unchanged.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        login_check: Callable[[AgentConfig, dict[str, Any]], LoginStatus],
+        ttl: float = PREFLIGHT_LOGIN_TTL,
+    ) -> None:
+        self.config = config
+        self.login_check = login_check
+        self.ttl = ttl
+        self.claim_id: str | None = None
+        self._login_ok_at: float | None = None
+        self._login_signature: AuthSignature = None
+
+    def forget(self) -> None:
+        """Drop the cached login verdict."""
+        self._login_ok_at = None
+
+    def check_claim(self) -> None:
+        """Raise ClaimLostError unless the marker still names our claim."""
+        holder = read_marker(self.config.codex_home)
+        if self.claim_id is None or holder is None or holder.claim_id != self.claim_id:
+            cause = "no claim was taken" if self.claim_id is None else (
+                "the claim marker is gone" if holder is None else f"the marker now names {holder.describe()}"
+            )
+            raise ClaimLostError(**self.config.facts(), cause=cause)
+
+    def check_login(self) -> None:
+        """Raise a LoginError unless the login passed recently and auth.json is unchanged."""
+        signature = auth_signature(self.config.codex_home)
+        if signature is None:
+            self.forget()
+            raise NotLoggedInError(**self.config.facts(), cause=f"{AUTH_FILE} is missing")
+        now = time.monotonic()
+        if (
+            self._login_ok_at is not None
+            and signature == self._login_signature
+            and now - self._login_ok_at < self.ttl
+        ):
+            return
+        self.forget()
+        self.login_check(self.config, self.config.facts())
+        self._login_ok_at, self._login_signature = now, signature
+
+    def run(self) -> None:
+        """Both checks; raises the first AgentError."""
+        self.check_claim()
+        self.check_login()
+
+
+class CodexRequest(Request):
+    """Worker-side request of Codex tasks: a failed pre-flight closes the gate first."""
+
+    def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
+        exc = getattr(exc_info.exception, "exc", exc_info.exception)
+        agent = getattr(self.task.app, "codex_agent", None)
+        if isinstance(exc, PreflightRejected) and agent is not None:
+            agent.on_preflight_failed(str(exc.reason), self.delivery_info.get("routing_key"))
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+class CodexTask(Task):  # type: ignore[misc]
+    """Base class of Codex phase tasks: routed by affinity key, pre-flighted, audited.
+
+    Declare with ``@app.task(base=CodexTask, bind=True)``; the affinity key is the keyword
+    argument named by ``affinity_arg`` (``affinity_key``). A phase that enqueues the next one
+    passes ``codex_shard=self.codex_context()["shard"]`` to keep the run on its shard.
+    """
+
+    Request = "agent.preflight:CodexRequest"
+    acks_late = True
+    reject_on_worker_lost = True
+    codex = True
+    affinity_arg = "affinity_key"
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        agent = getattr(self.app, "codex_agent", None)
+        try:
+            if agent is None or not agent.config.is_codex_worker:
+                worker = agent.config.worker_name if agent is not None else "?"
+                raise NotCodexWorkerError(task=self.name, worker=worker)
+            agent.preflight.run()
+        except AgentError as e:
+            log.error("codex.preflight.failed", task=self.name, task_id=self.request.id, code=e.code, error=e.message)
+            raise PreflightRejected(f"{e.code} {e.message}", requeue=True) from e
+        context = self.codex_context(kwargs)
+        with bound(**context):
+            log.info(RUN_AUDIT, task=self.name)
+            return super().__call__(*args, **kwargs)
+
+    def codex_context(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The audit fields of the running task: queue, shard, volume, worker, run_id, task_id."""
+        agent = self.app.codex_agent
+        kwargs = kwargs if kwargs is not None else (self.request.kwargs or {})
+        request = self.request
+        return {
+            "queue": (request.delivery_info or {}).get("routing_key") or agent.config.codex_queue,
+            "shard": agent.config.shard_index,
+            "volume": agent.volume_name,
+            "worker": agent.config.worker_name,
+            "run_id": kwargs.get("run_id") or request.root_id or request.id,
+            "task_id": request.id,
+        }

@@ -1,0 +1,65 @@
+"""The Celery router: Codex tasks to their shard queue, everything else untouched.
+
+Precedence: an explicit ``queue=`` wins; then a run's pinned shard (``codex_shard`` keyword,
+set by a phase when it enqueues the next one, so a run stays on its first shard even if
+``CODEX_SHARDS`` changes mid-run); then the jump hash of the affinity key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.config import AgentConfig
+from agent.errors import RoutingError
+from agent.routing import queue_for_shard, shard_for
+
+__all__ = ["CodexRouter", "PIN_ARG", "add_router"]
+
+PIN_ARG = "codex_shard"
+"""Keyword argument that pins a run's later phases to the shard of its first phase."""
+
+
+class CodexRouter:
+    """A ``task_routes`` entry for Codex tasks (those whose class has ``codex = True``)."""
+
+    def __init__(self, app: Any, config: AgentConfig) -> None:
+        self.app = app
+        self.config = config
+
+    def __call__(
+        self,
+        name: str,
+        args: Any,
+        kwargs: dict[str, Any] | None,
+        options: dict[str, Any],
+        task: Any = None,
+        **_: Any,
+    ) -> dict[str, str] | None:
+        task = task if task is not None else self.app.tasks.get(name)
+        if not getattr(task, "codex", False) or options.get("queue"):
+            return None
+        kwargs = kwargs or {}
+        pinned = kwargs.get(PIN_ARG)
+        if pinned is not None:
+            if not isinstance(pinned, int) or isinstance(pinned, bool) or pinned < 0:
+                raise RoutingError(cause=f"{PIN_ARG} must be a shard number >= 0, got {pinned!r}")
+            return {"queue": queue_for_shard(pinned, self.config.queue_mode)}
+        arg = getattr(task, "affinity_arg", "affinity_key")
+        if arg not in kwargs:
+            raise RoutingError(
+                cause=f"Codex task {name} needs the keyword argument {arg!r} (repo, project or token) to pick its shard"
+            )
+        shard = shard_for(kwargs[arg], self.config.shards)
+        return {"queue": queue_for_shard(shard, self.config.queue_mode)}
+
+
+def add_router(app: Any, config: AgentConfig) -> CodexRouter:
+    """Put a :class:`CodexRouter` first in ``app.conf.task_routes`` (once); publishers need it too."""
+    routes = app.conf.task_routes
+    existing = list(routes) if isinstance(routes, (list, tuple)) else ([routes] if routes else [])
+    for route in existing:
+        if isinstance(route, CodexRouter):
+            return route
+    router = CodexRouter(app, config)
+    app.conf.task_routes = [router, *existing]
+    return router

@@ -1,0 +1,250 @@
+"""The agent inside a worker: ``install(app)`` wires it into any Celery app.
+
+``install`` connects the Celery signals (in one place, never at import), registers the
+:class:`~agent.gate.GateStep` consumer bootstep and prepends the :class:`~agent.router.CodexRouter`.
+At ``worker_init`` the agent runs the checks and sets the gate; a watcher thread then re-checks
+every ``AGENT_RECHECK_INTERVAL`` while the gate is closed, and at once when ``auth.json`` or the
+claim marker changes, so a fixed volume reopens the gate with no restart.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any
+
+import psutil
+import structlog
+from celery import signals
+
+from agent import config as config_mod
+from agent.audit import configure_logging
+from agent.checks import Checker, CheckReport, local_login_check
+from agent.config import AgentConfig
+from agent.defaults import OPEN_RECHECK_FACTOR, WATCH_INTERVAL
+from agent.dockerenv import optional_client
+from agent.gate import Gate, GateStep
+from agent.preflight import Preflight, auth_signature
+from agent.router import add_router
+from agent.state import AgentState, write_state
+
+__all__ = ["Agent", "install", "FailFastExit"]
+
+log = structlog.get_logger(__name__)
+
+
+class FailFastExit(SystemExit):
+    """``AGENT_FAIL_FAST=1`` and a check failed: the worker exits instead of waiting."""
+
+
+def _login_check_for(config: AgentConfig) -> Any:
+    if config.login_check == "container":
+        from agent.login_container import container_login_check
+
+        return container_login_check
+    return local_login_check
+
+
+class Agent:
+    """Claim, checks, gate, pre-flight and published state for one worker process."""
+
+    def __init__(self, app: Any, config: AgentConfig, *, docker_client: Any = None) -> None:
+        self.app = app
+        self.config = config
+        self.docker_client = docker_client
+        login_check = _login_check_for(config)
+        self.checker = Checker(config, docker_client=docker_client, login_check=login_check)
+        self.preflight = Preflight(config, login_check)
+        self.gate: Gate | None = Gate(app, config.codex_queue) if config.codex_queue else None
+        self.report: CheckReport | None = None
+        self.consumer: Any = None  # set by GateStep while the consumer runs
+        self._stop = threading.Event()
+        self._check_lock = threading.Lock()
+        self._watcher: threading.Thread | None = None
+        self._process = psutil.Process()
+
+    @property
+    def volume_name(self) -> str | None:
+        """The volume the mount check found at CODEX_HOME (what job containers get)."""
+        return self.checker.mounted_volume or self.config.volume_name
+
+    # -- checks and gate ------------------------------------------------------------------
+
+    def run_checks(self) -> CheckReport:
+        """Run every check, set the gate from the result and publish the state."""
+        with self._check_lock:
+            report = self.checker.run()
+            self.report = report
+            holder = self.checker.claim.holder
+            self.preflight.claim_id = holder.claim_id if holder is not None else None
+            if report.ok:
+                self.preflight.forget()  # a fresh full check: the next task re-runs the CLI once
+            if self.gate is not None:
+                reasons = [
+                    {"check": r.name, "code": r.code, "message": r.message, "remediation": r.remediation}
+                    for r in report.failures
+                ]
+                self.gate.set(report.ok, reasons)
+            self.publish()
+            return report
+
+    def on_preflight_failed(self, reason: str, queue: str | None) -> None:
+        """A task's pre-flight failed in a pool child: close the gate (consumer thread)."""
+        code, _, message = reason.partition(" ")
+        log.error("codex.preflight.gate_closed", code=code, error=message, queue=queue)
+        if self.gate is not None and (queue is None or queue == self.gate.queue):
+            self.gate.set(False, [{"check": "preflight", "code": code, "message": message, "remediation": None}])
+        elif self.gate is None and queue:
+            # A Codex queue reached a worker with no shard: stop taking it, the task was requeued.
+            if self.consumer is not None:
+                self.consumer.call_soon(self.consumer.cancel_task_queue, queue)
+        self.preflight.forget()
+        self.publish()
+
+    # -- published state ------------------------------------------------------------------
+
+    def publish(self, stopped: bool = False) -> None:
+        """Write the live state for ``codex-agent status``; never raises."""
+        gate = self.gate
+        holder = self.checker.claim.holder
+        state = AgentState(
+            worker=self.config.worker_name,
+            pid=self._process.pid,
+            process_start=self._process.create_time(),
+            codex_worker=self.config.is_codex_worker,
+            gate="stopped" if stopped else ("open" if gate is None or gate.is_open else "closed"),
+            gate_since=gate.since if gate is not None else time.time(),
+            shard=self.config.shard_index,
+            queue=self.config.codex_queue,
+            volume=self.volume_name,
+            codex_home=str(self.config.codex_home) if self.config.is_codex_worker else None,
+            reason=list(gate.reason) if gate is not None else [],
+            checks=self.report.to_dict() if self.report is not None else None,
+            claim={"holder": holder.describe(), "claim_id": holder.claim_id, "since": holder.claimed_at}
+            if holder is not None
+            else None,
+        )
+        try:
+            write_state(self.config.state_dir, state)
+        except OSError as e:
+            log.warning("codex.state.unwritable", state_dir=str(self.config.state_dir), error=str(e))
+
+    # -- the watcher ----------------------------------------------------------------------
+
+    def _watch_signature(self) -> tuple[Any, ...]:
+        from agent.claim import MARKER_FILE
+
+        try:
+            marker = os.stat(self.config.codex_home / MARKER_FILE).st_mtime_ns
+        except OSError:
+            marker = None
+        return (auth_signature(self.config.codex_home), marker is None)
+
+    def _watch(self) -> None:
+        last_check = time.monotonic()
+        seen = self._watch_signature()
+        while not self._stop.wait(WATCH_INTERVAL):
+            signature = self._watch_signature()
+            is_open = self.gate is not None and self.gate.is_open
+            interval = self.config.recheck_interval * (OPEN_RECHECK_FACTOR if is_open else 1)
+            due = time.monotonic() - last_check >= interval
+            if signature != seen or due:
+                seen = signature
+                try:
+                    self.run_checks()
+                except Exception:  # the watcher must survive anything; the next round retries
+                    log.exception("codex.watch.error")
+                last_check = time.monotonic()
+                seen = self._watch_signature()
+
+    def start_watching(self) -> None:
+        """Start the re-check thread and the claim heartbeat."""
+        if self._watcher is not None:
+            return
+        self._watcher = threading.Thread(target=self._watch, name="codex-agent-watch", daemon=True)
+        self._watcher.start()
+        if self.checker.claim.held:
+            self.checker.claim.start_heartbeat(max(1.0, self.config.claim_stale_after / 4))
+
+    # -- Celery signal handlers -----------------------------------------------------------
+
+    def on_worker_init(self, **_: Any) -> None:
+        """``worker_init``: claim, verify, check; set the gate before any consuming starts."""
+        if not self.config.is_codex_worker:
+            self.publish()
+            log.info("codex.agent.ready", codex_worker=False, worker=self.config.worker_name)
+            return
+        report = self.run_checks()
+        if not report.ok and self.config.fail_fast:
+            failure = report.failures[0]
+            log.critical("codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation)
+            self.checker.claim.release()
+            self.publish(stopped=True)
+            raise FailFastExit(1)
+        self.start_watching()
+        log.info(
+            "codex.agent.ready",
+            codex_worker=True,
+            gate="open" if report.ok else "closed",
+            queue=self.config.codex_queue,
+            shard=self.config.shard_index,
+            volume=self.volume_name,
+        )
+
+    def on_worker_process_init(self, **_: Any) -> None:
+        """``worker_process_init`` (pool child): drop the inherited claim lock descriptor."""
+        self.checker.claim.close_inherited()
+        self._stop.set()
+        self._process = psutil.Process()
+
+    def on_worker_shutdown(self, **_: Any) -> None:
+        """``worker_shutdown``: stop watching, release the claim, publish ``stopped``."""
+        self._stop.set()
+        self.checker.claim.release()
+        self.publish(stopped=True)
+
+    def on_setup_logging(self, **_: Any) -> None:
+        """``setup_logging``: Celery's own lines go through our JSON chain."""
+        configure_logging(self.config.log_level)
+
+
+def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any = None) -> Agent:
+    """Connect the agent to a Celery app: signals, gate bootstep and router. Idempotent.
+
+    Args:
+        app: any Celery app, ours or a user's; call before the worker starts.
+        config: the validated configuration; read from the environment when omitted.
+        docker_client: for the mount check and job containers; found from the environment
+            when omitted (None when there is no engine).
+
+    Raises:
+        ConfigError: the environment is invalid.
+    """
+    existing: Agent | None = getattr(app, "codex_agent", None)
+    if existing is not None:
+        return existing
+    config = config or config_mod.load()
+    if docker_client is None:
+        docker_client = optional_client()
+    agent = Agent(app, config, docker_client=docker_client)
+    app.codex_agent = agent
+
+    add_router(app, config)
+    app.steps["consumer"].add(GateStep)
+
+    def same_app(sender: Any) -> bool:
+        return getattr(sender, "app", app) is app
+
+    def worker_init(sender: Any = None, **kw: Any) -> None:
+        if same_app(sender):
+            agent.on_worker_init(**kw)
+
+    def worker_shutdown(sender: Any = None, **kw: Any) -> None:
+        agent.on_worker_shutdown(**kw)
+
+    signals.worker_init.connect(worker_init, weak=False)
+    signals.worker_process_init.connect(agent.on_worker_process_init, weak=False)
+    signals.worker_shutdown.connect(worker_shutdown, weak=False)
+    signals.setup_logging.connect(agent.on_setup_logging, weak=False)
+    return agent

@@ -1,0 +1,61 @@
+"""The default Celery app of the worker image: durable queues, safe acks, the agent's router.
+
+Import ``app`` to run or publish with the environment's configuration, or call
+:func:`create_app` with your own :class:`~agent.config.AgentConfig`.
+"""
+
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+from agent import config as config_mod
+from agent.config import AgentConfig
+from agent.defaults import DEFAULT_QUEUE, SINGLE_QUEUE
+from agent.router import add_router
+from agent.routing import queue_for_shard
+
+__all__ = ["app", "create_app", "codex_queues"]
+
+VISIBILITY_TIMEOUT = 6 * 3600
+"""Redis only: seconds before an unacked task is redelivered; must exceed the longest phase."""
+
+
+def codex_queues(config: AgentConfig) -> list[str]:
+    """Every Codex queue name for the configured shard count and mode."""
+    if config.queue_mode == "single":
+        return [SINGLE_QUEUE]
+    return [queue_for_shard(i) for i in range(config.shards)]
+
+
+def create_app(config: AgentConfig | None = None, *, result_backend: str | None = None) -> Celery:
+    """A Celery app wired for Codex shards; the agent is installed by ``worker-entry``."""
+    config = config or config_mod.load()
+    app = Celery("codex_worker", broker=config.broker_url, include=["worker_entry.tasks"])
+    names = [DEFAULT_QUEUE, *codex_queues(config)]
+    if config.codex_queue and config.codex_queue not in names:
+        names.append(config.codex_queue)
+    visibility = float(os.environ.get("CELERY_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT))
+    app.conf.update(
+        result_backend=result_backend or os.environ.get("CELERY_RESULT_BACKEND") or None,
+        task_queues=[Queue(name, durable=True) for name in names],
+        task_default_queue=DEFAULT_QUEUE,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={"visibility_timeout": visibility},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        result_expires=24 * 3600,
+    )
+    add_router(app, config)  # publishers route Codex tasks to their shard without the agent
+    return app
+
+
+app = create_app()

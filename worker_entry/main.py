@@ -1,0 +1,119 @@
+"""``worker-entry``: the image entrypoint.
+
+Reads the configuration, sets up JSON logging, imports the Celery app, installs the agent and
+starts the worker with the queues and safety settings a Codex shard needs.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+import structlog
+from celery.utils.imports import symbol_by_name
+
+from agent import config as config_mod
+from agent.audit import configure_logging
+from agent.config import AgentConfig
+from agent.errors import AgentError, ConfigError
+from agent.runtime import install
+
+__all__ = ["main", "worker_argv"]
+
+DEFAULT_APP = "worker_entry.app:app"
+
+log = structlog.get_logger("worker_entry")
+
+
+def _queues_given(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Split user args into the -Q/--queues values and everything else."""
+    queues: list[str] = []
+    rest: list[str] = []
+    items = list(args)
+    i = 0
+    while i < len(items):
+        arg = items[i]
+        if arg in ("-Q", "--queues") and i + 1 < len(items):
+            queues += items[i + 1].split(",")
+            i += 2
+            continue
+        if arg.startswith("--queues="):
+            queues += arg.split("=", 1)[1].split(",")
+        elif arg.startswith("-Q") and len(arg) > 2:
+            queues += arg[2:].split(",")
+        else:
+            rest.append(arg)
+        i += 1
+    return [q for q in queues if q], rest
+
+
+def _has_option(args: Sequence[str], *names: str) -> bool:
+    return any(a == n or a.startswith(n + "=") or (len(n) == 2 and a.startswith(n) and len(a) > 2) for a in args for n in names)
+
+
+def worker_argv(config: AgentConfig, default_queue: str, extra: Sequence[str] = ()) -> list[str]:
+    """The ``celery`` argv for this worker: explicit queues always, one Codex task at a time.
+
+    Queues are always explicit (``-Q``): with none given, older Celery ignores ``deselect`` and
+    the gate could not close. A Codex shard defaults to concurrency 1 and prefetch 1 (one
+    login, one Codex process at a time); the user's own options win.
+    """
+    user_queues, rest = _queues_given(extra)
+    if config.codex_queue:
+        queues = [config.codex_queue] + [q for q in user_queues if q != config.codex_queue]
+    else:
+        queues = user_queues or [default_queue]
+    argv = ["--quiet", "worker", "--loglevel", config.log_level, "-Q", ",".join(queues)]
+    if not _has_option(rest, "-n", "--hostname"):
+        argv += ["--hostname", f"{config.codex_queue or default_queue}@{config.worker_name}"]
+    if config.codex_queue:
+        if not _has_option(rest, "-c", "--concurrency"):
+            argv += ["--concurrency", "1"]
+        if not _has_option(rest, "--prefetch-multiplier"):
+            argv += ["--prefetch-multiplier", "1"]
+    return argv + rest
+
+
+def _fail(error: AgentError) -> None:
+    log.critical("codex.agent.startup_failed", code=error.code, error=error.message, remediation=error.remediation)
+    click.echo(f"worker-entry: {error.code} {error.message}\n  fix: {error.remediation}", err=True)
+    sys.exit(error.exit_code)
+
+
+def _import_app(path: str) -> Any:
+    try:
+        return symbol_by_name(path)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(
+            variable="--app", value=path, cause=f"cannot import it ({e})", accepted="module:attribute of a Celery app"
+        ) from e
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("--app", "app_path", default=DEFAULT_APP, show_default=True, help="The Celery app, module:attr.")
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def cli(app_path: str, celery_args: tuple[str, ...]) -> None:
+    """Start a Celery worker with the codex agent installed. Extra args go to `celery worker`."""
+    try:
+        config = config_mod.load()
+    except ConfigError as e:
+        configure_logging("INFO")
+        _fail(e)
+        return
+    configure_logging(config.log_level)
+    try:
+        app = _import_app(app_path)
+        install(app, config)
+    except AgentError as e:
+        _fail(e)
+        return
+    argv = worker_argv(config, app.conf.task_default_queue or "celery", celery_args)
+    log.info("codex.agent.starting", argv=argv, app=app_path)
+    sys.exit(app.start(argv) or 0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="worker-entry")
