@@ -1,4 +1,8 @@
-"""Example tasks: a Codex phase on its shard queue, and a plain task on the default queue."""
+"""Example tasks: a Codex phase on its shard queue, and a plain task on the default queue.
+
+They are ``shared_task``\s, so every app made by :func:`worker_entry.app.create_app` (worker or
+publisher) knows them and routes them.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,12 @@ from typing import Any
 
 from agent.preflight import CodexTask
 from agent.router import PIN_ARG
-from worker_entry.app import app
+from celery import current_task, shared_task
 
 __all__ = ["codex_phase", "housekeeping"]
 
 
-@app.task(base=CodexTask, bind=True, name="codex.phase")
+@shared_task(base=CodexTask, bind=True, name="codex.phase")
 def codex_phase(
     self: CodexTask,
     affinity_key: str,
@@ -42,10 +46,8 @@ def codex_phase(
     return {**context, "phase": phase, "affinity_key": affinity_key}
 
 
-@app.task(name="housekeeping")
+@shared_task(name="housekeeping")
 def housekeeping(label: str) -> dict[str, Any]:
     """A non-Codex task: runs on the default queue, on any worker."""
-    from celery import current_task
-
     delivery = current_task.request.delivery_info or {}
     return {"label": label, "queue": delivery.get("routing_key"), "hostname": current_task.request.hostname}
