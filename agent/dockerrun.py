@@ -1,0 +1,197 @@
+"""Run one container to completion and always remove it; Docker failures become CODEX-E040.
+
+The one place that talks to the engine for short-lived containers (job containers, login-check
+and volume-inspection containers). Every ``docker.errors.*``, ``requests`` and ``OSError``
+failure is re-raised as :class:`~agent.errors.DockerUnavailableError` ``from e``, so an engine
+problem is never mistaken for a login problem. A container that outlives its timeout is killed,
+and removed like every other.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from agent.errors import DockerUnavailableError
+
+__all__ = [
+    "ContainerRun",
+    "ContainerTimeout",
+    "DOCKER_FAILURES",
+    "docker_failure",
+    "translate_docker_errors",
+    "run_container",
+    "read_file",
+    "client_from_env",
+]
+
+DOCKER_FAILURES: tuple[type[BaseException], ...] = (
+    docker.errors.DockerException,
+    requests.exceptions.RequestException,
+    OSError,
+)
+"""What the Docker SDK raises when the engine is absent, refuses, or fails."""
+
+
+class ContainerTimeout(Exception):
+    """The container did not exit in time; it was killed and removed."""
+
+    def __init__(self, container_id: str, timeout: float) -> None:
+        self.container_id = container_id
+        self.timeout = timeout
+        super().__init__(f"container {container_id[:12]} did not exit within {timeout}s")
+
+
+@dataclass(frozen=True)
+class ContainerRun:
+    """A finished container: its id, exit code, output and how long it ran."""
+
+    container_id: str
+    exit_code: int
+    stdout: str
+    stderr: str
+    duration_s: float
+    files: dict[str, tuple[bytes, float]]
+
+    @property
+    def output(self) -> str:
+        """stdout then stderr, as ``docker logs`` shows them."""
+        return self.stdout + self.stderr
+
+
+def docker_failure(error: BaseException, operation: str, facts: dict[str, Any]) -> DockerUnavailableError:
+    """The CODEX-E040 error for a Docker SDK failure during ``operation``."""
+    if isinstance(error, docker.errors.ImageNotFound):
+        cause = f"image not found: {getattr(error, 'explanation', None) or error}"
+    else:
+        cause = f"{type(error).__name__}: {getattr(error, 'explanation', None) or error}"
+    return DockerUnavailableError(**{**facts, "operation": operation, "cause": cause[:300]})
+
+
+@contextmanager
+def translate_docker_errors(operation: str, facts: dict[str, Any]) -> Iterator[None]:
+    """Re-raise any Docker SDK failure inside the block as CODEX-E040 ``from`` it."""
+    try:
+        yield
+    except DOCKER_FAILURES as e:
+        raise docker_failure(e, operation, facts) from e
+
+
+def client_from_env(facts: dict[str, Any], timeout: float = 30.0) -> docker.DockerClient:
+    """A client of the engine named by the environment, checked with a ping.
+
+    Raises:
+        DockerUnavailableError: no engine answers (socket absent, DOCKER_HOST wrong, refused).
+    """
+    with translate_docker_errors("connect", facts):
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+        return client
+
+
+def _untar_one(chunks: Any) -> tuple[bytes, float] | None:
+    data = b"".join(chunks)
+    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                handle = archive.extractfile(member)
+                return (handle.read() if handle else b""), float(member.mtime)
+    return None
+
+
+def read_file(container: Any, path: str) -> tuple[bytes, float] | None:
+    """Content and mtime of ``path`` in a (possibly exited) container; None when absent.
+
+    The engine mounts an exited container's volumes for the archive API, so files in a volume
+    can be read without running anything in it.
+    """
+    try:
+        chunks, _stat = container.get_archive(path)
+    except docker.errors.NotFound:
+        return None
+    return _untar_one(chunks)
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True, v=False)
+    except docker.errors.NotFound:
+        pass
+
+
+def _wait(container: Any, timeout: float | None) -> int:
+    """Exit code, or raise ContainerTimeout after killing the container."""
+    try:
+        status = container.wait(timeout=timeout)
+    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
+        if timeout is None:
+            raise
+        container.reload()
+        if container.status in ("running", "created", "restarting"):
+            try:
+                container.kill()
+            except docker.errors.APIError:
+                pass
+            raise ContainerTimeout(container.id or "?", timeout) from e
+        status = container.wait(timeout=5)
+    return int(status.get("StatusCode", -1))
+
+
+def run_container(
+    client: docker.DockerClient,
+    create_args: dict[str, Any],
+    *,
+    operation: str,
+    facts: dict[str, Any],
+    timeout: float | None = None,
+    on_started: Callable[[str], None] | None = None,
+    read_files: tuple[str, ...] = (),
+) -> ContainerRun:
+    """Create, start and wait for a container, collect its output, then remove it.
+
+    Args:
+        client: the Docker client.
+        create_args: keyword arguments of ``client.containers.create``.
+        operation: what this run is for, named in errors (e.g. ``"job container"``).
+        facts: shard, volume… for error messages.
+        timeout: seconds before the container is killed; None waits forever.
+        on_started: called with the container id once it started (for audit lines).
+        read_files: paths whose content and mtime to read from the exited container.
+
+    Returns:
+        The finished run; the container is already removed.
+
+    Raises:
+        ContainerTimeout: it did not exit in time (it was killed and removed).
+        DockerUnavailableError: the engine failed at any step.
+    """
+    container = None
+    started = time.monotonic()
+    try:
+        with translate_docker_errors(operation, facts):
+            container = client.containers.create(**create_args)
+            container.start()
+            started = time.monotonic()
+            if on_started is not None:
+                on_started(container.id or "?")
+            exit_code = _wait(container, timeout)
+            duration = time.monotonic() - started
+            stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+            files = {p: found for p in read_files if (found := read_file(container, p)) is not None}
+            return ContainerRun(container.id or "?", exit_code, stdout, stderr, duration, files)
+    finally:
+        if container is not None:
+            try:
+                _remove(container)
+            except DOCKER_FAILURES:
+                pass  # the engine went away mid-run; the original error says so

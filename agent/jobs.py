@@ -1,0 +1,375 @@
+"""The guarded Docker client: job containers that always carry the shard's login and audit trail.
+
+Task code calls :meth:`JobLauncher.run` instead of ``client.containers.run``. Whatever it passes,
+the container gets this shard's auth volume read-write at ``CODEX_JOB_HOME`` (the volume the
+mount check found), ``CODEX_HOME`` pointing there, the non-root ``CODEX_JOB_USER`` and the
+``codex.*`` labels; a request that would mount another login, put anything else at
+``CODEX_JOB_HOME`` or run as root is refused (CODEX-E041). The translation from a request to
+``containers.create`` arguments is the pure :func:`job_create_args`, apart from the I/O shell.
+
+Non-zero exits raise :class:`~agent.errors.JobFailedError` (CODEX-E042) by default, carrying the
+exit code and a scrubbed output tail; ``check=False`` returns them in the :class:`JobResult`
+instead. Engine failures are CODEX-E040, never login errors.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from agent.audit import JOB_FINISHED, JOB_STARTED
+from agent.config import AgentConfig
+from agent.discovery import find_auth_volumes, is_auth_volume
+from agent.dockerrun import ContainerTimeout, client_from_env, run_container, translate_docker_errors
+from agent.errors import JobFailedError, JobRejectedError
+from agent.mount import volume_from_root
+from agent.redact import scrub
+
+__all__ = [
+    "WORKSPACE_PATH",
+    "RESERVED_OPTIONS",
+    "OUTPUT_LIMIT",
+    "JobPolicy",
+    "JobResult",
+    "JobLauncher",
+    "job_labels",
+    "job_create_args",
+    "launcher_for_env",
+]
+
+log = structlog.get_logger(__name__)
+
+WORKSPACE_PATH = "/workspace"
+"""Where the optional workspace volume is mounted (and the default working directory)."""
+
+OUTPUT_LIMIT = 1_000_000
+"""Characters of a job's output kept as its artifact (the end is kept)."""
+
+_TAIL_CHARS = 2000
+
+RESERVED_OPTIONS = frozenset({"detach", "remove", "auto_remove", "stdout", "stderr", "stream", "volumes_from"})
+"""``containers.run`` options the launcher owns (lifecycle), or that could smuggle in a login."""
+
+_LABEL_KEYS = ("shard", "queue", "volume", "run_id", "task_id", "worker")
+
+
+@dataclass(frozen=True)
+class JobPolicy:
+    """What the agent imposes on every job container of one task."""
+
+    volume: str
+    job_home: str
+    job_user: str
+    labels: dict[str, str]
+    auth_volumes: frozenset[str] = frozenset()
+    facts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A finished job container (already removed): the run's artifact."""
+
+    container_id: str
+    image: str
+    exit_code: int
+    duration_s: float
+    output: str
+    labels: dict[str, str]
+
+    @property
+    def ok(self) -> bool:
+        """Whether the job exited 0."""
+        return self.exit_code == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe view (the output is already scrubbed)."""
+        return {
+            "container_id": self.container_id,
+            "image": self.image,
+            "exit_code": self.exit_code,
+            "duration_s": round(self.duration_s, 3),
+            "output": self.output,
+            "labels": self.labels,
+        }
+
+
+def job_labels(context: Mapping[str, Any]) -> dict[str, str]:
+    """The ``codex.*`` labels for a task's audit context (queue, shard, volume…)."""
+    return {f"codex.{key}": "" if context.get(key) is None else str(context[key]) for key in _LABEL_KEYS}
+
+
+# -- the pure translation --------------------------------------------------------------------
+
+
+def _reject(policy: JobPolicy, cause: str, offending: str) -> JobRejectedError:
+    return JobRejectedError(**{**policy.facts, "cause": cause, "offending": offending})
+
+
+def _norm(path: str) -> str:
+    return posixpath.normpath(path) if path.startswith("/") else path
+
+
+def _at_job_home(target: str, job_home: str) -> bool:
+    target = _norm(target)
+    return target == job_home or target.startswith(job_home.rstrip("/") + "/")
+
+
+def _environment(policy: JobPolicy, environment: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+    if environment is None:
+        env: dict[str, str] = {}
+    elif isinstance(environment, Mapping):
+        env = {str(k): str(v) for k, v in environment.items()}
+    else:
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+    home = env.get("CODEX_HOME")
+    if home is not None and _norm(home) != policy.job_home:
+        raise _reject(policy, f"environment CODEX_HOME={home} points away from {policy.job_home}", "CODEX_HOME")
+    return {**env, "CODEX_HOME": policy.job_home}
+
+
+def _user(policy: JobPolicy, user: Any) -> str:
+    if user is None:
+        return policy.job_user
+    name, _, group = str(user).partition(":")
+    if name in ("root", "0") or group in ("root", "0"):
+        raise _reject(policy, f"user {user} is root; job containers never run as root", "user=")
+    if str(user) not in (policy.job_user, policy.job_user.split(":")[0]):
+        raise _reject(
+            policy,
+            f"user {user} is not CODEX_JOB_USER={policy.job_user}, the owner of the login in the volume",
+            "user=",
+        )
+    return policy.job_user
+
+
+def _volume_entries(volumes: Any) -> list[tuple[str, str, str]]:
+    """``(source, target, mode)`` of docker-py's dict or list ``volumes`` forms."""
+    if volumes is None:
+        return []
+    entries = []
+    if isinstance(volumes, Mapping):
+        for source, spec in volumes.items():
+            if isinstance(spec, Mapping):
+                entries.append((str(source), str(spec.get("bind", "")), str(spec.get("mode", "rw"))))
+            else:
+                entries.append((str(source), str(spec), "rw"))
+        return entries
+    for item in volumes:
+        parts = str(item).split(":")
+        if len(parts) == 1:
+            entries.append(("", parts[0], "rw"))  # anonymous volume at that path
+        else:
+            entries.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "rw"))
+    return entries
+
+
+def _check_mount(policy: JobPolicy, source: str, target: str, what: str) -> None:
+    if target and _at_job_home(target, policy.job_home):
+        raise _reject(
+            policy,
+            f"{what} puts {source or 'a mount'} at {target}, inside CODEX_JOB_HOME {policy.job_home} "
+            f"where the agent mounts {policy.volume}",
+            what,
+        )
+    behind = volume_from_root(_norm(source)) if source.startswith("/") else source
+    if behind and (behind == policy.volume or behind in policy.auth_volumes or is_auth_volume(behind)):
+        mine = " (the agent already mounts it at " + policy.job_home + ")" if behind == policy.volume else ""
+        raise _reject(policy, f"{what} mounts Codex auth volume {behind}{mine}", what)
+
+
+def job_create_args(
+    policy: JobPolicy,
+    image: str,
+    command: str | Sequence[str] | None,
+    *,
+    environment: Mapping[str, str] | Sequence[str] | None = None,
+    workspace: str | None = None,
+    workspace_path: str = WORKSPACE_PATH,
+    options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Translate a job request into ``client.containers.create`` keyword arguments.
+
+    Pure: no I/O. The agent's auth volume, ``CODEX_HOME``, user and labels always win.
+
+    Args:
+        policy: what the agent imposes (volume, paths, user, labels, known auth volumes).
+        image: the job image.
+        command: the job's command (argv list or shell-split string).
+        environment: extra variables (dict or ``K=V`` list).
+        workspace: optional volume mounted read-write at ``workspace_path``.
+        workspace_path: where the workspace goes; also the default working directory.
+        options: any other ``containers.run`` option the task passes (``volumes``, ``mounts``,
+            ``tmpfs``, ``labels``, ``user``, ``network_mode``…).
+
+    Returns:
+        The arguments, with ``volumes`` in docker-py's ``"source:target:mode"`` list form.
+
+    Raises:
+        JobRejectedError: the request mounts another Codex login, puts anything at
+            ``CODEX_JOB_HOME``, runs as root or another user, or sets a reserved option.
+    """
+    rest = dict(options or {})
+    reserved = sorted(RESERVED_OPTIONS & rest.keys())
+    if reserved:
+        raise _reject(policy, f"option {reserved[0]}= is reserved: the agent manages the container", f"{reserved[0]}=")
+    user = _user(policy, rest.pop("user", None))
+    env = _environment(policy, environment)
+    binds = [f"{policy.volume}:{policy.job_home}:rw"]
+    for source, target, mode in _volume_entries(rest.pop("volumes", None)):
+        _check_mount(policy, source, target, "volumes=")
+        binds.append(f"{source}:{target}:{mode}" if source else target)
+    if workspace is not None:
+        _check_mount(policy, workspace, workspace_path, "workspace=")
+        binds.append(f"{workspace}:{workspace_path}:rw")
+        rest.setdefault("working_dir", workspace_path)
+    for mount in rest.get("mounts") or ():
+        _check_mount(policy, str(mount.get("Source") or ""), str(mount.get("Target") or ""), "mounts=")
+    for target in rest.get("tmpfs") or ():
+        _check_mount(policy, "", str(target), "tmpfs=")
+    task_labels = rest.pop("labels", None) or {}
+    if not isinstance(task_labels, Mapping):
+        task_labels = {str(k): "" for k in task_labels}
+    return {
+        **rest,
+        "image": image,
+        "command": command,
+        "user": user,
+        "environment": env,
+        "volumes": binds,
+        "labels": {**{str(k): str(v) for k, v in task_labels.items()}, **policy.labels},
+    }
+
+
+# -- the I/O shell ---------------------------------------------------------------------------
+
+
+class JobLauncher:
+    """Creates job containers for one Codex task through the guarded path.
+
+    Args:
+        client: a ``docker.DockerClient``.
+        config: the worker's configuration (``CODEX_JOB_HOME``, ``CODEX_JOB_USER``).
+        volume_name: the auth volume the mount check found (``app.codex_agent.volume_name``).
+        context: the task's audit fields (``CodexTask.codex_context()``).
+    """
+
+    def __init__(self, client: Any, config: AgentConfig, volume_name: str | None, context: Mapping[str, Any]) -> None:
+        self.client = client
+        self.config = config
+        self.volume_name = volume_name
+        self.context = dict(context)
+
+    def _facts(self) -> dict[str, Any]:
+        return {
+            "shard": self.context.get("shard"),
+            "volume": self.volume_name,
+            "worker": self.context.get("worker") or self.config.worker_name,
+        }
+
+    def policy(self) -> JobPolicy:
+        """The policy for this task, with the engine's current list of auth volumes.
+
+        Raises:
+            JobRejectedError: this worker has no auth volume (not a Codex worker).
+            DockerUnavailableError: the engine cannot list volumes.
+        """
+        facts = self._facts()
+        if not self.volume_name:
+            raise JobRejectedError(**facts, cause="this worker has no Codex auth volume", offending="the job")
+        with translate_docker_errors("list volumes", facts):
+            known = frozenset(v.name for v in find_auth_volumes(self.client))
+        return JobPolicy(
+            volume=self.volume_name,
+            job_home=self.config.job_home,
+            job_user=self.config.job_user,
+            labels=job_labels({**self.context, "volume": self.volume_name}),
+            auth_volumes=known - {self.volume_name},
+            facts=facts,
+        )
+
+    def run(
+        self,
+        image: str,
+        command: str | Sequence[str] | None = None,
+        *,
+        environment: Mapping[str, str] | Sequence[str] | None = None,
+        workspace: str | None = None,
+        workspace_path: str = WORKSPACE_PATH,
+        timeout: float | None = None,
+        check: bool = True,
+        **kwargs: Any,
+    ) -> JobResult:
+        """Run a job container to completion, log it, keep its output, remove it.
+
+        Args:
+            image: the job image.
+            command: its command.
+            environment: extra environment variables.
+            workspace: optional workspace volume, read-write at ``workspace_path``.
+            workspace_path: mount point of the workspace.
+            timeout: seconds before the job is killed (counts as a failure); None waits.
+            check: raise JobFailedError on a non-zero exit (default); False returns it.
+            **kwargs: other ``containers.run`` options, validated by :func:`job_create_args`.
+
+        Returns:
+            The finished job with its scrubbed output.
+
+        Raises:
+            JobRejectedError: CODEX-E041, the request breaks the policy (nothing was created).
+            DockerUnavailableError: CODEX-E040, the engine failed.
+            JobFailedError: CODEX-E042, non-zero exit or timeout (with ``check``).
+        """
+        policy = self.policy()
+        args = job_create_args(
+            policy, image, command, environment=environment, workspace=workspace,
+            workspace_path=workspace_path, options=kwargs,
+        )
+        audit = {**self.context, "volume": self.volume_name, "image": image}
+        started: dict[str, str] = {}
+
+        def on_started(container_id: str) -> None:
+            started["id"] = container_id
+            log.info(JOB_STARTED, **audit, container_id=container_id)
+
+        try:
+            run = run_container(
+                self.client, args, operation="job container", facts=self._facts(),
+                timeout=timeout, on_started=on_started,
+            )
+        except ContainerTimeout as e:
+            log.error(JOB_FINISHED, **audit, container_id=e.container_id, exit_code=None, duration_s=timeout, timed_out=True)
+            raise self._failed(e.container_id, image, f"timeout after {timeout}s", "") from e
+        except Exception as e:
+            if "id" in started:
+                log.error(JOB_FINISHED, **audit, container_id=started["id"], exit_code=None, error=str(e))
+            raise
+        output = scrub(run.output)[-OUTPUT_LIMIT:]
+        result = JobResult(run.container_id, image, run.exit_code, run.duration_s, output, args["labels"])
+        log.info(
+            JOB_FINISHED, **audit, container_id=run.container_id, exit_code=run.exit_code,
+            duration_s=round(run.duration_s, 3), output_chars=len(output),
+        )
+        if check and not result.ok:
+            raise self._failed(run.container_id, image, run.exit_code, output)
+        return result
+
+    def _failed(self, container_id: str, image: str, exit_code: Any, output: str) -> JobFailedError:
+        """CODEX-E042; ``facts["exit_code"]`` and ``facts["output_tail"]`` (scrubbed) carry the facts."""
+        return JobFailedError(
+            **self._facts(), container_id=container_id[:12], image=image, exit_code=exit_code,
+            output_tail=output[-_TAIL_CHARS:],
+        )
+
+
+def launcher_for_env(config: AgentConfig, volume_name: str | None, context: Mapping[str, Any]) -> JobLauncher:
+    """A launcher with a fresh client from the environment (safe in a forked pool child).
+
+    Raises:
+        DockerUnavailableError: no engine answers.
+    """
+    facts = {"shard": context.get("shard"), "volume": volume_name, "worker": context.get("worker")}
+    return JobLauncher(client_from_env(facts), config, volume_name, context)
