@@ -5,6 +5,7 @@ Each command parses, calls the library, echoes, and exits with the error's ``exi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -18,8 +19,10 @@ from agent import routing
 from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport
 from agent.dockerenv import optional_client
+from agent.dockerrun import client_from_env
 from agent.errors import AgentError
 from agent.state import judge_health, read_state
+from agent.volumes import VolumesReport, list_volumes
 
 __all__ = ["main", "cli"]
 
@@ -163,6 +166,46 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
     if keys_file:
         for key, before, after in plan.moves:
             click.echo(f"  {key}: {routing.queue_for_shard(before)} -> {routing.queue_for_shard(after)}")
+
+
+def _echo_volumes(report: VolumesReport) -> None:
+    if not report.volumes:
+        click.echo("no Codex auth volumes (label codex.auth=1 or name codex_auth_*)")
+    click.echo(f"{'VOLUME':<28} {'LOGIN':<12} {'MODE':<8} {'AGE':>7} {'FINGERPRINT':<17} HOLDER")
+    for volume in report.volumes:
+        login = volume.login["method"] if volume.logged_in else (volume.login.get("code") or "FAIL")
+        age = volume.auth.credential_age_days()
+        holder = volume.holder
+        held = "-" if holder is None else f"{holder['holder']} ({'fresh' if holder.get('fresh') else 'stale'})"
+        click.echo(
+            f"{volume.name:<28} {login:<12} {volume.auth.auth_mode or '-':<8} "
+            f"{'-' if age is None else f'{age:.1f}d':>7} {volume.auth.fingerprint or '-':<17} {held}"
+        )
+        if not volume.logged_in:
+            click.echo(f"  {volume.login.get('message')}")
+    for warning in report.warnings:
+        click.echo(f"warn {warning['code']} {warning['message']}")
+        click.echo(f"  fix: {warning['remediation']}")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--image", default=None, help="Image of the inspection containers (default CODEX_LOGIN_CHECK_IMAGE).")
+def volumes(names: tuple[str, ...], as_json: bool, image: str | None) -> None:
+    """List every Codex auth volume (or only NAMES): login, claim holder, credential age."""
+    config = _load_config(as_json)
+    if image:
+        config = dataclasses.replace(config, login_check_image=image)
+    try:
+        client = client_from_env({"shard": "-", "volume": "-"})
+        report = list_volumes(client, config, names)
+    except AgentError as e:
+        _fail(e, as_json)
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        _echo_volumes(report)
 
 
 def main() -> None:

@@ -36,6 +36,7 @@ __all__ = [
     "AuthFacts",
     "LoginStatus",
     "inspect_auth_file",
+    "facts_from_text",
     "fingerprint",
     "judge_status_output",
     "run_status_command",
@@ -132,6 +133,16 @@ def inspect_auth_file(codex_home: Path) -> AuthFacts:
         modified = path.stat().st_mtime
     except OSError:
         return AuthFacts(present=False)
+    return facts_from_text(text, modified)
+
+
+def facts_from_text(text: str, modified: float | None) -> AuthFacts:
+    """The non-secret facts of an ``auth.json``'s content (read here or through a container).
+
+    Args:
+        text: the file's content; never logged or returned.
+        modified: its mtime (epoch seconds), when known.
+    """
     try:
         data = json.loads(text)
     except ValueError:
