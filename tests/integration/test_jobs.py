@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 from agent import config as config_mod
 from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.errors import DockerUnavailableError, JobFailedError, JobRejectedError
-from agent.jobs import JobLauncher
+from agent.jobs import JobLauncher, launcher_for_env
 from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
@@ -113,3 +113,11 @@ class TestJobLauncher:
         with pytest.raises(DockerUnavailableError) as info:
             launcher(client, "codex_auth_1").run(images.job, ["true"])
         assert info.value.code == "CODEX-E040"
+
+    def test_task_launcher_without_engine_is_codex_e040(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The example task's path (launcher_for_env) with no engine: CODEX-E040 before any job."""
+        monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        config = config_mod.load({"CODEX_SHARD_INDEX": "1"})
+        with pytest.raises(DockerUnavailableError) as info:
+            launcher_for_env(config, "codex_auth_1", context("codex_auth_1"))
+        assert info.value.code == "CODEX-E040" and "connect" in info.value.message
