@@ -90,11 +90,17 @@ class AgentError(Exception):
     remediation_template: ClassVar[str] = "see runbook.md"
     exit_code: ClassVar[int] = 1
 
-    def __init__(self, **facts: Any) -> None:
+    def __init__(self, *restored: str, **facts: Any) -> None:
         self.facts: dict[str, Any] = facts
-        self.message: str = self.template.format_map(_Facts(facts))
+        if restored:  # rebuilt from its text: unpickling, or Celery's result backend
+            self.message = restored[0].removeprefix(f"{self.code} ")
+        else:
+            self.message = self.template.format_map(_Facts(facts))
         self.remediation: str = self.remediation_template.format_map(_Facts(facts))
         super().__init__(f"{self.code} {self.message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.facts))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-safe summary: code, title, message and remediation."""
@@ -298,6 +304,11 @@ class DrainError(AgentError):
     title = "drain failed"
     template = "could not drain queue {queue} ({cause}); tasks already moved stay moved, the rest stay queued"
     remediation_template = "fix the cause and run the same command again: codex-agent drain {queue}"
+
+
+def _rebuild(cls: type[AgentError], facts: dict[str, Any]) -> AgentError:
+    """Unpickle an AgentError from its facts (pool children send errors to the main process)."""
+    return cls(**facts)
 
 
 @dataclass(frozen=True)

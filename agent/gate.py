@@ -45,10 +45,14 @@ class Gate:
         self._consumer: Any = None
         self._lock = threading.Lock()
 
-    def set(self, is_open: bool, reason: list[dict[str, Any]] | None = None) -> bool:
+    def set(
+        self, is_open: bool, reason: list[dict[str, Any]] | None = None, *, on_consumer_thread: bool = False
+    ) -> bool:
         """Record the decision and apply it; returns whether it changed.
 
-        Safe from any thread: the consumer change is scheduled on the consumer's thread.
+        Safe from any thread: the consumer change is scheduled on the consumer's thread, or made
+        at once when the caller says it already runs there (a task's failure callback, which
+        must stop consuming before its message is requeued).
         """
         with self._lock:
             changed = not self._decided or is_open != self.is_open
@@ -65,6 +69,8 @@ class Gate:
             log.warning("codex.gate.closed", queue=self.queue, reason=self.reason)
         if consumer is None:
             self._select()
+        elif on_consumer_thread:
+            self.apply(consumer)
         else:
             consumer.call_soon(self.apply, consumer)
         return True
@@ -79,10 +85,11 @@ class Gate:
             queues.deselect(self.queue)
 
     def apply(self, consumer: Any) -> None:
-        """Make ``consumer`` match the decision. Runs on the consumer's thread only."""
+        """Make a running ``consumer`` match the decision. Runs on the consumer's thread only."""
         task_consumer = getattr(consumer, "task_consumer", None)
-        if task_consumer is None:  # consumer not (re)started yet: the selection will do
-            self._select()
+        looping = task_consumer is not None and (task_consumer.on_message or task_consumer.callbacks)
+        if not looping:  # (re)starting: the selection decides what the loop will consume
+            self._prepare(task_consumer)
             return
         consuming = task_consumer.consuming_from(self.queue)
         if self.is_open and not consuming:
@@ -95,8 +102,22 @@ class Gate:
         else:
             self._select()
 
+    def _prepare(self, task_consumer: Any) -> None:
+        """Before the consume loop starts: fix the selection and the consumer's queue list."""
+        self._select()
+        if task_consumer is None:
+            return
+        queues = task_consumer.queues
+        has_queue = any(q.name == self.queue for q in queues)
+        if not self.is_open and has_queue:
+            task_consumer.queues = [q for q in queues if q.name != self.queue]
+        elif self.is_open and not has_queue and self.queue in self.app.amqp.queues:
+            task_consumer.add_queue(self.app.amqp.queues[self.queue])
+        if self.is_open:
+            log.info("codex.gate.consuming", queue=self.queue)
+
     def attach(self, consumer: Any) -> None:
-        """Remember the running consumer and apply the decision to it."""
+        """Remember the (re)started consumer and apply the decision before it consumes."""
         with self._lock:
             self._consumer = consumer
         self.apply(consumer)

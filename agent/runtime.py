@@ -90,11 +90,15 @@ class Agent:
             return report
 
     def on_preflight_failed(self, reason: str, queue: str | None) -> None:
-        """A task's pre-flight failed in a pool child: close the gate (consumer thread)."""
+        """A task's pre-flight failed in a pool child: stop consuming before the requeue.
+
+        Called from the task request's failure callback, on the consumer's thread.
+        """
         code, _, message = reason.partition(" ")
         log.error("codex.preflight.gate_closed", code=code, error=message, queue=queue)
         if self.gate is not None and (queue is None or queue == self.gate.queue):
-            self.gate.set(False, [{"check": "preflight", "code": code, "message": message, "remediation": None}])
+            reason = [{"check": "preflight", "code": code, "message": message, "remediation": None}]
+            self.gate.set(False, reason, on_consumer_thread=True)
         elif self.gate is None and queue:
             # A Codex queue reached a worker with no shard: stop taking it, the task was requeued.
             if self.consumer is not None:

@@ -26,3 +26,20 @@ class TestCatalogue:
         """A fact the caller forgot shows as {name} rather than crashing the report."""
         error = errors.VolumeClaimedError(shard=0, volume="codex_auth_0")
         assert "{holder}" in error.message
+
+
+class TestTransport:
+    def test_pickles_with_its_facts(self) -> None:
+        """Pool children pickle errors to the main process: code, message and fix survive."""
+        import pickle
+
+        error = errors.JobFailedError(shard=0, container_id="abc", image="job:dev", exit_code=3, worker="w")
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is errors.JobFailedError
+        assert (copy.message, copy.remediation, copy.facts) == (error.message, error.remediation, error.facts)
+
+    def test_rebuilds_from_its_text(self) -> None:
+        """Celery's result backend rebuilds exceptions as cls(*args): the message survives."""
+        error = errors.NotLoggedInError(shard=1, volume="codex_auth_1", cause="x")
+        copy = errors.NotLoggedInError(*error.args)
+        assert copy.message == error.message and str(copy) == str(error)
