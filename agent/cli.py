@@ -15,12 +15,14 @@ from typing import Any, NoReturn
 import click
 
 from agent import config as config_mod
+from agent import drain as drain_mod
 from agent import routing
 from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport
 from agent.dockerenv import optional_client
 from agent.dockerrun import client_from_env
-from agent.errors import AgentError
+from agent.drain import DrainReport
+from agent.errors import AgentError, ConfigError
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
 
@@ -45,6 +47,14 @@ def _load_config(as_json: bool = False) -> config_mod.AgentConfig:
 
 def _echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+def _answer(report: Any, as_json: bool, echo_text: Any) -> None:
+    """Echo a report as JSON (its ``to_dict()``) or through ``echo_text``."""
+    if as_json:
+        _echo_json(report.to_dict())
+    else:
+        echo_text(report)
 
 
 def _echo_report(report: CheckReport) -> None:
@@ -80,10 +90,7 @@ def check(as_json: bool) -> None:
         report = checker.run()
     finally:
         checker.claim.release()
-    if as_json:
-        _echo_json(report.to_dict())
-    else:
-        _echo_report(report)
+    _answer(report, as_json, _echo_report)
     sys.exit(0 if report.ok else 1)
 
 
@@ -202,10 +209,76 @@ def volumes(names: tuple[str, ...], as_json: bool, image: str | None) -> None:
         report = list_volumes(client, config, names)
     except AgentError as e:
         _fail(e, as_json)
-    if as_json:
-        _echo_json(report.to_dict())
-    else:
-        _echo_volumes(report)
+    _answer(report, as_json, _echo_volumes)
+
+
+def _echo_drain(report: DrainReport) -> None:
+    verb = "would move" if report.dry_run else "moved"
+    click.echo(f"{report.queue} -> {report.shards} shards: {verb} {len(report.moves)} task(s), {report.left} left in {report.queue}")
+    for queue, count in report.counts().items():
+        click.echo(f"  {count:>6}  -> {queue}")
+
+
+@cli.command()
+@click.argument("queue")
+@click.option("--broker", envvar="CELERY_BROKER_URL", default=None, help="Broker URL (default CELERY_BROKER_URL).")
+@click.option("--shards", type=click.IntRange(min=1), default=None, help="The new shard count (default CODEX_SHARDS).")
+@click.option("--mode", type=click.Choice(["sharded", "single"]), default=None, help="Queue mode (default CODEX_QUEUE_MODE).")
+@click.option(
+    "--app",
+    "app_path",
+    default="worker_entry.app:app",
+    show_default=True,
+    help="Celery app (module:attr) whose task registry tells Codex tasks from the others.",
+)
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most this many tasks, then stop.")
+@click.option("--dry-run", is_flag=True, help="Only say where each task would go; move nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def drain(
+    queue: str,
+    broker: str | None,
+    shards: int | None,
+    mode: str | None,
+    app_path: str,
+    limit: int | None,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Move the tasks waiting in a removed shard's QUEUE to where they route now.
+
+    Each task is republished unchanged (same task id) with publisher confirms, and only then
+    removed from QUEUE; on any error the drain stops and the rest stay queued (CODEX-E060).
+    """
+    config = _load_config(as_json)
+    try:
+        kinds = drain_mod.task_kinds_from_app(_import_app(app_path))
+        report = drain_mod.drain(
+            broker or config.broker_url,
+            queue,
+            shards=shards if shards is not None else config.shards,
+            mode=mode or config.queue_mode,
+            kinds=kinds,
+            dry_run=dry_run,
+            limit=limit,
+        )
+    except AgentError as e:
+        _fail(e, as_json)
+    _answer(report, as_json, _echo_drain)
+    if report.error is not None:
+        _fail(report.error, as_json=False)
+
+
+def _import_app(path: str) -> Any:
+    from celery.utils.imports import symbol_by_name
+
+    try:
+        app = symbol_by_name(path)
+        app.loader.import_default_modules()  # the app's `include` modules register their tasks
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(
+            variable="--app", value=path, cause=f"cannot import it ({e})", accepted="module:attribute of a Celery app"
+        ) from e
+    return app
 
 
 def main() -> None:

@@ -1,0 +1,291 @@
+"""Drain a removed shard's queue: move every waiting task to the queue it routes to now.
+
+After the shard count shrinks (``CODEX_SHARDS`` 4 -> 3), tasks still waiting in ``codex-3`` have
+no worker. :func:`drain` takes them one at a time and, for each:
+
+1. gets the message without acknowledging it (it stays the broker's until step 3);
+2. republishes it unchanged (body, headers, properties: the task id is kept) to the queue the
+   :class:`~agent.router.CodexRouter` rules give for the new shard count, with publisher confirms
+   on RabbitMQ (``confirm_publish``) so the broker has it before we go on;
+3. only then acknowledges the original.
+
+Nothing is lost: a failure at step 2 puts the message back and stops, leaving the rest queued
+(:class:`~agent.errors.DrainError`, CODEX-E060); running the same command again carries on.
+Nothing is duplicated unless the connection dies between steps 2 and 3 (the usual
+at-least-once window): the copy keeps the same task id.
+
+Routing (:func:`target_queue`) is pure: non-Codex tasks go to the default queue; a run pinned by
+``codex_shard`` keeps its shard while that shard exists, otherwise it is routed by its affinity key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from kombu import Connection, Producer, Queue
+
+from agent import defaults
+from agent.errors import AgentError, DrainError
+from agent.router import PIN_ARG
+from agent.routing import queue_for_shard, shard_for
+
+__all__ = [
+    "DEFAULT_AFFINITY_ARG",
+    "TaskKinds",
+    "Move",
+    "DrainReport",
+    "target_queue",
+    "task_kinds_from_app",
+    "live_queues",
+    "drain",
+]
+
+DEFAULT_AFFINITY_ARG = "affinity_key"
+"""Keyword argument holding the affinity key when the task class does not say otherwise."""
+
+TaskKinds = Callable[[str, dict[str, Any]], "str | None"]
+"""``(task name, kwargs) -> affinity argument name`` for a Codex task, None for any other task."""
+
+_KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "expiration", "message_id", "timestamp", "type", "app_id")
+"""Message properties republished as they were (transport bookkeeping such as delivery tags is not)."""
+
+
+def _guess_kind(name: str, kwargs: dict[str, Any]) -> str | None:
+    """Without an app: a task carrying an affinity key or a shard pin is a Codex task."""
+    return DEFAULT_AFFINITY_ARG if (DEFAULT_AFFINITY_ARG in kwargs or PIN_ARG in kwargs) else None
+
+
+def task_kinds_from_app(app: Any) -> TaskKinds:
+    """Classify tasks with a Celery app's registry (``codex = True`` marks Codex tasks).
+
+    Tasks the app does not know are judged by their kwargs (an affinity key or a pin).
+    """
+
+    def kind(name: str, kwargs: dict[str, Any]) -> str | None:
+        task = app.tasks.get(name)
+        if task is None:
+            return _guess_kind(name, kwargs)
+        if getattr(task, "codex", False):
+            return str(getattr(task, "affinity_arg", DEFAULT_AFFINITY_ARG))
+        return None
+
+    return kind
+
+
+def live_queues(shards: int, mode: str = defaults.QUEUE_MODE) -> set[str]:
+    """Every queue that still has workers for ``shards`` shards, plus the default queue."""
+    if mode == "single":
+        return {defaults.SINGLE_QUEUE, defaults.DEFAULT_QUEUE}
+    return {queue_for_shard(i, mode) for i in range(shards)} | {defaults.DEFAULT_QUEUE}
+
+
+def target_queue(
+    name: str,
+    kwargs: dict[str, Any],
+    *,
+    shards: int,
+    mode: str = defaults.QUEUE_MODE,
+    kinds: TaskKinds = _guess_kind,
+) -> str:
+    """Where task ``name`` with ``kwargs`` routes for ``shards`` shards (pure).
+
+    Raises:
+        RoutingError: a Codex task has neither a usable pin nor an affinity key.
+    """
+    affinity_arg = kinds(name, kwargs)
+    if affinity_arg is None:
+        return defaults.DEFAULT_QUEUE
+    pinned = kwargs.get(PIN_ARG)
+    if isinstance(pinned, int) and not isinstance(pinned, bool) and 0 <= pinned < shards:
+        return queue_for_shard(pinned, mode)
+    key = kwargs.get(affinity_arg)
+    return queue_for_shard(shard_for(key, shards), mode)  # RoutingError when key is missing
+
+
+@dataclass(frozen=True)
+class Move:
+    """One task taken from the drained queue (or, in a dry run, that would be)."""
+
+    task_id: str | None
+    task: str | None
+    to: str
+
+
+@dataclass
+class DrainReport:
+    """What a drain did: the moves, what is left, and the error that stopped it, if any."""
+
+    queue: str
+    shards: int
+    dry_run: bool
+    moves: list[Move] = field(default_factory=list)
+    left: int = 0
+    error: AgentError | None = None
+
+    @property
+    def ok(self) -> bool:
+        """No error stopped the drain."""
+        return self.error is None
+
+    def counts(self) -> dict[str, int]:
+        """Tasks moved (or to move) per target queue."""
+        out: dict[str, int] = {}
+        for move in self.moves:
+            out[move.to] = out.get(move.to, 0) + 1
+        return dict(sorted(out.items()))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe summary (task ids and names only, never task arguments)."""
+        return {
+            "ok": self.ok,
+            "queue": self.queue,
+            "shards": self.shards,
+            "dry_run": self.dry_run,
+            "moved": 0 if self.dry_run else len(self.moves),
+            "would_move": len(self.moves) if self.dry_run else 0,
+            "per_queue": self.counts(),
+            "left": self.left,
+            "tasks": [{"task_id": m.task_id, "task": m.task, "to": m.to} for m in self.moves],
+            "error": self.error.to_dict() if self.error else None,
+        }
+
+
+def _task_of(message: Any) -> tuple[str | None, str | None, dict[str, Any]]:
+    """(task id, task name, kwargs) of a Celery message, protocol 2 or 1."""
+    headers = message.headers or {}
+    payload = message.decode()
+    if "task" in headers:  # protocol 2: body is [args, kwargs, embed]
+        kwargs = payload[1] if isinstance(payload, (list, tuple)) and len(payload) > 1 else {}
+        return headers.get("id"), headers.get("task"), dict(kwargs or {})
+    if isinstance(payload, dict) and "task" in payload:  # protocol 1
+        return payload.get("id"), payload.get("task"), dict(payload.get("kwargs") or {})
+    return None, None, {}
+
+
+def _republish(producer: Producer, message: Any, queue: str) -> None:
+    properties = {k: v for k, v in (message.properties or {}).items() if k in _KEPT_PROPERTIES and v is not None}
+    producer.publish(
+        message.body,
+        exchange="",  # the default exchange delivers straight to the queue named by routing_key
+        routing_key=queue,
+        content_type=message.content_type,
+        content_encoding=message.content_encoding,
+        headers=dict(message.headers or {}),
+        delivery_mode=(message.properties or {}).get("delivery_mode") or 2,
+        retry=False,
+        **properties,
+    )
+
+
+def _declare(channel: Any, name: str) -> Queue:
+    # Same declaration as Celery's task_queues (durable, no arguments), so it never conflicts.
+    queue = Queue(name, durable=True)(channel)
+    queue.declare()
+    return queue
+
+
+def _waiting(queue: Queue) -> int:
+    try:
+        _, count, _ = queue.queue_declare()
+        return int(count)
+    except Exception:  # noqa: BLE001  (a count is a courtesy; never fail the drain for it)
+        return -1
+
+
+@contextmanager
+def _connection(broker_url: str) -> Iterator[Connection]:
+    # RabbitMQ: publisher confirms, so publish() returns only once the broker has the copy.
+    with Connection(broker_url, connect_timeout=10, transport_options={"confirm_publish": True}) as conn:
+        conn.ensure_connection(max_retries=1)
+        yield conn
+
+
+def drain(
+    broker_url: str,
+    queue: str,
+    *,
+    shards: int,
+    mode: str = defaults.QUEUE_MODE,
+    kinds: TaskKinds = _guess_kind,
+    dry_run: bool = False,
+    limit: int | None = None,
+) -> DrainReport:
+    """Move every task waiting in ``queue`` to where it routes for ``shards`` shards.
+
+    Args:
+        broker_url: the Celery broker (RabbitMQ ``amqp://`` or Redis ``redis://``).
+        queue: the removed shard's queue, e.g. ``codex-3``.
+        shards: the new shard count.
+        mode: the queue mode (``sharded`` or ``single``).
+        kinds: tells Codex tasks (and their affinity argument) from the others.
+        dry_run: only say where each task would go; every message stays where it is.
+        limit: move at most this many tasks, then stop (the rest stay queued).
+
+    Returns:
+        The report; ``report.error`` is set (and the rest left queued) when a task could not be moved.
+
+    Raises:
+        DrainError: ``queue`` still has workers for ``shards`` shards (nothing is touched).
+    """
+    if queue in live_queues(shards, mode):
+        raise DrainError(
+            queue=queue,
+            cause=f"{queue} is still a live queue with {shards} shards; drain only a removed shard's queue",
+        )
+    report = DrainReport(queue=queue, shards=shards, dry_run=dry_run)
+    try:
+        with _connection(broker_url) as conn:
+            source_channel = conn.channel()
+            source = _declare(source_channel, queue)
+            producer = Producer(conn.default_channel, auto_declare=False)
+            declared: set[str] = set()
+            try:
+                _move_all(report, source, producer, declared, shards, mode, kinds, dry_run, limit)
+            finally:
+                report.left = _waiting(source) if not dry_run else report.left
+                source_channel.close()  # in a dry run this hands every held message back
+            if dry_run:
+                report.left = _waiting(_declare(conn.channel(), queue))
+    except Exception as e:  # noqa: BLE001  (broker down, refused login, ...: translated at the boundary)
+        report.error = report.error or DrainError(queue=queue, cause=f"{type(e).__name__}: {e}")
+    return report
+
+
+def _move_all(
+    report: DrainReport,
+    source: Queue,
+    producer: Producer,
+    declared: set[str],
+    shards: int,
+    mode: str,
+    kinds: TaskKinds,
+    dry_run: bool,
+    limit: int | None,
+) -> None:
+    while limit is None or len(report.moves) < limit:
+        message = source.get(no_ack=False)
+        if message is None:
+            return
+        task_id: str | None = None
+        try:
+            task_id, name, kwargs = _task_of(message)
+            if name is None:
+                raise DrainError(queue=report.queue, cause="a message that is not a Celery task is in the way")
+            target = target_queue(name, kwargs, shards=shards, mode=mode, kinds=kinds)
+            if not dry_run:
+                if target not in declared:
+                    _declare(producer.channel, target)
+                    declared.add(target)
+                _republish(producer, message, target)
+        except Exception as e:  # noqa: BLE001
+            if not dry_run:
+                message.requeue()  # back where it was; nothing after it is touched
+            cause = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
+            report.error = DrainError(queue=report.queue, cause=f"task {task_id or '?'} not moved: {cause}")
+            return
+        if not dry_run:
+            message.ack()
+        report.moves.append(Move(task_id=task_id, task=name, to=target))

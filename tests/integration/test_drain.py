@@ -1,0 +1,208 @@
+"""``codex-agent drain`` on real RabbitMQ and Redis: a removed shard's tasks move, none lost, none doubled.
+
+Each test gets a broker namespace of its own (a fresh RabbitMQ vhost, or an empty Redis database
+claimed for the test), so the usual ``codex-N`` queue names never touch another test's queues.
+Tasks are published by the real Celery publisher app with a 4-shard configuration.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+import pytest
+from kombu import Connection, Queue
+from support.workers import BrokerView, keys_for_shard
+
+import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
+from agent.config import load
+from agent.drain import drain, task_kinds_from_app
+from worker_entry.app import create_app
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+
+QUEUES = ("default", "codex-0", "codex-1", "codex-2", "codex-3")
+CODEX_AGENT = str(Path(sys.executable).parent / "codex-agent")
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq_url: str) -> Iterator[str]:
+    """A fresh vhost on the real RabbitMQ for this test only; deleted afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("RabbitMQ absent: rabbitmqctl not found (needed for a private vhost)")
+    vhost = f"cwa_drain_{secrets.token_hex(4)}"
+    user = rabbitmq_url.split("://", 1)[1].split(":", 1)[0]
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    try:
+        parts = urlsplit(rabbitmq_url)
+        yield f"{parts.scheme}://{parts.netloc}/{quote(vhost, safe='')}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+
+
+@pytest.fixture
+def redis_db(redis_url: str) -> Iterator[str]:
+    """An empty Redis database (4..15) claimed with a marker key; flushed afterwards."""
+    import redis
+
+    base = redis_url.rsplit("/", 1)[0]
+    for db in range(15, 3, -1):
+        client = redis.Redis.from_url(f"{base}/{db}")
+        if client.dbsize() == 0 and client.set("cwa_drain_claim", "1", nx=True):
+            try:
+                yield f"{base}/{db}"
+            finally:
+                client.flushdb()
+            return
+    pytest.fail("no empty Redis database in 4..15 for the drain test")
+
+
+@pytest.fixture(params=["rabbitmq", "redis"])
+def broker_url(request: pytest.FixtureRequest) -> str:
+    """Every drain test runs once on RabbitMQ and once on Redis, in a private namespace."""
+    url: str = request.getfixturevalue("rabbitmq_vhost" if request.param == "rabbitmq" else "redis_db")
+    return url
+
+
+@pytest.fixture
+def broker(broker_url: str) -> BrokerView:
+    view = BrokerView(broker_url, queues=QUEUES)
+    view.purge()
+    return view
+
+
+def counts(broker: BrokerView) -> dict[str, int]:
+    return {name: broker.count(name) for name in QUEUES}
+
+
+def task_ids(broker_url: str) -> Counter[str]:
+    """Every task id waiting in the test's queues (consumes them)."""
+    seen: Counter[str] = Counter()
+    with Connection(broker_url, connect_timeout=5) as connection:
+        for name in QUEUES:
+            queue = Queue(name, durable=True)(connection.default_channel)
+            while (message := queue.get(no_ack=True)) is not None:
+                seen[message.headers["id"]] += 1
+    return seen
+
+
+def publish_to_removed_shard(broker_url: str, count: int) -> tuple[list[str], dict[str, str]]:
+    """``count`` Codex phases routed to codex-3 with 4 shards, one pinned to shard 3, one plain task.
+
+    Returns the task ids and, per id, the queue it must reach with 3 shards.
+    """
+    publisher = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "4"}))
+    from agent.routing import queue_for_shard, shard_for
+
+    expected: dict[str, str] = {}
+    for key in keys_for_shard(3, count, shards=4, prefix=f"drain-{secrets.token_hex(2)}"):
+        result = publisher.send_task("codex.phase", kwargs={"affinity_key": key, "run_id": f"run-{key}", "phase": "plan"})
+        expected[result.id] = queue_for_shard(shard_for(key, 3))
+    pinned_key = keys_for_shard(1, 1, shards=3, prefix="drain-pinned")[0]
+    pinned = publisher.send_task(
+        "codex.phase", kwargs={"affinity_key": pinned_key, "run_id": "run-pinned", "phase": "review", "codex_shard": 3}
+    )
+    expected[pinned.id] = "codex-1"  # shard 3 is gone: routed by its key
+    plain = publisher.send_task("housekeeping", kwargs={"label": "stray"}, queue="codex-3")
+    expected[plain.id] = "default"
+    publisher.close()
+    return list(expected), expected
+
+
+class TestDrain:
+    def test_moves_every_task_once_to_its_new_queue(self, broker_url: str, broker: BrokerView) -> None:
+        """12 tasks in codex-3, drained to 3 shards: each lands once, where the router sends it now."""
+        ids, expected = publish_to_removed_shard(broker_url, 10)
+        before = counts(broker)
+        assert before == {"default": 0, "codex-0": 0, "codex-1": 0, "codex-2": 0, "codex-3": len(ids)}
+
+        app = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3"}))
+        report = drain(broker_url, "codex-3", shards=3, kinds=task_kinds_from_app(app))
+
+        assert report.ok, report.error
+        assert {m.task_id: m.to for m in report.moves} == expected
+        after = counts(broker)
+        wanted = Counter(expected.values())
+        assert after == {q: wanted.get(q, 0) for q in QUEUES} and report.left == 0
+        assert task_ids(broker_url) == Counter(ids)  # every id exactly once
+
+    def test_dry_run_moves_nothing(self, broker_url: str, broker: BrokerView) -> None:
+        """--dry-run reports the plan and leaves every task where it was."""
+        ids, expected = publish_to_removed_shard(broker_url, 4)
+        report = drain(broker_url, "codex-3", shards=3, dry_run=True)
+        assert report.ok, report.error
+        assert {m.task_id: m.to for m in report.moves} == expected
+        assert counts(broker)["codex-3"] == len(ids) == report.left
+        assert task_ids(broker_url) == Counter(ids)
+
+    def test_limit_stops_midway_and_a_second_run_finishes(self, broker_url: str, broker: BrokerView) -> None:
+        """The CLI moves K with --limit, the rest stay queued; running it again moves the rest, none doubled."""
+        ids, _ = publish_to_removed_shard(broker_url, 6)
+        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3"}
+        first = subprocess.run([CODEX_AGENT, "drain", "codex-3", "--limit", "3", "--json"],
+                               env=env, capture_output=True, text=True, timeout=60)
+        assert first.returncode == 0, first.stderr
+        assert json.loads(first.stdout)["moved"] == 3
+        assert broker.count("codex-3") == len(ids) - 3
+        second = subprocess.run([CODEX_AGENT, "drain", "codex-3"], env=env, capture_output=True, text=True, timeout=60)
+        assert second.returncode == 0, second.stderr
+        assert f"moved {len(ids) - 3} task(s), 0 left in codex-3" in second.stdout
+        assert task_ids(broker_url) == Counter(ids)
+
+    def test_a_failing_target_stops_the_drain_and_loses_nothing(self, broker_url: str, broker: BrokerView) -> None:
+        """When the broker refuses a copy, the drain stops with E060: moved stay moved, the rest stay queued."""
+        ids, expected = publish_to_removed_shard(broker_url, 10)
+        order = list(expected.values())  # both brokers hand messages out in publish order
+        broken = next(q for q in order if q.startswith("codex-") and order.index(q) > 0)
+        undo = _refuse_publishes_to(broker_url, broken)
+        try:
+            report = drain(broker_url, "codex-3", shards=3)
+        finally:
+            undo()
+        assert report.error is not None and report.error.code == "CODEX-E060"
+        assert 0 < len(report.moves) < len(ids)
+        assert all(m.to != broken for m in report.moves)
+        assert broker.count("codex-3") == len(ids) - len(report.moves)
+
+        again = drain(broker_url, "codex-3", shards=3)
+        assert again.ok, again.error
+        assert {m.task_id: m.to for m in report.moves + again.moves} == expected
+        assert task_ids(broker_url) == Counter(ids)
+
+    def test_refuses_a_live_queue(self, broker_url: str, broker: BrokerView) -> None:
+        """Draining a queue that still has a shard is refused before anything is touched."""
+        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url}
+        done = subprocess.run([CODEX_AGENT, "drain", "codex-2", "--shards", "3"], env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 1 and "CODEX-E060" in done.stderr and "still a live queue" in done.stderr
+
+
+def _refuse_publishes_to(broker_url: str, queue: str) -> Any:
+    """Make the real broker refuse new messages for ``queue``; returns the undo.
+
+    RabbitMQ: a policy of max-length 0 with ``reject-publish`` (confirms turn it into a nack).
+    Redis: the queue's key holds a string, so LPUSH fails with WRONGTYPE.
+    """
+    if broker_url.startswith("amqp"):
+        vhost = broker_url.rsplit("/", 1)[1]
+        rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "cwa-refuse", f"^{queue}$",
+                    '{"max-length": 0, "overflow": "reject-publish"}')
+        return lambda: rabbitmqctl("clear_policy", "-p", vhost, "cwa-refuse")
+    import redis
+
+    client = redis.Redis.from_url(broker_url)
+    client.delete(queue)
+    client.set(queue, "not a list")
+    return lambda: client.delete(queue)

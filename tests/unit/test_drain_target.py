@@ -1,0 +1,51 @@
+"""agent.drain.target_queue: where a waiting task routes after the shard count changes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from agent.drain import live_queues, target_queue
+from agent.errors import RoutingError
+from agent.routing import queue_for_shard, shard_for
+
+
+def codex_only(name: str, kwargs: dict[str, Any]) -> str | None:
+    return "repo" if name == "codex.custom" else None
+
+
+class TestTargetQueue:
+    @pytest.mark.parametrize(
+        ("name", "kwargs", "shards", "expected"),
+        [
+            ("codex.phase", {"affinity_key": "repo-a"}, 3, queue_for_shard(shard_for("repo-a", 3))),
+            ("codex.phase", {"affinity_key": "repo-a", "codex_shard": 1}, 3, "codex-1"),
+            ("codex.phase", {"affinity_key": "repo-a", "codex_shard": 3}, 3, queue_for_shard(shard_for("repo-a", 3))),
+            ("housekeeping", {"label": "x"}, 3, "default"),
+        ],
+        ids=["by-key", "pin-kept", "pin-gone-rerouted-by-key", "non-codex-to-default"],
+    )
+    def test_routes_like_the_router_for_the_new_count(
+        self, name: str, kwargs: dict[str, Any], shards: int, expected: str
+    ) -> None:
+        """Keys hash over the new count; a live pin wins; a dead pin falls back to the key."""
+        assert target_queue(name, kwargs, shards=shards) == expected
+
+    def test_uses_the_task_classes_affinity_argument(self) -> None:
+        """A Codex task whose affinity argument is not ``affinity_key`` is routed by its own."""
+        assert target_queue("codex.custom", {"repo": "r1"}, shards=5, kinds=codex_only) == queue_for_shard(shard_for("r1", 5))
+        assert target_queue("other", {"repo": "r1"}, shards=5, kinds=codex_only) == "default"
+
+    def test_single_mode_routes_every_codex_task_to_one_queue(self) -> None:
+        """In single mode every Codex task goes to the one ``codex`` queue."""
+        assert target_queue("codex.phase", {"affinity_key": "k"}, shards=4, mode="single") == "codex"
+
+    def test_a_codex_task_without_key_or_live_pin_is_unroutable(self) -> None:
+        """No key and a dead pin: RoutingError, so the drain stops and leaves it queued."""
+        with pytest.raises(RoutingError):
+            target_queue("codex.phase", {"codex_shard": 7}, shards=3)
+
+    def test_live_queues_are_the_new_shards_and_default(self) -> None:
+        """Only queues without a shard any more can be drained."""
+        assert live_queues(3) == {"codex-0", "codex-1", "codex-2", "default"}
