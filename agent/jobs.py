@@ -15,7 +15,7 @@ instead. Engine failures are CODEX-E040, never login errors.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 

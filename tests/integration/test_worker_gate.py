@@ -6,134 +6,25 @@ CODEX_HOME), running the real Codex CLI; tasks go through a real broker.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
-import sys
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from celery import Celery
 from support import make_api_key_login
-from support.workers import BrokerView, ShardHome, WorkerProcess, copy_cli_wrapper, keys_for_shard, wait_until
-
-from agent.config import load
-from worker_entry.app import create_app
-
-RESULTS_DB = 1  # the Redis database for task results (brokers use db 0)
-
-
-@pytest.fixture(params=["rabbitmq", "redis"])
-def broker_url(request: pytest.FixtureRequest) -> str:
-    """Every gate test runs once on RabbitMQ and once on Redis."""
-    url: str = request.getfixturevalue(f"{request.param}_url")
-    return url
-
-
-@pytest.fixture
-def backend_url(redis_url: str) -> str:
-    return redis_url.rsplit("/", 1)[0] + f"/{RESULTS_DB}"
-
-
-@pytest.fixture
-def broker(broker_url: str) -> Iterator[BrokerView]:
-    view = BrokerView(broker_url)
-    view.purge()
-    yield view
-    view.purge()
-
-
-@pytest.fixture
-def publisher(broker_url: str, backend_url: str) -> Celery:
-    """The platform's side: an app that routes and sends Codex tasks."""
-    import worker_entry.tasks  # noqa: F401  (registers the shared tasks)
-
-    return create_app(load({"CELERY_BROKER_URL": broker_url}), result_backend=backend_url)
-
-
-@pytest.fixture
-def shard_homes(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., ShardHome]]:
-    """Make real volumes bind-mounted at a worker's CODEX_HOME; unmount and remove them after."""
-    if os.geteuid() != 0:
-        pytest.skip("mount privileges absent: the gate tests bind-mount volumes and need root")
-    made: list[ShardHome] = []
-
-    def make(share: ShardHome | None = None) -> ShardHome:
-        """A new volume, or with ``share`` the same volume mounted at a second home."""
-        home = share.bind_again(tmp_path) if share else ShardHome.create(docker_client, tmp_path)
-        made.append(home)
-        return home
-
-    yield make
-    for home in made:
-        home.unmount()
-    for name in {h.volume for h in made}:
-        try:
-            docker_client.volumes.get(name).remove(force=True)
-        except Exception:
-            pass
-
-
-WorkerFactory = Callable[..., WorkerProcess]
-
-
-@pytest.fixture
-def workers(
-    broker_url: str, backend_url: str, codex_bin: str, tmp_path: Path
-) -> Iterator[WorkerFactory]:
-    """Start `worker-entry` processes; stop them all at teardown."""
-    started: list[WorkerProcess] = []
-
-    def start(
-        shard: int | None = None,
-        home: ShardHome | None = None,
-        extra: list[str] | None = None,
-        volume: str | None = None,
-        **env: str,
-    ) -> WorkerProcess:
-        name = f"w{len(started)}-{uuid.uuid4().hex[:6]}"
-        environ = {
-            "PATH": f"{Path(sys.executable).parent}:/usr/local/bin:/usr/bin:/bin",
-            "HOME": str(home.home if home else tmp_path / name),
-            "CELERY_BROKER_URL": broker_url,
-            "CELERY_RESULT_BACKEND": backend_url,
-            "CELERY_VISIBILITY_TIMEOUT": "8",
-            "AGENT_STATE_DIR": str(tmp_path / name / "state"),
-            "AGENT_RECHECK_INTERVAL": "1",
-            "AGENT_WORKER_NAME": name,
-            "CODEX_BIN": codex_bin,
-            "CODEX_LOGIN_TIMEOUT": "10",
-            "CODEX_JOB_IMAGE": "none",  # the gate tests run no job containers (see tests/e2e)
-            **env,
-        }
-        if shard is not None:
-            environ["CODEX_SHARD_INDEX"] = str(shard)
-            environ["CODEX_VOLUME_NAME"] = volume or (home.volume if home else f"codex_auth_{shard}")
-        worker = WorkerProcess(environ, tmp_path / f"{name}.log", extra or []).start()
-        started.append(worker)
-        return worker
-
-    yield start
-    for worker in started:
-        worker.stop()
-        worker.kill_group()
-
-
-def _status(worker: WorkerProcess) -> dict[str, Any]:
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "codex-agent"), "status", "--json"],
-        env=worker.env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    data: dict[str, Any] = json.loads(done.stdout)
-    data["exit_code"] = done.returncode
-    return data
+from support.workers import (
+    BrokerView,
+    ShardHome,
+    WorkerFactory,
+    WorkerProcess,
+    agent_status,
+    copy_cli_wrapper,
+    keys_for_shard,
+    wait_until,
+)
 
 
 def _send_phases(publisher: Celery, keys: list[str], **kwargs: Any) -> list[Any]:
@@ -174,7 +65,7 @@ class TestHealthyWorker:
             assert {"queue", "shard", "volume", "worker", "run_id", "task_id"} <= set(line)
             assert line["run_id"].startswith("run-repo-")
         assert broker.count("codex-1") == len(theirs)
-        status = _status(codex0)
+        status = agent_status(codex0)
         assert status["healthy"] is True and status["state"]["gate"] == "open"
 
 
@@ -193,7 +84,7 @@ class TestLoggedOutVolume:
         plain = publisher.send_task("housekeeping", kwargs={"label": "while-closed"})
         assert plain.get(timeout=30)["hostname"].startswith("codex-2@")  # other queues keep flowing
         wait_until(lambda: broker.count("codex-2") == 4, 10, what="4 tasks waiting in codex-2")
-        status = _status(worker)
+        status = agent_status(worker)
         assert status["exit_code"] == 1 and status["state"]["gate"] == "closed"
         assert [r["code"] for r in status["state"]["reason"]] == ["CODEX-E030"]
         assert "login" in status["state"]["reason"][0]["remediation"]
@@ -245,7 +136,7 @@ class TestLoginLostWhileRunning:
         ]
         assert len(worker.events("codex.preflight.failed")) == 1, relevant
         assert broker.count("codex-1") == 1
-        status = _status(worker)
+        status = agent_status(worker)
         assert status["state"]["gate"] == "closed" and status["state"]["reason"][0]["code"] == "CODEX-E030"
 
         flag.unlink()
@@ -341,6 +232,6 @@ class TestSharedVolume:
         runs = _send_phases(publisher, keys_for_shard(0, 4))
         assert {r.get(timeout=30)["worker"] for r in runs} == {holder.env["AGENT_WORKER_NAME"]}
         assert not intruder.events("codex.run.audit")
-        status = _status(intruder)
+        status = agent_status(intruder)
         assert status["healthy"] is False
         assert status["state"]["reason"][0]["code"] == "CODEX-E010"

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,16 @@ from typing import Any
 
 from kombu import Connection, Queue
 
-__all__ = ["ShardHome", "WorkerProcess", "BrokerView", "wait_until", "keys_for_shard"]
+__all__ = [
+    "ShardHome",
+    "WorkerProcess",
+    "WorkerFactory",
+    "BrokerView",
+    "wait_until",
+    "keys_for_shard",
+    "agent_status",
+    "copy_cli_wrapper",
+]
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -95,12 +103,13 @@ class WorkerProcess:
     env: dict[str, str]
     log_path: Path
     extra_args: list[str] = field(default_factory=list)
+    entry_args: list[str] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(VENV_BIN / "worker-entry"), "--", *self.extra_args] if self.extra_args else [str(VENV_BIN / "worker-entry")],
+            [str(VENV_BIN / "worker-entry"), *self.entry_args, *(["--", *self.extra_args] if self.extra_args else [])],
             env=self.env,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -183,6 +192,24 @@ class WorkerProcess:
             pass
 
 
+WorkerFactory = Callable[..., WorkerProcess]
+"""``workers(shard=None, home=None, extra=None, volume=None, app=None, **env)`` -> a started WorkerProcess."""
+
+
+def agent_status(worker: WorkerProcess) -> dict[str, Any]:
+    """``codex-agent status --json`` run with the worker's environment, plus its exit code."""
+    done = subprocess.run(
+        [str(VENV_BIN / "codex-agent"), "status", "--json"],
+        env=worker.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    data: dict[str, Any] = json.loads(done.stdout)
+    data["exit_code"] = done.returncode
+    return data
+
+
 @dataclass
 class BrokerView:
     """Purge and count the test's queues on a real broker (RabbitMQ or Redis)."""
@@ -221,5 +248,3 @@ def copy_cli_wrapper(codex_bin: str, directory: Path, flag: Path) -> str:
     return str(wrapper)
 
 
-def clean_dir(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""`worker-entry`: bad input, a user's own Celery app, and runs pinned to their shard."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from celery import Celery
+from support import make_api_key_login
+from support.workers import BrokerView, ShardHome, WorkerFactory, keys_for_shard, wait_until
+
+from agent.routing import shard_for
+
+ENTRY = str(Path(sys.executable).parent / "worker-entry")
+
+
+def _run_entry(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    base = {"PATH": os.environ["PATH"], "HOME": "/tmp"}
+    return subprocess.run([ENTRY, *args], env={**base, **env}, capture_output=True, text=True, timeout=60)
+
+
+class TestBadInput:
+    @pytest.mark.parametrize(
+        ("env", "needle"),
+        [
+            ({"CODEX_SHARD_INDEX": "9"}, "CODEX_SHARD_INDEX='9' is invalid"),
+            ({"CODEX_SHARD_INDEX": "0", "CODEX_LOGIN_TIMEOUT": "soon"}, "CODEX_LOGIN_TIMEOUT='soon' is invalid"),
+            ({"CODEX_QUEUE_MODE": "fanout"}, "accepted: sharded or single"),
+        ],
+        ids=["index", "timeout", "mode"],
+    )
+    def test_bad_config_stops_with_a_clear_message(self, env: dict[str, str], needle: str) -> None:
+        """Invalid configuration: exit 2, the variable, value and accepted values on stderr and as a JSON line."""
+        done = _run_entry(env)
+        assert done.returncode == 2
+        assert needle in done.stderr and "fix:" in done.stderr
+        line = json.loads(done.stdout.strip().splitlines()[-1])
+        assert line["event"] == "codex.agent.startup_failed" and line["code"] == "CODEX-E001"
+
+    def test_unimportable_app_is_a_clear_error(self) -> None:
+        """--app pointing nowhere: exit 2 naming the value and the accepted form."""
+        done = _run_entry({}, "--app", "no_such_module:app")
+        assert done.returncode == 2
+        assert "--app='no_such_module:app' is invalid" in done.stderr
+        assert "module:attribute of a Celery app" in done.stderr
+
+
+USER_APP = '''
+from celery import Celery
+from agent.config import load
+from agent.preflight import CodexTask
+from agent.router import add_router
+
+app = Celery("user_app")
+app.conf.update(task_acks_late=True, worker_hijack_root_logger=False)
+add_router(app, load())  # publishers route Codex tasks to their shard
+
+
+@app.task(base=CodexTask, bind=True, name="user.review", shared=False)
+def review(self, affinity_key, pr):
+    return {**self.codex_context(), "pr": pr}
+'''
+
+
+class TestUserApp:
+    def test_agent_gates_a_users_own_app(
+        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
+        broker_url: str, backend_url: str, broker: BrokerView, tmp_path: Path,
+    ) -> None:
+        """worker-entry --app module:attr installs the agent into any Celery app."""
+        (tmp_path / "user_app.py").write_text(textwrap.dedent(USER_APP))
+        home = shard_homes()
+        make_api_key_login(codex_bin, home.codex_home)
+        worker = workers(shard=0, home=home, app="user_app:app", PYTHONPATH=str(tmp_path))
+        worker.wait_for("codex.gate.consuming", timeout=30)
+
+        sys.path.insert(0, str(tmp_path))
+        try:
+            os.environ["CELERY_BROKER_URL"] = broker_url
+            import user_app  # type: ignore[import-not-found]
+
+            user_app.app.conf.update(broker_url=broker_url, result_backend=backend_url)
+            key = keys_for_shard(0, 1, prefix="pr")[0]
+            result = user_app.review.apply_async(kwargs={"affinity_key": key, "pr": 7}).get(timeout=30)
+        finally:
+            sys.path.remove(str(tmp_path))
+            os.environ.pop("CELERY_BROKER_URL", None)
+            sys.modules.pop("user_app", None)
+        assert (result["queue"], result["shard"], result["pr"]) == ("codex-0", 0, 7)
+        assert worker.events("codex.run.audit", task="user.review")
+
+
+class TestPinnedRuns:
+    def test_every_phase_of_a_run_stays_on_its_first_shard(
+        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
+        publisher: Celery, broker: BrokerView,
+    ) -> None:
+        """The first phase routes with 3 shards; the worker (now with 4) keeps later phases on that shard."""
+        key = next(k for k in keys_for_shard(0, 200) if shard_for(k, 4) != 0)
+        home = shard_homes()
+        make_api_key_login(codex_bin, home.codex_home)
+        worker = workers(shard=0, home=home, CODEX_SHARDS="4")
+        worker.wait_for("codex.gate.consuming", timeout=30)
+        publisher.send_task(
+            "codex.phase",
+            kwargs={"affinity_key": key, "run_id": "run-pinned", "phase": "plan", "next_phases": ["apply", "verify"]},
+        )
+        audits = worker.wait_for("codex.run.audit", timeout=60, count=3, run_id="run-pinned")
+        assert [a["queue"] for a in audits] == ["codex-0"] * 3
+        wait_until(lambda: broker.count(f"codex-{shard_for(key, 4)}") == 0, 5, what="nothing on the hashed queue")
