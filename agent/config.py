@@ -14,7 +14,7 @@ import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Literal, TypeVar, cast
 
 from agent import defaults
 from agent.errors import ConfigError
@@ -213,15 +213,17 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             cause=f"index must be below CODEX_SHARDS={shards}",
             accepted=f"an integer from 0 to {shards - 1}, or raise CODEX_SHARDS",
         )
-    mode: QueueMode = _parse(  # type: ignore[assignment]
-        env, "CODEX_QUEUE_MODE", _choice("sharded", "single"), "sharded or single", defaults.QUEUE_MODE
+    mode = cast(
+        QueueMode,
+        _parse(env, "CODEX_QUEUE_MODE", _choice("sharded", "single"), "sharded or single", str(defaults.QUEUE_MODE)),
     )
     volume_default = (
         defaults.VOLUME_TEMPLATE.format(index=shard_index) if shard_index is not None else None
     )
     home = _get(env, "HOME") or os.path.expanduser("~")
-    login_check: LoginCheckMode = _parse(  # type: ignore[assignment]
-        env, "CODEX_LOGIN_CHECK", _choice("local", "container"), "local or container", defaults.LOGIN_CHECK
+    login_check = cast(
+        LoginCheckMode,
+        _parse(env, "CODEX_LOGIN_CHECK", _choice("local", "container"), "local or container", str(defaults.LOGIN_CHECK)),
     )
     return AgentConfig(
         shard_index=shard_index,

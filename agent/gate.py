@@ -86,7 +86,7 @@ class Gate:
 
     def apply(self, consumer: Any) -> None:
         """Make a running ``consumer`` match the decision. Runs on the consumer's thread only."""
-        task_consumer = getattr(consumer, "task_consumer", None)
+        task_consumer: Any = getattr(consumer, "task_consumer", None)
         looping = task_consumer is not None and (task_consumer.on_message or task_consumer.callbacks)
         if not looping:  # (re)starting: the selection decides what the loop will consume
             self._prepare(task_consumer)
@@ -135,7 +135,7 @@ class GateStep(bootsteps.StartStopStep):
     label = "codex-gate"
 
     def __init__(self, c: Any, **kwargs: Any) -> None:
-        self.agent = getattr(c.app, "codex_agent", None)
+        self.agent: Any = getattr(c.app, "codex_agent", None)
         self.enabled = self.agent is not None
         super().__init__(c, **kwargs)
 

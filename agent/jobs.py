@@ -118,13 +118,18 @@ def _at_job_home(target: str, job_home: str) -> bool:
     return target == job_home or target.startswith(job_home.rstrip("/") + "/")
 
 
+def _split_assignment(item: str) -> tuple[str, str]:
+    name, _, value = item.partition("=")
+    return name, value
+
+
 def _environment(policy: JobPolicy, environment: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
     if environment is None:
         env: dict[str, str] = {}
     elif isinstance(environment, Mapping):
         env = {str(k): str(v) for k, v in environment.items()}
     else:
-        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in environment)
+        env = dict(_split_assignment(item) for item in environment)
     home = env.get("CODEX_HOME")
     if home is not None and _norm(home) != policy.job_home:
         raise _reject(policy, f"environment CODEX_HOME={home} points away from {policy.job_home}", "CODEX_HOME")

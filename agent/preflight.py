@@ -128,7 +128,7 @@ class CodexRequest(Request):
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
-class CodexTask(Task):  # type: ignore[misc]
+class CodexTask(Task):
     """Base class of Codex phase tasks: routed by affinity key, pre-flighted, audited.
 
     Declare with ``@app.task(base=CodexTask, bind=True)``; the affinity key is the keyword

@@ -97,8 +97,8 @@ class Agent:
         code, _, message = reason.partition(" ")
         log.error("codex.preflight.gate_closed", code=code, error=message, queue=queue)
         if self.gate is not None and (queue is None or queue == self.gate.queue):
-            reason = [{"check": "preflight", "code": code, "message": message, "remediation": None}]
-            self.gate.set(False, reason, on_consumer_thread=True)
+            why = [{"check": "preflight", "code": code, "message": message, "remediation": None}]
+            self.gate.set(False, why, on_consumer_thread=True)
         elif self.gate is None and queue:
             # A Codex queue reached a worker with no shard: stop taking it, the task was requeued.
             if self.consumer is not None:
