@@ -20,10 +20,10 @@ def _app(**env: str) -> tuple[Celery, CodexRouter]:
     config = load({"CELERY_BROKER_URL": "memory://", **env})
     app = Celery("t", broker="memory://", set_as_current=False)
 
-    @app.task(base=CodexTask, name="codex.phase", shared=False)
+    @app.task(base=CodexTask, name="t.codex_phase", shared=False)
     def phase(affinity_key: str, **_: Any) -> None: ...
 
-    @app.task(name="plain", shared=False)
+    @app.task(name="t.plain", shared=False)
     def plain() -> None: ...
 
     return app, add_router(app, config)
@@ -38,22 +38,22 @@ class TestCodexRouter:
         """A Codex task goes to codex-{shard_for(key)}."""
         app, router = _app()
         for key in ("repo-a", "repo-b", "org/project-9"):
-            assert router("codex.phase", (), {"affinity_key": key}, {}) == {"queue": f"codex-{shard_for(key, 3)}"}
+            assert router("t.codex_phase", (), {"affinity_key": key}, {}) == {"queue": f"codex-{shard_for(key, 3)}"}
 
     def test_single_mode_uses_one_queue(self) -> None:
         """In single mode every Codex task goes to `codex`."""
         _, router = _app(CODEX_QUEUE_MODE="single")
-        assert router("codex.phase", (), {"affinity_key": "x"}, {}) == {"queue": "codex"}
+        assert router("t.codex_phase", (), {"affinity_key": "x"}, {}) == {"queue": "codex"}
 
     def test_explicit_queue_wins(self) -> None:
         """queue= in apply_async options is left alone."""
         _, router = _app()
-        assert router("codex.phase", (), {"affinity_key": "x"}, {"queue": "special"}) is None
+        assert router("t.codex_phase", (), {"affinity_key": "x"}, {"queue": "special"}) is None
 
     def test_non_codex_tasks_are_untouched(self) -> None:
         """Plain tasks get no route from us (the default queue applies)."""
         _, router = _app()
-        assert router("plain", (), {}, {}) is None
+        assert router("t.plain", (), {}, {}) is None
         assert router("unknown.task", (), {}, {}) is None
 
     def test_pinned_run_keeps_its_shard_when_shards_change(self) -> None:
@@ -61,8 +61,8 @@ class TestCodexRouter:
         key = _key_moving_from_3_to_4()
         first = shard_for(key, 3)
         _, router4 = _app(CODEX_SHARDS="4")
-        assert router4("codex.phase", (), {"affinity_key": key}, {}) == {"queue": f"codex-{shard_for(key, 4)}"}
-        assert router4("codex.phase", (), {"affinity_key": key, "codex_shard": first}, {}) == {"queue": f"codex-{first}"}
+        assert router4("t.codex_phase", (), {"affinity_key": key}, {}) == {"queue": f"codex-{shard_for(key, 4)}"}
+        assert router4("t.codex_phase", (), {"affinity_key": key, "codex_shard": first}, {}) == {"queue": f"codex-{first}"}
 
     @pytest.mark.parametrize(
         ("kwargs", "needle"),
@@ -73,13 +73,13 @@ class TestCodexRouter:
         """No affinity key, an empty one or a bad pin: CODEX-E050 saying what is wrong, nothing sent."""
         _, router = _app()
         with pytest.raises(RoutingError) as info:
-            router("codex.phase", (), kwargs, {})
+            router("t.codex_phase", (), kwargs, {})
         assert info.value.code == "CODEX-E050" and needle in info.value.message
 
     def test_celery_applies_the_route(self) -> None:
         """Through Celery's own router, the task lands in its shard queue."""
         app, _ = _app()
-        route = app.amqp.router.route({}, "codex.phase", (), {"affinity_key": "repo-a"})
+        route = app.amqp.router.route({}, "t.codex_phase", (), {"affinity_key": "repo-a"})
         assert route["queue"].name == f"codex-{shard_for('repo-a', 3)}"
 
 
