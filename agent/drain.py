@@ -101,8 +101,8 @@ def target_queue(
     pinned = kwargs.get(PIN_ARG)
     if isinstance(pinned, int) and not isinstance(pinned, bool) and 0 <= pinned < shards:
         return queue_for_shard(pinned, mode)
-    key = kwargs.get(affinity_arg)
-    return queue_for_shard(shard_for(key, shards), mode)  # RoutingError when key is missing
+    key: str = kwargs.get(affinity_arg, "")  # a missing or empty key: RoutingError
+    return queue_for_shard(shard_for(key, shards), mode)
 
 
 @dataclass(frozen=True)
