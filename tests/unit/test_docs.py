@@ -179,6 +179,22 @@ class TestQuickstart:
         assert done.returncode == 0 and "compose" in done.stdout and "==>" not in done.stderr
 
 
+class TestConfigurationTable:
+    def test_every_variable_the_code_reads_is_in_the_readme_table(self) -> None:
+        """Each environment variable read by agent/ and worker_entry/ has a row in the README table."""
+        sources = [*ROOT.glob("agent/*.py"), *ROOT.glob("worker_entry/*.py")]
+        read = set()
+        for source in sources:
+            text = source.read_text()
+            read |= set(re.findall(r'(?:_get|_parse)\(\s*(?:env|environ)\s*,\s*"([A-Z][A-Z0-9_]+)"', text))
+            read |= set(re.findall(r'environ(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', text))
+            read |= set(re.findall(r'^[A-Z_]+_ENV = "([A-Z][A-Z0-9_]+)"', text, re.M))
+        read -= {"HOME", "PATH"}
+        rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", section(README.read_text(), "Configuration"), re.M))
+        assert {"CODEX_SHARD_INDEX", "CELERY_BROKER_URL", "CODEX_LOGIN_CHECK_IMAGE"} <= read
+        assert read <= rows, f"missing from README: {sorted(read - rows)}"
+
+
 class TestComposeShards:
     def test_generated_blocks_match_the_compose_file(self) -> None:
         """``scripts/compose-shards 2`` prints exactly the blocks of shard 2 in docker-compose.yaml."""
