@@ -57,15 +57,10 @@ class ContainerRun:
 
     container_id: str
     exit_code: int
-    stdout: str
-    stderr: str
+    output: str
+    """stdout and stderr interleaved, as ``docker logs`` shows them."""
     duration_s: float
     files: dict[str, tuple[bytes, float]]
-
-    @property
-    def output(self) -> str:
-        """stdout then stderr, as ``docker logs`` shows them."""
-        return self.stdout + self.stderr
 
 
 def docker_failure(error: BaseException, operation: str, facts: dict[str, Any]) -> DockerUnavailableError:
@@ -185,10 +180,10 @@ def run_container(
                 on_started(container.id or "?")
             exit_code = _wait(container, timeout)
             duration = time.monotonic() - started
-            stdout = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
-            stderr = container.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+            # One logs call for both streams: every judge of the output reads them together.
+            output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
             files = {p: found for p in read_files if (found := read_file(container, p)) is not None}
-            return ContainerRun(container.id or "?", exit_code, stdout, stderr, duration, files)
+            return ContainerRun(container.id or "?", exit_code, output, duration, files)
     finally:
         if container is not None:
             try:

@@ -275,8 +275,12 @@ class JobLauncher:
             "worker": self.context.get("worker") or self.config.worker_name,
         }
 
-    def policy(self) -> JobPolicy:
+    def policy(self, list_auth_volumes: bool = True) -> JobPolicy:
         """The policy for this task, with the engine's current list of auth volumes.
+
+        Args:
+            list_auth_volumes: ask the engine which volumes hold logins; only needed when the
+                request brings mounts of its own (names and labels catch the rest).
 
         Raises:
             JobRejectedError: this worker has no auth volume (not a Codex worker).
@@ -285,8 +289,10 @@ class JobLauncher:
         facts = self._facts()
         if not self.volume_name:
             raise JobRejectedError(**facts, cause="this worker has no Codex auth volume", offending="the job")
-        with translate_docker_errors("list volumes", facts):
-            known = frozenset(v.name for v in find_auth_volumes(self.client))
+        known: frozenset[str] = frozenset()
+        if list_auth_volumes:
+            with translate_docker_errors("list volumes", facts):
+                known = frozenset(v.name for v in find_auth_volumes(self.client))
         return JobPolicy(
             volume=self.volume_name,
             job_home=self.config.job_home,
@@ -328,7 +334,8 @@ class JobLauncher:
             DockerUnavailableError: CODEX-E040, the engine failed.
             JobFailedError: CODEX-E042, non-zero exit or timeout (with ``check``).
         """
-        policy = self.policy()
+        brings_mounts = workspace is not None or bool(kwargs.get("volumes") or kwargs.get("mounts"))
+        policy = self.policy(list_auth_volumes=brings_mounts)
         args = job_create_args(
             policy, image, command, environment=environment, workspace=workspace,
             workspace_path=workspace_path, options=kwargs,

@@ -103,5 +103,5 @@ def container_login_check(config: AgentConfig, facts: dict[str, Any]) -> LoginSt
         )
     finally:
         client.close()
-    method = judge_status_output(run.exit_code, run.stdout, run.stderr, facts=facts)
+    method = judge_status_output(run.exit_code, run.output, "", facts=facts)
     return LoginStatus(method=method, duration_s=time.monotonic() - started)

@@ -129,7 +129,7 @@ def forked_logins(volumes: Sequence[VolumeStatus]) -> list[dict[str, str]]:
 
 def _login_verdict(run: Any, facts: dict[str, Any]) -> dict[str, Any]:
     try:
-        method = judge_status_output(run.exit_code, run.stdout, run.stderr, facts=facts)
+        method = judge_status_output(run.exit_code, run.output, "", facts=facts)
     except AgentError as e:
         return {"ok": False, "method": None, "code": e.code, "message": e.message}
     return {"ok": True, "method": method, "code": None, "message": f"logged in ({method})"}
