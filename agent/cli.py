@@ -19,7 +19,7 @@ from agent import drain as drain_mod
 from agent import routing
 from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport
-from agent.dockerenv import optional_client
+from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.drain import DrainReport
 from agent.errors import AgentError, ConfigError
@@ -85,7 +85,7 @@ def cli() -> None:
 def check(as_json: bool) -> None:
     """Run every check once here; exit 0 when healthy, 1 when not."""
     config = _load_config(as_json)
-    checker = Checker(config, docker_client=optional_client(), accept_own_container=True)
+    checker = Checker(config, docker_client=client_for_mount_check(), accept_own_container=True)
     try:
         report = checker.run()
     finally:

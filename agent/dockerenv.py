@@ -7,7 +7,7 @@ from typing import Any
 
 import docker
 
-__all__ = ["docker_available", "optional_client"]
+__all__ = ["docker_available", "optional_client", "client_for_mount_check"]
 
 _SOCKET = "/var/run/docker.sock"
 
@@ -28,3 +28,14 @@ def optional_client(timeout: float = 10.0) -> Any:
     except Exception:  # any failure means "no engine here"; callers fall back
         return None
     return client
+
+
+def client_for_mount_check() -> Any:
+    """A client only where the mount check can use one: inside a container, with an engine.
+
+    Outside a container the check reads ``/proc/self/mountinfo``, so no engine round trip is
+    paid at startup.
+    """
+    from agent.claim import own_container_id
+
+    return optional_client() if own_container_id() is not None else None

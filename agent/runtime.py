@@ -23,7 +23,7 @@ from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.defaults import OPEN_RECHECK_FACTOR, WATCH_INTERVAL
-from agent.dockerenv import optional_client
+from agent.dockerenv import client_for_mount_check
 from agent.gate import Gate, GateStep
 from agent.preflight import Preflight, auth_signature
 from agent.router import add_router
@@ -219,8 +219,8 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
     Args:
         app: any Celery app, ours or a user's; call before the worker starts.
         config: the validated configuration; read from the environment when omitted.
-        docker_client: for the mount check and job containers; found from the environment
-            when omitted (None when there is no engine).
+        docker_client: for the mount check inside a container; found from the environment
+            when omitted (None outside a container or when there is no engine).
 
     Raises:
         ConfigError: the environment is invalid.
@@ -230,7 +230,7 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
         return existing
     config = config or config_mod.load()
     if docker_client is None:
-        docker_client = optional_client()
+        docker_client = client_for_mount_check()
     agent = Agent(app, config, docker_client=docker_client)
     app.codex_agent = agent
 
