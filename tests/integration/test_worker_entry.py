@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from support import make_api_key_login
-from support.workers import BrokerView, ShardHome, WorkerFactory, keys_for_shard, wait_until
+from support.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
 
 from agent.routing import shard_for
 
@@ -114,3 +114,28 @@ class TestPinnedRuns:
         audits = worker.wait_for("codex.run.audit", timeout=60, count=3, run_id="run-pinned")
         assert [a["queue"] for a in audits] == ["codex-0"] * 3
         wait_until(lambda: broker.count(f"codex-{shard_for(key, 4)}") == 0, 5, what="nothing on the hashed queue")
+
+
+class TestInfrastructureFailure:
+    def test_unreachable_engine_fails_the_phase_with_e040_and_keeps_the_gate_open(
+        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
+        publisher: Celery, broker: BrokerView, tmp_path: Path,
+    ) -> None:
+        """No Docker engine for the job: the phase fails CODEX-E040 (not a login error) and the login gate stays open."""
+        home = shard_homes()
+        make_api_key_login(codex_bin, home.codex_home)
+        worker = workers(
+            shard=0, home=home, CODEX_JOB_IMAGE="codex-worker-agent/job:dev",
+            DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock",
+        )
+        worker.wait_for("codex.gate.consuming", timeout=30)
+        key = keys_for_shard(0, 1, prefix="infra")[0]
+        run = publisher.send_task("codex.phase", kwargs={"affinity_key": key, "run_id": "run-infra", "phase": "plan"})
+        with pytest.raises(Exception) as info:
+            run.get(timeout=30)
+        assert str(info.value).startswith("CODEX-E040"), info.value
+        assert type(info.value).__name__ == "DockerUnavailableError"
+        assert not worker.events("codex.preflight.failed")
+        assert worker.events("codex.run.audit", run_id="run-infra")
+        status = agent_status(worker)
+        assert status["healthy"] is True and status["state"]["gate"] == "open"
