@@ -13,7 +13,14 @@ from pathlib import Path
 import pytest
 from celery import Celery
 from support import make_api_key_login
-from support.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
+from support.workers import (
+    BrokerView,
+    ShardHome,
+    WorkerFactory,
+    agent_status,
+    keys_for_shard,
+    wait_until,
+)
 
 from agent.routing import shard_for
 
