@@ -17,7 +17,6 @@ import json
 import os
 import re
 import socket
-import tempfile
 import threading
 import time
 import uuid
@@ -30,6 +29,7 @@ import filelock
 import psutil
 import structlog
 
+from agent.atomic import write_json_atomically
 from agent.errors import ClaimIOError, ClaimLostError, VolumeClaimedError
 
 __all__ = [
@@ -111,24 +111,6 @@ def read_marker(directory: Path) -> Holder | None:
         return Holder.from_dict(data)
     except (OSError, ValueError, KeyError, TypeError):
         return None
-
-
-def _write_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Write JSON so readers see the old or the new file, never half of one."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, sort_keys=True)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 class VolumeClaim:
@@ -267,7 +249,7 @@ class VolumeClaim:
             claimed_at=claimed_at,
             heartbeat=time.time(),
         )
-        _write_atomically(self.directory / MARKER_FILE, asdict(holder))
+        write_json_atomically(self.directory / MARKER_FILE, asdict(holder))
         return holder
 
     def heartbeat(self) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import docker
+from agent.dockerrun import client_from_env
+from agent.errors import DockerUnavailableError
 
 __all__ = ["docker_available", "optional_client", "client_for_mount_check"]
 
@@ -23,11 +24,9 @@ def optional_client(timeout: float = 10.0) -> Any:
     if not docker_available():
         return None
     try:
-        client = docker.from_env(timeout=int(timeout))
-        client.ping()
-    except Exception:  # any failure means "no engine here"; callers fall back
+        return client_from_env({}, timeout=timeout)
+    except DockerUnavailableError:  # no engine here; callers fall back
         return None
-    return client
 
 
 def client_for_mount_check() -> Any:

@@ -14,6 +14,7 @@ instead. Engine failures are CODEX-E040, never login errors.
 
 from __future__ import annotations
 
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -377,11 +378,22 @@ class JobLauncher:
         )
 
 
+_process_client: tuple[int, Any] | None = None
+
+
+def _client_for_this_process(facts: dict[str, Any]) -> Any:
+    """One pinged client per process: a forked pool child never reuses its parent's sockets."""
+    global _process_client
+    if _process_client is None or _process_client[0] != os.getpid():
+        _process_client = (os.getpid(), client_from_env(facts))
+    return _process_client[1]
+
+
 def launcher_for_env(config: AgentConfig, volume_name: str | None, context: Mapping[str, Any]) -> JobLauncher:
-    """A launcher with a fresh client from the environment (safe in a forked pool child).
+    """A launcher with this process's client from the environment (safe in a forked pool child).
 
     Raises:
         DockerUnavailableError: no engine answers.
     """
     facts = {"shard": context.get("shard"), "volume": volume_name, "worker": context.get("worker")}
-    return JobLauncher(client_from_env(facts), config, volume_name, context)
+    return JobLauncher(_client_for_this_process(facts), config, volume_name, context)

@@ -88,11 +88,15 @@ class Preflight:
     def check_claim(self) -> None:
         """Raise ClaimLostError unless the marker still names our claim."""
         holder = read_marker(self.config.codex_home)
-        if self.claim_id is None or holder is None or holder.claim_id != self.claim_id:
-            cause = "no claim was taken" if self.claim_id is None else (
-                "the claim marker is gone" if holder is None else f"the marker now names {holder.describe()}"
-            )
-            raise ClaimLostError(**self.config.facts(), cause=cause)
+        if self.claim_id is None:
+            cause = "no claim was taken"
+        elif holder is None:
+            cause = "the claim marker is gone"
+        elif holder.claim_id != self.claim_id:
+            cause = f"the marker now names {holder.describe()}"
+        else:
+            return
+        raise ClaimLostError(**self.config.facts(), cause=cause)
 
     def check_login(self) -> None:
         """Raise a LoginError unless the login passed recently and auth.json is unchanged."""

@@ -20,6 +20,7 @@ from celery import signals
 
 from agent import config as config_mod
 from agent.audit import configure_logging
+from agent.claim import MARKER_FILE
 from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.defaults import OPEN_RECHECK_FACTOR, WATCH_INTERVAL
@@ -137,8 +138,6 @@ class Agent:
     # -- the watcher ----------------------------------------------------------------------
 
     def _watch_signature(self) -> tuple[Any, ...]:
-        from agent.claim import MARKER_FILE
-
         try:
             marker = os.stat(self.config.codex_home / MARKER_FILE).st_mtime_ns
         except OSError:

@@ -8,14 +8,14 @@ writer process is gone is reported as such, so a crashed worker never looks heal
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psutil
+
+from agent.atomic import write_json_atomically
 
 __all__ = ["STATE_FILE", "AgentState", "write_state", "read_state", "Health", "judge_health"]
 
@@ -49,10 +49,7 @@ class AgentState:
 def write_state(state_dir: Path, state: AgentState) -> None:
     """Publish ``state`` atomically (readers never see half a file)."""
     state_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".state.", suffix=".tmp", dir=state_dir)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(state.to_dict(), handle, sort_keys=True)
-    os.replace(tmp, state_dir / STATE_FILE)
+    write_json_atomically(state_dir / STATE_FILE, state.to_dict())
 
 
 def read_state(state_dir: Path) -> AgentState | None:

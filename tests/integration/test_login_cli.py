@@ -6,14 +6,19 @@ import base64
 import json
 import os
 import stat
-import subprocess
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+from support import make_api_key_login
 
-from agent.errors import CodexMissingError, LoginCheckError, LoginTimeoutError, NotLoggedInError
+from agent.errors import (
+    CodexMissingError,
+    LoginCheckError,
+    LoginTimeoutError,
+    NotLoggedInError,
+)
 from agent.login import inspect_auth_file, run_login_status
 
 FACTS = {"shard": 0, "volume": "codex_auth_0", "codex_home": "/x", "uid": 1000}
@@ -50,19 +55,6 @@ def write_chatgpt_auth(codex_home: Path, *, refresh_token: str, expired_hours: f
     os.chmod(codex_home / "auth.json", 0o600)
 
 
-def api_key_login(codex_bin: str, codex_home: Path, key: str) -> None:
-    """A real `codex login --with-api-key`, key on stdin."""
-    subprocess.run(
-        [codex_bin, "login", "--with-api-key"],
-        input=key,
-        text=True,
-        capture_output=True,
-        check=True,
-        timeout=30,
-        env={"CODEX_HOME": str(codex_home), "HOME": str(codex_home.parent), "PATH": "/usr/bin:/bin"},
-    )
-
-
 class TestRealCli:
     def test_empty_home_is_not_logged_in(self, codex_bin: str, tmp_path: Path) -> None:
         """An empty CODEX_HOME is CODEX-E030."""
@@ -72,7 +64,7 @@ class TestRealCli:
 
     def test_api_key_login_passes(self, codex_bin: str, tmp_path: Path) -> None:
         """After `codex login --with-api-key` the check passes and reports the method."""
-        api_key_login(codex_bin, tmp_path, "sk-test-loginpasses0001")
+        make_api_key_login(codex_bin, tmp_path)
         status = run_login_status(tmp_path, codex_bin=codex_bin, timeout=20, facts=FACTS)
         assert status.method == "apikey"
         facts = inspect_auth_file(tmp_path)

@@ -9,11 +9,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+from support import make_api_key_login
+
 from agent.audit import configure_logging
 from agent.checks import Checker
 from agent.config import load
 
-from .test_login_cli import api_key_login, write_chatgpt_auth
+from .test_login_cli import write_chatgpt_auth
 
 REFRESH = "rt-PLANTED-refresh-7f3a9c"
 API_KEY = "sk-test-PLANTEDkey9z8y7x"
@@ -41,7 +43,7 @@ class TestNoLeaks:
 
     def test_api_key_never_appears_even_masked(self, codex_bin: str, tmp_path: Path) -> None:
         """The CLI prints a masked key (sk-test-***…); nothing of it reaches our logs or report."""
-        api_key_login(codex_bin, tmp_path, API_KEY)
+        make_api_key_login(codex_bin, tmp_path, API_KEY)
         stream = io.StringIO()
         configure_logging("DEBUG", stream=stream)
         try:

@@ -31,9 +31,9 @@ def fake_api_key() -> str:
     return f"sk-test-{secrets.token_hex(16)}"
 
 
-def _login(argv: list[str], env: dict[str, str] | None) -> str:
-    """Run a login argv with a fresh key on stdin and return the key."""
-    key = fake_api_key()
+def _login(argv: list[str], env: dict[str, str] | None, key: str | None = None) -> str:
+    """Run a login argv with ``key`` (a fresh one by default) on stdin and return the key."""
+    key = key or fake_api_key()
     proc = subprocess.run(
         argv,
         input=key,
@@ -48,12 +48,13 @@ def _login(argv: list[str], env: dict[str, str] | None) -> str:
     return key
 
 
-def make_api_key_login(codex_bin: str | Path, codex_home: Path) -> str:
+def make_api_key_login(codex_bin: str | Path, codex_home: Path, key: str | None = None) -> str:
     """Log ``codex_home`` in with a fake API key, using the host's Codex CLI.
 
     Args:
         codex_bin: the Codex CLI binary.
         codex_home: the ``CODEX_HOME`` directory; created (0700) when missing.
+        key: the key to plant (a fresh random one by default).
 
     Returns:
         The key, so that a test can assert it appears in no output.
@@ -64,7 +65,7 @@ def make_api_key_login(codex_bin: str | Path, codex_home: Path) -> str:
     codex_home.mkdir(mode=0o700, parents=True, exist_ok=True)
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(codex_home.parent)}
     env["CODEX_HOME"] = str(codex_home)
-    return _login([str(codex_bin), "login", "--with-api-key"], env)
+    return _login([str(codex_bin), "login", "--with-api-key"], env, key)
 
 
 def make_api_key_login_in_volume(
