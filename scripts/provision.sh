@@ -60,10 +60,19 @@ start_rabbitmq() {
         log "rabbitmq running"
         return
     fi
-    log "starting rabbitmq-server"
-    rabbitmq-server -detached >&2
-    # await_startup waits for the node; the AMQP listener follows a moment later.
-    timeout 120 rabbitmqctl await_startup --timeout 110 >&2
+    if rabbitmqctl -q ping >/dev/null 2>&1; then
+        log "rabbitmq node up; waiting for its AMQP listener"
+    else
+        log "starting rabbitmq-server"
+        # The server runs as the rabbitmq user, so the pid file lives where that user can write.
+        local pid_file=/var/lib/rabbitmq/codex-agent-provision.pid
+        rm -f "$pid_file"
+        RABBITMQ_PID_FILE="$pid_file" rabbitmq-server -detached >&2
+        # `wait` follows the pid file; `await_startup` would fail at once if it ran before the
+        # detached node registered with epmd.
+        timeout 120 rabbitmqctl wait --timeout 110 "$pid_file" >&2
+    fi
+    # The AMQP listener opens a moment after the node reports it has started.
     wait_for 30 "rabbitmq on 5672" amqp_answers
 }
 
