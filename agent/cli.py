@@ -217,6 +217,9 @@ def _echo_drain(report: DrainReport) -> None:
     click.echo(f"{report.queue} -> {report.shards} shards: {verb} {len(report.moves)} task(s), {report.left} left in {report.queue}")
     for queue, count in report.counts().items():
         click.echo(f"  {count:>6}  -> {queue}")
+    if report.already_moved:
+        verb = "would drop" if report.dry_run else "dropped"
+        click.echo(f"{verb} {len(report.already_moved)} original(s) an earlier drain had already copied (journal)")
 
 
 @cli.command()
@@ -246,8 +249,9 @@ def drain(
 ) -> None:
     """Move the tasks waiting in a removed shard's QUEUE to where they route now.
 
-    Each task is republished unchanged (same task id) with publisher confirms, and only then
-    removed from QUEUE; on any error the drain stops and the rest stay queued (CODEX-E060).
+    Each task is republished unchanged (same task id) with publisher confirms, journaled, and only
+    then removed from QUEUE; on any error the drain stops and the rest stay queued (CODEX-E060).
+    Running it again carries on without copying any task twice.
     """
     config = _load_config(as_json)
     try:
@@ -260,6 +264,7 @@ def drain(
             kinds=kinds,
             dry_run=dry_run,
             limit=limit,
+            state_dir=config.state_dir,
         )
     except AgentError as e:
         _fail(e, as_json)

@@ -11,8 +11,9 @@ no worker. :func:`drain` takes them one at a time and, for each:
 
 Nothing is lost: a failure at step 2 puts the message back and stops, leaving the rest queued
 (:class:`~agent.errors.DrainError`, CODEX-E060); running the same command again carries on.
-Nothing is duplicated unless the connection dies between steps 2 and 3 (the usual
-at-least-once window): the copy keeps the same task id.
+Nothing is duplicated: between steps 2 and 3 the copy is recorded in the
+:class:`~agent.drain_journal.MoveJournal`, so an original that comes back because the connection
+died before its ack is acknowledged by the next drain without a second copy.
 
 Routing (:func:`target_queue`) is pure: non-Codex tasks go to the default queue; a run pinned by
 ``codex_shard`` keeps its shard while that shard exists, otherwise it is routed by its affinity key.
@@ -23,11 +24,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from kombu import Connection, Producer, Queue
 
 from agent import defaults
+from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.errors import AgentError, DrainError
 from agent.router import PIN_ARG
 from agent.routing import queue_for_shard, shard_for
@@ -122,6 +125,7 @@ class DrainReport:
     shards: int
     dry_run: bool
     moves: list[Move] = field(default_factory=list)
+    already_moved: list[Move] = field(default_factory=list)
     left: int = 0
     error: AgentError | None = None
 
@@ -147,6 +151,7 @@ class DrainReport:
             "moved": 0 if self.dry_run else len(self.moves),
             "would_move": len(self.moves) if self.dry_run else 0,
             "per_queue": self.counts(),
+            "already_moved": [{"task_id": m.task_id, "task": m.task, "to": m.to} for m in self.already_moved],
             "left": self.left,
             "tasks": [{"task_id": m.task_id, "task": m.task, "to": m.to} for m in self.moves],
             "error": self.error.to_dict() if self.error else None,
@@ -212,6 +217,8 @@ def drain(
     kinds: TaskKinds = _guess_kind,
     dry_run: bool = False,
     limit: int | None = None,
+    state_dir: Path = Path(defaults.STATE_DIR),
+    on_copied: Callable[[Move], None] | None = None,
 ) -> DrainReport:
     """Move every task waiting in ``queue`` to where it routes for ``shards`` shards.
 
@@ -223,12 +230,16 @@ def drain(
         kinds: tells Codex tasks (and their affinity argument) from the others.
         dry_run: only say where each task would go; every message stays where it is.
         limit: move at most this many tasks, then stop (the rest stay queued).
+        state_dir: where the journal of confirmed copies lives (``AGENT_STATE_DIR``).
+        on_copied: called for each task once its copy is confirmed and journaled, just before
+            the original is acknowledged (progress output; tests interrupt the drain there).
 
     Returns:
         The report; ``report.error`` is set (and the rest left queued) when a task could not be moved.
 
     Raises:
-        DrainError: ``queue`` still has workers for ``shards`` shards (nothing is touched).
+        DrainError: ``queue`` still has workers for ``shards`` shards, or another drain of it is
+            running (nothing is touched).
     """
     if queue in live_queues(shards, mode):
         raise DrainError(
@@ -236,56 +247,92 @@ def drain(
             cause=f"{queue} is still a live queue with {shards} shards; drain only a removed shard's queue",
         )
     report = DrainReport(queue=queue, shards=shards, dry_run=dry_run)
-    try:
-        with _connection(broker_url) as conn:
-            source_channel = conn.channel()
-            source = _declare(source_channel, queue)
-            producer = Producer(conn.default_channel, auto_declare=False)
-            declared: set[str] = set()
-            try:
-                _move_all(report, source, producer, declared, shards, mode, kinds, dry_run, limit)
-            finally:
-                report.left = _waiting(source) if not dry_run else report.left
-                source_channel.close()  # in a dry run this hands every held message back
-            if dry_run:
-                report.left = _waiting(_declare(conn.channel(), queue))
-    except Exception as e:  # noqa: BLE001  (broker down, refused login, ...: translated at the boundary)
-        report.error = report.error or DrainError(queue=queue, cause=f"{type(e).__name__}: {e}")
+    with MoveJournal(journal_path(state_dir, broker_url, queue), queue) as journal:
+        try:
+            with _connection(broker_url) as conn:
+                source_channel = conn.channel()
+                source = _declare(source_channel, queue)
+                mover = _Mover(report, journal, Producer(conn.default_channel, auto_declare=False), on_copied)
+                try:
+                    mover.move_all(source, shards, mode, kinds, limit)
+                finally:
+                    report.left = _waiting(source) if not dry_run else report.left
+                    source_channel.close()  # in a dry run this hands every held message back
+                if dry_run:
+                    report.left = _waiting(_declare(conn.channel(), queue))
+        except Exception as e:  # noqa: BLE001  (broker down, refused login, ...: translated at the boundary)
+            report.error = report.error or DrainError(queue=queue, cause=f"{type(e).__name__}: {e}")
+        if report.ok and report.left == 0 and not dry_run:
+            journal.clear()
     return report
 
 
-def _move_all(
-    report: DrainReport,
-    source: Queue,
-    producer: Producer,
-    declared: set[str],
-    shards: int,
-    mode: str,
-    kinds: TaskKinds,
-    dry_run: bool,
-    limit: int | None,
-) -> None:
-    while limit is None or len(report.moves) < limit:
-        message = source.get(no_ack=False)
-        if message is None:
-            return
-        task_id: str | None = None
-        try:
-            task_id, name, kwargs = _task_of(message)
-            if name is None:
-                raise DrainError(queue=report.queue, cause="a message that is not a Celery task is in the way")
-            target = target_queue(name, kwargs, shards=shards, mode=mode, kinds=kinds)
-            if not dry_run:
-                if target not in declared:
-                    _declare(producer.channel, target)
-                    declared.add(target)
-                _republish(producer, message, target)
-        except Exception as e:  # noqa: BLE001
-            if not dry_run:
-                message.requeue()  # back where it was; nothing after it is touched
-            cause = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
-            report.error = DrainError(queue=report.queue, cause=f"task {task_id or '?'} not moved: {cause}")
-            return
-        if not dry_run:
+class _Mover:
+    """Takes a drain's messages one by one: copy, journal, acknowledge (or just report, in a dry run)."""
+
+    def __init__(
+        self,
+        report: DrainReport,
+        journal: MoveJournal,
+        producer: Producer,
+        on_copied: Callable[[Move], None] | None,
+    ) -> None:
+        self.report = report
+        self.journal = journal
+        self.producer = producer
+        self.on_copied = on_copied
+        self.declared: set[str] = set()
+
+    def move_all(self, source: Queue, shards: int, mode: str, kinds: TaskKinds, limit: int | None) -> None:
+        report = self.report
+        while limit is None or len(report.moves) < limit:
+            message = source.get(no_ack=False)
+            if message is None:
+                return
+            task_id: str | None = None
+            try:
+                task_id, name, kwargs = _task_of(message)
+                if name is None:
+                    raise DrainError(queue=report.queue, cause="a message that is not a Celery task is in the way")
+                key = message_key(task_id, message.body, dict(message.headers or {}))
+                move = Move(task_id=task_id, task=name, to=target_queue(name, kwargs, shards=shards, mode=mode, kinds=kinds))
+                if key in self.journal:
+                    self._drop_copied_original(message, move)
+                    continue
+                if not report.dry_run:
+                    self._copy(message, move.to)
+            except Exception as e:  # noqa: BLE001
+                if not report.dry_run:
+                    message.requeue()  # back where it was; nothing after it is touched
+                cause = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
+                report.error = DrainError(queue=report.queue, cause=f"task {task_id or '?'} not moved: {cause}")
+                return
+            if not report.dry_run and not self._journal_then_ack(message, key, move):
+                return
+            report.moves.append(move)
+
+    def _drop_copied_original(self, message: Any, move: Move) -> None:
+        """An original whose copy an earlier drain confirmed (its ack was lost): acknowledge it only."""
+        if not self.report.dry_run:
             message.ack()
-        report.moves.append(Move(task_id=task_id, task=name, to=target))
+        self.report.already_moved.append(move)
+
+    def _copy(self, message: Any, target: str) -> None:
+        if target not in self.declared:
+            _declare(self.producer.channel, target)
+            self.declared.add(target)
+        _republish(self.producer, message, target)
+
+    def _journal_then_ack(self, message: Any, key: str, move: Move) -> bool:
+        """The copy is confirmed: journal it, then acknowledge the original (never requeue it now)."""
+        try:
+            self.journal.record(key, move.task_id, move.to)
+        except OSError as e:
+            message.ack()  # the copy exists; a requeued original would become a duplicate
+            self.report.moves.append(move)
+            self.report.error = DrainError(queue=self.report.queue, cause=f"cannot write the drain journal: {e}")
+            return False
+        if self.on_copied is not None:
+            self.on_copied(move)
+        message.ack()
+        return True

@@ -24,7 +24,8 @@ from support.workers import BrokerView, keys_for_shard
 
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from agent.config import load
-from agent.drain import drain, task_kinds_from_app
+from agent.drain import Move, drain, task_kinds_from_app
+from agent.errors import DrainError
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
@@ -123,14 +124,15 @@ def publish_to_removed_shard(broker_url: str, count: int) -> tuple[list[str], di
 
 
 class TestDrain:
-    def test_moves_every_task_once_to_its_new_queue(self, broker_url: str, broker: BrokerView) -> None:
+    def test_moves_every_task_once_to_its_new_queue(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
         """12 tasks in codex-3, drained to 3 shards: each lands once, where the router sends it now."""
         ids, expected = publish_to_removed_shard(broker_url, 10)
         before = counts(broker)
         assert before == {"default": 0, "codex-0": 0, "codex-1": 0, "codex-2": 0, "codex-3": len(ids)}
 
-        app = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3"}))
-        report = drain(broker_url, "codex-3", shards=3, kinds=task_kinds_from_app(app))
+        app = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3",
+               "AGENT_STATE_DIR": str(tmp_path)}))
+        report = drain(broker_url, "codex-3", shards=3, kinds=task_kinds_from_app(app), state_dir=tmp_path)
 
         assert report.ok, report.error
         assert {m.task_id: m.to for m in report.moves} == expected
@@ -139,19 +141,20 @@ class TestDrain:
         assert after == {q: wanted.get(q, 0) for q in QUEUES} and report.left == 0
         assert task_ids(broker_url) == Counter(ids)  # every id exactly once
 
-    def test_dry_run_moves_nothing(self, broker_url: str, broker: BrokerView) -> None:
+    def test_dry_run_moves_nothing(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
         """--dry-run reports the plan and leaves every task where it was."""
         ids, expected = publish_to_removed_shard(broker_url, 4)
-        report = drain(broker_url, "codex-3", shards=3, dry_run=True)
+        report = drain(broker_url, "codex-3", shards=3, dry_run=True, state_dir=tmp_path)
         assert report.ok, report.error
         assert {m.task_id: m.to for m in report.moves} == expected
         assert counts(broker)["codex-3"] == len(ids) == report.left
         assert task_ids(broker_url) == Counter(ids)
 
-    def test_limit_stops_midway_and_a_second_run_finishes(self, broker_url: str, broker: BrokerView) -> None:
+    def test_limit_stops_midway_and_a_second_run_finishes(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
         """The CLI moves K with --limit, the rest stay queued; running it again moves the rest, none doubled."""
         ids, _ = publish_to_removed_shard(broker_url, 6)
-        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3"}
+        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3",
+               "AGENT_STATE_DIR": str(tmp_path)}
         first = subprocess.run([CODEX_AGENT, "drain", "codex-3", "--limit", "3", "--json"],
                                env=env, capture_output=True, text=True, timeout=60)
         assert first.returncode == 0, first.stderr
@@ -162,14 +165,14 @@ class TestDrain:
         assert f"moved {len(ids) - 3} task(s), 0 left in codex-3" in second.stdout
         assert task_ids(broker_url) == Counter(ids)
 
-    def test_a_failing_target_stops_the_drain_and_loses_nothing(self, broker_url: str, broker: BrokerView) -> None:
+    def test_a_failing_target_stops_the_drain_and_loses_nothing(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
         """When the broker refuses a copy, the drain stops with E060: moved stay moved, the rest stay queued."""
         ids, expected = publish_to_removed_shard(broker_url, 10)
         order = list(expected.values())  # both brokers hand messages out in publish order
         broken = next(q for q in order if q.startswith("codex-") and order.index(q) > 0)
         undo = _refuse_publishes_to(broker_url, broken)
         try:
-            report = drain(broker_url, "codex-3", shards=3)
+            report = drain(broker_url, "codex-3", shards=3, state_dir=tmp_path)
         finally:
             undo()
         assert report.error is not None and report.error.code == "CODEX-E060"
@@ -177,14 +180,61 @@ class TestDrain:
         assert all(m.to != broken for m in report.moves)
         assert broker.count("codex-3") == len(ids) - len(report.moves)
 
-        again = drain(broker_url, "codex-3", shards=3)
+        again = drain(broker_url, "codex-3", shards=3, state_dir=tmp_path)
         assert again.ok, again.error
         assert {m.task_id: m.to for m in report.moves + again.moves} == expected
         assert task_ids(broker_url) == Counter(ids)
 
-    def test_refuses_a_live_queue(self, broker_url: str, broker: BrokerView) -> None:
+    def test_an_interrupted_drain_resumes_without_a_second_copy(
+        self, broker_url: str, broker: BrokerView, tmp_path: Path
+    ) -> None:
+        """Ctrl-C after a copy is confirmed but before its original is acked: the next drain drops that original.
+
+        The broker hands the unacknowledged original back to codex-3 when the connection closes; the
+        journal tells the second run that its copy already waits in the new queue.
+        """
+        ids, expected = publish_to_removed_shard(broker_url, 6)
+        copied: list[Move] = []
+
+        def interrupt_at_third(move: Move) -> None:
+            copied.append(move)
+            if len(copied) == 3:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            drain(broker_url, "codex-3", shards=3, state_dir=tmp_path, on_copied=interrupt_at_third)
+        interrupted = copied[-1]
+        assert broker.count(interrupted.to) >= 1
+        assert broker.count("codex-3") == len(ids) - 2  # the third original came back
+
+        again = drain(broker_url, "codex-3", shards=3, state_dir=tmp_path)
+        assert again.ok, again.error
+        assert [m.task_id for m in again.already_moved] == [interrupted.task_id]
+        assert len(again.moves) == len(ids) - 3 and again.left == 0
+        assert not list((tmp_path / "drain").glob("*.jsonl"))  # an empty queue: the journal is done
+        assert task_ids(broker_url) == Counter(ids)  # every id exactly once
+
+    def test_a_second_drain_of_the_same_queue_is_refused(
+        self, broker_url: str, broker: BrokerView, tmp_path: Path
+    ) -> None:
+        """While one drain runs, another of the same queue stops at once and touches nothing."""
+        ids, _ = publish_to_removed_shard(broker_url, 3)
+        outcome: dict[str, Any] = {}
+
+        def try_another(move: Move) -> None:
+            if not outcome:
+                with pytest.raises(DrainError, match="another drain of codex-3") as refused:
+                    drain(broker_url, "codex-3", shards=3, state_dir=tmp_path)
+                outcome["error"] = refused.value
+
+        report = drain(broker_url, "codex-3", shards=3, state_dir=tmp_path, on_copied=try_another)
+        assert report.ok, report.error
+        assert outcome["error"].code == "CODEX-E060"
+        assert task_ids(broker_url) == Counter(ids)
+
+    def test_refuses_a_live_queue(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
         """Draining a queue that still has a shard is refused before anything is touched."""
-        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url}
+        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "AGENT_STATE_DIR": str(tmp_path)}
         done = subprocess.run([CODEX_AGENT, "drain", "codex-2", "--shards", "3"], env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 1 and "CODEX-E060" in done.stderr and "still a live queue" in done.stderr
 
