@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bring a Debian bookworm machine (as root) to the state the tests need: system packages, a running
-# dockerd, Redis and RabbitMQ, the pinned Codex CLI under .cache/codex and the project venv.
+# dockerd, compose v1 and v2, Redis and RabbitMQ, the pinned Codex CLI under .cache/codex and the
+# project venv.
 # Idempotent: each step checks first and does nothing when already done, so it is cheap to re-run.
 # Prints CODEX_BIN=<absolute path> as its last line on stdout; everything else goes to stderr.
 set -euo pipefail
@@ -76,6 +77,57 @@ start_rabbitmq() {
     wait_for 30 "rabbitmq on 5672" amqp_answers
 }
 
+# Compose v2 (what users run as `docker compose`): bookworm ships only v1, so take the Go plugin from
+# Debian trixie's package (it needs nothing but glibc >= 2.34). Pinned by version and sha256; if the
+# mirror has moved on, the current trixie package is fetched through apt, which checks its signature.
+COMPOSE_V2_DEB=docker-compose_2.26.1-4_amd64.deb
+COMPOSE_V2_SHA256=47681197cb2b1ab88206b42a1a92fc75f50d9530a6322d03494a473eed0408ea
+COMPOSE_V2_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
+
+install_compose_v2() {
+    if docker compose version 2>/dev/null | grep -Eq 'version v?2\.'; then
+        log "docker compose v2 present"
+        return
+    fi
+    local work="$REPO_ROOT/.cache/compose-v2" deb
+    mkdir -p "$work"
+    rm -rf "${work:?}"/*.deb "$work"/*.part "$work/extract"
+    log "installing docker compose v2 as $COMPOSE_V2_PLUGIN"
+    if [[ "$(dpkg --print-architecture)" == amd64 ]] && fetch_pinned_compose_v2 "$work/$COMPOSE_V2_DEB"; then
+        deb="$work/$COMPOSE_V2_DEB"
+    else
+        deb="$(fetch_trixie_compose_v2 "$work")"
+    fi
+    dpkg-deb -x "$deb" "$work/extract"
+    install -D -m 0755 "$work/extract/usr/libexec/docker/cli-plugins/docker-compose" "$COMPOSE_V2_PLUGIN"
+    docker compose version >&2
+}
+
+fetch_pinned_compose_v2() {
+    local out="$1"
+    python3 - "http://deb.debian.org/debian/pool/main/d/docker-compose/$COMPOSE_V2_DEB" "$out.part" <<'PY' || return 1
+import sys, urllib.request
+urllib.request.urlretrieve(sys.argv[1], sys.argv[2])
+PY
+    echo "$COMPOSE_V2_SHA256  $out.part" | sha256sum -c --quiet >&2 || return 1
+    mv "$out.part" "$out"
+}
+
+# fetch_trixie_compose_v2 DIR: download trixie's docker-compose .deb with a private apt state (the
+# system's sources and lists are untouched); prints the .deb's path.
+fetch_trixie_compose_v2() {
+    local dir="$1" apt_dir="$1/apt"
+    mkdir -p "$apt_dir/lists/partial" "$apt_dir/archives/partial"
+    echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" \
+        >"$apt_dir/sources.list"
+    local opts=(-o "Dir::Etc::SourceList=$apt_dir/sources.list" -o Dir::Etc::SourceParts=/dev/null
+        -o "Dir::State::Lists=$apt_dir/lists" -o "Dir::Cache::Archives=$apt_dir/archives")
+    log "the pinned $COMPOSE_V2_DEB is unavailable or changed; taking trixie's current docker-compose through apt"
+    quietly apt-get "${opts[@]}" update
+    (cd "$dir" && quietly apt-get "${opts[@]}" download docker-compose)
+    ls "$dir"/docker-compose_*.deb | head -n 1
+}
+
 install_codex() {
     local manifest="$CODEX_PREFIX/node_modules/@openai/codex/package.json" bin
     bin="$(codex_bin_path)"
@@ -112,6 +164,7 @@ install_packages
 start_dockerd
 start_redis
 start_rabbitmq
+install_compose_v2
 install_codex
 setup_venv
 echo "CODEX_BIN=$(codex_bin_path)"

@@ -1,6 +1,7 @@
-"""The whole product through docker-compose: three shards, real logins, real jobs, real broker.
+"""The whole product through compose: three shards, real logins, real jobs, real broker.
 
-The stack is docker-compose.yaml plus docker-compose.offline.yaml (the host's RabbitMQ instead of
+It runs twice: with ``docker compose`` (v2, what users have) and with Debian's ``docker-compose``
+(v1), so the compose file is proven with both. The stack is docker-compose.yaml plus docker-compose.offline.yaml (the host's RabbitMQ instead of
 a broker container, since no registry is reachable), under a unique project name, vhost and
 volume prefix, so parallel sessions and an operator's own ``codex_auth_*`` volumes are untouched.
 """
@@ -33,6 +34,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.codex, pytest.mar
 
 COMPOSE_FILES = ["-f", str(REPO_ROOT / "docker-compose.yaml"), "-f", str(REPO_ROOT / "docker-compose.offline.yaml")]
 SHARDS = (0, 1, 2)
+COMPOSE_CLIS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
 
 
 def rabbitmqctl(*args: str) -> None:
@@ -44,6 +46,7 @@ class Stack:
     """One compose project: its environment, containers and broker."""
 
     client: docker.DockerClient
+    cli: list[str]
     project: str
     env: dict[str, str]
     host_broker: str
@@ -52,10 +55,10 @@ class Stack:
 
     def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            ["docker-compose", *COMPOSE_FILES, "-p", self.project, *args],
+            [*self.cli, *COMPOSE_FILES, "-p", self.project, *args],
             env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
         )
-        assert proc.returncode == 0, f"docker-compose {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+        assert proc.returncode == 0, f"{' '.join(self.cli)} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
     def volume(self, shard: int) -> str:
@@ -98,11 +101,19 @@ class Stack:
             return int(count)
 
 
+@pytest.fixture(params=sorted(COMPOSE_CLIS), ids=lambda version: f"compose-{version}")
+def compose_cli(request: pytest.FixtureRequest) -> list[str]:
+    """The compose command line of one version, skipped when that version is absent."""
+    cli = COMPOSE_CLIS[request.param]
+    probe = subprocess.run([*cli, "version"], capture_output=True, text=True, timeout=60, check=False)
+    if probe.returncode != 0:
+        pytest.skip(f"compose {request.param} absent: `{' '.join(cli)} version` failed (scripts/provision.sh installs it)")
+    return cli
+
+
 @pytest.fixture
-def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str) -> Iterator[Stack]:
+def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str, compose_cli: list[str]) -> Iterator[Stack]:
     """A compose project on a fresh vhost; torn down without -v, volumes removed at the end."""
-    if shutil.which("docker-compose") is None:
-        pytest.skip("docker-compose absent")
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("RabbitMQ absent: rabbitmqctl not found (needed to add a non-loopback user)")
     tag = secrets.token_hex(4)
@@ -122,7 +133,7 @@ def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str)
         "CODEX_WORKER_IMAGE": images.worker,
         "CODEX_JOB_IMAGE": images.job,
     }
-    stack = Stack(docker_client, project, env, f"amqp://{user}:{password}@localhost:5672/{vhost}", env["CODEX_VOLUME_PREFIX"])
+    stack = Stack(docker_client, compose_cli, project, env, f"amqp://{user}:{password}@localhost:5672/{vhost}", env["CODEX_VOLUME_PREFIX"])
     try:
         yield stack
     finally:
@@ -134,7 +145,7 @@ def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str)
                 docker_client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        subprocess.run(["docker-compose", *COMPOSE_FILES, "-p", project, "down", "--timeout", "10"],
+        subprocess.run([*compose_cli, *COMPOSE_FILES, "-p", project, "down", "--timeout", "10"],
                        env=env, capture_output=True, timeout=120, check=False)
         for name in [stack.volume(s) for s in SHARDS] + [f"{project}_rabbitmq_data"]:
             for user_container in docker_client.containers.list(all=True, filters={"volume": name}):
