@@ -19,7 +19,7 @@ from agent import login as login_mod
 from agent import mount as mount_mod
 from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
-from agent.defaults import STALE_REFRESH_DAYS
+from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
 from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
@@ -143,6 +143,7 @@ class Checker:
             stale_after=config.claim_stale_after,
         )
         self.mounted_volume: str | None = None
+        self._log_outcome = _OutcomeLog()
 
     def facts(self) -> dict[str, Any]:
         """Shard, volume and paths for error messages."""
@@ -242,20 +243,51 @@ class Checker:
             codex_home=str(self.config.codex_home),
             checked_at=time.time(),
         )
-        for result in results:
+        self._log_outcome(report)
+        return report
+
+
+class _OutcomeLog:
+    """Logs a check outcome when it changes, and an unchanged failure again every few minutes.
+
+    A closed gate re-checks every ``AGENT_RECHECK_INTERVAL``: a line per re-check would bury the
+    audit trail, while silence would hide that the worker is still waiting for a fix.
+    """
+
+    def __init__(self) -> None:
+        self._last: tuple[Any, ...] | None = None
+        self._changed_at = 0.0
+        self._logged_at = 0.0
+
+    def __call__(self, report: CheckReport) -> None:
+        outcome = tuple(
+            (r.name, r.code, r.message, tuple(w.get("code") for w in r.warnings))
+            for r in report.results
+            if not r.ok or r.warnings
+        )
+        now = time.monotonic()
+        extra: dict[str, Any] = {}
+        if outcome != self._last:
+            self._last, self._changed_at = outcome, now
+        elif report.ok or now - self._logged_at < FAILURE_REMINDER_INTERVAL:
+            return
+        else:
+            extra = {"repeated": True, "unchanged_for_s": round(now - self._changed_at, 1)}
+        self._logged_at = now
+        for result in report.results:
             for warning in result.warnings:
                 log.warning("codex.check.warning", check=result.name, **warning)
         if report.ok:
             log.info("codex.check.passed", shard=report.shard, volume=report.volume)
-        else:
-            for failure in report.failures:
-                log.error(
-                    "codex.check.failed",
-                    check=failure.name,
-                    code=failure.code,
-                    error=failure.message,
-                    remediation=failure.remediation,
-                    shard=report.shard,
-                    volume=report.volume,
-                )
-        return report
+            return
+        for failure in report.failures:
+            log.error(
+                "codex.check.failed",
+                check=failure.name,
+                code=failure.code,
+                error=failure.message,
+                remediation=failure.remediation,
+                shard=report.shard,
+                volume=report.volume,
+                **extra,
+            )

@@ -24,6 +24,7 @@ __all__ = [
     "PREFLIGHT_LOGIN_TTL",
     "WATCH_INTERVAL",
     "OPEN_RECHECK_FACTOR",
+    "FAILURE_REMINDER_INTERVAL",
 ]
 
 SHARDS = 3
@@ -88,3 +89,6 @@ WATCH_INTERVAL = 0.5
 
 OPEN_RECHECK_FACTOR = 4
 """While the gate is open, full re-checks run every AGENT_RECHECK_INTERVAL times this."""
+
+FAILURE_REMINDER_INTERVAL = 300.0
+"""Seconds between repeats of an unchanged ``codex.check.failed`` while the gate stays closed."""

@@ -88,9 +88,14 @@ class TestLoggedOutVolume:
         assert status["exit_code"] == 1 and status["state"]["gate"] == "closed"
         assert [r["code"] for r in status["state"]["reason"]] == ["CODEX-E030"]
         assert "login" in status["state"]["reason"][0]["remediation"]
+        checked_at = status["state"]["checks"]["checked_at"]
+        wait_until(lambda: agent_status(worker)["state"]["checks"]["checked_at"] > checked_at + 1.5, 10,
+                   what="two more re-checks of the closed gate")
+        assert len(worker.events("codex.check.failed", code="CODEX-E030")) == 1  # logged on change, not per re-check
 
         make_api_key_login(codex_bin, home.codex_home)
         worker.wait_for("codex.gate.consuming", timeout=10)
+        assert len(worker.events("codex.check.passed")) == 1
         results = [r.get(timeout=30) for r in pending]
         assert {r["queue"] for r in results} == {"codex-2"}
         audits = worker.events("codex.run.audit")

@@ -1,0 +1,62 @@
+"""Check outcomes are logged when they change, and an unchanged failure again after a while.
+
+The checks run for real against a plain temporary folder (not a mount: CODEX-E020) with a Codex
+binary that does not exist (CODEX-E031).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+import agent.checks
+from agent.checks import Checker
+from agent.config import load
+
+
+def _checker(home: Path, codex_bin: Path) -> Checker:
+    home.mkdir(mode=0o700, exist_ok=True)
+    config = load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(home), "CODEX_BIN": str(codex_bin), "HOME": str(home.parent)})
+    return Checker(config)
+
+
+def _failed(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [line for line in logs if line["event"] == "codex.check.failed"]
+
+
+class TestOutcomeLog:
+    def test_an_unchanged_failure_is_logged_once(self, tmp_path: Path) -> None:
+        checker = _checker(tmp_path / ".codex", tmp_path / "no-codex")
+        with capture_logs() as logs:
+            for _ in range(4):
+                assert not checker.run().ok
+        assert sorted(line["code"] for line in _failed(logs)) == ["CODEX-E020", "CODEX-E031"]
+
+    def test_a_changed_failure_is_logged_again(self, tmp_path: Path) -> None:
+        checker = _checker(tmp_path / ".codex", tmp_path / "no-codex")
+        with capture_logs() as logs:
+            checker.run()
+            checker.config = load({**_env(checker), "CODEX_BIN": str(tmp_path / "still-no-codex")})
+            checker.run()
+        assert [line["code"] for line in _failed(logs)].count("CODEX-E031") == 2
+
+    def test_an_unchanged_failure_is_repeated_after_the_reminder_interval(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        checker = _checker(tmp_path / ".codex", tmp_path / "no-codex")
+        monkeypatch.setattr(agent.checks, "FAILURE_REMINDER_INTERVAL", 0.0)
+        with capture_logs() as logs:
+            checker.run()
+            checker.run()
+        failed = _failed(logs)
+        assert len(failed) == 4
+        assert "repeated" not in failed[0] and "repeated" not in failed[1]
+        assert all(line["repeated"] is True and line["unchanged_for_s"] >= 0 for line in failed[2:])
+
+
+def _env(checker: Checker) -> dict[str, str]:
+    config = checker.config
+    return {"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(config.codex_home), "HOME": str(config.codex_home.parent)}
