@@ -16,6 +16,7 @@ from agent.config import AgentConfig
 from agent.defaults import DEFAULT_QUEUE, SINGLE_QUEUE
 from agent.router import add_router
 from agent.routing import queue_for_shard
+from worker_entry.settings import WORKER_SETTINGS
 
 __all__ = ["app", "create_app", "codex_queues"]
 
@@ -42,19 +43,11 @@ def create_app(config: AgentConfig | None = None, *, result_backend: str | None 
         result_backend=result_backend or os.environ.get("CELERY_RESULT_BACKEND") or None,
         task_queues=[Queue(name, durable=True) for name in names],
         task_default_queue=DEFAULT_QUEUE,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_prefetch_multiplier=1,
-        task_serializer="json",
-        result_serializer="json",
-        accept_content=["json"],
-        broker_connection_retry_on_startup=True,
         # Redis only (AMQP ignores them): redeliver a dead worker's unacked task after the
         # visibility timeout, scanning every 10 s instead of kombu's default every 100 s.
         broker_transport_options={"visibility_timeout": visibility, "unacked_restore_throttle": 1},
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
         result_expires=24 * 3600,
+        **WORKER_SETTINGS,
     )
     add_router(app, config)  # publishers route Codex tasks to their shard without the agent
     return app
