@@ -64,14 +64,20 @@ class MoveJournal:
         self._keys: set[str] = set()
 
     def __enter__(self) -> MoveJournal:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self._lock.acquire()
+            self._keys = self._read()
         except Timeout:
             raise DrainError(
                 queue=self.queue, cause=f"another drain of {self.queue} holds {self._lock.lock_file}; let it finish"
             ) from None
-        self._keys = self._read()
+        except OSError as e:
+            self._lock.release()
+            raise DrainError(
+                queue=self.queue,
+                cause=f"cannot use the drain journal {self.path} ({e}); set AGENT_STATE_DIR to a writable directory",
+            ) from None
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, tb: TracebackType | None) -> None:

@@ -58,3 +58,11 @@ class TestMoveJournal:
         assert one != journal_path(tmp_path, "amqp://guest:guest@localhost:5672/b", "codex-3")
         assert one != journal_path(tmp_path, "amqp://guest:guest@localhost:5672/a", "codex-4")
         assert one == journal_path(tmp_path, "amqp://guest:other@localhost:5672/a", "codex-3")
+
+    def test_an_unusable_state_dir_is_a_clear_error(self, tmp_path: Path) -> None:
+        """A state dir that cannot hold the journal stops the drain before anything moves, naming the fix."""
+        blocker = tmp_path / "not-a-dir"
+        blocker.write_text("")
+        with pytest.raises(DrainError, match="set AGENT_STATE_DIR to a writable directory") as refused:
+            MoveJournal(journal_path(blocker, "redis://localhost:6379/0", "codex-3"), "codex-3").__enter__()
+        assert refused.value.code == "CODEX-E060" and str(blocker) in refused.value.message
