@@ -25,7 +25,7 @@ import pytest
 from kombu import Connection
 
 from agent import config as config_mod
-from support import REPO_ROOT, Images, make_api_key_login_in_volume
+from support import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
 from support.workers import keys_for_shard, wait_until
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from worker_entry.app import create_app
@@ -53,10 +53,10 @@ class Stack:
     prefix: str
     extra_containers: list[str] = field(default_factory=list)
 
-    def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def compose(self, *args: str, timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [*self.cli, *COMPOSE_FILES, "-p", self.project, *args],
-            env=self.env, capture_output=True, text=True, timeout=timeout, check=False,
+            env=self.env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
         )
         assert proc.returncode == 0, f"{' '.join(self.cli)} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -217,9 +217,12 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     for shard in (0, 1):
         check_audit(shard)
 
-    # Log the third volume in: its queue drains with no restart.
+    # Log the third volume in through its compose login service (the runbook's headless way): its
+    # queue drains with no restart.
     before = workers[2].attrs["State"]["StartedAt"]
-    keys[2] = make_api_key_login_in_volume(images.job, stack.volume(2))
+    keys[2] = fake_api_key()
+    login = stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-2", "login", "--with-api-key", stdin=keys[2])
+    assert keys[2] not in login.stdout + login.stderr
     for run_id, result in runs[2]:
         value = result.get(timeout=90)
         assert value["shard"] == 2 and value["job"]["exit_code"] == 0 and value["run_id"] == run_id
