@@ -1,7 +1,8 @@
 """The whole product through compose: three shards, real logins, real jobs, real broker.
 
-It runs twice: with ``docker compose`` (v2, what users have) and with Debian's ``docker-compose``
-(v1), so the compose file is proven with both. The stack is docker-compose.yaml plus docker-compose.offline.yaml (the host's RabbitMQ instead of
+The three-shard run goes twice: with ``docker compose`` (v2, what users have) and with Debian's
+``docker-compose`` (v1), so the compose file is proven with both. The runbook's add-a-shard and
+decommission procedures run as written, with v2. The stack is docker-compose.yaml plus docker-compose.offline.yaml (the host's RabbitMQ instead of
 a broker container, since no registry is reachable), under a unique project name, vhost and
 volume prefix, so parallel sessions and an operator's own ``codex_auth_*`` volumes are untouched.
 """
@@ -17,6 +18,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -25,6 +27,7 @@ import pytest
 from kombu import Connection
 
 from agent import config as config_mod
+from agent.routing import shard_for
 from support import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
 from support.workers import keys_for_shard, wait_until
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
@@ -52,10 +55,11 @@ class Stack:
     host_broker: str
     prefix: str
     extra_containers: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=lambda: list(COMPOSE_FILES))
 
     def compose(self, *args: str, timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
-            [*self.cli, *COMPOSE_FILES, "-p", self.project, *args],
+            [*self.cli, *self.files, "-p", self.project, *args],
             env=self.env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
         )
         assert proc.returncode == 0, f"{' '.join(self.cli)} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -145,9 +149,10 @@ def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
                 docker_client.containers.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-        subprocess.run([*compose_cli, *COMPOSE_FILES, "-p", project, "down", "--timeout", "10"],
+        subprocess.run([*compose_cli, *stack.files, "-p", project, "down", "--timeout", "10"],
                        env=env, capture_output=True, timeout=120, check=False)
-        for name in [stack.volume(s) for s in SHARDS] + [f"{project}_rabbitmq_data"]:
+        ours = [v.name for v in docker_client.volumes.list() if v.name.startswith(stack.prefix)]
+        for name in ours + [f"{project}_rabbitmq_data"]:
             for user_container in docker_client.containers.list(all=True, filters={"volume": name}):
                 user_container.remove(force=True)
             try:
@@ -268,3 +273,75 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     for shard in SHARDS:
         assert survived[stack.volume(shard)]["logged_in"] is True
         assert survived[stack.volume(shard)]["holder"] is None  # released at shutdown
+
+
+def _grown_by_shard_3(compose_text: str) -> str:
+    """docker-compose.yaml after the runbook's "Provisioning a new shard" steps 1-2 for shard 3."""
+    blocks = subprocess.run([str(REPO_ROOT / "scripts/compose-shards"), "3"], capture_output=True, text=True,
+                            check=True, timeout=30).stdout
+    services, volumes = blocks.split("# --- paste under volumes: ---")
+    services = services.split("# --- paste under services: ---")[1].strip("\n")
+    head, tail = compose_text.split("\nvolumes:\n", 1)
+    grown = f"{head.rstrip()}\n\n{services}\n\nvolumes:\n{tail.rstrip()}\n\n{volumes.strip(chr(10))}\n"
+    return grown.replace('CODEX_SHARDS: "3"', 'CODEX_SHARDS: "4"')
+
+
+def _shrunk_to_3_shards(grown: str) -> str:
+    """The runbook's "Decommissioning" step 5: shard 3's services deleted, its volume entry kept."""
+    start = grown.index("  # shard 3: service codex-worker-3")
+    end = grown.index("\nvolumes:\n")
+    return (grown[:start].rstrip() + "\n" + grown[end:]).replace('CODEX_SHARDS: "4"', 'CODEX_SHARDS: "3"')
+
+
+@pytest.mark.parametrize("compose_cli", ["v2"], indirect=True, ids=["compose-v2"])
+def test_add_then_decommission_a_shard(stack: Stack, images: Images, docker_client: docker.DockerClient,
+                                       tmp_path: Path) -> None:
+    """The runbook's procedures as written: add shard 3 and log it in; then remove it: its waiting tasks
+    move and run elsewhere, none lost or doubled, and its volume keeps its login."""
+    compose_file = tmp_path / "docker-compose.yaml"
+    shutil.copy(REPO_ROOT / "docker-compose.offline.yaml", tmp_path / "docker-compose.offline.yaml")
+    grown = _grown_by_shard_3((REPO_ROOT / "docker-compose.yaml").read_text())
+    compose_file.write_text(grown)
+    stack.files = ["-f", str(compose_file), "-f", str(tmp_path / "docker-compose.offline.yaml")]
+    services = ["rabbitmq", "codex-worker-0", "codex-worker-3", "codex-worker-default"]
+
+    # Provisioning: the new worker comes up, its volume is logged in once through login-3, its gate opens.
+    stack.compose("up", "-d", "--no-color", *services)
+    stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-3", "login", "--with-api-key", stdin=fake_api_key())
+    worker_3 = stack.container("codex-worker-3")
+    wait_until(lambda: (stack.status(worker_3).get("state") or {}).get("gate") == "open", 60, interval=0.5,
+               what="shard 3's gate open")
+
+    # Decommissioning: the publishers already route over 3 shards, but pinned runs and late publishers
+    # left tasks in codex-3 (published here with 4 shards) after its worker stopped.
+    stack.compose("stop", "codex-worker-3")
+    publisher = create_app(config_mod.load({"CELERY_BROKER_URL": stack.host_broker, "CODEX_SHARDS": "4"}),
+                           result_backend="rpc://")
+    keys = [k for k in keys_for_shard(3, 40, shards=4, prefix=f"decom-{stack.project}") if shard_for(k, 3) == 0][:4]
+    results = [publisher.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"})
+               for k in keys]
+    wait_until(lambda: stack.waiting("codex-3") == len(keys), 20, interval=0.5, what="tasks waiting in codex-3")
+
+    drained = stack.compose("exec", "-T", "codex-worker-default", "codex-agent", "drain", "codex-3", "--shards", "3")
+    assert f"moved {len(keys)} task(s), 0 left in codex-3" in drained.stdout, drained.stdout
+    compose_file.write_text(_shrunk_to_3_shards(grown))
+    stack.compose("up", "-d", "--no-color", "--remove-orphans", *[s for s in services if s != "codex-worker-3"])
+    assert not docker_client.containers.list(all=True, filters={"id": worker_3.id})
+
+    # The moved tasks run on shard 0 once its volume is logged in, each exactly once.
+    stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-0", "login", "--with-api-key", stdin=fake_api_key())
+    for result in results:
+        value = result.get(timeout=90)
+        assert (value["shard"], value["queue"], value["job"]["exit_code"]) == (0, "codex-0", 0)
+    audits = stack.log_events(stack.container("codex-worker-0"), "codex.run.audit")
+    assert sorted(a["task_id"] for a in audits) == sorted(r.id for r in results)
+    again = stack.compose("exec", "-T", "codex-worker-default", "codex-agent", "drain", "codex-3", "--shards", "3", "--dry-run")
+    assert "would move 0 task(s), 0 left in codex-3" in again.stdout
+
+    # The removed shard's volume keeps its login, with no holder.
+    kept = subprocess.run(
+        [str(REPO_ROOT / ".venv/bin/codex-agent"), "volumes", "--json", stack.volume(3)],
+        env={**stack.env, "CODEX_LOGIN_CHECK_IMAGE": images.job}, capture_output=True, text=True, timeout=120, check=True,
+    )
+    volume = json.loads(kept.stdout)["volumes"][0]
+    assert volume["logged_in"] is True and volume["holder"] is None
