@@ -85,8 +85,8 @@ COMPOSE_V2_SHA256=47681197cb2b1ab88206b42a1a92fc75f50d9530a6322d03494a473eed0408
 COMPOSE_V2_PLUGIN=/usr/local/lib/docker/cli-plugins/docker-compose
 
 install_compose_v2() {
-    if docker compose version 2>/dev/null | grep -Eq 'version v?2\.'; then
-        log "docker compose v2 present"
+    if docker compose version >/dev/null 2>&1; then  # any compose plugin (v2 or newer) will do
+        log "docker compose plugin present: $(docker compose version --short 2>/dev/null)"
         return
     fi
     local work="$REPO_ROOT/.cache/compose-v2" deb
