@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -151,9 +151,9 @@ class DrainReport:
             "moved": 0 if self.dry_run else len(self.moves),
             "would_move": len(self.moves) if self.dry_run else 0,
             "per_queue": self.counts(),
-            "already_moved": [{"task_id": m.task_id, "task": m.task, "to": m.to} for m in self.already_moved],
+            "already_moved": [asdict(m) for m in self.already_moved],
             "left": self.left,
-            "tasks": [{"task_id": m.task_id, "task": m.task, "to": m.to} for m in self.moves],
+            "tasks": [asdict(m) for m in self.moves],
             "error": self.error.to_dict() if self.error else None,
         }
 
@@ -307,9 +307,11 @@ class _Mover:
                 cause = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
                 report.error = DrainError(queue=report.queue, cause=f"task {task_id or '?'} not moved: {cause}")
                 return
-            if not report.dry_run and not self._journal_then_ack(message, key, move):
-                return
+            error = None if report.dry_run else self._journal_then_ack(message, key, move)
             report.moves.append(move)
+            if error is not None:
+                report.error = error
+                return
 
     def _drop_copied_original(self, message: Any, move: Move) -> None:
         """An original whose copy an earlier drain confirmed (its ack was lost): acknowledge it only."""
@@ -323,16 +325,17 @@ class _Mover:
             self.declared.add(target)
         _republish(self.producer, message, target)
 
-    def _journal_then_ack(self, message: Any, key: str, move: Move) -> bool:
-        """The copy is confirmed: journal it, then acknowledge the original (never requeue it now)."""
+    def _journal_then_ack(self, message: Any, key: str, move: Move) -> DrainError | None:
+        """The copy is confirmed: journal it, then acknowledge the original (never requeue it now).
+
+        Returns the error that must stop the drain once this move is counted, if any.
+        """
         try:
             self.journal.record(key, move.task_id, move.to)
         except OSError as e:
             message.ack()  # the copy exists; a requeued original would become a duplicate
-            self.report.moves.append(move)
-            self.report.error = DrainError(queue=self.report.queue, cause=f"cannot write the drain journal: {e}")
-            return False
+            return DrainError(queue=self.report.queue, cause=f"cannot write the drain journal: {e}")
         if self.on_copied is not None:
             self.on_copied(move)
         message.ack()
-        return True
+        return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,17 +46,7 @@ class MountObservation:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view, mode as an octal string."""
-        return {
-            "path": self.path,
-            "source": self.source,
-            "is_mount": self.is_mount,
-            "mount_type": self.mount_type,
-            "volume": self.volume,
-            "origin": self.origin,
-            "read_write": self.read_write,
-            "mode": None if self.mode is None else f"{self.mode:04o}",
-            "owner_uid": self.owner_uid,
-        }
+        return {**asdict(self), "mode": None if self.mode is None else f"{self.mode:04o}"}
 
 
 @dataclass(frozen=True)

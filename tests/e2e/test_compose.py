@@ -281,8 +281,9 @@ def _grown_by_shard_3(compose_text: str) -> str:
                             check=True, timeout=30).stdout
     services, volumes = blocks.split("# --- paste under volumes: ---")
     services = services.split("# --- paste under services: ---")[1].strip("\n")
+    volumes = volumes.strip("\n")
     head, tail = compose_text.split("\nvolumes:\n", 1)
-    grown = f"{head.rstrip()}\n\n{services}\n\nvolumes:\n{tail.rstrip()}\n\n{volumes.strip(chr(10))}\n"
+    grown = f"{head.rstrip()}\n\n{services}\n\nvolumes:\n{tail.rstrip()}\n\n{volumes}\n"
     return grown.replace('CODEX_SHARDS: "3"', 'CODEX_SHARDS: "4"')
 
 
