@@ -50,7 +50,10 @@ start_redis() {
         return
     fi
     log "starting redis-server on 6379"
-    redis-server --daemonize yes --port 6379 --logfile "$LOG_DIR/redis-test.log" >&2
+    # A test broker keeps nothing on disk: with snapshots on, Redis would write into its working
+    # directory (this checkout) and refuse every write once that directory is gone.
+    redis-server --daemonize yes --port 6379 --save '' --appendonly no --dir /tmp \
+        --logfile "$LOG_DIR/redis-test.log" >&2
     wait_for 30 redis redis-cli -p 6379 ping
 }
 
