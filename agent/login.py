@@ -13,8 +13,11 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 import os
+import re
 import signal
+import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -46,6 +49,11 @@ __all__ = [
 
 AUTH_FILE = "auth.json"
 _TAIL_CHARS = 300
+_MAX_AUTH_BYTES = 1 << 20
+"""A real auth.json is a few KiB; anything past 1 MiB is not one (and is not read whole)."""
+_AUTH_MODE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,31}")
+_UNREADABLE_AUTH_OUTPUT = ("did not contain valid utf-8", "failed to deserialize cli auth")
+"""What ``codex login status`` says when auth.json exists but is not a login it can read."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,8 @@ class AuthFacts:
     last_refresh: float | None = None
     fingerprint: str | None = None
     modified_at: float | None = None
+    unreadable: str | None = None
+    """Why the file holds no usable login (not UTF-8, not JSON, no credential…); None when readable."""
 
     def access_token_expired(self, now: float | None = None) -> bool:
         """Whether the access token's ``exp`` is in the past."""
@@ -93,31 +103,40 @@ class AuthFacts:
             "last_refresh": self.last_refresh,
             "credential_age_days": None if age is None else round(age, 2),
             "fingerprint": self.fingerprint,
+            "unreadable": self.unreadable,
         }
 
 
 def _jwt_exp(token: Any) -> float | None:
+    """A JWT's ``exp`` claim when it is a finite number; None for a payload of any other shape."""
     if not isinstance(token, str) or token.count(".") < 1:
         return None
     payload = token.split(".")[1]
     try:
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (ValueError, binascii.Error):
+    except (ValueError, binascii.Error, RecursionError):  # bad base64, not UTF-8, not JSON, a nesting bomb
         return None
     exp = claims.get("exp") if isinstance(claims, dict) else None
-    return float(exp) if isinstance(exp, (int, float)) else None
+    if isinstance(exp, bool) or not isinstance(exp, (int, float)):
+        return None
+    try:
+        value = float(exp)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return value if math.isfinite(value) else None
 
 
 def _timestamp(value: Any) -> float | None:
+    """An ISO 8601 time (``Z`` or an offset; UTC when naive) as epoch seconds; None when malformed."""
     if not isinstance(value, str):
         return None
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.timestamp()
+    except (ValueError, OverflowError):  # malformed, or an offset pushing it out of datetime's range
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.timestamp()
 
 
 def fingerprint(secret: str) -> str:
@@ -125,39 +144,88 @@ def fingerprint(secret: str) -> str:
     return hashlib.sha256(b"codex-agent-fingerprint:" + secret.encode()).hexdigest()[:16]
 
 
+def _unreadable(cause: str, modified: float | None) -> AuthFacts:
+    return AuthFacts(present=True, auth_mode="unreadable", modified_at=modified, unreadable=cause)
+
+
 def inspect_auth_file(codex_home: Path) -> AuthFacts:
-    """Read the non-secret facts of ``codex_home/auth.json``; never raises on bad content."""
+    """Read the non-secret facts of ``codex_home/auth.json``; never raises, whatever the volume holds.
+
+    A file that exists but cannot be read (permissions, a directory, a FIFO, too large) is
+    ``present`` with ``unreadable`` saying why, never mistaken for an absent or a valid login.
+    """
     path = Path(codex_home) / AUTH_FILE
     try:
-        text = path.read_text()
-        modified = path.stat().st_mtime
-    except OSError:
+        # O_NONBLOCK: a FIFO planted as auth.json must not hang the check on open().
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
         return AuthFacts(present=False)
-    return facts_from_text(text, modified)
+    except OSError as e:
+        return _unreadable(f"cannot be opened: {e.strerror or type(e).__name__}", None)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return _unreadable("not a regular file", st.st_mtime)
+        if st.st_size > _MAX_AUTH_BYTES:
+            return _unreadable(f"larger than {_MAX_AUTH_BYTES} bytes", st.st_mtime)
+        with os.fdopen(os.dup(fd), "rb") as file:
+            content = file.read(_MAX_AUTH_BYTES + 1)
+    except OSError as e:
+        return _unreadable(f"cannot be read: {e.strerror or type(e).__name__}", None)
+    finally:
+        os.close(fd)
+    return facts_from_text(content, st.st_mtime)
 
 
-def facts_from_text(text: str, modified: float | None) -> AuthFacts:
+def _credential(value: Any) -> str | None:
+    """``value`` when it can be a credential: a non-empty string of valid Unicode."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a JSON escape: no CLI accepts it
+        return None
+    return value
+
+
+def facts_from_text(content: str | bytes, modified: float | None) -> AuthFacts:
     """The non-secret facts of an ``auth.json``'s content (read here or through a container).
 
+    Never raises: content that holds no usable login gives facts with ``unreadable`` set.
+
     Args:
-        text: the file's content; never logged or returned.
+        content: the file's bytes (judged as UTF-8, strictly) or text; never logged or returned.
         modified: its mtime (epoch seconds), when known.
     """
     try:
+        text = content.decode("utf-8") if isinstance(content, bytes) else content
+        text.encode("utf-8")
+    except UnicodeError:
+        return _unreadable("not UTF-8", modified)
+    if not text.strip():
+        return _unreadable("empty", modified)
+    try:
         data = json.loads(text)
-    except ValueError:
-        return AuthFacts(present=True, auth_mode="unreadable", modified_at=modified)
+    except (ValueError, RecursionError):
+        return _unreadable("not JSON", modified)
     if not isinstance(data, dict):
-        return AuthFacts(present=True, auth_mode="unreadable", modified_at=modified)
-    tokens = data.get("tokens") if isinstance(data.get("tokens"), dict) else {}
-    api_key = data.get("OPENAI_API_KEY")
-    refresh = tokens.get("refresh_token") if tokens else None
-    mode = data.get("auth_mode") or ("chatgpt" if tokens else "apikey" if api_key else None)
-    secret = refresh if isinstance(refresh, str) and refresh else api_key if isinstance(api_key, str) else None
+        return _unreadable(f"not a JSON object (a {type(data).__name__})", modified)
+    raw_tokens = data.get("tokens")
+    tokens: dict[str, Any] = raw_tokens if isinstance(raw_tokens, dict) else {}
+    api_key = _credential(data.get("OPENAI_API_KEY"))
+    refresh = _credential(tokens.get("refresh_token"))
+    if not (api_key or refresh or _credential(tokens.get("access_token")) or _credential(tokens.get("id_token"))):
+        return _unreadable("holds no credential (no API key, no tokens)", modified)
+    declared = data.get("auth_mode")
+    if declared:  # echoed in reports: only a short name, never a value of another shape
+        mode = declared if isinstance(declared, str) and _AUTH_MODE.fullmatch(declared) else "unknown"
+    else:
+        mode = "chatgpt" if tokens else "apikey"
+    secret = refresh or api_key
     return AuthFacts(
         present=True,
-        auth_mode=str(mode) if mode else None,
-        access_token_expires_at=_jwt_exp(tokens.get("access_token")) if tokens else None,
+        auth_mode=mode,
+        access_token_expires_at=_jwt_exp(tokens.get("access_token")),
         last_refresh=_timestamp(data.get("last_refresh")),
         fingerprint=fingerprint(secret) if secret else None,
         modified_at=modified,
@@ -191,6 +259,8 @@ def judge_status_output(
     if returncode == 1 and not output.strip():
         raise NotLoggedInError(**facts, cause="codex login status exited 1")
     tail = scrub(output.strip())[-_TAIL_CHARS:] or "no output"
+    if returncode != 0 and any(words in lowered for words in _UNREADABLE_AUTH_OUTPUT):
+        raise NotLoggedInError(**facts, cause=f"{AUTH_FILE} is unreadable; codex login status: {tail}")
     raise LoginCheckError(**facts, cause=f"codex login status exited {returncode}: {tail}")
 
 

@@ -177,7 +177,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
         name=volume.name,
         labels=volume.labels,
         login=_login_verdict(run, facts),
-        auth=facts_from_text(auth[0].decode("utf-8", "replace"), auth[1]) if auth else AuthFacts(present=False),
+        auth=facts_from_text(auth[0], auth[1]) if auth else AuthFacts(present=False),
         holder=holder_view(marker[0] if marker else None, config.claim_stale_after),
         users=_users(client, volume.name),
     )
