@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +26,7 @@ from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.config import AgentConfig
 from agent.discovery import find_auth_volumes, is_auth_volume
 from agent.dockerrun import ContainerTimeout, client_from_env, run_container, translate_docker_errors
-from agent.errors import JobFailedError, JobRejectedError
+from agent.errors import JobFailedError, JobRejectedError, JobTimeoutError
 from agent.mount import volume_from_root
 from agent.redact import scrub
 
@@ -313,6 +313,7 @@ class JobLauncher:
         workspace_path: str = WORKSPACE_PATH,
         timeout: float | None = None,
         check: bool = True,
+        describe: Callable[[str], Mapping[str, Any]] | None = None,
         **kwargs: Any,
     ) -> JobResult:
         """Run a job container to completion, log it, keep its output, remove it.
@@ -323,8 +324,10 @@ class JobLauncher:
             environment: extra environment variables.
             workspace: optional workspace volume, read-write at ``workspace_path``.
             workspace_path: mount point of the workspace.
-            timeout: seconds before the job is killed (counts as a failure); None waits.
+            timeout: wall-clock seconds before the job is killed (CODEX-E043); None waits.
             check: raise JobFailedError on a non-zero exit (default); False returns it.
+            describe: extra ``codex.job.finished`` fields read from the (scrubbed) output, such
+                as the Codex session and token usage; numbers and ids only, never secrets.
             **kwargs: other ``containers.run`` options, validated by :func:`job_create_args`.
 
         Returns:
@@ -333,7 +336,8 @@ class JobLauncher:
         Raises:
             JobRejectedError: CODEX-E041, the request breaks the policy (nothing was created).
             DockerUnavailableError: CODEX-E040, the engine failed.
-            JobFailedError: CODEX-E042, non-zero exit or timeout (with ``check``).
+            JobFailedError: CODEX-E042, non-zero exit (with ``check``).
+            JobTimeoutError: CODEX-E043, still running after ``timeout`` (killed and removed).
         """
         brings_mounts = workspace is not None or bool(kwargs.get("volumes") or kwargs.get("mounts"))
         policy = self.policy(list_auth_volumes=brings_mounts)
@@ -355,16 +359,19 @@ class JobLauncher:
             )
         except ContainerTimeout as e:
             log.error(JOB_FINISHED, **audit, container_id=e.container_id, exit_code=None, duration_s=timeout, timed_out=True)
-            raise self._failed(e.container_id, image, f"timeout after {timeout}s", "") from e
+            raise JobTimeoutError(
+                **self._facts(), container_id=e.container_id[:12], image=image, timeout=timeout
+            ) from e
         except Exception as e:
             if "id" in started:
                 log.error(JOB_FINISHED, **audit, container_id=started["id"], exit_code=None, error=str(e))
             raise
         output = scrub(run.output)[-OUTPUT_LIMIT:]
         result = JobResult(run.container_id, image, run.exit_code, run.duration_s, output, args["labels"])
+        extra = dict(describe(output)) if describe is not None else {}
         log.info(
             JOB_FINISHED, **audit, container_id=run.container_id, exit_code=run.exit_code,
-            duration_s=round(run.duration_s, 3), output_chars=len(output),
+            duration_s=round(run.duration_s, 3), output_chars=len(output), **extra,
         )
         if check and not result.ok:
             raise self._failed(run.container_id, image, run.exit_code, output)

@@ -6,27 +6,19 @@ publisher) knows them and routes them.
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from agent.jobs import launcher_for_env
+from agent.phase import CodexPhase
 from agent.preflight import CodexTask
 from agent.router import PIN_ARG
 from celery import current_task, shared_task
 
-__all__ = ["codex_phase", "housekeeping", "JOB_IMAGE_ENV", "DEFAULT_JOB_IMAGE", "job_image"]
+__all__ = ["codex_phase", "housekeeping"]
 
-JOB_IMAGE_ENV = "CODEX_JOB_IMAGE"
-"""Image of the example phase's job container; ``none`` runs the phase without one."""
-
-DEFAULT_JOB_IMAGE = "codex-worker-agent/job:dev"
-
-
-def job_image() -> str | None:
-    """The job image from ``CODEX_JOB_IMAGE`` (default the project's job image), None for ``none``."""
-    image = os.environ.get(JOB_IMAGE_ENV, "").strip() or DEFAULT_JOB_IMAGE
-    return None if image.lower() == "none" else image
+PROBE_COMMAND = ["codex", "login", "status"]
+"""What a phase without a prompt runs: proves the job sees the shard's login, with no model traffic."""
 
 
 @shared_task(base=CodexTask, bind=True, name="codex.phase")
@@ -35,25 +27,35 @@ def codex_phase(
     affinity_key: str,
     run_id: str,
     phase: str,
+    prompt: str | None = None,
+    resume: bool = False,
     next_phases: list[str] | None = None,
     hold_s: float = 0.0,
     codex_shard: int | None = None,
 ) -> dict[str, Any]:
     """One phase of a Codex run; enqueues the run's next phase pinned to this shard.
 
-    The phase runs ``codex login status`` in a job container of ``CODEX_JOB_IMAGE`` through the
-    guarded client, so its result proves the job saw the shard's login (CODEX-E040 when the
-    engine is unreachable, CODEX-E042 when the job exits non-zero). ``hold_s`` keeps the phase
+    With a ``prompt`` the phase is ``codex exec --json`` in a guarded job container
+    (:class:`agent.phase.CodexPhase`): artifacts under ``CODEX_ARTIFACTS_ROOT/<run_id>/<phase>``,
+    the wall-clock limit ``CODEX_PHASE_TIMEOUT`` (CODEX-E043), ``resume=True`` to continue the run's
+    Codex session, and a phase already completed is not run again. A login that dies during the
+    run requeues the task and closes the gate (CODEX-E034). Without a prompt the job only runs
+    ``codex login status``. ``CODEX_JOB_IMAGE=none`` runs no container; ``hold_s`` keeps the phase
     busy for that long (used to test redelivery).
     """
     context = self.codex_context()
-    image = job_image()
+    agent = self.app.codex_agent
+    config = agent.config
     job: dict[str, Any] | None = None
-    if image is not None:
-        agent = self.app.codex_agent
-        launcher = launcher_for_env(agent.config, agent.volume_name, context)
-        result = launcher.run(image, ["codex", "login", "status"])
-        job = {"container_id": result.container_id, "exit_code": result.exit_code, "image": image}
+    if config.job_image is not None:
+        launcher = launcher_for_env(config, agent.volume_name, context)
+        if prompt is None:
+            result = launcher.run(config.job_image, PROBE_COMMAND)
+            job = {"container_id": result.container_id, "exit_code": result.exit_code, "image": config.job_image}
+        else:
+            job = CodexPhase(launcher, config).run(
+                run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"]
+            )
     if hold_s:
         time.sleep(hold_s)
     if next_phases:
@@ -63,6 +65,8 @@ def codex_phase(
                 "run_id": run_id,
                 "phase": next_phases[0],
                 "next_phases": next_phases[1:],
+                "prompt": None if prompt is None else f"{prompt}\n\nNext phase: {next_phases[0]}",
+                "resume": prompt is not None,
                 PIN_ARG: context["shard"],
             }
         )

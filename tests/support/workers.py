@@ -23,6 +23,7 @@ from typing import Any
 from kombu import Connection, Queue
 
 __all__ = [
+    "JsonLog",
     "ShardHome",
     "WorkerProcess",
     "WorkerFactory",
@@ -96,8 +97,60 @@ class ShardHome:
         subprocess.run(["umount", "-l", str(self.codex_home)], check=False, capture_output=True)
 
 
+class JsonLog:
+    """Reading a worker's JSON log lines: what every kind of test worker shares."""
+
+    def log_text(self) -> str:
+        """Everything the worker logged so far."""
+        raise NotImplementedError
+
+    def exited(self) -> str | None:
+        """Why the worker is gone (e.g. "exited 1"), or None while it runs."""
+        raise NotImplementedError
+
+    def lines(self) -> list[dict[str, Any]]:
+        """Every JSON line logged so far (non-JSON lines are kept as {'raw': text})."""
+        out: list[dict[str, Any]] = []
+        for raw in self.log_text().splitlines():
+            raw = raw.strip()
+            if not raw:
+                continue
+            try:
+                out.append(json.loads(raw))
+            except ValueError:
+                out.append({"raw": raw})
+        return out
+
+    def events(self, name: str, **fields: Any) -> list[dict[str, Any]]:
+        """Lines whose event is ``name`` and whose fields match."""
+        return [
+            line
+            for line in self.lines()
+            if line.get("event") == name and all(line.get(k) == v for k, v in fields.items())
+        ]
+
+    def wait_for(self, name: str, timeout: float = 30, count: int = 1, **fields: Any) -> list[dict[str, Any]]:
+        """Wait until ``count`` lines of event ``name`` (with ``fields``) are logged."""
+
+        def found() -> list[dict[str, Any]] | None:
+            gone = self.exited()
+            if gone is not None:
+                raise AssertionError(f"worker {gone} before {name}:\n{self.tail()}")
+            hits = self.events(name, **fields)
+            return hits if len(hits) >= count else None
+
+        try:
+            result: list[dict[str, Any]] = wait_until(found, timeout, what=f"{count}x {name} {fields}")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n--- worker log tail ---\n{self.tail()}") from None
+        return result
+
+    def tail(self, n: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-n:])
+
+
 @dataclass
-class WorkerProcess:
+class WorkerProcess(JsonLog):
     """A real ``worker-entry`` process whose stdout (JSON lines) goes to a file."""
 
     env: dict[str, str]
@@ -123,48 +176,13 @@ class WorkerProcess:
         assert self.process is not None
         return self.process.pid
 
-    def lines(self) -> list[dict[str, Any]]:
-        """Every JSON line logged so far (non-JSON lines are kept as {'raw': text})."""
-        out: list[dict[str, Any]] = []
-        if not self.log_path.exists():
-            return out
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            raw = raw.strip()
-            if not raw:
-                continue
-            try:
-                out.append(json.loads(raw))
-            except ValueError:
-                out.append({"raw": raw})
-        return out
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
-    def events(self, name: str, **fields: Any) -> list[dict[str, Any]]:
-        """Lines whose event is ``name`` and whose fields match."""
-        return [
-            line
-            for line in self.lines()
-            if line.get("event") == name and all(line.get(k) == v for k, v in fields.items())
-        ]
-
-    def wait_for(self, name: str, timeout: float = 30, count: int = 1, **fields: Any) -> list[dict[str, Any]]:
-        """Wait until ``count`` lines of event ``name`` (with ``fields``) are logged."""
-
-        def found() -> list[dict[str, Any]] | None:
-            if self.process is not None and self.process.poll() is not None:
-                raise AssertionError(f"worker exited {self.process.returncode} before {name}:\n{self.tail()}")
-            hits = self.events(name, **fields)
-            return hits if len(hits) >= count else None
-
-        try:
-            result: list[dict[str, Any]] = wait_until(found, timeout, what=f"{count}x {name} {fields}")
-        except AssertionError as e:
-            raise AssertionError(f"{e}\n--- worker log tail ---\n{self.tail()}") from None
-        return result
-
-    def tail(self, n: int = 30) -> str:
-        if not self.log_path.exists():
-            return ""
-        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+    def exited(self) -> str | None:
+        if self.process is not None and self.process.poll() is not None:
+            return f"exited {self.process.returncode}"
+        return None
 
     def stop(self, timeout: float = 20) -> int | None:
         """Warm shutdown (SIGTERM), then SIGKILL of the whole group if it lingers."""

@@ -1,0 +1,93 @@
+"""A run's artifacts on the worker: ``<CODEX_ARTIFACTS_ROOT>/<run_id>/<phase>/``.
+
+Each phase keeps the JSONL event stream of its ``codex exec --json`` (``events.jsonl``), the final
+message (``last_message.txt``) and its outcome (``outcome.json``: exit status, Codex session,
+token usage, task id, shard). The outcome is written before the task's message is acknowledged,
+so a redelivered message, or the same run published again, finds the phase completed and runs
+nothing (a phase cut off mid-run has no outcome and runs again: at least once, at most one
+completed execution). ``session.json`` names the run's newest Codex session, which a later phase
+of the run resumes from the shard's ``CODEX_HOME``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.atomic import write_json_atomically
+from agent.errors import PhaseRequestError
+
+__all__ = ["RunArtifacts", "checked_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE"]
+
+EVENTS_FILE = "events.jsonl"
+MESSAGE_FILE = "last_message.txt"
+OUTCOME_FILE = "outcome.json"
+SESSION_FILE = "session.json"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
+"""What a run id or phase name may be: each becomes a directory (and a volume) name."""
+
+
+def checked_name(field: str, value: Any, facts: dict[str, Any]) -> str:
+    """``value`` if it is a safe path component, else CODEX-E044 naming the field.
+
+    Raises:
+        PhaseRequestError: not a string of :data:`NAME_RULE`, or a '..'-style name.
+    """
+    if isinstance(value, str) and _NAME.match(value) and ".." not in value:
+        return value
+    cause = "not a string" if not isinstance(value, str) else "not a safe directory name"
+    raise PhaseRequestError(**facts, field=field, value=value if isinstance(value, str) else type(value).__name__,
+                            cause=cause, accepted=NAME_RULE)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when absent or unreadable (never raises)."""
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+@dataclass(frozen=True)
+class RunArtifacts:
+    """The artifacts directory of one run."""
+
+    root: Path
+    run_id: str
+
+    @property
+    def directory(self) -> Path:
+        """``<root>/<run_id>``."""
+        return self.root / self.run_id
+
+    def phase_dir(self, phase: str) -> Path:
+        """``<root>/<run_id>/<phase>``."""
+        return self.directory / phase
+
+    def outcome(self, phase: str) -> dict[str, Any] | None:
+        """The recorded outcome of a completed phase, or None."""
+        return _read_json(self.phase_dir(phase) / OUTCOME_FILE)
+
+    def session_id(self) -> str | None:
+        """The run's newest Codex session id, or None."""
+        data = _read_json(self.directory / SESSION_FILE)
+        value = data.get("session_id") if data else None
+        return value if isinstance(value, str) else None
+
+    def record(self, phase: str, *, events: str, final_message: str | None, outcome: dict[str, Any]) -> Path:
+        """Write a completed phase: events and message first, the outcome last (it marks completion)."""
+        directory = self.phase_dir(phase)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / EVENTS_FILE).write_text(events)
+        (directory / MESSAGE_FILE).write_text(final_message or "")
+        session = outcome.get("session_id")
+        if isinstance(session, str):
+            write_json_atomically(self.directory / SESSION_FILE, {"session_id": session, "phase": phase})
+        write_json_atomically(directory / OUTCOME_FILE, outcome, mode=0o644)
+        return directory

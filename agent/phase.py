@@ -1,0 +1,233 @@
+"""A Codex phase: ``codex exec --json`` in a guarded job container, with its artifacts and limit.
+
+:class:`CodexPhase` runs one phase of a run on this worker's shard:
+
+* the job container gets the shard's login (the guarded :class:`~agent.jobs.JobLauncher`), the run's
+  workspace volume at ``/workspace``, ``CODEX_PHASE_TIMEOUT`` as its wall-clock limit (CODEX-E043),
+  and Codex's own token-endpoint overrides when the worker has them (staging and tests);
+* a later phase resumes the run's Codex session (``codex exec resume <id>``), whose files live in the
+  shard's ``CODEX_HOME``: the reason every phase of a run is pinned to one shard;
+* the JSONL stream, the final message and the outcome become the run's artifacts
+  (:mod:`agent.artifacts`), and a phase already completed is never run again;
+* a run that dies of its login (refresh token reused, expired or revoked; not logged in) is not a
+  job failure: the volume is marked revoked (:mod:`agent.revocation`) and CODEX-E034 is raised,
+  which the task base turns into a requeue with the gate closed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from agent import revocation
+from agent.artifacts import RunArtifacts, checked_name
+from agent.config import AgentConfig
+from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError
+from agent.jobs import WORKSPACE_PATH, JobLauncher
+from agent.login import inspect_auth_file
+
+__all__ = [
+    "PASSTHROUGH_ENV",
+    "WORKSPACE_PREFIX",
+    "PROMPT_LIMIT",
+    "StreamSummary",
+    "summarize",
+    "auth_failure",
+    "exec_argv",
+    "CodexPhase",
+]
+
+log = structlog.get_logger(__name__)
+
+PASSTHROUGH_ENV = ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "CODEX_REVOKE_TOKEN_URL_OVERRIDE")
+"""Codex's own endpoint overrides, handed from the worker to its jobs when set (staging, tests)."""
+
+WORKSPACE_PREFIX = "codex_ws_"
+"""A run's workspace volume is ``codex_ws_<run_id>``, shared by the run's phases on its shard."""
+
+PROMPT_LIMIT = 100_000
+"""Characters a phase prompt may have (it travels in the task message and the job's argv)."""
+
+_AUTH_FAILURES: tuple[tuple[str, str], ...] = (
+    ("refresh token was already used", "refresh_token_reused"),
+    ("refresh_token_reused", "refresh_token_reused"),
+    ("refresh token has expired", "refresh_token_expired"),
+    ("refresh_token_expired", "refresh_token_expired"),
+    ("refresh token was revoked", "refresh_token_invalidated"),
+    ("refresh_token_invalidated", "refresh_token_invalidated"),
+    ("not logged in", "not_logged_in"),
+    ("please log out and sign in again", "sign_in_again"),
+    ("401 unauthorized", "unauthorized"),
+)
+"""Phrases of ``codex exec`` (0.169) that mean the login itself is dead, mapped to a reason."""
+
+
+@dataclass(frozen=True)
+class StreamSummary:
+    """What a ``codex exec --json`` stream says: session, final message, usage, failure."""
+
+    session_id: str | None = None
+    final_message: str | None = None
+    usage: dict[str, int] | None = None
+    failure: str | None = None
+    events: int = 0
+
+    def audit_fields(self) -> dict[str, Any]:
+        """Fields for the ``codex.job.finished`` line: ids and numbers only."""
+        return {"codex_session": self.session_id, "usage": self.usage, "codex_events": self.events}
+
+
+def summarize(output: str) -> StreamSummary:
+    """Read the JSONL events out of a job's output (other lines, e.g. stderr, are skipped)."""
+    session = message = failure = None
+    usage: dict[str, int] | None = None
+    events = 0
+    for line in output.splitlines():
+        if not line.startswith("{"):
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(event, dict):
+            continue
+        events += 1
+        kind = event.get("type")
+        item = event.get("item") if isinstance(event.get("item"), dict) else {}
+        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
+            session = event["thread_id"]
+        elif kind == "item.completed" and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
+            message = item["text"]
+        elif kind == "turn.completed" and isinstance(event.get("usage"), dict):
+            usage = {k: v for k, v in event["usage"].items() if isinstance(v, int) and not isinstance(v, bool)}
+        elif kind == "turn.failed":
+            error = event.get("error")
+            failure = str(error.get("message")) if isinstance(error, dict) else str(error)
+        elif kind == "error" and failure is None:
+            failure = str(event.get("message"))
+    return StreamSummary(session, message, usage, failure, events)
+
+
+def auth_failure(output: str) -> str | None:
+    """The reason a run's login is dead, from its output, or None for any other failure."""
+    lowered = output.lower()
+    for phrase, reason in _AUTH_FAILURES:
+        if phrase in lowered:
+            return reason
+    return None
+
+
+def exec_argv(prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH) -> list[str]:
+    """``codex exec --json`` for a new session, or resuming ``session_id``."""
+    argv = ["codex", "exec", "--json", "--skip-git-repo-check", "-C", workdir]
+    return [*argv, "resume", session_id, prompt] if session_id else [*argv, prompt]
+
+
+class CodexPhase:
+    """Runs phases of runs on this worker's shard.
+
+    Args:
+        launcher: the guarded launcher of the running task (its shard, volume and audit context).
+        config: the worker's configuration (image, limit, network, artifacts root, CODEX_HOME).
+        environ: where the endpoint overrides are read from (``os.environ`` by default).
+    """
+
+    def __init__(self, launcher: JobLauncher, config: AgentConfig, environ: Mapping[str, str] | None = None) -> None:
+        self.launcher = launcher
+        self.config = config
+        self.environ = os.environ if environ is None else environ
+
+    def _facts(self) -> dict[str, Any]:
+        return {"shard": self.config.shard_index, "volume": self.launcher.volume_name, "worker": self.config.worker_name}
+
+    def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None) -> dict[str, Any]:
+        """Run (or find completed) one phase; returns its outcome.
+
+        Raises:
+            PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, or nothing to resume.
+            LoginRevokedError: CODEX-E034, the run found the login dead (the volume is marked).
+            JobFailedError: CODEX-E042, Codex failed for another reason.
+            JobTimeoutError: CODEX-E043, the wall-clock limit was reached.
+            DockerUnavailableError, JobRejectedError: CODEX-E040, CODEX-E041.
+        """
+        facts = self._facts()
+        run_id = checked_name("run_id", run_id, facts)
+        phase = checked_name("phase", phase, facts)
+        if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROMPT_LIMIT:
+            raise PhaseRequestError(**facts, field="prompt", value=str(prompt)[:40], cause="empty, not text, or too long",
+                                    accepted=f"non-empty text of at most {PROMPT_LIMIT} characters")
+        if self.config.job_image is None:
+            raise PhaseRequestError(**facts, field="CODEX_JOB_IMAGE", value="none", cause="no job image to run Codex in",
+                                    accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev")
+        artifacts = RunArtifacts(self.config.artifacts_root, run_id)
+        done = artifacts.outcome(phase)
+        if done is not None:
+            duplicate = done.get("task_id") == task_id
+            log.info("codex.phase.skipped", run_id=run_id, phase=phase, task_id=task_id,
+                     reason="duplicate delivery" if duplicate else "completed earlier", completed_by=done.get("task_id"))
+            return {**done, "skipped": True}
+        session = artifacts.session_id() if resume else None
+        if resume and session is None:
+            raise PhaseRequestError(**facts, field="resume", value="true", cause=f"run {run_id} has no earlier Codex session on this shard",
+                                    accepted="false for a run's first phase")
+        return self._execute(artifacts, phase, prompt, session, task_id)
+
+    def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None) -> dict[str, Any]:
+        env = {name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}
+        options: dict[str, Any] = {"network_mode": self.config.job_network} if self.config.job_network else {}
+        assert self.config.job_image is not None
+        started = time.time()
+        result = self.launcher.run(
+            self.config.job_image,
+            exec_argv(prompt, session),
+            environment=env,
+            workspace=f"{WORKSPACE_PREFIX}{artifacts.run_id}",
+            timeout=self.config.phase_timeout,
+            check=False,
+            describe=lambda output: summarize(output).audit_fields(),
+            **options,
+        )
+        summary = summarize(result.output)
+        if not result.ok:
+            self._raise_failure(result.output, result.exit_code, result.container_id, task_id, artifacts.run_id)
+        outcome = {
+            "status": "completed",
+            "run_id": artifacts.run_id,
+            "phase": phase,
+            "task_id": task_id,
+            "shard": self.config.shard_index,
+            "volume": self.launcher.volume_name,
+            "worker": self.config.worker_name,
+            "container_id": result.container_id,
+            "exit_code": result.exit_code,
+            "session_id": summary.session_id,
+            "resumed_session": session,
+            "usage": summary.usage,
+            "duration_s": round(result.duration_s, 3),
+            "started_at": started,
+            "completed_at": time.time(),
+        }
+        events = "".join(f"{line}\n" for line in result.output.splitlines() if line.startswith("{"))
+        outcome["artifacts"] = str(artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome))
+        return outcome
+
+    def _raise_failure(self, output: str, exit_code: int, container_id: str, task_id: str | None, run_id: str) -> None:
+        reason = auth_failure(output)
+        facts = self._facts()
+        if reason is None:
+            raise JobFailedError(**facts, container_id=container_id[:12], image=self.config.job_image,
+                                 exit_code=exit_code, output_tail=output[-2000:])
+        auth = inspect_auth_file(self.config.codex_home)
+        revocation.record(
+            self.config.codex_home,
+            revocation.Revocation(reason, auth.fingerprint, time.time(), run_id=run_id, task_id=task_id,
+                                  worker=self.config.worker_name),
+        )
+        log.error("codex.login.revoked", reason=reason, run_id=run_id, task_id=task_id, **facts)
+        raise LoginRevokedError(**facts, cause=reason)
