@@ -109,3 +109,65 @@ class TestSessionResume:
         one = json.loads((lab.artifacts / "cwa-run-c" / "one" / "outcome.json").read_text())
         two = json.loads((lab.artifacts / "cwa-run-c" / "two" / "outcome.json").read_text())
         assert two["resumed_session"] == one["session_id"] and one["shard"] == two["shard"] == 1
+
+
+class TestRevokedDuringRun:
+    def test_a_revoked_family_requeues_the_task_closes_the_gate_and_a_new_login_completes_it(
+        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        publisher: Celery,
+    ) -> None:
+        """E034: not a job failure; the gate ignores a passing `login status` until a new login."""
+        shard = lab.shard(2)
+        worker = lab.worker(shard, broker_url, backend_url)
+        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        key = keys_for_shard(2, 1)[0]
+        phase(publisher, key, "cwa-run-d", "one", "works").get(timeout=PHASE_TIMEOUT_S)
+        dead = shard.tokens
+        assert dead is not None
+        standin.authority.revoke(dead.family)  # the service killed the family (a copy elsewhere reused it)
+
+        pending = phase(publisher, key, "cwa-run-d", "two", "second phase")
+        worker.wait_for("codex.run.requeued", timeout=PHASE_TIMEOUT_S, code="CODEX-E034")
+        wait_until(lambda: broker.count("codex-2") == 1, 30, what="the task back in codex-2")
+        status = wait_until(
+            lambda: (s := worker.status())["state"]["gate"] == "closed"
+            and [r["code"] for r in s["state"]["reason"]] == ["CODEX-E034"] and s,
+            30, what="the gate closed on CODEX-E034",
+        )
+        assert status["exit_code"] == 1 and shard.volume in status["state"]["reason"][0]["message"]
+        code, _ = worker.container.exec_run(["codex", "login", "status"])
+        assert code == 0, "the trap: codex login status passes on a revoked login"
+        assert not pending.ready()
+        wait_until(lambda: len(worker.events("codex.check.failed", code="CODEX-E034")) >= 1, 30, what="a re-check")
+        assert worker.status()["state"]["gate"] == "closed", "a passing login status must not reopen a revoked login"
+        assert broker.count("codex-2") == 1
+
+        fresh = lab.login(shard)  # the runbook's re-login of this one volume
+        result = pending.get(timeout=PHASE_TIMEOUT_S)
+        assert result["job"]["status"] == "completed" and result["job"]["phase"] == "two"
+        stats = standin.authority.stats()
+        assert stats[fresh.family].model_calls == 1 and stats[fresh.family].reuses == 0
+        assert stats[dead.family].model_calls == 1, "only phase one ran on the dead family"
+        assert worker.status()["state"]["gate"] == "open"
+        assert not (shard.source / ".codex-agent-revoked.json").exists()
+
+
+class TestWallClockLimit:
+    def test_a_hung_model_endpoint_ends_at_the_limit_with_its_code_and_no_container_left(
+        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        publisher: Celery, docker_client: Any,
+    ) -> None:
+        """CODEX-E043, the job is killed and removed, the task is failed (never dropped), the gate stays open."""
+        shard = lab.shard(0)
+        worker = lab.worker(shard, broker_url, backend_url, CODEX_PHASE_TIMEOUT="6")
+        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        standin.script.push(Behaviour("hang"))
+        result = phase(publisher, keys_for_shard(0, 1)[0], "cwa-run-e", "plan", "hang please")
+        with pytest.raises(Exception, match="CODEX-E043") as failure:
+            result.get(timeout=PHASE_TIMEOUT_S)
+        assert "6.0s limit" in str(failure.value)
+        finished = worker.wait_for("codex.job.finished", run_id="cwa-run-e")[0]
+        assert finished["timed_out"] is True
+        assert docker_client.containers.list(all=True, filters={"label": "codex.run_id=cwa-run-e"}) == []
+        assert result.state == "FAILURE" and worker.status()["state"]["gate"] == "open"
+        assert not (lab.artifacts / "cwa-run-e" / "plan" / "outcome.json").exists()
