@@ -23,7 +23,7 @@ from openai_standin.tokens import LoginTokens
 from .dockerkit import TEST_LABEL, TEST_PREFIX
 from .workers import JsonLog
 
-__all__ = ["APP_UID", "ContainerWorker", "PhaseLab", "PhaseShard"]
+__all__ = ["APP_UID", "JOB_HOME", "ContainerWorker", "PhaseLab", "PhaseShard"]
 
 APP_UID = 1000
 JOB_HOME = "/home/app/.codex"
