@@ -13,7 +13,6 @@ File names start with ``.codex-agent-`` so they never collide with what the Code
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
@@ -31,6 +30,7 @@ import structlog
 
 from agent.atomic import write_json_atomically
 from agent.errors import ClaimIOError, ClaimLostError, VolumeClaimedError
+from agent.records import FieldTypes, parse_record, read_record, typed_fields
 
 __all__ = [
     "LOCK_FILE",
@@ -38,6 +38,7 @@ __all__ = [
     "Holder",
     "VolumeClaim",
     "read_marker",
+    "marker_problem",
     "own_container_id",
     "boot_id",
 ]
@@ -98,19 +99,52 @@ class Holder:
         return ((now or time.time()) - self.heartbeat) < stale_after
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Holder:
-        """Build from a marker's JSON; raises KeyError/TypeError/ValueError when malformed."""
-        names = cls.__dataclass_fields__
-        return cls(**{name: data[name] for name in names})
+    def from_dict(cls, data: Any) -> Holder:
+        """Build from a marker's JSON, checking every field's type; raises ValueError when malformed.
+
+        A marker is outside input (anything may write into the volume): a field of the wrong type
+        must fail here, not later in :meth:`describe` or :meth:`is_fresh`.
+        """
+        return cls(**typed_fields(data, MARKER_FIELDS))
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> Holder:
+        """Build from a marker file's content, any bytes; raises ValueError when it is no marker."""
+        return cls(**parse_record(raw, MARKER_FIELDS))
+
+
+MARKER_FIELDS: FieldTypes = {
+    "claim_id": (str,),
+    "worker": (str,),
+    "container_id": (str, type(None)),
+    "hostname": (str,),
+    "boot_id": (str,),
+    "pid": (int,),
+    "process_start": (int, float),
+    "shard": (int, type(None)),
+    "volume": (str, type(None)),
+    "claimed_at": (int, float),
+    "heartbeat": (int, float),
+}
+"""What each marker field may hold (JSON types); numbers must also be finite."""
 
 
 def read_marker(directory: Path) -> Holder | None:
-    """The holder named in ``directory``'s marker; None when absent or unreadable."""
-    try:
-        data = json.loads((directory / MARKER_FILE).read_text())
-        return Holder.from_dict(data)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The holder named in ``directory``'s marker; None when absent or unreadable (any bytes)."""
+    record = read_record(directory / MARKER_FILE, MARKER_FIELDS)
+    return None if record is None else Holder(**record)
+
+
+def marker_problem(directory: Path) -> str:
+    """Why ``directory`` has no readable marker, in the words every report uses.
+
+    The worker that lost its claim (E011), ``codex-agent check`` refused beside it (E010) and the
+    pre-flight all say the same thing for the same state.
+    """
+    path = directory / MARKER_FILE
+    if not path.exists():
+        return "the claim marker is missing"
+    return "the claim marker is unreadable: corrupt, or not a holder record"
 
 
 class VolumeClaim:
@@ -164,17 +198,15 @@ class VolumeClaim:
         }
 
     def refused(self, holder: Holder | None) -> VolumeClaimedError:
-        """The error that names ``holder`` as the reason this claim was refused."""
-        if holder is None:
-            return VolumeClaimedError(
-                **self._facts(holder="another process (marker unreadable)", holder_container="<holder>")
-            )
-        return VolumeClaimedError(
-            **self._facts(
-                holder=holder.describe(),
-                holder_container=(holder.container_id or holder.hostname)[:12],
-            )
-        )
+        """The error that names ``holder`` as the reason this claim was refused.
+
+        It is read by the refused worker, so its fix stops this worker (the extra one), never
+        the holder, which is the one serving the shard.
+        """
+        mine = own_container_id()
+        stop_this = f"docker stop {mine[:12]}" if mine else f"stop process {os.getpid()} on {socket.gethostname()}"
+        who = holder.describe() if holder is not None else f"a process that holds its lock ({marker_problem(self.directory)})"
+        return VolumeClaimedError(**self._facts(holder=who, stop_this=stop_this))
 
     def try_acquire(self) -> tuple[bool, Holder | None]:
         """Try once, without waiting.
@@ -275,7 +307,7 @@ class VolumeClaim:
             raise ClaimLostError(**self._facts(cause="this process does not hold the lock"))
         current = read_marker(self.directory)
         if current is None:
-            raise ClaimLostError(**self._facts(cause="the claim marker was removed"))
+            raise ClaimLostError(**self._facts(cause=marker_problem(self.directory)))
         if current.claim_id != self.holder.claim_id:
             raise ClaimLostError(**self._facts(cause=f"the marker now names {current.describe()}"))
 

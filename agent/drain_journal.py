@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from pathlib import Path
 from types import TracebackType
@@ -29,13 +30,31 @@ from agent.errors import DrainError
 __all__ = ["MoveJournal", "journal_path", "message_key"]
 
 
-def journal_path(state_dir: Path, broker_url: str, queue: str) -> Path:
-    """The journal of ``queue`` on this broker (the URL's password takes no part in the name)."""
-    parts = urlsplit(broker_url)
-    where = f"{parts.scheme}://{parts.hostname or ''}:{parts.port or ''}{parts.path}"
-    digest = hashlib.blake2b(where.encode(), digest_size=4).hexdigest()
-    return state_dir / "drain" / f"{queue}.{digest}.jsonl"
+def _encoded(text: str) -> bytes:
+    """UTF-8, keeping lone surrogates (undecodable bytes from a URL or an argv) instead of raising."""
+    return text.encode("utf-8", "surrogatepass")
 
+
+def journal_path(state_dir: Path, broker_url: str, queue: str) -> Path:
+    """The journal of ``queue`` on this broker (the URL's password takes no part in the name).
+
+    Any URL and queue name give one file directly under ``state_dir/drain``: a queue name with
+    ``/``, ``..`` or NUL in it never reaches outside that directory.
+    """
+    try:
+        parts = urlsplit(broker_url)
+        where = f"{parts.scheme}://{parts.hostname or ''}:{parts.port or ''}{parts.path}"
+    except ValueError:  # a bad port or IPv6 host: the URL still names one place, credentials aside
+        where = broker_url.rpartition("@")[2]
+    name = _UNSAFE_IN_NAME.sub("_", queue).lstrip(".") or "_"
+    if name != queue:  # two odd names that clean up alike still get journals of their own
+        where += "\0" + queue
+    digest = hashlib.blake2b(_encoded(where), digest_size=4).hexdigest()
+    return state_dir / "drain" / f"{name}.{digest}.jsonl"
+
+
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_.:-]")
+"""Characters a queue name may not bring into the journal's file name."""
 
 _TRANSPORT_HEADERS = frozenset({"redelivered"})
 """Headers a transport adds when it hands a message back (kombu's Redis restore): not the task's own."""
@@ -48,8 +67,8 @@ def message_key(task_id: str | None, body: bytes | str, headers: dict[str, Any])
     """
     own_headers = {k: v for k, v in headers.items() if k not in _TRANSPORT_HEADERS}
     digest = hashlib.sha256()
-    digest.update((task_id or "").encode())
-    digest.update(body if isinstance(body, bytes) else body.encode())
+    digest.update(_encoded(task_id or ""))
+    digest.update(body if isinstance(body, bytes) else _encoded(body))
     digest.update(json.dumps(own_headers, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:32]
 
@@ -106,14 +125,17 @@ class MoveJournal:
         self._keys.clear()
 
     def _read(self) -> set[str]:
+        """Every readable key; any other line (torn by a crash, binary, foreign) is skipped."""
         try:
-            lines = self.path.read_text().splitlines()
+            lines = self.path.read_bytes().splitlines()
         except FileNotFoundError:
             return set()
         keys = set()
         for line in lines:
             try:
-                keys.add(str(json.loads(line)["key"]))
-            except (ValueError, KeyError, TypeError):
+                key = json.loads(line)["key"]
+            except (ValueError, KeyError, TypeError, RecursionError):
                 continue  # a line torn by a crash mid-write: its ack never happened either
+            if isinstance(key, str):
+                keys.add(key)
         return keys

@@ -139,11 +139,12 @@ class VolumeClaimedError(ClaimError):
     title = "volume already claimed"
     template = (
         "shard {shard}: volume {volume} is already claimed by {holder}; "
-        "two workers must never share one login"
+        "two workers must never share one login, so this worker keeps its Codex gate closed"
     )
     remediation_template = (
-        "give this worker its own volume (CODEX_SHARD_INDEX/CODEX_VOLUME_NAME), or stop the holder: "
-        "codex-agent volumes   # then: docker stop {holder_container}"
+        "this worker is the extra one: stop it ({stop_this}), or give it a volume of its own "
+        "(CODEX_SHARD_INDEX or CODEX_VOLUME_NAME); leave the holder running. "
+        "Who uses the volume: codex-agent volumes {volume}"
     )
 
 
@@ -226,9 +227,11 @@ class NotLoggedInError(LoginError):
     title = "not logged in"
     template = "shard {shard}: volume {volume} holds no valid Codex login ({cause})"
     remediation_template = (
-        "log in once into the volume: docker compose run --rm login-{shard}   "
-        "(headless: docker run --rm -it -v {volume}:/home/app/.codex codex-worker-agent/job:dev "
-        "codex login --device-auth); the gate reopens by itself"
+        "log this volume in once: docker compose run --rm login-{shard}   (device-auth: open the URL "
+        "it prints, enter the code); headless: pipe an API key into the same service: "
+        "docker compose run --rm -T --entrypoint codex login-{shard} login --with-api-key < key-file, "
+        "or copy in an auth.json made elsewhere (runbook: Authenticating each volume once); "
+        "the gate reopens by itself"
     )
 
 
@@ -346,7 +349,10 @@ STALE_CREDENTIAL = Warning_(
 FORKED_LOGIN = Warning_(
     code="CODEX-W031",
     title="login copied into several volumes",
-    template="volumes {volumes} hold the same login (fingerprint {fingerprint})",
+    template=(
+        "volumes {volumes} hold the same ChatGPT login (refresh-token fingerprint {fingerprint}); "
+        "the first refresh kills every other copy"
+    ),
     remediation_template=(
         "keep one, and log the others in afresh: docker compose run --rm login-<shard> for each"
     ),

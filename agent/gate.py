@@ -143,6 +143,7 @@ class GateStep(bootsteps.StartStopStep):
         self.agent.consumer = c
         if self.agent.gate is not None:
             self.agent.gate.attach(c)
+        self.agent.on_consumer_start()  # after a reconnect: sweep orphaned job containers
 
     def stop(self, c: Any) -> None:
         self.agent.consumer = None

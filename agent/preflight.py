@@ -1,7 +1,8 @@
 """Per-task pre-flight for Codex tasks, and the task base class that runs it.
 
-Before a Codex phase starts, :class:`Preflight` checks that the claim is still ours and that the
-login still holds (the ``codex login status`` verdict is cached briefly, and forgotten the moment
+Before a Codex phase starts, :class:`Preflight` checks that CODEX_HOME is still the private,
+writable volume last verified (a stat, :class:`~agent.homestat.VolumeGuard`), that the claim is
+still ours and that the login still holds (the ``codex login status`` verdict is cached briefly, and forgotten the moment
 ``auth.json`` changes). A failure raises :class:`PreflightRejected`, a ``celery.exceptions.Reject``
 with ``requeue=True``: the message goes back to its shard queue, and :class:`CodexRequest`, which
 runs in the worker's main process, closes the gate before the reject, so the broker has no one
@@ -26,6 +27,7 @@ from agent.claim import read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import AgentError, ClaimLostError, NotCodexWorkerError, NotLoggedInError
+from agent.homestat import VolumeGuard
 from agent.login import AUTH_FILE, LoginStatus
 
 __all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
@@ -80,6 +82,7 @@ class Preflight:
         self.claim_id: str | None = None
         self._login_ok_at: float | None = None
         self._login_signature: AuthSignature = None
+        self.volume = VolumeGuard(config)  # mode, owner and mount identity: a stat per task
 
     def forget(self) -> None:
         """Drop the cached login verdict."""
@@ -116,7 +119,8 @@ class Preflight:
         self._login_ok_at, self._login_signature = now, signature
 
     def run(self) -> None:
-        """Both checks; raises the first AgentError."""
+        """Volume, claim and login; raises the first AgentError."""
+        self.volume.check()
         self.check_claim()
         self.check_login()
 

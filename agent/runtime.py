@@ -2,14 +2,16 @@
 
 ``install`` connects the Celery signals (in one place, never at import), registers the
 :class:`~agent.gate.GateStep` consumer bootstep and prepends the :class:`~agent.router.CodexRouter`.
-At ``worker_init`` the agent runs the checks and sets the gate; a watcher thread then re-checks
-every ``AGENT_RECHECK_INTERVAL`` while the gate is closed, and at once when ``auth.json`` or the
-claim marker changes, so a fixed volume reopens the gate with no restart.
+At ``worker_init`` the agent runs the checks and sets the gate; the
+:class:`~agent.watch.VolumeWatcher` then re-checks at once when the volume changes (login,
+marker, permissions, owner, mount) and every ``AGENT_RECHECK_INTERVAL`` while the gate is
+closed, so a broken volume closes the gate and a fixed one reopens it with no restart. Job
+containers a lost run left behind are swept at startup and after each broker reconnect
+(:mod:`agent.reconcile`).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
@@ -20,15 +22,16 @@ from celery import signals
 
 from agent import config as config_mod
 from agent.audit import configure_logging
-from agent.claim import MARKER_FILE
 from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
-from agent.defaults import OPEN_RECHECK_FACTOR, WATCH_INTERVAL
 from agent.dockerenv import client_for_mount_check
 from agent.gate import Gate, GateStep
-from agent.preflight import Preflight, auth_signature
+from agent.homestat import stat_home
+from agent.preflight import Preflight
+from agent.reconcile import JobReconciler
 from agent.router import add_router
 from agent.state import AgentState, write_state
+from agent.watch import VolumeWatcher
 
 __all__ = ["Agent", "install", "FailFastExit"]
 
@@ -60,9 +63,10 @@ class Agent:
         self.gate: Gate | None = Gate(app, config.codex_queue) if config.codex_queue else None
         self.report: CheckReport | None = None
         self.consumer: Any = None  # set by GateStep while the consumer runs
-        self._stop = threading.Event()
         self._check_lock = threading.Lock()
-        self._watcher: threading.Thread | None = None
+        self.watcher = VolumeWatcher(config, self.run_checks, self._gate_open)
+        self.reconciler = JobReconciler(config)
+        self._consumer_starts = 0
         self._process = psutil.Process()
 
     @property
@@ -75,7 +79,10 @@ class Agent:
     def run_checks(self) -> CheckReport:
         """Run every check, set the gate from the result and publish the state."""
         with self._check_lock:
+            home = stat_home(self.config.codex_home)  # before the check: a change during it is not vouched for
             report = self.checker.run()
+            mount_ok = any(r.name == "mount" and r.ok for r in report.results)
+            self.preflight.volume.vouch(home if mount_ok else None)
             self.report = report
             holder = self.checker.claim.holder
             self.preflight.claim_id = holder.claim_id if holder is not None else None
@@ -137,38 +144,30 @@ class Agent:
 
     # -- the watcher ----------------------------------------------------------------------
 
-    def _watch_signature(self) -> tuple[Any, ...]:
-        try:
-            marker = os.stat(self.config.codex_home / MARKER_FILE).st_mtime_ns
-        except OSError:
-            marker = None
-        return (auth_signature(self.config.codex_home), marker is None)
-
-    def _watch(self) -> None:
-        last_check = time.monotonic()
-        seen = self._watch_signature()
-        while not self._stop.wait(WATCH_INTERVAL):
-            signature = self._watch_signature()
-            is_open = self.gate is not None and self.gate.is_open
-            interval = self.config.recheck_interval * (OPEN_RECHECK_FACTOR if is_open else 1)
-            due = time.monotonic() - last_check >= interval
-            if signature != seen or due:
-                seen = signature
-                try:
-                    self.run_checks()
-                except Exception:  # the watcher must survive anything; the next round retries
-                    log.exception("codex.watch.error")
-                last_check = time.monotonic()
-                seen = self._watch_signature()
+    def _gate_open(self) -> bool:
+        return self.gate is not None and self.gate.is_open
 
     def start_watching(self) -> None:
         """Start the re-check thread and the claim heartbeat."""
-        if self._watcher is not None:
-            return
-        self._watcher = threading.Thread(target=self._watch, name="codex-agent-watch", daemon=True)
-        self._watcher.start()
+        self.watcher.start()
         if self.checker.claim.held:
             self.checker.claim.start_heartbeat(max(1.0, self.config.claim_stale_after / 4))
+
+    # -- orphaned job containers ---------------------------------------------------------
+
+    def sweep_jobs(self, trigger: str) -> None:
+        """Reconcile job containers a lost run left behind, on a background thread.
+
+        Only the claim holder sweeps: the claim makes this the one live worker of the volume.
+        """
+        if self.config.is_codex_worker and self.checker.claim.held:
+            self.reconciler.start(trigger)
+
+    def on_consumer_start(self) -> None:
+        """The consumer (re)started: after a broker reconnect, sweep again."""
+        self._consumer_starts += 1
+        if self._consumer_starts > 1:
+            self.sweep_jobs("reconnect")
 
     # -- Celery signal handlers -----------------------------------------------------------
 
@@ -186,6 +185,7 @@ class Agent:
             self.publish(stopped=True)
             raise FailFastExit(1)
         self.start_watching()
+        self.sweep_jobs("startup")
         log.info(
             "codex.agent.ready",
             codex_worker=True,
@@ -198,12 +198,12 @@ class Agent:
     def on_worker_process_init(self, **_: Any) -> None:
         """``worker_process_init`` (pool child): drop the inherited claim lock descriptor."""
         self.checker.claim.close_inherited()
-        self._stop.set()
+        self.watcher.stop()
         self._process = psutil.Process()
 
     def on_worker_shutdown(self, **_: Any) -> None:
         """``worker_shutdown``: stop watching, release the claim, publish ``stopped``."""
-        self._stop.set()
+        self.watcher.stop()
         self.checker.claim.release()
         self.publish(stopped=True)
 

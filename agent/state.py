@@ -7,7 +7,6 @@ writer process is gone is reported as such, so a crashed worker never looks heal
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import psutil
 
 from agent.atomic import write_json_atomically
+from agent.records import FieldTypes, read_record
 
 __all__ = ["STATE_FILE", "AgentState", "write_state", "read_state", "Health", "judge_health"]
 
@@ -52,13 +52,33 @@ def write_state(state_dir: Path, state: AgentState) -> None:
     write_json_atomically(state_dir / STATE_FILE, state.to_dict())
 
 
+_NUMBER = (int, float)
+_TEXT_OR_NULL = (str, type(None))
+STATE_FIELDS: FieldTypes = {
+    "worker": (str,),
+    "pid": (int,),
+    "process_start": _NUMBER,
+    "codex_worker": (bool,),
+    "gate": (str,),
+    "gate_since": _NUMBER,
+    "shard": (int, type(None)),
+    "queue": _TEXT_OR_NULL,
+    "volume": _TEXT_OR_NULL,
+    "codex_home": _TEXT_OR_NULL,
+    "reason": (list,),
+    "checks": (dict, type(None)),
+    "claim": (dict, type(None)),
+    "updated_at": _NUMBER,
+}
+"""What each field of a published state may hold; anything else makes the file unreadable."""
+
+
 def read_state(state_dir: Path) -> AgentState | None:
-    """The published state, or None when there is none (or it is unreadable)."""
-    try:
-        data = json.loads((state_dir / STATE_FILE).read_text())
-        return AgentState(**data)
-    except (OSError, ValueError, TypeError):
+    """The published state, or None when there is none or it is unreadable (any bytes, any shape)."""
+    record = read_record(state_dir / STATE_FILE, STATE_FIELDS)
+    if record is None or record["pid"] <= 0 or not all(isinstance(r, dict) for r in record["reason"]):
         return None
+    return AgentState(**record)
 
 
 @dataclass(frozen=True)
@@ -73,7 +93,7 @@ def _writer_alive(state: AgentState) -> bool:
     try:
         process = psutil.Process(state.pid)
         return abs(process.create_time() - state.process_start) < 1.0
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
+    except (psutil.Error, ValueError, OverflowError):  # gone, hidden, or a pid no process can have
         return False
 
 

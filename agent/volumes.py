@@ -7,13 +7,13 @@ claim marker are read from it through the engine's archive API. Only non-secret 
 this module: auth mode, expiry, credential age and a one-way fingerprint.
 
 Forked-login detection: two volumes whose refresh tokens have the same fingerprint hold one
-login copied; the first refresh kills the others (CODEX-W031). API-key logins have no refresh
-token to burn, so equal API keys are not reported.
+ChatGPT login copied; the first refresh kills the others (CODEX-W031). API-key logins are never
+reported: a key is not rotated, so one key in several volumes keeps working in each (README and
+runbook say the same).
 """
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from collections import defaultdict
@@ -96,8 +96,8 @@ def holder_view(marker: bytes | None, stale_after: float, now: float | None = No
     if marker is None:
         return None
     try:
-        holder = Holder.from_dict(json.loads(marker))
-    except (ValueError, KeyError, TypeError):
+        holder = Holder.parse(marker)
+    except ValueError:  # any bytes: not UTF-8, not JSON, a nesting bomb, fields of the wrong type
         return {"holder": "unreadable marker", "fresh": False}
     now = time.time() if now is None else now
     return {
@@ -115,7 +115,11 @@ def holder_view(marker: bytes | None, stale_after: float, now: float | None = No
 
 
 def forked_logins(volumes: Sequence[VolumeStatus]) -> list[dict[str, str]]:
-    """CODEX-W031 for each refresh-token fingerprint found in more than one volume."""
+    """CODEX-W031 for each refresh-token fingerprint found in more than one volume.
+
+    Only logins that refresh count (ChatGPT, or a mode the agent does not know); API-key copies
+    and unreadable files are left out on purpose.
+    """
     groups: dict[str, list[str]] = defaultdict(list)
     for volume in volumes:
         if volume.auth.fingerprint and volume.auth.auth_mode not in (None, "apikey", "unreadable"):

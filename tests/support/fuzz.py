@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 __all__ = [
     "budget",
     "json_values",
+    "json_fields",
     "json_bytes",
     "any_bytes",
     "any_text",
@@ -59,9 +60,16 @@ json_values: st.SearchStrategy[Any] = st.recursive(
         st.lists(children, max_size=4),
         st.dictionaries(st.text(max_size=12), children, max_size=4),
     ),
-    max_leaves=12,
+    max_leaves=10,
 )
 """JSON of any shape (NaN, infinities, huge integers and lone surrogates included)."""
+
+json_fields: st.SearchStrategy[Any] = st.one_of(
+    _scalars,
+    st.lists(_scalars, max_size=2),
+    st.dictionaries(st.text(max_size=4), _scalars, max_size=2),
+)
+"""One field's value of any JSON type, shallow: cheap enough to fill every field of a record."""
 
 
 def _dump(value: Any) -> bytes:

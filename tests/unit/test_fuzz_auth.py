@@ -76,11 +76,11 @@ def _credentials(document: dict[str, Any]) -> list[str]:
 
 
 class TestAuthFileBytes:
-    @budget(300)
+    @budget(200)
     @given(content=any_bytes)
-    def test_any_bytes_give_facts_never_an_exception(self, tmp_path_factory: pytest.TempPathFactory, content: bytes) -> None:
+    def test_any_bytes_give_facts_never_an_exception(self, tmp_path: Path, content: bytes) -> None:
         """Garbage, JSON of any shape, torn JSON, nesting bombs: a verdict, JSON-safe, never a traceback."""
-        home = tmp_path_factory.mktemp("home")
+        home = tmp_path
         (home / AUTH_FILE).write_bytes(content)
         facts = inspect_auth_file(home)
         assert facts.present
@@ -121,7 +121,7 @@ class TestAuthFileBytes:
 
 
 class TestAuthFileShapes:
-    @budget(400)
+    @budget(250)
     @given(document=auth_documents)
     def test_any_field_of_any_type_gives_facts_without_secrets(self, document: dict[str, Any]) -> None:
         """Every field of any type, JWT payloads of any shape: facts, strict JSON, no credential in them."""

@@ -1,0 +1,63 @@
+"""Read the JSON records other processes write (claim marker, published state): any bytes give a typed record or None.
+
+The marker sits in a volume anything may write into, and the state file in a directory anyone may
+point ``AGENT_STATE_DIR`` at. Their readers must not trust a field's type: a marker whose heartbeat
+is a string, or infinite, would fail (or never go stale) far from where it was read. Here every
+field is checked once, at the boundary, against the JSON types it may hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["FieldTypes", "typed_fields", "parse_record", "read_record"]
+
+FieldTypes = Mapping[str, tuple[type, ...]]
+"""Each field's accepted Python types after ``json.loads`` (``type(None)`` for null)."""
+
+
+def _accepts(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:  # JSON true is not a number here
+        return False
+    if not isinstance(value, types):
+        return False
+    return not isinstance(value, float) or math.isfinite(value)
+
+
+def typed_fields(data: Any, types: FieldTypes) -> dict[str, Any]:
+    """The fields of ``data`` named in ``types``, each checked.
+
+    Raises:
+        ValueError: ``data`` is not an object, or a field is missing, of the wrong type or not finite.
+    """
+    if not isinstance(data, dict):
+        raise ValueError(f"a JSON object was expected, not a {type(data).__name__}")
+    for name, accepted in types.items():
+        if not _accepts(data.get(name), accepted):
+            raise ValueError(f"field {name!r} is missing or of the wrong type")
+    return {name: data[name] for name in types}
+
+
+def parse_record(raw: bytes | str, types: FieldTypes) -> dict[str, Any]:
+    """Parse and check one record.
+
+    Raises:
+        ValueError: not UTF-8, not JSON, nested too deeply, or fields as in :func:`typed_fields`.
+    """
+    try:
+        data = json.loads(raw)
+    except RecursionError as e:
+        raise ValueError("nested too deeply") from e
+    return typed_fields(data, types)
+
+
+def read_record(path: Path, types: FieldTypes) -> dict[str, Any] | None:
+    """The checked record in ``path``; None when it is absent, unreadable or malformed."""
+    try:
+        return parse_record(path.read_bytes(), types)
+    except (OSError, ValueError):
+        return None
