@@ -23,6 +23,7 @@ __all__ = ["AgentConfig", "load"]
 
 QueueMode = Literal["sharded", "single"]
 LoginCheckMode = Literal["local", "container"]
+WatchMode = Literal["events", "poll"]
 
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
@@ -57,6 +58,7 @@ class AgentConfig:
     log_level: str
     worker_name: str
     claim_stale_after: float = defaults.CLAIM_STALE_AFTER
+    watch_mode: WatchMode = "events"
 
     @property
     def is_codex_worker(self) -> bool:
@@ -276,4 +278,8 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             defaults.LOG_LEVEL,
         ),
         worker_name=_get(env, "AGENT_WORKER_NAME") or socket.gethostname(),
+        watch_mode=cast(
+            WatchMode,
+            _parse(env, "AGENT_WATCH", _choice("events", "poll"), "events or poll", str(defaults.WATCH_MODE)),
+        ),
     )

@@ -24,6 +24,8 @@ __all__ = [
     "PREFLIGHT_LOGIN_TTL",
     "WATCH_INTERVAL",
     "OPEN_RECHECK_FACTOR",
+    "WATCH_MODE",
+    "WATCH_SETTLE",
     "FAILURE_REMINDER_INTERVAL",
 ]
 
@@ -89,6 +91,12 @@ WATCH_INTERVAL = 0.5
 
 OPEN_RECHECK_FACTOR = 4
 """While the gate is open, full re-checks run every AGENT_RECHECK_INTERVAL times this."""
+
+WATCH_MODE = "events"
+"""``events``: re-check when inotify or the mount table reports a change; ``poll``: the 0.5 s stat loop."""
+
+WATCH_SETTLE = 0.02
+"""Seconds of quiet after a file event before the watcher looks, so a login being written is read whole."""
 
 FAILURE_REMINDER_INTERVAL = 300.0
 """Seconds between repeats of an unchanged ``codex.check.failed`` while the gate stays closed."""

@@ -1,0 +1,195 @@
+"""Sweep the job containers a lost run left behind, and give each its ``codex.job.finished`` line.
+
+A job container is removed only in the ``finally`` of the process that made it. A worker killed
+between ``containers.create`` and that ``finally`` leaves it behind: unaudited, and perhaps still
+running with the shard's login beside the next run. So at startup and after every broker
+reconnect the worker lists the containers labelled with its shard and worker name
+(``codex.shard``, ``codex.worker``) and removes each *orphan*, killing it first if it still runs.
+Each gets a ``codex.job.finished`` line with ``reason="orphaned by a restart"``,
+``reconciled=true`` and what the engine still knows: exit code, duration, the run and task ids,
+queue and volume from the labels, container id and image.
+
+An orphan is a labelled container that was created before this worker process started (a
+previous life of this worker), or whose task this process neither holds nor runs (its pool child
+died mid-run). A task this process is running keeps its container: the launcher that made it
+logs and removes it. Only the claim holder sweeps (:meth:`agent.runtime.Agent.sweep_jobs`), and it
+sweeps on a background thread, so startup never waits on the engine.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import docker.errors
+import psutil
+import structlog
+from celery.worker import state as worker_state
+
+from agent.audit import AUDIT_FIELDS, JOB_FINISHED
+from agent.config import AgentConfig
+from agent.dockerenv import optional_client
+from agent.dockerrun import DOCKER_FAILURES
+
+__all__ = ["ORPHAN_REASON", "JobContainer", "JobReconciler", "docker_time", "is_orphan", "task_is_active"]
+
+log = structlog.get_logger(__name__)
+
+ORPHAN_REASON = "orphaned by a restart"
+"""The ``reason`` of a reconciled ``codex.job.finished`` line (stable: audit queries match it)."""
+
+_KILL_WAIT = 10.0
+"""Seconds to wait for a killed orphan to exit, so its exit code and duration can be read."""
+
+_DOCKER_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
+
+
+def docker_time(text: str | None) -> float | None:
+    """Epoch seconds of an engine timestamp (RFC 3339, nanoseconds); None for its zero time."""
+    match = _DOCKER_TIME.match(text or "")
+    if match is None or match.group(1).startswith("0001-"):
+        return None
+    base, fraction, zone = match.groups()
+    seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
+    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
+
+
+@dataclass(frozen=True)
+class JobContainer:
+    """What the engine still tells about one job container."""
+
+    container_id: str
+    image: str
+    status: str
+    created: float | None
+    exit_code: int | None
+    duration_s: float | None
+    audit: dict[str, Any]
+
+    @classmethod
+    def from_inspect(cls, data: dict[str, Any]) -> JobContainer:
+        """Read ``docker inspect`` output; the audit fields come from the ``codex.*`` labels."""
+        config = data.get("Config") or {}
+        labels = config.get("Labels") or {}
+        run = data.get("State") or {}
+        started, finished = docker_time(run.get("StartedAt")), docker_time(run.get("FinishedAt"))
+        ended = run.get("Status") in ("exited", "dead") and started is not None
+        audit: dict[str, Any] = {key: labels.get(f"codex.{key}") or None for key in AUDIT_FIELDS}
+        if isinstance(audit["shard"], str) and audit["shard"].isdigit():
+            audit["shard"] = int(audit["shard"])
+        return cls(
+            container_id=str(data.get("Id") or "?"),
+            image=str(config.get("Image") or "?"),
+            status=str(run.get("Status") or "unknown"),
+            created=docker_time(data.get("Created")),
+            exit_code=int(run.get("ExitCode", -1)) if ended else None,
+            duration_s=round(finished - started, 3) if ended and finished is not None and started is not None else None,
+            audit=audit,
+        )
+
+
+def task_is_active(task_id: str) -> bool:
+    """Whether this worker process holds the task (reserved or running), per Celery's state."""
+    return task_id in worker_state.requests
+
+
+def is_orphan(job: JobContainer, *, process_start: float, active: Callable[[str], bool]) -> bool:
+    """Whether nobody alive will log and remove ``job`` (see the module docstring)."""
+    if job.created is None or job.created < process_start:
+        return True
+    task_id = job.audit.get("task_id")
+    return not (task_id and active(str(task_id)))
+
+
+class JobReconciler:
+    """Finds and removes this worker's orphaned job containers.
+
+    Args:
+        config: the worker's configuration (shard and worker name select the containers).
+        active: whether this process holds a task id (Celery's worker state by default).
+        client_factory: a pinged Docker client or None when no engine answers.
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        active: Callable[[str], bool] = task_is_active,
+        client_factory: Callable[[], Any] = optional_client,
+    ) -> None:
+        self.config = config
+        self.active = active
+        self.client_factory = client_factory
+        self.process_start = psutil.Process().create_time()
+        self._lock = threading.Lock()
+
+    def start(self, trigger: str) -> threading.Thread:
+        """Sweep on a daemon thread (sweeps never overlap); returns the thread."""
+        thread = threading.Thread(target=self.sweep, args=(trigger,), name="codex-agent-reconcile", daemon=True)
+        thread.start()
+        return thread
+
+    def sweep(self, trigger: str) -> list[JobContainer]:
+        """Remove every orphan now and log it; never raises (the next trigger retries).
+
+        Returns:
+            The orphans removed, as they were found (exit code and duration after a kill).
+        """
+        with self._lock:
+            client = self.client_factory()
+            if client is None:
+                log.info("codex.reconcile.skipped", trigger=trigger, cause="no Docker engine answers")
+                return []
+            try:
+                return self._sweep(client, trigger)
+            except DOCKER_FAILURES as e:
+                log.warning("codex.reconcile.failed", trigger=trigger, error=f"{type(e).__name__}: {e}"[:300])
+                return []
+            finally:
+                client.close()
+
+    def _sweep(self, client: Any, trigger: str) -> list[JobContainer]:
+        labels = [f"codex.shard={self.config.shard_index}", f"codex.worker={self.config.worker_name}"]
+        found = client.api.containers(all=True, filters={"label": labels})
+        removed: list[JobContainer] = []
+        for summary in found:
+            job = self._inspect(client, summary["Id"])
+            if job is None or not is_orphan(job, process_start=self.process_start, active=self.active):
+                continue
+            found_status = job.status
+            killed = found_status not in ("created", "exited", "dead")
+            if killed:
+                job = self._kill(client, job)
+            try:
+                client.api.remove_container(job.container_id, force=True, v=False)
+            except docker.errors.NotFound:
+                continue  # its own launcher removed it after all
+            removed.append(job)
+            log.warning(
+                JOB_FINISHED, **job.audit, container_id=job.container_id, image=job.image,
+                exit_code=job.exit_code, duration_s=job.duration_s, reason=ORPHAN_REASON, reconciled=True,
+                found_status=found_status, killed=killed, trigger=trigger,
+            )
+        log.info("codex.reconcile.done", trigger=trigger, found=len(found), removed=len(removed),
+                 left=len(found) - len(removed))
+        return removed
+
+    @staticmethod
+    def _inspect(client: Any, container_id: str) -> JobContainer | None:
+        try:
+            return JobContainer.from_inspect(client.api.inspect_container(container_id))
+        except docker.errors.NotFound:
+            return None
+
+    def _kill(self, client: Any, job: JobContainer) -> JobContainer:
+        """Stop a still-running orphan (it holds the shard's login) and read how it ended."""
+        try:
+            client.api.kill(job.container_id)
+            client.api.wait(job.container_id, timeout=_KILL_WAIT)
+        except DOCKER_FAILURES:
+            return job  # already gone, or slow to die: the forced remove below finishes it
+        return self._inspect(client, job.container_id) or job
