@@ -181,6 +181,8 @@ def _echo_volumes(report: VolumesReport) -> None:
     click.echo(f"{'VOLUME':<28} {'LOGIN':<12} {'MODE':<8} {'AGE':>7} {'FINGERPRINT':<17} HOLDER")
     for volume in report.volumes:
         login = volume.login["method"] if volume.logged_in else (volume.login.get("code") or "FAIL")
+        if volume.revoked is not None:
+            login = "CODEX-E034"
         age = volume.auth.credential_age_days()
         holder = volume.holder
         held = "-" if holder is None else f"{holder['holder']} ({'fresh' if holder.get('fresh') else 'stale'})"
@@ -190,6 +192,8 @@ def _echo_volumes(report: VolumesReport) -> None:
         )
         if not volume.logged_in:
             click.echo(f"  {volume.login.get('message')}")
+        elif volume.revoked is not None:
+            click.echo(f"  revoked during run {volume.revoked.get('run_id')} ({volume.revoked.get('reason')}); log this volume in again")
     for warning in report.warnings:
         click.echo(f"warn {warning['code']} {warning['message']}")
         click.echo(f"  fix: {warning['remediation']}")

@@ -31,6 +31,8 @@ from agent.dockerrun import DOCKER_FAILURES, translate_docker_errors
 from agent.errors import FORKED_LOGIN, AgentError
 from agent.login import AUTH_FILE, AuthFacts, facts_from_text, judge_status_output
 from agent.login_container import status_in_container
+from agent.revocation import REVOKED_FILE, still_revoked
+from agent.revocation import parse as parse_revocation
 
 __all__ = [
     "VolumeStatus",
@@ -55,6 +57,8 @@ class VolumeStatus:
     auth: AuthFacts
     holder: dict[str, Any] | None
     users: tuple[str, ...] = ()
+    revoked: dict[str, Any] | None = None
+    """The revocation a run recorded, while auth.json still holds that dead credential (CODEX-E034)."""
 
     @property
     def logged_in(self) -> bool:
@@ -71,6 +75,7 @@ class VolumeStatus:
             "holder": self.holder,
             "used_by": list(self.users),
             "labels": self.labels,
+            "revoked": self.revoked,
         }
 
 
@@ -160,6 +165,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
     """
     facts = {"shard": _shard_of(volume), "volume": volume.name}
     auth_path, marker_path = f"{config.job_home}/{AUTH_FILE}", f"{config.job_home}/{MARKER_FILE}"
+    revoked_path = f"{config.job_home}/{REVOKED_FILE}"
     try:
         run = status_in_container(
             client,
@@ -169,7 +175,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
             user=config.job_user,
             timeout=config.login_timeout,
             facts=facts,
-            read_files=(auth_path, marker_path),
+            read_files=(auth_path, marker_path, revoked_path),
             purpose="inspect",
         )
     except AgentError as e:
@@ -177,13 +183,17 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
         return VolumeStatus(volume.name, volume.labels, login, AuthFacts(present=False), None, _users(client, volume.name))
     auth = run.files.get(auth_path)
     marker = run.files.get(marker_path)
+    dead = run.files.get(revoked_path)
+    auth_facts = facts_from_text(auth[0], auth[1]) if auth else AuthFacts(present=False)
+    revocation = parse_revocation(*dead) if dead else None
     return VolumeStatus(
         name=volume.name,
         labels=volume.labels,
         login=_login_verdict(run, facts),
-        auth=facts_from_text(auth[0], auth[1]) if auth else AuthFacts(present=False),
+        auth=auth_facts,
         holder=holder_view(marker[0] if marker else None, config.claim_stale_after),
         users=_users(client, volume.name),
+        revoked=revocation.to_dict() if revocation and still_revoked(revocation, auth_facts) else None,
     )
 
 

@@ -9,6 +9,8 @@ hung model endpoint ending at the wall-clock limit with no container left behind
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -135,6 +137,12 @@ class TestRevokedDuringRun:
             30, what="the gate closed on CODEX-E034",
         )
         assert status["exit_code"] == 1 and shard.volume in status["state"]["reason"][0]["message"]
+        volumes = subprocess.run(
+            [str(Path(sys.executable).parent / "codex-agent"), "volumes", "--json", shard.volume],
+            capture_output=True, text=True, timeout=120, check=False,
+        )
+        listed = json.loads(volumes.stdout)["volumes"][0]
+        assert listed["revoked"]["reason"] == "refresh_token_invalidated" and listed["revoked"]["run_id"] == "cwa-run-d"
         code, _ = worker.container.exec_run(["codex", "login", "status"])
         assert code == 0, "the trap: codex login status passes on a revoked login"
         assert not pending.ready()
