@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, TypeVar, cast
+from urllib.parse import urlsplit
 
 from agent import defaults
 from agent.errors import ConfigError
@@ -152,6 +153,8 @@ def _matching(pattern: re.Pattern[str]) -> Callable[[str], str]:
 def _absolute_path(raw: str) -> str:
     if not raw.startswith("/"):
         raise ValueError("not an absolute path")
+    if "\x00" in raw:
+        raise ValueError("a path has no NUL byte")
     return os.path.normpath(raw)
 
 
@@ -168,6 +171,10 @@ def _broker_url(raw: str) -> str:
     scheme = raw.split("://", 1)[0].split("+", 1)[0] if "://" in raw else ""
     if scheme not in _BROKER_SCHEMES:
         raise ValueError("unsupported broker scheme")
+    try:  # a bad port or IPv6 host fails here, not later as a traceback in kombu or the drain
+        urlsplit(raw).port
+    except ValueError as e:
+        raise ValueError(f"not a URL ({e})") from None
     return raw
 
 
@@ -223,6 +230,10 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         defaults.VOLUME_TEMPLATE.format(index=shard_index) if shard_index is not None else None
     )
     home = _get(env, "HOME") or os.path.expanduser("~")
+    codex_home = _parse(env, "CODEX_HOME", _absolute_path, "an absolute path", None)
+    if codex_home is None:  # the default, $HOME/.codex, must be absolute too
+        home = _parse(env, "HOME", _absolute_path, "an absolute path, or set CODEX_HOME", home)
+        codex_home = os.path.join(home, ".codex")
     login_check = cast(
         LoginCheckMode,
         _parse(env, "CODEX_LOGIN_CHECK", _choice("local", "container"), "local or container", str(defaults.LOGIN_CHECK)),
@@ -240,7 +251,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             volume_default,
         ),
         codex_home=Path(
-            _parse(env, "CODEX_HOME", _absolute_path, "an absolute path", os.path.join(home, ".codex"))
+            codex_home
         ),
         job_home=_parse(env, "CODEX_JOB_HOME", _absolute_path, "an absolute path", defaults.JOB_HOME),
         job_user=_parse(
