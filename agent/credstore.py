@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import CredentialStoreError
+from agent.smallfile import UnreadableFile, read_small_file
 
 __all__ = ["CONFIG_FILE", "SETTING", "ACCEPTED", "credentials_store", "check_credentials_store"]
 
@@ -32,22 +33,20 @@ def credentials_store(codex_home: Path) -> tuple[str | None, str | None]:
         ``(value, None)`` with ``value`` None when the setting (or the file) is absent, or
         ``(None, cause)`` when the file cannot be read or parsed. Never raises.
     """
-    path = Path(codex_home) / CONFIG_FILE
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(_READ_LIMIT + 1)
-    except FileNotFoundError:
+    try:  # a FIFO or a huge file in its place is a cause, not a hang
+        found = read_small_file(Path(codex_home) / CONFIG_FILE, _READ_LIMIT)
+    except UnreadableFile as e:
+        return None, f"is unreadable: {e.cause}"
+    if found is None:
         return None, None
-    except OSError as e:
-        return None, f"cannot be read ({e.strerror or type(e).__name__})"
-    if len(raw) > _READ_LIMIT:
-        return None, f"is larger than {_READ_LIMIT} bytes"
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(found[0].decode("utf-8"))
     except UnicodeDecodeError:
         return None, "is not UTF-8 text"
     except tomllib.TOMLDecodeError as e:
         return None, f"is not valid TOML ({e})"
+    except RecursionError:  # tomllib recurses into nested arrays and tables
+        return None, "is not valid TOML (nested too deeply)"
     value: Any = data.get(SETTING)
     if value is None:
         return None, None

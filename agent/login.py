@@ -17,7 +17,6 @@ import math
 import os
 import re
 import signal
-import stat
 import subprocess
 import time
 from collections.abc import Sequence
@@ -33,6 +32,7 @@ from agent.errors import (
     NotLoggedInError,
 )
 from agent.redact import scrub
+from agent.smallfile import UnreadableFile, read_small_file
 
 __all__ = [
     "AUTH_FILE",
@@ -154,27 +154,13 @@ def inspect_auth_file(codex_home: Path) -> AuthFacts:
     A file that exists but cannot be read (permissions, a directory, a FIFO, too large) is
     ``present`` with ``unreadable`` saying why, never mistaken for an absent or a valid login.
     """
-    path = Path(codex_home) / AUTH_FILE
     try:
-        # O_NONBLOCK: a FIFO planted as auth.json must not hang the check on open().
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (FileNotFoundError, NotADirectoryError):
+        found = read_small_file(Path(codex_home) / AUTH_FILE, _MAX_AUTH_BYTES)
+    except UnreadableFile as e:
+        return _unreadable(e.cause, e.modified)
+    if found is None:
         return AuthFacts(present=False)
-    except OSError as e:
-        return _unreadable(f"cannot be opened: {e.strerror or type(e).__name__}", None)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return _unreadable("not a regular file", st.st_mtime)
-        if st.st_size > _MAX_AUTH_BYTES:
-            return _unreadable(f"larger than {_MAX_AUTH_BYTES} bytes", st.st_mtime)
-        with os.fdopen(os.dup(fd), "rb") as file:
-            content = file.read(_MAX_AUTH_BYTES + 1)
-    except OSError as e:
-        return _unreadable(f"cannot be read: {e.strerror or type(e).__name__}", None)
-    finally:
-        os.close(fd)
-    return facts_from_text(content, st.st_mtime)
+    return facts_from_text(*found)
 
 
 def _credential(value: Any) -> str | None:

@@ -1,4 +1,4 @@
-"""Fuzz: any bytes in the claim marker, the published state and the drain journal.
+"""Fuzz: any bytes in the claim marker, config.toml, the published state and the drain journal.
 
 These files live where other processes (or people) can write: the marker in the shared volume, the
 state and journal under ``AGENT_STATE_DIR``. Their readers must answer (a holder, a state, a set of
@@ -8,7 +8,9 @@ keys, or "none / unreadable") and never raise, and what they answer must be usab
 from __future__ import annotations
 
 import json
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,10 @@ from hypothesis import strategies as st
 from support.fuzz import any_bytes, any_text, budget, is_strict_json, json_fields, json_values
 
 from agent.claim import MARKER_FILE, Holder, marker_problem, read_marker
+from agent.credstore import CONFIG_FILE, SETTING, check_credentials_store, credentials_store
+from agent.errors import CredentialStoreError
+from agent.login import AUTH_FILE, inspect_auth_file
+from agent.smallfile import UnreadableFile, read_small_file
 from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.state import STATE_FILE, AgentState, judge_health, read_state
 from agent.volumes import holder_view
@@ -139,3 +145,88 @@ class TestDrainJournal:
         """Any task id, body (bytes or text, lone surrogates included) and headers give a stable key."""
         key = message_key(task_id, body, headers)
         assert len(key) == 32 and key == message_key(task_id, body, dict(headers))
+
+
+toml_documents = st.one_of(
+    st.sampled_from(["file", "keyring", "auto", "ephemeral", ""]).map(lambda v: f'{SETTING} = "{v}"\n'),
+    json_fields.map(lambda v: f"{SETTING} = {json.dumps(v)}\n"),
+    st.text(max_size=80).map(lambda t: f"[section]\n{SETTING} = {t}\n"),
+    st.sampled_from([f"{SETTING} = " + "[" * 50_000, "a = " + "{b = " * 20_000, "[" * 3000 + "a" + "]" * 3000]),
+).map(lambda text: text.encode("utf-8", "surrogatepass"))
+"""config.toml of any content: the setting of any type, garbage after it, nesting bombs."""
+
+
+class TestConfigToml:
+    @budget(200)
+    @given(content=st.one_of(any_bytes, toml_documents))
+    def test_any_config_toml_gives_a_store_or_a_cause(self, tmp_path: Path, content: bytes) -> None:
+        """Any bytes in config.toml: the configured store or why it cannot be read; a coded error, never a traceback."""
+        (tmp_path / CONFIG_FILE).write_bytes(content)
+        value, cause = credentials_store(tmp_path)
+        assert value is None or cause is None
+        assert cause is None or (isinstance(cause, str) and cause)
+        if value not in (None, "file") or cause is not None:
+            with pytest.raises(CredentialStoreError):
+                check_credentials_store(tmp_path, {"shard": 0, "volume": "codex_auth_0"})
+        else:
+            check_credentials_store(tmp_path, {"shard": 0, "volume": "codex_auth_0"})
+
+    def test_a_nesting_bomb_is_invalid_toml(self, tmp_path: Path) -> None:
+        """tomllib recurses into nested arrays: a deep one raised RecursionError through the login check."""
+        (tmp_path / CONFIG_FILE).write_text(f"{SETTING} = " + "[" * 50_000)
+        assert credentials_store(tmp_path) == (None, "is not valid TOML (nested too deeply)")
+
+
+class TestPlantedFiles:
+    """What can sit at auth.json's or config.toml's path instead of a file: a cause, never a hang."""
+
+    def test_a_fifo_does_not_hang_the_reader(self, tmp_path: Path) -> None:
+        os.mkfifo(tmp_path / AUTH_FILE)
+        os.mkfifo(tmp_path / CONFIG_FILE)
+        assert inspect_auth_file(tmp_path).unreadable == "not a regular file"
+        assert credentials_store(tmp_path) == (None, "is unreadable: not a regular file")
+
+    def test_a_directory_and_a_huge_file_are_causes(self, tmp_path: Path) -> None:
+        (tmp_path / AUTH_FILE).mkdir()
+        with open(tmp_path / CONFIG_FILE, "wb") as big:
+            big.truncate(2 << 20)  # sparse: 2 MiB without writing them
+        assert inspect_auth_file(tmp_path).unreadable == "not a regular file"
+        assert credentials_store(tmp_path)[1] == f"is unreadable: larger than {1 << 20} bytes"
+
+    def test_an_absent_file_is_absent(self, tmp_path: Path) -> None:
+        assert read_small_file(tmp_path / "nothing", 10) is None
+        assert read_small_file(tmp_path / "not-a-dir" / "x", 10) is None
+
+    def test_a_file_the_worker_may_not_read_is_a_cause(self, tmp_path: Path) -> None:
+        """Read by an unprivileged process (a forked child drops to nobody when the test runs as root)."""
+        (tmp_path / AUTH_FILE).write_text("{}")
+        os.chmod(tmp_path / AUTH_FILE, 0)
+        assert _as_nobody(lambda: _cause_of(tmp_path / AUTH_FILE)) == "cannot be opened: Permission denied"
+
+
+def _cause_of(path: Path) -> str:
+    try:
+        read_small_file(path, 10)
+    except UnreadableFile as e:
+        return e.cause
+    return "read"
+
+
+def _as_nobody(task: Callable[[], str]) -> str:
+    """``task()`` run in a forked child without root (as uid 65534 when we are root)."""
+    reader, writer = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop root, answer through the pipe, never return into pytest
+        try:
+            if os.geteuid() == 0:
+                os.setgroups([])
+                os.setgid(65534)
+                os.setuid(65534)
+            os.write(writer, task().encode())
+        finally:
+            os._exit(0)
+    os.close(writer)
+    with os.fdopen(reader) as answer:
+        text = answer.read()
+    os.waitpid(pid, 0)
+    return text
