@@ -15,6 +15,7 @@ from bench.core import REPO_ROOT, Bench, Row, Settings
 from bench.inproc import bench_checks, bench_preflight, bench_routing
 from bench.jobs import bench_jobs
 from bench.machine import machine_details
+from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
 from bench.workers import bench_heal, bench_refusal, bench_startup
 
@@ -30,10 +31,11 @@ SUITES: tuple[Suite, ...] = (
     ("jobs", bench_jobs, (("5", "Job container through the guarded client"),)),
     ("heal", bench_heal, (("6", "auth.json landing, to the gate open"),)),
     ("refusal", bench_refusal, (("7", "Second worker on a claimed volume, to its refusal"),)),
+    ("phases", bench_phases, (("9a", "Codex phase through the agent"), ("9b", "Phases under forced refreshes"))),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 
-_ORDER = ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6", "7", "8"]
+_ORDER = ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6", "7", "8", "9a", "9b"]
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
 
 
