@@ -99,7 +99,8 @@ def summarize(output: str) -> StreamSummary:
             continue
         events += 1
         kind = event.get("type")
-        item = event.get("item") if isinstance(event.get("item"), dict) else {}
+        raw_item = event.get("item")
+        item: dict[str, Any] = raw_item if isinstance(raw_item, dict) else {}
         if kind == "thread.started" and isinstance(event.get("thread_id"), str):
             session = event["thread_id"]
         elif kind == "item.completed" and item.get("type") == "agent_message" and isinstance(item.get("text"), str):

@@ -60,7 +60,7 @@ class StandIn:
     def url(self) -> str:
         """Base URL, e.g. ``http://127.0.0.1:41234``."""
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"http://{host!s}:{port}"
 
     @property
     def refresh_url(self) -> str:
@@ -204,7 +204,8 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                     return
                 self._json(200, {"revoked": name})
             elif action == "script":
-                items = body.get("behaviours") if isinstance(body.get("behaviours"), list) else []
+                raw = body.get("behaviours")
+                items: list[Any] = raw if isinstance(raw, list) else []
                 try:
                     standin.script.push(*(Behaviour(**item) for item in items))
                 except TypeError as e:

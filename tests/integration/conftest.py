@@ -11,9 +11,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from support.phases import PhaseLab
 from support.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess
 
 from agent.config import load
+from openai_standin import StandIn
 from worker_entry.app import create_app
 
 RESULTS_DB = 1  # the Redis database for task results (brokers use db 0)
@@ -114,3 +116,18 @@ def workers(
         worker.kill_group()
 
 
+
+
+@pytest.fixture
+def standin() -> Iterator[StandIn]:
+    """The local OpenAI stand-in (token endpoint + Responses API) on a loopback port."""
+    with StandIn() as server:
+        yield server
+
+
+@pytest.fixture
+def lab(docker_client: Any, standin: StandIn, images: Any) -> Iterator[PhaseLab]:
+    """Volumes with stand-in logins and worker containers for real Codex phases; removed after."""
+    made = PhaseLab(docker_client, standin, images.worker, images.job)
+    yield made
+    made.close()

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from celery import Celery
 from support.phases import PhaseLab
-from support.workers import BrokerView, agent_status, keys_for_shard, wait_until
+from support.workers import BrokerView, keys_for_shard, wait_until
 
 from openai_standin import Behaviour, StandIn
 
@@ -26,18 +25,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 
 PHASE_TIMEOUT_S = 90
 
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    with StandIn() as server:
-        yield server
-
-
-@pytest.fixture
-def lab(docker_client: Any, standin: StandIn, images: Any) -> Iterator[PhaseLab]:
-    made = PhaseLab(docker_client, standin, images.worker, images.job)
-    yield made
-    made.close()
 
 
 def phase(publisher: Celery, key: str, run_id: str, name: str, prompt: str, **kwargs: Any) -> Any:
@@ -53,8 +40,7 @@ class TestPhase:
     ) -> None:
         """codex exec runs in the job with the shard's login; events, message and outcome are kept."""
         shard = lab.shard(0)
-        worker = lab.worker(shard, broker_url, backend_url)
-        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        worker = lab.ready_worker(shard, broker_url, backend_url)
         key = keys_for_shard(0, 1)[0]
 
         result = phase(publisher, key, "cwa-run-a", "plan", "Plan the change. MARKER-A").get(timeout=PHASE_TIMEOUT_S)
@@ -80,8 +66,7 @@ class TestPhase:
     ) -> None:
         """The same run and phase published again returns the recorded outcome; no model call."""
         shard = lab.shard(0)
-        worker = lab.worker(shard, broker_url, backend_url)
-        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        worker = lab.ready_worker(shard, broker_url, backend_url)
         key = keys_for_shard(0, 1)[0]
         first = phase(publisher, key, "cwa-run-b", "plan", "once").get(timeout=PHASE_TIMEOUT_S)
         again = phase(publisher, key, "cwa-run-b", "plan", "once").get(timeout=PHASE_TIMEOUT_S)
@@ -97,8 +82,7 @@ class TestSessionResume:
     ) -> None:
         """Phase two runs ``codex exec resume`` from the shard's CODEX_HOME: the model sees phase one."""
         shard = lab.shard(1)
-        worker = lab.worker(shard, broker_url, backend_url)
-        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        worker = lab.ready_worker(shard, broker_url, backend_url)
         key = keys_for_shard(1, 1)[0]
         phase(publisher, key, "cwa-run-c", "one", "Remember MARKER-ONE", next_phases=["two"]).get(timeout=PHASE_TIMEOUT_S)
         wait_until(lambda: len(standin.script.calls()) >= 2, PHASE_TIMEOUT_S, what="the second phase's model call")
@@ -120,8 +104,7 @@ class TestRevokedDuringRun:
     ) -> None:
         """E034: not a job failure; the gate ignores a passing `login status` until a new login."""
         shard = lab.shard(2)
-        worker = lab.worker(shard, broker_url, backend_url)
-        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        worker = lab.ready_worker(shard, broker_url, backend_url)
         key = keys_for_shard(2, 1)[0]
         phase(publisher, key, "cwa-run-d", "one", "works").get(timeout=PHASE_TIMEOUT_S)
         dead = shard.tokens
@@ -167,8 +150,7 @@ class TestWallClockLimit:
     ) -> None:
         """CODEX-E043, the job is killed and removed, the task is failed (never dropped), the gate stays open."""
         shard = lab.shard(0)
-        worker = lab.worker(shard, broker_url, backend_url, CODEX_PHASE_TIMEOUT="6")
-        worker.wait_for("codex.agent.ready", timeout=60, gate="open")
+        worker = lab.ready_worker(shard, broker_url, backend_url, CODEX_PHASE_TIMEOUT="6")
         standin.script.push(Behaviour("hang"))
         result = phase(publisher, keys_for_shard(0, 1)[0], "cwa-run-e", "plan", "hang please")
         with pytest.raises(Exception, match="CODEX-E043") as failure:

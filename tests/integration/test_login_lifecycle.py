@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -27,18 +26,6 @@ SHARDS = 3
 PHASES = 180
 ACCESS_TTL = 305.0  # enters Codex's 5-minute refresh window 5 s after each refresh
 
-
-@pytest.fixture
-def standin() -> Iterator[StandIn]:
-    with StandIn() as server:
-        yield server
-
-
-@pytest.fixture
-def lab(docker_client: Any, standin: StandIn, images: Any) -> Iterator[PhaseLab]:
-    made = PhaseLab(docker_client, standin, images.worker, images.job)
-    yield made
-    made.close()
 
 
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)

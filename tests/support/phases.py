@@ -165,6 +165,12 @@ class PhaseLab:
         self.workers.append(worker)
         return worker
 
+    def ready_worker(self, shard: PhaseShard, broker_url: str, backend_url: str, **env: str) -> ContainerWorker:
+        """A worker for ``shard`` whose gate has opened."""
+        worker = self.worker(shard, broker_url, backend_url, **env)
+        worker.wait_for("codex.agent.ready", timeout=90, gate="open")
+        return worker
+
     def artifact_dir(self, job: dict[str, Any]) -> Path:
         """Where a phase's artifacts (reported inside the worker) are on the host."""
         return self.artifacts / Path(job["artifacts"]).relative_to(ARTIFACTS_IN_WORKER)
