@@ -29,6 +29,7 @@ from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import AgentError, ClaimLostError, NotCodexWorkerError, NotLoggedInError
 from agent.homestat import VolumeGuard
 from agent.login import AUTH_FILE, LoginStatus
+from agent.router import routed_options
 
 __all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
 
@@ -149,6 +150,10 @@ class CodexTask(Task):
     reject_on_worker_lost = True
     codex = True
     affinity_arg = "affinity_key"
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
+        """Publish to the run's shard queue, whichever app publishes it (never to ``celery``)."""
+        return super().apply_async(args, kwargs, **routed_options(self, args, kwargs, options))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         agent = getattr(self.app, "codex_agent", None)

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from agent import config as config_mod
 from agent.config import AgentConfig
 from agent.errors import RoutingError
 from agent.routing import queue_for_shard, shard_for
 
-__all__ = ["CodexRouter", "PIN_ARG", "add_router"]
+__all__ = ["CodexRouter", "PIN_ARG", "add_router", "routed_options"]
 
 PIN_ARG = "codex_shard"
 """Keyword argument that pins a run's later phases to the shard of its first phase."""
@@ -53,13 +54,35 @@ class CodexRouter:
         return {"queue": queue_for_shard(shard, self.config.queue_mode)}
 
 
+def _routes(app: Any) -> list[Any]:
+    routes = app.conf.task_routes
+    return list(routes) if isinstance(routes, (list, tuple)) else ([routes] if routes else [])
+
+
 def add_router(app: Any, config: AgentConfig) -> CodexRouter:
     """Put a :class:`CodexRouter` first in ``app.conf.task_routes`` (once); publishers need it too."""
-    routes = app.conf.task_routes
-    existing = list(routes) if isinstance(routes, (list, tuple)) else ([routes] if routes else [])
+    existing = _routes(app)
     for route in existing:
         if isinstance(route, CodexRouter):
             return route
     router = CodexRouter(app, config)
     app.conf.task_routes = [router, *existing]
     return router
+
+
+def routed_options(task: Any, args: Any, kwargs: dict[str, Any] | None, options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for publishing a Codex task, with its shard queue whichever app publishes it.
+
+    A shared task belongs to the current app, which is Celery's bare default app when nothing
+    built ours first (``import worker_entry.tasks`` alone): that app has no router, and the phase
+    would go to a queue named ``celery`` that no worker consumes. Routing then happens here, from
+    the environment's shard count and queue mode, as the workers see them.
+
+    Raises:
+        RoutingError: no affinity key, or a bad pin (CODEX-E050); nothing is sent.
+        ConfigError: the environment's Codex variables are invalid (CODEX-E001).
+    """
+    if options.get("queue") or any(isinstance(r, CodexRouter) for r in _routes(task.app)):
+        return options  # an explicit queue, or the app's own router decides
+    route = CodexRouter(task.app, config_mod.load())(task.name, args, kwargs, options, task=task)
+    return {**options, **(route or {})}
