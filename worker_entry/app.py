@@ -6,6 +6,7 @@ Import ``app`` to run or publish with the environment's configuration, or call
 
 from __future__ import annotations
 
+import math
 import os
 
 from celery import Celery
@@ -13,6 +14,7 @@ from kombu import Queue
 
 from agent import config as config_mod
 from agent.config import AgentConfig
+from agent.errors import ConfigError
 from agent.defaults import DEFAULT_QUEUE, SINGLE_QUEUE
 from agent.router import add_router
 from agent.routing import queue_for_shard
@@ -31,6 +33,22 @@ def codex_queues(config: AgentConfig) -> list[str]:
     return [queue_for_shard(i) for i in range(config.shards)]
 
 
+def _visibility_timeout(raw: str) -> float:
+    """``CELERY_VISIBILITY_TIMEOUT`` in seconds; a bad value names the variable, not ``--app``."""
+    if not raw.strip():
+        return VISIBILITY_TIMEOUT
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(
+            variable="CELERY_VISIBILITY_TIMEOUT", value=raw, cause="not a positive number of seconds",
+            accepted="a positive number of seconds, longer than the longest phase",
+        )
+    return value
+
+
 def create_app(config: AgentConfig | None = None, *, result_backend: str | None = None) -> Celery:
     """A Celery app wired for Codex shards; the agent is installed by ``worker-entry``."""
     config = config or config_mod.load()
@@ -38,7 +56,7 @@ def create_app(config: AgentConfig | None = None, *, result_backend: str | None 
     names = [DEFAULT_QUEUE, *codex_queues(config)]
     if config.codex_queue and config.codex_queue not in names:
         names.append(config.codex_queue)
-    visibility = float(os.environ.get("CELERY_VISIBILITY_TIMEOUT", VISIBILITY_TIMEOUT))
+    visibility = _visibility_timeout(os.environ.get("CELERY_VISIBILITY_TIMEOUT", ""))
     app.conf.update(
         result_backend=result_backend or os.environ.get("CELERY_RESULT_BACKEND") or None,
         task_queues=[Queue(name, durable=True) for name in names],

@@ -17,6 +17,7 @@ from support.fuzz import any_text, budget
 
 from agent.config import AgentConfig, load
 from agent.errors import ConfigError
+from worker_entry.app import _visibility_timeout, create_app
 
 VARIABLES = sorted(
     set(re.findall(r'(?:_get|_parse)\(\s*(?:env|environ)\s*,\s*"([A-Z][A-Z0-9_]+)"', (REPO_ROOT / "agent/config.py").read_text()))
@@ -78,3 +79,23 @@ class TestEnvironment:
         with pytest.raises(ConfigError, match="HOME"):
             load({"HOME": "relative", "CODEX_SHARD_INDEX": "0"})
         assert load({"HOME": "relative", "CODEX_HOME": "/v/.codex"}).codex_home == Path("/v/.codex")
+
+
+class TestVisibilityTimeout:
+    """``CELERY_VISIBILITY_TIMEOUT`` is read by the default app, outside the contract's loader."""
+
+    @budget(200)
+    @given(raw=_values)
+    def test_any_value_gives_seconds_or_a_config_error_naming_it(self, raw: str) -> None:
+        try:
+            seconds = _visibility_timeout(raw)
+        except ConfigError as e:
+            assert e.facts["variable"] == "CELERY_VISIBILITY_TIMEOUT"
+            return
+        assert 0 < seconds < float("inf")
+
+    def test_a_bad_value_is_blamed_on_the_variable_not_on_the_app(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """It raised a bare ValueError, which worker-entry reported as an unimportable --app."""
+        monkeypatch.setenv("CELERY_VISIBILITY_TIMEOUT", "six hours")
+        with pytest.raises(ConfigError, match="CELERY_VISIBILITY_TIMEOUT='six hours'"):
+            create_app(load({"CELERY_BROKER_URL": "memory://"}))
