@@ -20,7 +20,7 @@ from agent import mount as mount_mod
 from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
-from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError, NotLoggedInError
+from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
@@ -216,8 +216,7 @@ class Checker:
         started = time.monotonic()
         facts = login_mod.inspect_auth_file(self.config.codex_home)
         try:
-            if facts.unreadable is not None:  # never an open gate on credentials nobody can read
-                raise NotLoggedInError(**self.facts(), cause=f"{login_mod.AUTH_FILE} is unreadable: {facts.unreadable}")
+            login_mod.require_readable(facts, self.facts())  # never an open gate on credentials nobody can read
             status = self.login_check(self.config, self.facts())
         except AgentError as e:
             return _failed("login", e, started, **facts.to_dict())

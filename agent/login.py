@@ -42,6 +42,7 @@ __all__ = [
     "facts_from_text",
     "fingerprint",
     "judge_status_output",
+    "require_readable",
     "run_status_command",
     "run_login_status",
     "status_argv",
@@ -161,6 +162,19 @@ def inspect_auth_file(codex_home: Path) -> AuthFacts:
     if found is None:
         return AuthFacts(present=False)
     return facts_from_text(*found)
+
+
+def require_readable(auth: AuthFacts, facts: dict[str, Any]) -> None:
+    """Refuse a login nobody can read, whatever ``codex login status`` says of it.
+
+    The CLI calls ``{"a": 1}`` "Logged in using ChatGPT": the agent's own reading of auth.json is
+    what keeps the gate shut on credentials that are garbage, empty or missing.
+
+    Raises:
+        NotLoggedInError: CODEX-E030 naming why auth.json is unreadable.
+    """
+    if auth.unreadable is not None:
+        raise NotLoggedInError(**facts, cause=f"{AUTH_FILE} is unreadable: {auth.unreadable}")
 
 
 def _credential(value: Any) -> str | None:

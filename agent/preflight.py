@@ -28,7 +28,7 @@ from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import AgentError, ClaimLostError, NotCodexWorkerError, NotLoggedInError
 from agent.homestat import VolumeGuard
-from agent.login import AUTH_FILE, LoginStatus
+from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
 from agent.router import routed_options
 
 __all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
@@ -116,6 +116,7 @@ class Preflight:
         ):
             return
         self.forget()
+        require_readable(inspect_auth_file(self.config.codex_home), self.config.facts())
         self.login_check(self.config, self.config.facts())
         self._login_ok_at, self._login_signature = now, signature
 

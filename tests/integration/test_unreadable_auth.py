@@ -17,6 +17,11 @@ import pytest
 from support import make_api_key_login
 from support.workers import ShardHome, WorkerFactory, agent_status, wait_until
 
+from agent.checks import local_login_check
+from agent.config import load
+from agent.errors import NotLoggedInError
+from agent.preflight import Preflight
+
 GARBAGE = b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01" + bytes(range(256)) * 4
 """Binary bytes that are not UTF-8, as a disk error or a stray copy leaves them."""
 
@@ -57,6 +62,16 @@ class TestCheckCommand:
         assert done.returncode == 0 and "logged in" in (done.stdout + done.stderr).lower()
         login = {c["name"]: c for c in json.loads(_check_json(codex_bin, tmp_path).stdout)["checks"]}["login"]
         assert login["code"] == "CODEX-E030"
+
+
+class TestPreflight:
+    @pytest.mark.parametrize("content", [GARBAGE, b'{"a": 1}'], ids=["binary-garbage", "no-credential"])
+    def test_a_task_never_starts_on_an_unreadable_login(self, codex_bin: str, tmp_path: Path, content: bytes) -> None:
+        """The pre-flight before each phase refuses it with E030, even where the real CLI says "Logged in"."""
+        (tmp_path / "auth.json").write_bytes(content)
+        config = load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(tmp_path), "CODEX_BIN": codex_bin})
+        with pytest.raises(NotLoggedInError, match="auth.json is unreadable"):
+            Preflight(config, local_login_check).check_login()
 
 
 @pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
