@@ -1,4 +1,4 @@
-"""Run the three checks (claim, mount, login) in order and report each one.
+"""Run the checks (claim, mount, fleet lease, login) in order and report each one.
 
 A :class:`Checker` belongs to one worker for its whole life: it keeps the claim it won, so
 re-checks verify the claim instead of fighting over it. Every check runs every time, so a report
@@ -19,12 +19,13 @@ from agent import login as login_mod
 from agent import mount as mount_mod
 from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
+from agent.lease import LoginLease
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
 from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
-CHECK_NAMES = ("claim", "mount", "login")
+CHECK_NAMES = ("claim", "mount", "lease", "login")
 
 log = structlog.get_logger(__name__)
 
@@ -113,7 +114,7 @@ def local_login_check(config: AgentConfig, facts: dict[str, Any]) -> login_mod.L
 
 
 class Checker:
-    """Runs claim, mount and login checks for one worker.
+    """Runs claim, mount, lease and login checks for one worker.
 
     Args:
         config: the validated configuration.
@@ -121,6 +122,7 @@ class Checker:
         login_check: how to run the login check; ``codex login status`` here by default.
         accept_own_container: count a claim held by another process of this same container as
             fine (for ``codex-agent check`` run beside a live worker).
+        lease: the fleet-wide login lease (:func:`agent.lease.lease_for`); None = not taken here.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class Checker:
         docker_client: Any = None,
         login_check: LoginCheck | None = None,
         accept_own_container: bool = False,
+        lease: LoginLease | None = None,
     ) -> None:
         self.config = config
         self.docker_client = docker_client
@@ -143,6 +146,7 @@ class Checker:
             stale_after=config.claim_stale_after,
         )
         self.mounted_volume: str | None = None
+        self.lease = lease
         self._log_outcome = _OutcomeLog()
 
     def facts(self) -> dict[str, Any]:
@@ -211,6 +215,25 @@ class Checker:
             details=observation.to_dict(),
         )
 
+    def check_lease(self) -> CheckResult:
+        """Lease this login's identity fleet-wide in the broker; refused while another worker has it.
+
+        An unreachable broker is not a failure: the last verdict stands (see :mod:`agent.lease`).
+        """
+        started = time.monotonic()
+        holder = self.claim.holder
+        if self.lease is None or holder is None or not self.claim.held:
+            why = "off (AGENT_FLEET_LEASE=off or no broker lease)" if self.lease is None else "not taken: no claim"
+            return CheckResult(name="lease", ok=True, message=why, duration_s=time.monotonic() - started)
+        try:
+            state = self.lease.check(holder.claim_id)
+        except ClaimError as e:
+            return _failed("lease", e, started, broker=self.lease.broker)
+        return CheckResult(
+            name="lease", ok=True, message=state.describe(), duration_s=time.monotonic() - started,
+            details=state.to_dict(),
+        )
+
     def check_login(self) -> CheckResult:
         """Ask the Codex CLI whether the volume is logged in; add freshness warnings."""
         started = time.monotonic()
@@ -235,7 +258,7 @@ class Checker:
 
     def run(self) -> CheckReport:
         """Run every check once, in order, and log the outcome."""
-        results = (self.check_claim(), self.check_mount(), self.check_login())
+        results = (self.check_claim(), self.check_mount(), self.check_lease(), self.check_login())
         report = CheckReport(
             results=results,
             shard=self.config.shard_index,

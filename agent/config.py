@@ -59,6 +59,7 @@ class AgentConfig:
     log_level: str
     worker_name: str
     claim_stale_after: float = defaults.CLAIM_STALE_AFTER
+    fleet_lease: bool = True
     watch_mode: WatchMode = "events"
 
     @property
@@ -289,6 +290,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             defaults.LOG_LEVEL,
         ),
         worker_name=_get(env, "AGENT_WORKER_NAME") or socket.gethostname(),
+        fleet_lease=_parse(env, "AGENT_FLEET_LEASE", _bool, "on or off (also 1/0, true/false, yes/no)", True),
         watch_mode=cast(
             WatchMode,
             _parse(env, "AGENT_WATCH", _choice("events", "poll"), "events or poll", str(defaults.WATCH_MODE)),

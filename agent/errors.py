@@ -8,7 +8,8 @@ Hierarchy::
      ├── ClaimError
      │    ├── VolumeClaimedError    CODEX-E010  another worker holds this volume
      │    ├── ClaimLostError        CODEX-E011  our claim marker was replaced or removed
-     │    └── ClaimIOError          CODEX-E012  the claim files cannot be written
+     │    ├── ClaimIOError          CODEX-E012  the claim files cannot be written
+     │    └── FleetDuplicateError   CODEX-E013  another worker in the fleet holds this login
      ├── MountError
      │    ├── NotMountedError       CODEX-E020  CODEX_HOME is not a mount (ephemeral layer)
      │    ├── WrongVolumeError      CODEX-E021  another volume is mounted at CODEX_HOME
@@ -45,6 +46,7 @@ __all__ = [
     "VolumeClaimedError",
     "ClaimLostError",
     "ClaimIOError",
+    "FleetDuplicateError",
     "MountError",
     "NotMountedError",
     "WrongVolumeError",
@@ -165,6 +167,20 @@ class ClaimIOError(ClaimError):
     remediation_template = (
         "mount the volume read-write and owned by the worker user: "
         "docker run --rm -u 0 -v {volume}:/v codex-worker-agent/job:dev chown -R {uid}:{uid} /v"
+    )
+
+
+class FleetDuplicateError(ClaimError):
+    code = "CODEX-E013"
+    title = "login already in use elsewhere in the fleet"
+    template = (
+        "shard {shard}: the login in volume {volume} is already leased in the broker by {holder}; "
+        "one login must never run in two places"
+    )
+    remediation_template = (
+        "log this volume in afresh with a login of its own: docker compose run --rm login-{shard} "
+        "(the gate reopens by itself); never copy auth.json between volumes or hosts. If this volume "
+        "must keep the login instead, stop worker {holder_worker} on host {holder_host} first"
     )
 
 
@@ -366,6 +382,7 @@ ERRORS: tuple[type[AgentError], ...] = (
     VolumeClaimedError,
     ClaimLostError,
     ClaimIOError,
+    FleetDuplicateError,
     NotMountedError,
     WrongVolumeError,
     ReadOnlyMountError,

@@ -26,6 +26,7 @@ from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
 from agent.gate import Gate, GateStep
+from agent.lease import lease_for
 from agent.homestat import stat_home
 from agent.preflight import Preflight
 from agent.reconcile import JobReconciler
@@ -58,13 +59,16 @@ class Agent:
         self.config = config
         self.docker_client = docker_client
         login_check = _login_check_for(config)
-        self.checker = Checker(config, docker_client=docker_client, login_check=login_check)
+        self.checker = Checker(config, docker_client=docker_client, login_check=login_check, lease=lease_for(config))
         self.preflight = Preflight(config, login_check)
         self.gate: Gate | None = Gate(app, config.codex_queue) if config.codex_queue else None
         self.report: CheckReport | None = None
         self.consumer: Any = None  # set by GateStep while the consumer runs
         self._check_lock = threading.Lock()
-        self.watcher = VolumeWatcher(config, self.run_checks, self._gate_open)
+        lease = self.checker.lease
+        self.watcher = VolumeWatcher(
+            config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None
+        )
         self.reconciler = JobReconciler(config)
         self._consumer_starts = 0
         self._process = psutil.Process()
@@ -152,6 +156,8 @@ class Agent:
         self.watcher.start()
         if self.checker.claim.held:
             self.checker.claim.start_heartbeat(max(1.0, self.config.claim_stale_after / 4))
+        if self.checker.lease is not None:
+            self.checker.lease.start_heartbeat()
 
     # -- orphaned job containers ---------------------------------------------------------
 
@@ -181,7 +187,7 @@ class Agent:
         if not report.ok and self.config.fail_fast:
             failure = report.failures[0]
             log.critical("codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation)
-            self.checker.claim.release()
+            self._release()
             self.publish(stopped=True)
             raise FailFastExit(1)
         self.start_watching()
@@ -198,14 +204,21 @@ class Agent:
     def on_worker_process_init(self, **_: Any) -> None:
         """``worker_process_init`` (pool child): drop the inherited claim lock descriptor."""
         self.checker.claim.close_inherited()
+        if self.checker.lease is not None:
+            self.checker.lease.close_inherited()
         self.watcher.stop()
         self._process = psutil.Process()
 
     def on_worker_shutdown(self, **_: Any) -> None:
-        """``worker_shutdown``: stop watching, release the claim, publish ``stopped``."""
+        """``worker_shutdown``: stop watching, release the lease and the claim, publish ``stopped``."""
         self.watcher.stop()
-        self.checker.claim.release()
+        self._release()
         self.publish(stopped=True)
+
+    def _release(self) -> None:
+        if self.checker.lease is not None:
+            self.checker.lease.release()
+        self.checker.claim.release()
 
     def on_setup_logging(self, **_: Any) -> None:
         """``setup_logging``: Celery's own lines go through our JSON chain."""

@@ -1,0 +1,383 @@
+"""The fleet-wide login lease between real processes, on real RabbitMQ and Redis.
+
+Holders are real processes (``leaser.py``, or ``worker-entry``) with real ``auth.json`` files shaped
+like a ChatGPT login; copies are byte-for-byte copies in a second directory or volume, as an
+operator copying a login to a second host would make them. Each test uses fresh tokens, so its
+fingerprints (and leases) are its own on the shared brokers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from support import make_api_key_login
+from support.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
+
+from agent.lease import HISTORY_FILE
+from agent.login import AUTH_FILE
+
+LEASER = Path(__file__).with_name("leaser.py")
+
+
+# -- test logins ----------------------------------------------------------------------------
+
+
+def _jwt(claims: dict[str, Any]) -> str:
+    def part(data: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none', 'typ': 'JWT'})}.{part(claims)}."
+
+
+def write_chatgpt_login(codex_home: Path, account: str = "acct-test") -> str:
+    """Write a ChatGPT-shaped ``auth.json`` with fresh tokens, as Codex writes it (temp file, rename).
+
+    Returns the refresh token, so a test can assert it never leaves the file.
+    """
+    codex_home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    exp = int(time.time()) + 3600
+    auth = {"https://api.openai.com/auth": {"chatgpt_account_id": account, "chatgpt_plan_type": "plus"}}
+    content = {
+        "OPENAI_API_KEY": None,
+        "tokens": {
+            "id_token": _jwt({"exp": exp, "email": "test@example.invalid", **auth}),
+            "access_token": _jwt({"exp": exp, **auth}),
+            "refresh_token": (refresh := f"rt_{secrets.token_urlsafe(32)}"),
+            "account_id": account,
+        },
+        "last_refresh": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+    }
+    staged = codex_home / f".{AUTH_FILE}.tmp"
+    staged.write_text(json.dumps(content))
+    os.chmod(staged, 0o600)
+    os.replace(staged, codex_home / AUTH_FILE)
+    return refresh
+
+
+def copy_login(source: Path, target: Path) -> None:
+    """A copy of ``source``'s login in a new ``target`` (what copying a volume to a second host does)."""
+    target.mkdir(mode=0o700, parents=True, exist_ok=True)
+    shutil.copy2(source / AUTH_FILE, target / AUTH_FILE)
+
+
+# -- holder processes -----------------------------------------------------------------------
+
+
+class Leaser:
+    """A running ``leaser.py``; commands on stdin, answers on stdout, JSON logs in a file."""
+
+    def __init__(self, home: Path, worker: str, url: str, log: Path, *extra: str) -> None:
+        self.worker, self.log = worker, log
+        with log.open("w") as err:
+            self.process = subprocess.Popen(
+                [sys.executable, str(LEASER), str(home), worker, url, *extra],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+            )
+
+    def check(self) -> dict[str, Any]:
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.process.stdin.write("check\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"{self.worker} answered nothing:\n{self.log.read_text()[-2000:]}"
+        answer: dict[str, Any] = json.loads(line)
+        return answer
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        lines = [json.loads(raw) for raw in self.log.read_text().splitlines() if raw.startswith("{")]
+        return [line for line in lines if line.get("event") == name]
+
+    def quit(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        self.process.wait(timeout=20)
+
+    def kill9(self) -> None:
+        os.kill(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def leasers(tmp_path: Path) -> Iterator[Callable[..., Leaser]]:
+    """``leasers(home, worker, url, *extra)`` starts a holder process; all are killed at teardown."""
+    started: list[Leaser] = []
+
+    def start(home: Path, worker: str, url: str, *extra: str) -> Leaser:
+        leaser = Leaser(home, worker, url, tmp_path / f"{worker}.log", *extra)
+        started.append(leaser)
+        return leaser
+
+    yield start
+    for leaser in started:
+        if leaser.process.poll() is None:
+            leaser.process.kill()
+        leaser.process.wait(timeout=10)
+
+
+def _holder_and_copy(leasers: Callable[..., Leaser], url: str, tmp_path: Path, *extra: str) -> tuple[Leaser, Path]:
+    """A process holding the lease of a fresh login in ``vol-a``, and a copy of that login in ``vol-b``."""
+    original, copy = tmp_path / "vol-a", tmp_path / "vol-b"
+    write_chatgpt_login(original)
+    copy_login(original, copy)
+    first = leasers(original, "holder-a", url, *extra)
+    assert first.check() == {"status": "held", "reachable": True, "fingerprints": 1}
+    return first, copy
+
+
+def _refused_by(answer: dict[str, Any], holder: Leaser, volume: str) -> None:
+    assert answer.get("error") == "CODEX-E013", answer
+    message = answer["message"]
+    assert f"worker {holder.worker} on host {socket.gethostname()}" in message, message
+    assert f"volume {volume}" in message and f"pid {holder.process.pid}" in message, message
+
+
+# -- between holder processes ---------------------------------------------------------------
+
+
+class TestSecondHolder:
+    def test_a_copy_is_refused_naming_the_first_holder(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
+    ) -> None:
+        """Two directories, one login: the second holder gets CODEX-E013 naming the first's worker, host and volume."""
+        first, copy = _holder_and_copy(leasers, broker_url, tmp_path)
+        token = json.loads((copy / AUTH_FILE).read_text())["tokens"]["refresh_token"]
+        second = leasers(copy, "holder-b", broker_url)
+        _refused_by(second.check(), first, "vol-a")
+        assert second.events("codex.lease.refused")
+        for text in (first.log.read_text(), second.log.read_text(), (copy / HISTORY_FILE).read_text()):
+            assert token not in text  # only fingerprints leave auth.json
+
+    def test_a_clean_stop_frees_the_login_at_once(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
+    ) -> None:
+        """After the holder stops cleanly, the copy's very next check wins (no TTL to wait out)."""
+        first, copy = _holder_and_copy(leasers, broker_url, tmp_path)
+        second = leasers(copy, "holder-b", broker_url)
+        assert second.check()["error"] == "CODEX-E013"
+        first.quit()
+        assert first.events("codex.lease.released")
+        assert second.check()["status"] == "held"
+
+
+class TestRefreshedOriginal:
+    def test_a_copy_made_before_a_refresh_is_still_refused(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
+    ) -> None:
+        """The original refreshes (new refresh token) after the copy was made: the copy is still refused."""
+        first, stale_copy = _holder_and_copy(leasers, broker_url, tmp_path)
+        original, fresh_copy = tmp_path / "vol-a", tmp_path / "vol-c"
+        write_chatgpt_login(original)  # the refresh: Codex renames a new auth.json into place
+        copy_login(original, fresh_copy)
+        assert first.check() == {"status": "held", "reachable": True, "fingerprints": 2}
+        assert first.events("codex.lease.added")
+        _refused_by(leasers(stale_copy, "holder-b", broker_url).check(), first, "vol-a")
+        _refused_by(leasers(fresh_copy, "holder-c", broker_url).check(), first, "vol-a")
+
+    def test_without_the_fingerprint_history_the_stale_copy_gets_through(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
+    ) -> None:
+        """The test of the test: an identity of only the newest fingerprint (keep 1) lets the pre-refresh copy run."""
+        first, stale_copy = _holder_and_copy(leasers, broker_url, tmp_path, "--keep", "1")
+        write_chatgpt_login(tmp_path / "vol-a")
+        assert first.check()["fingerprints"] == 1
+        assert leasers(stale_copy, "holder-b", broker_url).check()["status"] == "held"  # two places: unsafe
+
+    def test_a_refused_volume_logged_in_afresh_is_let_through(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
+    ) -> None:
+        """The remediation works: the refused copy gets a login of its own, and its next check holds."""
+        first, copy = _holder_and_copy(leasers, broker_url, tmp_path)
+        second = leasers(copy, "holder-b", broker_url)
+        assert second.check()["error"] == "CODEX-E013"
+        write_chatgpt_login(copy, account="acct-other")  # log this volume in afresh
+        assert second.check() == {"status": "held", "reachable": True, "fingerprints": 1}
+        assert first.check()["status"] == "held"
+
+
+class TestKilledHolder:
+    def test_kill_9_frees_the_lease_and_a_new_holder_wins(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
+    ) -> None:
+        """kill -9 of the holder: the waiting copy wins within the lease's TTL (2 s here), with no release."""
+        first, copy = _holder_and_copy(leasers, broker_url, tmp_path, "--ttl", "2")
+        second = leasers(copy, "holder-b", broker_url, "--ttl", "2")
+        assert second.check()["error"] == "CODEX-E013"
+        first.kill9()
+        answer = wait_until(lambda: (a := second.check()).get("status") == "held" and a, 20, 0.2,
+                            what="the copy to win the freed lease")
+        assert answer["reachable"] is True
+        assert not first.events("codex.lease.released")  # freed by the broker, not by a goodbye
+
+
+# -- the broker going away --------------------------------------------------------------------
+
+
+class PrivateRedis:
+    """A redis-server of our own on a free port, so a test may stop and restart it."""
+
+    def __init__(self, directory: Path) -> None:
+        if shutil.which("redis-server") is None:
+            pytest.skip("Redis absent: no redis-server to start a private instance")
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = directory
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", str(self.directory)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        wait_until(self._answers, 10, what=f"redis-server on port {self.port}")
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
+    server = PrivateRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
+class TestBrokerOutage:
+    def test_redis_restart_brings_no_false_alarm_and_no_split_claim(
+        self, leasers: Callable[..., Leaser], private_redis: PrivateRedis, tmp_path: Path
+    ) -> None:
+        """Redis restarts (its keys gone): the holder keeps its verdict, logs once, takes its leases again."""
+        first, copy = _holder_and_copy(leasers, private_redis.url, tmp_path, "--ttl", "2")
+
+        private_redis.stop()
+        wait_until(lambda: first.events("codex.lease.unreachable"), 10, what="the holder to notice")
+        time.sleep(1.5)  # bounded: three heartbeats while the broker is down
+        assert first.check() == {"status": "held", "reachable": False, "fingerprints": 1}  # the gate stays as it was
+        assert len(first.events("codex.lease.unreachable")) == 1  # once per change, not per heartbeat
+
+        private_redis.start()
+        wait_until(lambda: first.events("codex.lease.reachable"), 10, what="the holder to take its leases again")
+        assert first.check() == {"status": "held", "reachable": True, "fingerprints": 1}
+        _refused_by(leasers(copy, "holder-b", private_redis.url).check(), first, "vol-a")  # no split claim
+        assert not first.events("codex.lease.lost") and not first.events("codex.lease.refused")
+
+    def test_a_copy_starting_while_redis_is_down_is_refused_once_it_is_back(
+        self, leasers: Callable[..., Leaser], private_redis: PrivateRedis, tmp_path: Path
+    ) -> None:
+        """A copy that starts during the outage has no verdict yet (not a failure) and is refused when Redis returns."""
+        first, copy = _holder_and_copy(leasers, private_redis.url, tmp_path, "--ttl", "2")
+        private_redis.stop()
+        wait_until(lambda: first.events("codex.lease.unreachable"), 10, what="the holder to notice")
+        second = leasers(copy, "holder-b", private_redis.url, "--ttl", "2")
+        pending = second.check()
+        assert pending["status"] == "pending" and pending["reachable"] is False
+        private_redis.start()
+        wait_until(lambda: first.events("codex.lease.reachable"), 10, what="the holder back first")
+        wait_until(lambda: second.check().get("error") == "CODEX-E013", 10, what="the copy refused")
+        assert first.check()["status"] == "held"
+
+    def test_rabbitmq_dropping_the_connection_brings_no_false_alarm(
+        self, leasers: Callable[..., Leaser], rabbitmq_url: str, tmp_path: Path
+    ) -> None:
+        """RabbitMQ closes the holder's lease connection (its exclusive queues go): the holder declares them again."""
+        first, copy = _holder_and_copy(leasers, rabbitmq_url, tmp_path, "--ttl", "2")
+        _close_rabbitmq_connection("codex-agent lease holder-a")
+        wait_until(lambda: first.check() == {"status": "held", "reachable": True, "fingerprints": 1}, 10,
+                   what="the holder to hold again")
+        time.sleep(1.0)  # bounded: two heartbeats on the new connection
+        _refused_by(leasers(copy, "holder-b", rabbitmq_url).check(), first, "vol-a")  # no split claim
+        assert not first.events("codex.lease.lost") and not first.events("codex.lease.refused")
+
+
+def _close_rabbitmq_connection(name: str) -> None:
+    """Have the broker close the connection whose client-provided name is ``name``."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("RabbitMQ absent: no rabbitmqctl to close a connection")
+    listing = subprocess.run(["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+                             capture_output=True, text=True, timeout=60, check=True).stdout
+    pids = [line.split("\t", 1)[0] for line in listing.splitlines() if f'"{name}"' in line]
+    assert len(pids) == 1, listing
+    subprocess.run(["rabbitmqctl", "close_connection", pids[0], "lease test"], capture_output=True, timeout=60,
+                   check=True)
+
+
+# -- real workers ---------------------------------------------------------------------------
+
+
+def _copied_api_key_login(codex_bin: str, first: ShardHome, second: ShardHome) -> None:
+    make_api_key_login(codex_bin, first.codex_home)
+    shutil.copy2(first.codex_home / AUTH_FILE, second.codex_home / AUTH_FILE)
+
+
+class TestWorkersOnCopiedLogins:
+    def test_the_second_worker_is_refused_and_the_first_keeps_consuming(
+        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
+        publisher: Celery, broker: BrokerView,
+    ) -> None:
+        """Two volumes, one login: the second worker's gate stays closed with CODEX-E013; kill -9 of the first frees it."""
+        home_a, home_b = shard_homes(), shard_homes()
+        _copied_api_key_login(codex_bin, home_a, home_b)
+        first = workers(shard=0, home=home_a)
+        first.wait_for("codex.gate.consuming", timeout=30)
+        second = workers(shard=0, home=home_b)
+        refused = second.wait_for("codex.check.failed", timeout=30, code="CODEX-E013")[0]
+        assert f"worker {first.env['AGENT_WORKER_NAME']} on host " in refused["error"]
+        assert f"volume {home_a.volume}" in refused["error"]
+        second.wait_for("codex.gate.closed", timeout=10)
+
+        runs = [publisher.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"})
+                for k in keys_for_shard(0, 3)]
+        assert {r.get(timeout=30)["worker"] for r in runs} == {first.env["AGENT_WORKER_NAME"]}
+        assert not second.events("codex.gate.consuming") and not second.events("codex.run.audit")
+        status = agent_status(second)
+        assert status["healthy"] is False and [r["code"] for r in status["state"]["reason"]] == ["CODEX-E013"]
+
+        first.kill9()  # the main process only: its pool child must not keep the lease alive
+        second.wait_for("codex.gate.consuming", timeout=40)
+        key = keys_for_shard(0, 1, prefix="late")[0]
+        late = publisher.send_task("codex.phase", kwargs={"affinity_key": key, "run_id": "run-late", "phase": "plan"})
+        assert late.get(timeout=30)["worker"] == second.env["AGENT_WORKER_NAME"]
+
+    @pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
+    def test_with_the_lease_off_both_copies_consume(
+        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str, broker: BrokerView,
+    ) -> None:
+        """The test of the test: AGENT_FLEET_LEASE=off, and both workers open their gates on one login."""
+        home_a, home_b = shard_homes(), shard_homes()
+        _copied_api_key_login(codex_bin, home_a, home_b)
+        first = workers(shard=0, home=home_a, AGENT_FLEET_LEASE="off")
+        second = workers(shard=0, home=home_b, AGENT_FLEET_LEASE="off")
+        for worker in (first, second):
+            worker.wait_for("codex.gate.consuming", timeout=30)
+            assert not worker.events("codex.lease.acquired")
