@@ -47,6 +47,7 @@ def _check(
     stdout = container.logs(stdout=True, stderr=False).decode()
     report: dict[str, Any] = json.loads(stdout)
     report["exit_code"] = status["StatusCode"]
+    report["container_id"] = container.id
     report["by_name"] = {c["name"]: c for c in report["checks"]}
     return report
 
@@ -175,7 +176,9 @@ class TestTwoContainers:
         claim = report["by_name"]["claim"]
         assert claim["code"] == "CODEX-E010"
         assert f"container {holder.id[:12]}" in claim["message"] and "holder-worker" in claim["message"]
-        assert f"docker stop {holder.id[:12]}" in claim["remediation"]
+        # The fix is read by the refused container: it stops itself, never the holder.
+        assert f"docker stop {report['container_id'][:12]}" in claim["remediation"]
+        assert holder.id[:12] not in claim["remediation"]
         assert time.monotonic() - started < 30
 
         holder.kill()  # the holder dies without releasing: the next claimant takes over
