@@ -14,6 +14,7 @@ import click
 from bench.core import REPO_ROOT, Bench, Row, Settings
 from bench.inproc import bench_checks, bench_preflight, bench_routing
 from bench.jobs import bench_jobs
+from bench.lease import bench_lease
 from bench.machine import machine_details
 from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
@@ -32,6 +33,8 @@ SUITES: tuple[Suite, ...] = (
     ("heal", bench_heal, (("6", "auth.json landing, to the gate open"),)),
     ("refusal", bench_refusal, (("7", "Second worker on a claimed volume, to its refusal"),)),
     ("phases", bench_phases, (("9a", "Codex phase through the agent"), ("9b", "Phases under forced refreshes"))),
+    ("lease", bench_lease, (("11a", "Fleet duplicate refused"), ("11b", "Lease freed after kill -9, RabbitMQ"),
+                            ("11c", "Lease freed after kill -9, Redis"), ("11d", "Startup with the fleet lease"))),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 
