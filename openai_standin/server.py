@@ -184,9 +184,12 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 return
             text = behaviour.text or f"stand-in reply {call.number}"
             input_tokens = sum(len(t.split()) for t in call.texts) or 1
-            for event in sse_events(call.number, text, input_tokens):
-                self.wfile.write(event)
-            self.wfile.flush()
+            try:
+                for event in sse_events(call.number, text, input_tokens):
+                    self.wfile.write(event)
+                self.wfile.flush()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away (a killed job): nothing to answer
             self.close_connection = True
 
         def _control(self, action: str) -> None:

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
 from celery import Celery
 from support.phases import PhaseLab
+from support.rabbit import rabbitmqctl
 from support.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess
 
 from agent.config import load
@@ -131,3 +135,19 @@ def lab(docker_client: Any, standin: StandIn, images: Any) -> Iterator[PhaseLab]
     made = PhaseLab(docker_client, standin, images.worker, images.job)
     yield made
     made.close()
+
+
+@pytest.fixture
+def rabbitmq_vhost(rabbitmq_url: str) -> Iterator[str]:
+    """A fresh vhost on the real RabbitMQ for this test only; deleted afterwards."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("RabbitMQ absent: rabbitmqctl not found (needed for a private vhost)")
+    vhost = f"cwa_test_{secrets.token_hex(4)}"
+    user = rabbitmq_url.split("://", 1)[1].split(":", 1)[0]
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    try:
+        parts = urlsplit(rabbitmq_url)
+        yield f"{parts.scheme}://{parts.netloc}/{quote(vhost, safe='')}"
+    finally:
+        rabbitmqctl("delete_vhost", vhost)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
 
 import pytest
 from kombu import Connection, Queue
+from support.rabbit import rabbitmqctl
 from support.workers import BrokerView, keys_for_shard
 
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
@@ -32,26 +31,6 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
 QUEUES = ("default", "codex-0", "codex-1", "codex-2", "codex-3")
 CODEX_AGENT = str(Path(sys.executable).parent / "codex-agent")
-
-
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-@pytest.fixture
-def rabbitmq_vhost(rabbitmq_url: str) -> Iterator[str]:
-    """A fresh vhost on the real RabbitMQ for this test only; deleted afterwards."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("RabbitMQ absent: rabbitmqctl not found (needed for a private vhost)")
-    vhost = f"cwa_drain_{secrets.token_hex(4)}"
-    user = rabbitmq_url.split("://", 1)[1].split(":", 1)[0]
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    try:
-        parts = urlsplit(rabbitmq_url)
-        yield f"{parts.scheme}://{parts.netloc}/{quote(vhost, safe='')}"
-    finally:
-        rabbitmqctl("delete_vhost", vhost)
 
 
 @pytest.fixture
