@@ -23,7 +23,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from agent.audit import RUN_AUDIT, bound
-from agent.claim import read_marker
+from agent.claim import marker_problem, read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import AgentError, ClaimLostError, NotCodexWorkerError, NotLoggedInError
@@ -95,7 +95,7 @@ class Preflight:
         if self.claim_id is None:
             cause = "no claim was taken"
         elif holder is None:
-            cause = "the claim marker is gone"
+            cause = marker_problem(self.config.codex_home)
         elif holder.claim_id != self.claim_id:
             cause = f"the marker now names {holder.describe()}"
         else:
