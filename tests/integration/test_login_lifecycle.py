@@ -92,3 +92,30 @@ def test_without_the_agent_a_copied_login_dies_of_refresh_token_reused(
     family = standin.authority.stats()[original.tokens.family]
     assert family.reuses >= 1 and family.revoked == "refresh_token_reused"
     assert raw_phase(original.volume) != 0, "reuse revokes the whole family: the original dies too"
+
+
+def test_with_the_agent_a_copied_login_is_stopped_before_any_refresh(
+    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str, publisher: Celery,
+) -> None:
+    """The same copy as above, now behind the agent: the copy's worker is refused (CODEX-E013), 0 reuse."""
+    original = lab.shard(0, access_ttl=ACCESS_TTL)
+    copy = lab.shard(1, login=False)
+    lab.copy_login(original, copy)
+    assert original.tokens is not None
+    holder = lab.ready_worker(original, broker_url, backend_url)
+    refused = lab.worker(copy, broker_url, backend_url)
+    failure = refused.wait_for("codex.check.failed", timeout=90, code="CODEX-E013")[0]
+    assert holder.name in failure["error"], "the refusal must name the worker holding the login"
+    time.sleep(6)  # both copies are inside the refresh window now
+
+    waiting = publisher.send_task("codex.phase", kwargs={
+        "affinity_key": keys_for_shard(1, 1)[0], "run_id": "cwa-copy-1", "phase": "plan", "prompt": "copy"})
+    done = publisher.send_task("codex.phase", kwargs={
+        "affinity_key": keys_for_shard(0, 1)[0], "run_id": "cwa-copy-0", "phase": "plan", "prompt": "original"})
+    assert done.get(timeout=120)["job"]["status"] == "completed"
+
+    family = standin.authority.stats()[original.tokens.family]
+    assert family.refreshes >= 1, "the original refreshed: its copy now holds a spent refresh token"
+    assert family.reuses == 0 and family.revoked is None
+    assert refused.status()["state"]["gate"] == "closed" and not waiting.ready()
+    assert broker.count("codex-1") == 1, "the copy's task waits, untouched"
