@@ -16,12 +16,14 @@ from typing import Any
 import structlog
 
 from agent import login as login_mod
+from agent import revocation
 from agent import mount as mount_mod
 from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
 from agent.lease import LoginLease
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
-from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError
+from agent.credstore import check_credentials_store
+from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
@@ -223,7 +225,7 @@ class Checker:
         started = time.monotonic()
         holder = self.claim.holder
         if self.lease is None or holder is None or not self.claim.held:
-            why = "off (AGENT_FLEET_LEASE=off or no broker lease)" if self.lease is None else "not taken: no claim"
+            why = "not taken by this process (see AGENT_FLEET_LEASE)" if self.lease is None else "not taken: no claim"
             return CheckResult(name="lease", ok=True, message=why, duration_s=time.monotonic() - started)
         try:
             state = self.lease.check(holder.claim_id)
@@ -239,7 +241,9 @@ class Checker:
         started = time.monotonic()
         facts = login_mod.inspect_auth_file(self.config.codex_home)
         try:
+            check_credentials_store(self.config.codex_home, self.facts())
             login_mod.require_readable(facts, self.facts())  # never an open gate on credentials nobody can read
+            self._check_not_revoked(facts)
             status = self.login_check(self.config, self.facts())
         except AgentError as e:
             return _failed("login", e, started, **facts.to_dict())
@@ -255,6 +259,18 @@ class Checker:
             details=facts.to_dict(),
             warnings=tuple(warnings),
         )
+
+    def _check_not_revoked(self, facts: login_mod.AuthFacts) -> None:
+        """CODEX-E034 while auth.json still holds the credential a run found dead.
+
+        ``codex login status`` passes on such a login, so only a new login clears the marker.
+        """
+        marker = revocation.read(self.config.codex_home)
+        if marker is None:
+            return
+        if revocation.still_revoked(marker, facts):
+            raise LoginRevokedError(**self.facts(), cause=marker.reason)
+        revocation.clear(self.config.codex_home)
 
     def run(self) -> CheckReport:
         """Run every check once, in order, and log the outcome."""

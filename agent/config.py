@@ -29,6 +29,7 @@ WatchMode = Literal["events", "poll"]
 _VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _QUEUE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$")
 _JOB_USER = re.compile(r"^(\d+):(\d+)$")
+_NETWORK_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _BROKER_SCHEMES = ("amqp", "amqps", "pyamqp", "redis", "rediss", "sentinel", "memory")
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off", "")
@@ -61,6 +62,10 @@ class AgentConfig:
     claim_stale_after: float = defaults.CLAIM_STALE_AFTER
     fleet_lease: bool = True
     watch_mode: WatchMode = "events"
+    job_image: str | None = defaults.JOB_IMAGE
+    job_network: str | None = None
+    phase_timeout: float = defaults.PHASE_TIMEOUT
+    artifacts_root: Path = Path(defaults.ARTIFACTS_ROOT)
 
     @property
     def is_codex_worker(self) -> bool:
@@ -179,6 +184,13 @@ def _broker_url(raw: str) -> str:
     return raw
 
 
+def _job_image(raw: str | None) -> str | None:
+    """``CODEX_JOB_IMAGE``: the default image when unset, None for ``none`` (no job container)."""
+    if raw is None:
+        return defaults.JOB_IMAGE
+    return None if raw.lower() == "none" else raw
+
+
 def _codex_queue(
     environ: Mapping[str, str], shard_index: int | None, mode: QueueMode
 ) -> str | None:
@@ -294,5 +306,15 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         watch_mode=cast(
             WatchMode,
             _parse(env, "AGENT_WATCH", _choice("events", "poll"), "events or poll", str(defaults.WATCH_MODE)),
+        ),
+        job_image=_job_image(_get(env, "CODEX_JOB_IMAGE")),
+        job_network=_parse(
+            env, "CODEX_JOB_NETWORK", _matching(_NETWORK_NAME), "a Docker network name (e.g. bridge, host, codex_jobs)", None
+        ),
+        phase_timeout=_parse(
+            env, "CODEX_PHASE_TIMEOUT", _positive_seconds, "a positive number of seconds", defaults.PHASE_TIMEOUT
+        ),
+        artifacts_root=Path(
+            _parse(env, "CODEX_ARTIFACTS_ROOT", _absolute_path, "an absolute path", defaults.ARTIFACTS_ROOT)
         ),
     )

@@ -27,6 +27,9 @@ __all__ = [
     "WATCH_MODE",
     "WATCH_SETTLE",
     "FAILURE_REMINDER_INTERVAL",
+    "JOB_IMAGE",
+    "PHASE_TIMEOUT",
+    "ARTIFACTS_ROOT",
 ]
 
 SHARDS = 3
@@ -100,3 +103,13 @@ WATCH_SETTLE = 0.02
 
 FAILURE_REMINDER_INTERVAL = 300.0
 """Seconds between repeats of an unchanged ``codex.check.failed`` while the gate stays closed."""
+
+JOB_IMAGE = "codex-worker-agent/job:dev"
+"""Image of a Codex phase's job container (``CODEX_JOB_IMAGE``; ``none`` runs no container)."""
+
+PHASE_TIMEOUT = 3600.0
+"""Wall-clock seconds a Codex phase's job container may run before it is killed (CODEX-E043).
+``codex exec`` with no reachable endpoint retries forever, so the limit is the agent's job."""
+
+ARTIFACTS_ROOT = "/var/artifacts/spec_workflows"
+"""Where each run keeps its artifacts: ``<root>/<run_id>/<phase>/`` (events, final message, outcome)."""

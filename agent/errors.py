@@ -19,11 +19,15 @@ Hierarchy::
      │    ├── NotLoggedInError      CODEX-E030  ``codex login status`` says not logged in
      │    ├── CodexMissingError     CODEX-E031  the Codex CLI cannot be found or run
      │    ├── LoginTimeoutError     CODEX-E032  ``codex login status`` did not answer in time
-     │    └── LoginCheckError       CODEX-E033  any other failure of the login check
+     │    ├── LoginCheckError       CODEX-E033  any other failure of the login check
+     │    ├── LoginRevokedError     CODEX-E034  a run found the login revoked (reused, expired…)
+     │    └── CredentialStoreError  CODEX-E035  config.toml moves the login out of auth.json
      ├── InfrastructureError
      │    ├── DockerUnavailableError CODEX-E040 the Docker engine cannot be reached or failed
      │    ├── JobRejectedError      CODEX-E041  task code asked for a forbidden container setup
-     │    └── JobFailedError        CODEX-E042  a job container exited non-zero
+     │    ├── JobFailedError        CODEX-E042  a job container exited non-zero
+     │    ├── JobTimeoutError       CODEX-E043  a job container outlived its wall-clock limit
+     │    └── PhaseRequestError     CODEX-E044  a Codex phase was asked with unusable arguments
      ├── RoutingError               CODEX-E050  a routing input is unusable
      └── DrainError                 CODEX-E060  queued tasks could not be moved
 
@@ -57,10 +61,14 @@ __all__ = [
     "CodexMissingError",
     "LoginTimeoutError",
     "LoginCheckError",
+    "LoginRevokedError",
+    "CredentialStoreError",
     "InfrastructureError",
     "DockerUnavailableError",
     "JobRejectedError",
     "JobFailedError",
+    "JobTimeoutError",
+    "PhaseRequestError",
     "RoutingError",
     "DrainError",
     "Warning_",
@@ -279,6 +287,30 @@ class LoginCheckError(LoginError):
     remediation_template = "run it by hand and read its error: codex-agent check --json"
 
 
+class LoginRevokedError(LoginError):
+    code = "CODEX-E034"
+    title = "login revoked during a run"
+    template = (
+        "shard {shard}: a Codex run on volume {volume} found its login dead ({cause}); "
+        "the task went back to its queue and the gate stays closed until this volume is logged in again"
+    )
+    remediation_template = (
+        "log this one volume in again (a new auth.json), nothing else: "
+        "docker compose run --rm login-{shard}   (headless: docker compose run --rm -T --entrypoint codex "
+        "login-{shard} login --with-api-key < key-file); the gate reopens by itself and the task runs"
+    )
+
+
+class CredentialStoreError(LoginError):
+    code = "CODEX-E035"
+    title = "login not kept in auth.json"
+    template = "shard {shard}: {config_file} on volume {volume} {cause}; the agent can only guard a login kept in auth.json"
+    remediation_template = (
+        "edit {config_file}: remove cli_auth_credentials_store, or set cli_auth_credentials_store = \"file\" "
+        "(the agent never rewrites it for you); the gate reopens by itself"
+    )
+
+
 class InfrastructureError(AgentError):
     """Something around Codex failed (Docker, containers): never a login problem."""
 
@@ -308,6 +340,26 @@ class JobFailedError(InfrastructureError):
     title = "job container failed"
     template = "shard {shard}: job container {container_id} of image {image} exited {exit_code}"
     remediation_template = "read the job's output: docker logs {worker} | jq 'select(.event==\"codex.job.finished\")'"
+
+
+class JobTimeoutError(InfrastructureError):
+    code = "CODEX-E043"
+    title = "job wall-clock limit reached"
+    template = (
+        "shard {shard}: job container {container_id} of image {image} was still running after its "
+        "{timeout}s limit; it was killed and removed"
+    )
+    remediation_template = (
+        "read what the phase was doing: docker logs {worker} | jq 'select(.event==\"codex.job.finished\" "
+        "and .timed_out)'; raise CODEX_PHASE_TIMEOUT if the phase needs longer, or fix the model endpoint"
+    )
+
+
+class PhaseRequestError(InfrastructureError):
+    code = "CODEX-E044"
+    title = "unusable phase request"
+    template = "shard {shard}: {field}={value!r} is invalid: {cause}; accepted: {accepted}"
+    remediation_template = "publish the phase again with {field} set to {accepted}"
 
 
 class RoutingError(AgentError):
@@ -391,9 +443,13 @@ ERRORS: tuple[type[AgentError], ...] = (
     CodexMissingError,
     LoginTimeoutError,
     LoginCheckError,
+    LoginRevokedError,
+    CredentialStoreError,
     DockerUnavailableError,
     JobRejectedError,
     JobFailedError,
+    JobTimeoutError,
+    PhaseRequestError,
     RoutingError,
     DrainError,
 )

@@ -26,7 +26,7 @@ from agent.audit import RUN_AUDIT, bound
 from agent.claim import marker_problem, read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
-from agent.errors import AgentError, ClaimLostError, NotCodexWorkerError, NotLoggedInError
+from agent.errors import AgentError, ClaimLostError, LoginError, NotCodexWorkerError, NotLoggedInError
 from agent.homestat import VolumeGuard
 from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
 from agent.router import routed_options
@@ -48,7 +48,7 @@ def auth_signature(codex_home: Path) -> AuthSignature:
 
 
 class PreflightRejected(Reject):
-    """A Codex task's pre-flight failed: requeue the message and close the gate.
+    """A Codex task's login failed (at pre-flight or during the run): requeue it and close the gate.
 
     ``reason`` starts with the error code, e.g. ``"CODEX-E030 shard 1: ..."``.
     """
@@ -169,7 +169,13 @@ class CodexTask(Task):
         context = self.codex_context(kwargs)
         with bound(**context):
             log.info(RUN_AUDIT, task=self.name)
-            return super().__call__(*args, **kwargs)
+            try:
+                return super().__call__(*args, **kwargs)
+            except LoginError as e:
+                # The login died during the run (E034 and kin): a login problem, not a task
+                # failure. Requeue untouched, and let the request close the gate first.
+                log.error("codex.run.requeued", task=self.name, code=e.code, error=e.message)
+                raise PreflightRejected(f"{e.code} {e.message}", requeue=True) from e
 
     def codex_context(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """The audit fields of the running task: queue, shard, volume, worker, run_id, task_id."""
