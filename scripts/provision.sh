@@ -15,6 +15,7 @@ QUIET_LOG="$REPO_ROOT/.cache/provision.log"
 mkdir -p "$REPO_ROOT/.cache"
 exec 9>"$REPO_ROOT/.cache/provision.lock"
 flock -w 600 9 || { log "another provision.sh still holds .cache/provision.lock"; exit 1; }
+# Daemons started below get `9>&-`: one that inherited fd 9 would hold this lock for its whole life.
 
 installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
@@ -40,7 +41,7 @@ start_dockerd() {
     fi
     log "starting dockerd (log: $LOG_DIR/dockerd.log)"
     # setsid: dockerd must outlive this script and its process group.
-    setsid dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null &
+    setsid dockerd >>"$LOG_DIR/dockerd.log" 2>&1 </dev/null 9>&- &
     wait_for 60 dockerd docker info
 }
 
@@ -53,7 +54,7 @@ start_redis() {
     # A test broker keeps nothing on disk: with snapshots on, Redis would write into its working
     # directory (this checkout) and refuse every write once that directory is gone.
     redis-server --daemonize yes --port 6379 --save '' --appendonly no --dir /tmp \
-        --logfile "$LOG_DIR/redis-test.log" >&2
+        --logfile "$LOG_DIR/redis-test.log" >&2 9>&-
     wait_for 30 redis redis-cli -p 6379 ping
 }
 
@@ -71,7 +72,7 @@ start_rabbitmq() {
         # The server runs as the rabbitmq user, so the pid file lives where that user can write.
         local pid_file=/var/lib/rabbitmq/codex-agent-provision.pid
         rm -f "$pid_file"
-        RABBITMQ_PID_FILE="$pid_file" rabbitmq-server -detached >&2
+        RABBITMQ_PID_FILE="$pid_file" rabbitmq-server -detached >&2 9>&-
         # `wait` follows the pid file; `await_startup` would fail at once if it ran before the
         # detached node registered with epmd.
         timeout 120 rabbitmqctl wait --timeout 110 "$pid_file" >&2
