@@ -471,6 +471,7 @@ class LoginLease:
                              fingerprints=len(self._held))
             self._held.clear()
             self._verdict = None
+            self.record = None  # a heartbeat already past its wait must not take anything again
             self.store.close()
 
     def close_inherited(self) -> None:

@@ -163,6 +163,7 @@ def _startup(bench: Bench, workers: _Workers) -> Row:
         samples=sides["on"], baseline_samples=sides["off"], baseline_label="the same with AGENT_FLEET_LEASE=off",
         judged_label="ratio", target="ratio <= 1.05", test=lambda r: r <= 1.05,
         details={"lease_check_s_median": round(median(lease_check), 4) if lease_check else None,
+                 "paired_ratio_median": round(median([a / b for a, b in zip(sides["on"], sides["off"])]), 4),
                  "broker": "rabbitmq", "flags_both_sides": STARTUP_FLAGS},
         method="worker-entry spawned on a logged-in volume, time to its codex.gate.consuming line; lease on and "
         "off alternated on one volume; the lease check's own duration is read from the published state.",
