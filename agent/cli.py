@@ -10,7 +10,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import click
 
@@ -126,12 +126,11 @@ def status(as_json: bool, probe: bool) -> None:
 def route(key: str, shards: int | None, mode: str | None) -> None:
     """Print the queue an affinity KEY routes to."""
     config = _load_config()
-    count = shards if shards is not None else config.shards
     try:
-        shard = routing.shard_for(key, count)
+        topology = routing.Topology(shards or config.shards, cast(routing.QueueMode, mode or config.queue_mode))
+        click.echo(topology.route({routing.DEFAULT_AFFINITY_ARG: key}))
     except AgentError as e:
         _fail(e, False)
-    click.echo(routing.queue_for_shard(shard, mode or config.queue_mode))
 
 
 @cli.command("reshard-plan")
@@ -171,8 +170,9 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
         f"({plan.moved_fraction:.1%}) [{source}]"
     )
     if keys_file:
+        topology = routing.Topology(max(old, new))
         for key, before, after in plan.moves:
-            click.echo(f"  {key}: {routing.queue_for_shard(before)} -> {routing.queue_for_shard(after)}")
+            click.echo(f"  {key}: {topology.shard_queue(before)} -> {topology.shard_queue(after)}")
 
 
 def _echo_volumes(report: VolumesReport) -> None:
@@ -264,7 +264,7 @@ def drain(
             broker or config.broker_url,
             queue,
             shards=shards if shards is not None else config.shards,
-            mode=mode or config.queue_mode,
+            mode=cast(routing.QueueMode, mode or config.queue_mode),
             kinds=kinds,
             dry_run=dry_run,
             limit=limit,

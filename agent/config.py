@@ -19,10 +19,10 @@ from urllib.parse import urlsplit
 
 from agent import defaults
 from agent.errors import ConfigError
+from agent.routing import QueueMode, Topology
 
 __all__ = ["AgentConfig", "load"]
 
-QueueMode = Literal["sharded", "single"]
 LoginCheckMode = Literal["local", "container"]
 WatchMode = Literal["events", "poll"]
 
@@ -66,6 +66,14 @@ class AgentConfig:
     job_network: str | None = None
     phase_timeout: float = defaults.PHASE_TIMEOUT
     artifacts_root: Path = Path(defaults.ARTIFACTS_ROOT)
+    codex_queues: tuple[str, ...] = ()
+    """Every Codex queue this worker consumes (``codex_queue`` first): ``CODEX_QUEUE`` alone when set,
+    else the topology's (its own ``codex-N``, and the shared ``codex`` in single mode)."""
+
+    @property
+    def topology(self) -> Topology:
+        """Every queue rule for this shard count and mode."""
+        return Topology(self.shards, self.queue_mode)
 
     @property
     def is_codex_worker(self) -> bool:
@@ -191,19 +199,17 @@ def _job_image(raw: str | None) -> str | None:
     return None if raw.lower() == "none" else raw
 
 
-def _codex_queue(
-    environ: Mapping[str, str], shard_index: int | None, mode: QueueMode
-) -> str | None:
+def _codex_queues(
+    environ: Mapping[str, str], shard_index: int | None, mode: QueueMode, shards: int
+) -> tuple[str, ...]:
     override = _parse(
         environ, "CODEX_QUEUE", _matching(_QUEUE_NAME), "a queue name of letters, digits, . _ : -", None
     )
     if override is not None:
-        return override
+        return (override,)
     if shard_index is None:
-        return None
-    if mode == "single":
-        return defaults.SINGLE_QUEUE
-    return defaults.SHARDED_QUEUE_TEMPLATE.format(index=shard_index)
+        return ()
+    return Topology(shards, mode).worker_queues(shard_index)
 
 
 def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
@@ -251,11 +257,13 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         LoginCheckMode,
         _parse(env, "CODEX_LOGIN_CHECK", _choice("local", "container"), "local or container", str(defaults.LOGIN_CHECK)),
     )
+    queues = _codex_queues(env, shard_index, mode, shards)
     return AgentConfig(
         shard_index=shard_index,
         shards=shards,
         queue_mode=mode,
-        codex_queue=_codex_queue(env, shard_index, mode),
+        codex_queue=queues[0] if queues else None,
+        codex_queues=queues,
         volume_name=_parse(
             env,
             "CODEX_VOLUME_NAME",

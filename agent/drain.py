@@ -32,22 +32,16 @@ from kombu import Connection, Producer, Queue
 from agent import defaults
 from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.errors import AgentError, DrainError
-from agent.router import PIN_ARG
-from agent.routing import queue_for_shard, shard_for
+from agent.routing import DEFAULT_AFFINITY_ARG, PIN_ARG, QueueMode, Topology
 
 __all__ = [
-    "DEFAULT_AFFINITY_ARG",
     "TaskKinds",
     "Move",
     "DrainReport",
     "target_queue",
     "task_kinds_from_app",
-    "live_queues",
     "drain",
 ]
-
-DEFAULT_AFFINITY_ARG = "affinity_key"
-"""Keyword argument holding the affinity key when the task class does not say otherwise."""
 
 TaskKinds = Callable[[str, dict[str, Any]], "str | None"]
 """``(task name, kwargs) -> affinity argument name`` for a Codex task, None for any other task."""
@@ -78,22 +72,18 @@ def task_kinds_from_app(app: Any) -> TaskKinds:
     return kind
 
 
-def live_queues(shards: int, mode: str = defaults.QUEUE_MODE) -> set[str]:
-    """Every queue that still has workers for ``shards`` shards, plus the default queue."""
-    if mode == "single":
-        return {defaults.SINGLE_QUEUE, defaults.DEFAULT_QUEUE}
-    return {queue_for_shard(i, mode) for i in range(shards)} | {defaults.DEFAULT_QUEUE}
-
-
 def target_queue(
     name: str,
     kwargs: dict[str, Any],
     *,
     shards: int,
-    mode: str = defaults.QUEUE_MODE,
+    mode: QueueMode = "sharded",
     kinds: TaskKinds = _guess_kind,
 ) -> str:
-    """Where task ``name`` with ``kwargs`` routes for ``shards`` shards (pure).
+    """Where task ``name`` with ``kwargs`` goes now, for ``shards`` shards (pure).
+
+    Non-Codex tasks go to the default queue; Codex tasks where the topology's
+    :meth:`~agent.routing.Topology.drain_target` says.
 
     Raises:
         RoutingError: a Codex task has neither a usable pin nor an affinity key.
@@ -101,11 +91,7 @@ def target_queue(
     affinity_arg = kinds(name, kwargs)
     if affinity_arg is None:
         return defaults.DEFAULT_QUEUE
-    pinned = kwargs.get(PIN_ARG)
-    if isinstance(pinned, int) and not isinstance(pinned, bool) and 0 <= pinned < shards:
-        return queue_for_shard(pinned, mode)
-    key: str = kwargs.get(affinity_arg, "")  # a missing or empty key: RoutingError
-    return queue_for_shard(shard_for(key, shards), mode)
+    return Topology(shards, mode).drain_target(kwargs, affinity_arg)
 
 
 @dataclass(frozen=True)
@@ -213,7 +199,7 @@ def drain(
     queue: str,
     *,
     shards: int,
-    mode: str = defaults.QUEUE_MODE,
+    mode: QueueMode = "sharded",
     kinds: TaskKinds = _guess_kind,
     dry_run: bool = False,
     limit: int | None = None,
@@ -241,7 +227,7 @@ def drain(
         DrainError: ``queue`` still has workers for ``shards`` shards, or another drain of it is
             running (nothing is touched).
     """
-    if queue in live_queues(shards, mode):
+    if queue in Topology(shards, mode).live_queues():
         raise DrainError(
             queue=queue,
             cause=f"{queue} is still a live queue with {shards} shards; drain only a removed shard's queue",
@@ -283,7 +269,7 @@ class _Mover:
         self.on_copied = on_copied
         self.declared: set[str] = set()
 
-    def move_all(self, source: Queue, shards: int, mode: str, kinds: TaskKinds, limit: int | None) -> None:
+    def move_all(self, source: Queue, shards: int, mode: QueueMode, kinds: TaskKinds, limit: int | None) -> None:
         report = self.report
         while limit is None or len(report.moves) < limit:
             message = source.get(no_ack=False)

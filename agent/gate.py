@@ -1,4 +1,4 @@
-"""The shard-queue gate: consume the Codex queue only while every check passes.
+"""The shard-queue gate: consume the Codex queues only while every check passes.
 
 The :class:`Gate` holds the decision (open or closed, and why). The :class:`GateStep` consumer
 bootstep attaches it to the Celery consumer and re-applies it on every consumer (re)start, so
@@ -28,22 +28,29 @@ log = structlog.get_logger(__name__)
 
 
 class Gate:
-    """Open/closed decision for one Codex queue, applied to the Celery consumer.
+    """Open/closed decision for a worker's Codex queues, applied to the Celery consumer.
 
     Args:
         app: the Celery app (its ``amqp.queues`` selection is what a consumer restart reads).
-        queue: the shard queue this gate guards.
+        queues: the queues this gate guards: the shard's own, and the shared one in single mode.
     """
 
-    def __init__(self, app: Any, queue: str) -> None:
+    def __init__(self, app: Any, queues: tuple[str, ...]) -> None:
+        if not queues:
+            raise ValueError("a gate guards at least one queue")
         self.app = app
-        self.queue = queue
+        self.queues = tuple(queues)
         self.is_open = False
         self._decided = False
         self.since = time.time()
         self.reason: list[dict[str, Any]] = []
         self._consumer: Any = None
         self._lock = threading.Lock()
+
+    @property
+    def queue(self) -> str:
+        """The first guarded queue (the one ``status`` and the audit lines name)."""
+        return self.queues[0]
 
     def set(
         self, is_open: bool, reason: list[dict[str, Any]] | None = None, *, on_consumer_thread: bool = False
@@ -64,9 +71,9 @@ class Gate:
             self.since = time.time()
             consumer = self._consumer
         if is_open:
-            log.info("codex.gate.opened", queue=self.queue)
+            log.info("codex.gate.opened", queue=self.queue, queues=list(self.queues))
         else:
-            log.warning("codex.gate.closed", queue=self.queue, reason=self.reason)
+            log.warning("codex.gate.closed", queue=self.queue, queues=list(self.queues), reason=self.reason)
         if consumer is None:
             self._select()
         elif on_consumer_thread:
@@ -77,12 +84,12 @@ class Gate:
 
     def _select(self) -> None:
         """Make the queue selection match the decision, for the next consumer start."""
-        queues = self.app.amqp.queues
-        if self.is_open:
-            if self.queue in queues:
-                queues.select_add(queues[self.queue])
-        else:
-            queues.deselect(self.queue)
+        declared = self.app.amqp.queues
+        for name in self.queues:
+            if not self.is_open:
+                declared.deselect(name)
+            elif name in declared:
+                declared.select_add(declared[name])
 
     def apply(self, consumer: Any) -> None:
         """Make a running ``consumer`` match the decision. Runs on the consumer's thread only."""
@@ -91,30 +98,28 @@ class Gate:
         if not looping:  # (re)starting: the selection decides what the loop will consume
             self._prepare(task_consumer)
             return
-        consuming = task_consumer.consuming_from(self.queue)
-        if self.is_open and not consuming:
-            consumer.add_task_queue(self.queue)
-            self._select()  # celery#7733: keep the queue selected for reconnects
-            log.info("codex.gate.consuming", queue=self.queue)
-        elif not self.is_open and consuming:
-            consumer.cancel_task_queue(self.queue)
-            log.info("codex.gate.cancelled", queue=self.queue)
-        else:
-            self._select()
+        for name in self.queues:
+            consuming = task_consumer.consuming_from(name)
+            if self.is_open and not consuming:
+                consumer.add_task_queue(name)
+                log.info("codex.gate.consuming", queue=name)
+            elif not self.is_open and consuming:
+                consumer.cancel_task_queue(name)
+                log.info("codex.gate.cancelled", queue=name)
+        self._select()  # celery#7733: keep the queues selected (or not) for reconnects
 
     def _prepare(self, task_consumer: Any) -> None:
         """Before the consume loop starts: fix the selection and the consumer's queue list."""
         self._select()
         if task_consumer is None:
             return
-        queues = task_consumer.queues
-        has_queue = any(q.name == self.queue for q in queues)
-        if not self.is_open and has_queue:
-            task_consumer.queues = [q for q in queues if q.name != self.queue]
-        elif self.is_open and not has_queue and self.queue in self.app.amqp.queues:
-            task_consumer.add_queue(self.app.amqp.queues[self.queue])
-        if self.is_open:
-            log.info("codex.gate.consuming", queue=self.queue)
+        if not self.is_open:
+            task_consumer.queues = [q for q in task_consumer.queues if q.name not in self.queues]
+            return
+        for name in self.queues:
+            if not any(q.name == name for q in task_consumer.queues) and name in self.app.amqp.queues:
+                task_consumer.add_queue(self.app.amqp.queues[name])
+            log.info("codex.gate.consuming", queue=name)
 
     def attach(self, consumer: Any) -> None:
         """Remember the (re)started consumer and apply the decision before it consumes."""

@@ -30,6 +30,7 @@ from agent.errors import AgentError, ClaimLostError, LoginError, NotCodexWorkerE
 from agent.homestat import VolumeGuard
 from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
 from agent.router import routed_options
+from agent.routing import DEFAULT_AFFINITY_ARG
 
 __all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
 
@@ -150,7 +151,7 @@ class CodexTask(Task):
     acks_late = True
     reject_on_worker_lost = True
     codex = True
-    affinity_arg = "affinity_key"
+    affinity_arg = DEFAULT_AFFINITY_ARG
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
         """Publish to the run's shard queue, whichever app publishes it (never to ``celery``)."""

@@ -1,8 +1,9 @@
 """The Celery router: Codex tasks to their shard queue, everything else untouched.
 
-Precedence: an explicit ``queue=`` wins; then a run's pinned shard (``codex_shard`` keyword,
-set by a phase when it enqueues the next one, so a run stays on its first shard even if
-``CODEX_SHARDS`` changes mid-run); then the jump hash of the affinity key.
+Precedence: an explicit ``queue=`` wins; then the :class:`~agent.routing.Topology` decides: a run's
+pinned shard (``codex_shard`` keyword, set by a phase when it enqueues the next one, so a run stays
+on its first shard's login even if ``CODEX_SHARDS`` changes mid-run or in single-queue mode), then
+the affinity key. A pin outside the current shards is CODEX-E050 at publish time.
 """
 
 from __future__ import annotations
@@ -11,13 +12,9 @@ from typing import Any
 
 from agent import config as config_mod
 from agent.config import AgentConfig
-from agent.errors import RoutingError
-from agent.routing import queue_for_shard, shard_for
+from agent.routing import DEFAULT_AFFINITY_ARG, PIN_ARG, Topology
 
 __all__ = ["CodexRouter", "PIN_ARG", "add_router", "routed_options"]
-
-PIN_ARG = "codex_shard"
-"""Keyword argument that pins a run's later phases to the shard of its first phase."""
 
 
 class CodexRouter:
@@ -26,6 +23,7 @@ class CodexRouter:
     def __init__(self, app: Any, config: AgentConfig) -> None:
         self.app = app
         self.config = config
+        self.topology: Topology = config.topology
 
     def __call__(
         self,
@@ -39,19 +37,8 @@ class CodexRouter:
         task = task if task is not None else self.app.tasks.get(name)
         if not getattr(task, "codex", False) or options.get("queue"):
             return None
-        kwargs = kwargs or {}
-        pinned = kwargs.get(PIN_ARG)
-        if pinned is not None:
-            if not isinstance(pinned, int) or isinstance(pinned, bool) or pinned < 0:
-                raise RoutingError(cause=f"{PIN_ARG} must be a shard number >= 0, got {pinned!r}")
-            return {"queue": queue_for_shard(pinned, self.config.queue_mode)}
-        arg = getattr(task, "affinity_arg", "affinity_key")
-        if arg not in kwargs:
-            raise RoutingError(
-                cause=f"Codex task {name} needs the keyword argument {arg!r} (repo, project or token) to pick its shard"
-            )
-        shard = shard_for(kwargs[arg], self.config.shards)
-        return {"queue": queue_for_shard(shard, self.config.queue_mode)}
+        affinity_arg = getattr(task, "affinity_arg", DEFAULT_AFFINITY_ARG)
+        return {"queue": self.topology.route(kwargs or {}, affinity_arg, task=name)}
 
 
 def _routes(app: Any) -> list[Any]:

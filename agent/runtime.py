@@ -61,7 +61,7 @@ class Agent:
         login_check = _login_check_for(config)
         self.checker = Checker(config, docker_client=docker_client, login_check=login_check, lease=lease_for(config))
         self.preflight = Preflight(config, login_check)
-        self.gate: Gate | None = Gate(app, config.codex_queue) if config.codex_queue else None
+        self.gate: Gate | None = Gate(app, config.codex_queues) if config.codex_queues else None
         self.report: CheckReport | None = None
         self.consumer: Any = None  # set by GateStep while the consumer runs
         self._check_lock = threading.Lock()
@@ -108,7 +108,7 @@ class Agent:
         """
         code, _, message = reason.partition(" ")
         log.error("codex.preflight.gate_closed", code=code, error=message, queue=queue)
-        if self.gate is not None and (queue is None or queue == self.gate.queue):
+        if self.gate is not None and (queue is None or queue in self.gate.queues):
             why = [{"check": "preflight", "code": code, "message": message, "remediation": None}]
             self.gate.set(False, why, on_consumer_thread=True)
         elif self.gate is None and queue:

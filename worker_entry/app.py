@@ -15,22 +15,14 @@ from kombu import Queue
 from agent import config as config_mod
 from agent.config import AgentConfig
 from agent.errors import ConfigError
-from agent.defaults import DEFAULT_QUEUE, SINGLE_QUEUE
+from agent.defaults import DEFAULT_QUEUE
 from agent.router import add_router
-from agent.routing import queue_for_shard
 from worker_entry.settings import WORKER_SETTINGS
 
-__all__ = ["app", "create_app", "codex_queues"]
+__all__ = ["app", "create_app"]
 
 VISIBILITY_TIMEOUT = 6 * 3600
 """Redis only: seconds before an unacked task is redelivered; must exceed the longest phase."""
-
-
-def codex_queues(config: AgentConfig) -> list[str]:
-    """Every Codex queue name for the configured shard count and mode."""
-    if config.queue_mode == "single":
-        return [SINGLE_QUEUE]
-    return [queue_for_shard(i) for i in range(config.shards)]
 
 
 def _visibility_timeout(raw: str) -> float:
@@ -53,9 +45,8 @@ def create_app(config: AgentConfig | None = None, *, result_backend: str | None 
     """A Celery app wired for Codex shards; the agent is installed by ``worker-entry``."""
     config = config or config_mod.load()
     app = Celery("codex_worker", broker=config.broker_url, include=["worker_entry.tasks"])
-    names = [DEFAULT_QUEUE, *codex_queues(config)]
-    if config.codex_queue and config.codex_queue not in names:
-        names.append(config.codex_queue)
+    names = [DEFAULT_QUEUE, *config.topology.codex_queues()]
+    names += [q for q in config.codex_queues if q not in names]
     visibility = _visibility_timeout(os.environ.get("CELERY_VISIBILITY_TIMEOUT", ""))
     app.conf.update(
         result_backend=result_backend or os.environ.get("CELERY_RESULT_BACKEND") or None,

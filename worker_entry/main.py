@@ -61,8 +61,8 @@ def worker_argv(config: AgentConfig, default_queue: str, extra: Sequence[str] = 
     login, one Codex process at a time); the user's own options win.
     """
     user_queues, rest = _queues_given(extra)
-    if config.codex_queue:
-        queues = [config.codex_queue] + [q for q in user_queues if q != config.codex_queue]
+    if config.codex_queues:
+        queues = [*config.codex_queues, *(q for q in user_queues if q not in config.codex_queues)]
     else:
         queues = user_queues or [default_queue]
     argv = ["--quiet", "worker", "--loglevel", config.log_level, "-Q", ",".join(queues)]

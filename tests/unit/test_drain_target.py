@@ -6,9 +6,13 @@ from typing import Any
 
 import pytest
 
-from agent.drain import live_queues, target_queue
+from agent.drain import target_queue
 from agent.errors import RoutingError
-from agent.routing import queue_for_shard, shard_for
+from agent.routing import Topology, shard_for
+
+
+def by_key(key: str, shards: int) -> str:
+    return f"codex-{shard_for(key, shards)}"
 
 
 def codex_only(name: str, kwargs: dict[str, Any]) -> str | None:
@@ -19,9 +23,9 @@ class TestTargetQueue:
     @pytest.mark.parametrize(
         ("name", "kwargs", "shards", "expected"),
         [
-            ("codex.phase", {"affinity_key": "repo-a"}, 3, queue_for_shard(shard_for("repo-a", 3))),
+            ("codex.phase", {"affinity_key": "repo-a"}, 3, by_key("repo-a", 3)),
             ("codex.phase", {"affinity_key": "repo-a", "codex_shard": 1}, 3, "codex-1"),
-            ("codex.phase", {"affinity_key": "repo-a", "codex_shard": 3}, 3, queue_for_shard(shard_for("repo-a", 3))),
+            ("codex.phase", {"affinity_key": "repo-a", "codex_shard": 3}, 3, by_key("repo-a", 3)),
             ("housekeeping", {"label": "x"}, 3, "default"),
         ],
         ids=["by-key", "pin-kept", "pin-gone-rerouted-by-key", "non-codex-to-default"],
@@ -34,12 +38,13 @@ class TestTargetQueue:
 
     def test_uses_the_task_classes_affinity_argument(self) -> None:
         """A Codex task whose affinity argument is not ``affinity_key`` is routed by its own."""
-        assert target_queue("codex.custom", {"repo": "r1"}, shards=5, kinds=codex_only) == queue_for_shard(shard_for("r1", 5))
+        assert target_queue("codex.custom", {"repo": "r1"}, shards=5, kinds=codex_only) == by_key("r1", 5)
         assert target_queue("other", {"repo": "r1"}, shards=5, kinds=codex_only) == "default"
 
-    def test_single_mode_routes_every_codex_task_to_one_queue(self) -> None:
-        """In single mode every Codex task goes to the one ``codex`` queue."""
+    def test_single_mode_keeps_pinned_runs_on_their_worker(self) -> None:
+        """Single mode: a new run goes to the shared ``codex`` queue, a pinned one to its worker's own queue."""
         assert target_queue("codex.phase", {"affinity_key": "k"}, shards=4, mode="single") == "codex"
+        assert target_queue("codex.phase", {"affinity_key": "k", "codex_shard": 2}, shards=4, mode="single") == "codex-2"
 
     def test_a_codex_task_without_key_or_live_pin_is_unroutable(self) -> None:
         """No key and a dead pin: RoutingError, so the drain stops and leaves it queued."""
@@ -48,4 +53,5 @@ class TestTargetQueue:
 
     def test_live_queues_are_the_new_shards_and_default(self) -> None:
         """Only queues without a shard any more can be drained."""
-        assert live_queues(3) == {"codex-0", "codex-1", "codex-2", "default"}
+        assert Topology(3).live_queues() == {"codex-0", "codex-1", "codex-2", "default"}
+        assert Topology(2, "single").live_queues() == {"codex", "codex-0", "codex-1", "default"}

@@ -8,9 +8,10 @@ import sys
 from collections import Counter
 
 import pytest
+from typing import Any
 
 from agent.errors import RoutingError
-from agent.routing import jump_hash, key_digest, queue_for_shard, reshard_plan, shard_for
+from agent.routing import Topology, jump_hash, key_digest, reshard_plan, shard_for
 
 KEYS = [f"github.com/org/repo-{i}" for i in range(10_000)]
 
@@ -79,8 +80,40 @@ class TestShardFor:
         assert ("key" in info.value.message) or ("shard count" in info.value.message)
 
 
-class TestQueueNames:
-    def test_sharded_and_single(self) -> None:
-        """Sharded mode names codex-{n}; single mode always `codex`."""
-        assert queue_for_shard(2) == "codex-2"
-        assert queue_for_shard(2, "single") == "codex"
+class TestTopology:
+    def test_each_shard_has_its_own_queue_in_both_modes(self) -> None:
+        """codex-{n} is consumed only by shard n's worker; single mode adds the shared `codex`."""
+        assert Topology(3).worker_queues(2) == ("codex-2",)
+        assert Topology(3, "single").worker_queues(2) == ("codex", "codex-2")
+        assert Topology(2).codex_queues() == ("codex-0", "codex-1")
+        assert Topology(2, "single").codex_queues() == ("codex", "codex-0", "codex-1")
+
+    @pytest.mark.parametrize(
+        ("mode", "kwargs", "queue"),
+        [
+            ("sharded", {"affinity_key": "repo-a"}, f"codex-{shard_for('repo-a', 3)}"),
+            ("single", {"affinity_key": "repo-a"}, "codex"),
+            ("sharded", {"affinity_key": "repo-a", "codex_shard": 1}, "codex-1"),
+            ("single", {"affinity_key": "repo-a", "codex_shard": 1}, "codex-1"),
+        ],
+        ids=["sharded-by-key", "single-new-run", "sharded-pinned", "single-pinned"],
+    )
+    def test_route(self, mode: Any, kwargs: dict[str, Any], queue: str) -> None:
+        """A pin goes to its shard's own queue in both modes: a run stays on one login."""
+        assert Topology(3, mode).route(kwargs) == queue
+
+    @pytest.mark.parametrize("pin", [3, 99, -1, True, "1", 1.0], ids=["count", "far", "negative", "bool", "str", "float"])
+    def test_a_pin_outside_the_shards_is_e050_naming_pin_and_count(self, pin: object) -> None:
+        """Never a stranded task: a pin with no worker is refused at publish time."""
+        with pytest.raises(RoutingError) as refused:
+            Topology(3).route({"affinity_key": "k", "codex_shard": pin})
+        assert refused.value.code == "CODEX-E050" and "there are 3" in refused.value.message
+
+    def test_drain_reroutes_a_dead_pin_by_its_key(self) -> None:
+        """Where the router refuses a pin at or above the count, the drain re-routes it by key."""
+        assert Topology(3).drain_target({"affinity_key": "repo-a", "codex_shard": 5}) == f"codex-{shard_for('repo-a', 3)}"
+
+    @pytest.mark.parametrize(("shards", "mode"), [(0, "sharded"), (2, "both")], ids=["no-shards", "bad-mode"])
+    def test_a_bad_topology_is_e050(self, shards: int, mode: Any) -> None:
+        with pytest.raises(RoutingError):
+            Topology(shards, mode)
