@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from support import make_api_key_login
+from support.private_brokers import PrivateBroker, PrivateRabbitMQ, PrivateRedis
 from support.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
 
 from agent.lease import HISTORY_FILE
@@ -227,82 +228,45 @@ class TestKilledHolder:
 # -- the broker going away --------------------------------------------------------------------
 
 
-class PrivateRedis:
-    """A redis-server of our own on a free port, so a test may stop and restart it."""
-
-    def __init__(self, directory: Path) -> None:
-        if shutil.which("redis-server") is None:
-            pytest.skip("Redis absent: no redis-server to start a private instance")
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.directory = directory
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        wait_until(self._answers, 10, what=f"redis-server on port {self.port}")
-
-    def _answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
+@pytest.fixture(params=["redis", "rabbitmq"])
+def private_broker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PrivateBroker]:
+    """A broker of this test's own (the shared ones must never restart), on each kind."""
+    server: PrivateBroker = PrivateRedis(tmp_path) if request.param == "redis" else PrivateRabbitMQ()
     server.start()
     yield server
-    server.stop()
+    server.close()
 
 
 class TestBrokerOutage:
-    def test_redis_restart_brings_no_false_alarm_and_no_split_claim(
-        self, leasers: Callable[..., Leaser], private_redis: PrivateRedis, tmp_path: Path
+    def test_a_broker_restart_brings_no_false_alarm_and_no_split_claim(
+        self, leasers: Callable[..., Leaser], private_broker: PrivateBroker, tmp_path: Path
     ) -> None:
-        """Redis restarts (its keys gone): the holder keeps its verdict, logs once, takes its leases again."""
-        first, copy = _holder_and_copy(leasers, private_redis.url, tmp_path, "--ttl", "2")
+        """The broker restarts (its leases gone): the holder keeps its verdict, logs once, takes its leases again."""
+        first, copy = _holder_and_copy(leasers, private_broker.url, tmp_path, "--ttl", "2")
 
-        private_redis.stop()
+        private_broker.stop()
         wait_until(lambda: first.events("codex.lease.unreachable"), 10, what="the holder to notice")
         time.sleep(1.5)  # bounded: three heartbeats while the broker is down
         assert first.check() == {"status": "held", "reachable": False, "fingerprints": 1}  # the gate stays as it was
         assert len(first.events("codex.lease.unreachable")) == 1  # once per change, not per heartbeat
 
-        private_redis.start()
+        private_broker.start()
         wait_until(lambda: first.events("codex.lease.reachable"), 10, what="the holder to take its leases again")
         assert first.check() == {"status": "held", "reachable": True, "fingerprints": 1}
-        _refused_by(leasers(copy, "holder-b", private_redis.url).check(), first, "vol-a")  # no split claim
+        _refused_by(leasers(copy, "holder-b", private_broker.url).check(), first, "vol-a")  # no split claim
         assert not first.events("codex.lease.lost") and not first.events("codex.lease.refused")
 
-    def test_a_copy_starting_while_redis_is_down_is_refused_once_it_is_back(
-        self, leasers: Callable[..., Leaser], private_redis: PrivateRedis, tmp_path: Path
+    def test_a_copy_starting_while_the_broker_is_down_is_refused_once_it_is_back(
+        self, leasers: Callable[..., Leaser], private_broker: PrivateBroker, tmp_path: Path
     ) -> None:
-        """A copy that starts during the outage has no verdict yet (not a failure) and is refused when Redis returns."""
-        first, copy = _holder_and_copy(leasers, private_redis.url, tmp_path, "--ttl", "2")
-        private_redis.stop()
+        """A copy that starts during the outage has no verdict yet (not a failure) and is refused when the broker returns."""
+        first, copy = _holder_and_copy(leasers, private_broker.url, tmp_path, "--ttl", "2")
+        private_broker.stop()
         wait_until(lambda: first.events("codex.lease.unreachable"), 10, what="the holder to notice")
-        second = leasers(copy, "holder-b", private_redis.url, "--ttl", "2")
+        second = leasers(copy, "holder-b", private_broker.url, "--ttl", "2")
         pending = second.check()
         assert pending["status"] == "pending" and pending["reachable"] is False
-        private_redis.start()
+        private_broker.start()
         wait_until(lambda: first.events("codex.lease.reachable"), 10, what="the holder back first")
         wait_until(lambda: second.check().get("error") == "CODEX-E013", 10, what="the copy refused")
         assert first.check()["status"] == "held"
