@@ -79,7 +79,12 @@ def mount_entry(codex_home: Path) -> MountEntry | None:
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What the watcher compares between wake-ups; any difference runs the full checks."""
+    """What the watcher compares between wake-ups; any difference runs the full checks.
+
+    ``auth`` is auth.json's (inode, size, mtime), ``claim_id`` the marker's, ``home`` the stat of
+    CODEX_HOME and ``mount`` its mount entry (events mode only), ``extra`` whatever the runtime adds
+    from outside the volume (the fleet lease's change counter).
+    """
 
     auth: AuthSignature
     claim_id: str | None

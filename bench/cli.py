@@ -18,6 +18,7 @@ from bench.lease import bench_lease
 from bench.machine import machine_details
 from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
+from bench.watch import bench_watch
 from bench.workers import bench_heal, bench_refusal, bench_startup
 
 __all__ = ["SUITES", "main"]
@@ -33,6 +34,8 @@ SUITES: tuple[Suite, ...] = (
     ("heal", bench_heal, (("6", "auth.json landing, to the gate open"),)),
     ("refusal", bench_refusal, (("7", "Second worker on a claimed volume, to its refusal"),)),
     ("phases", bench_phases, (("9a", "Codex phase through the agent"), ("9b", "Phases under forced refreshes"))),
+    ("watch", bench_watch, (("10a", "Volume chmod on an open shard, to the gate closed"),
+                            ("10b", "Login landing on a closed shard, to the gate opened"))),
     ("lease", bench_lease, (("11a", "Fleet duplicate refused"), ("11b", "Lease freed after kill -9, RabbitMQ"),
                             ("11c", "Lease freed after kill -9, Redis"), ("11d", "Startup with the fleet lease"))),
 )

@@ -102,11 +102,11 @@ class _Workers:
             **extra,
         }
 
-    def agent(self, home: Any) -> Spawned:
-        """``worker-entry`` (the agent installed) on ``home``."""
+    def agent(self, home: Any, **extra: str) -> Spawned:
+        """``worker-entry`` (the agent installed) on ``home``, ``extra`` added to its environment."""
         name = f"agent-{uuid.uuid4().hex[:6]}"
         argv = [str(VENV_BIN / "worker-entry"), "--", *STARTUP_FLAGS]
-        return self._start(name, home, argv)
+        return self._start(name, home, argv, **extra)
 
     def plain(self, home: Any, app: str = "worker_entry.app:app") -> Spawned:
         """A plain ``celery worker`` of the same app, with the options worker-entry passes."""
@@ -118,8 +118,8 @@ class _Workers:
         ]
         return self._start(name, home, argv)
 
-    def _start(self, name: str, home: Any, argv: list[str]) -> Spawned:
-        env = self.env(name, home, PYTHONPATH=str(REPO_ROOT))
+    def _start(self, name: str, home: Any, argv: list[str], **extra: str) -> Spawned:
+        env = self.env(name, home, PYTHONPATH=str(REPO_ROOT), **extra)
         proc = Spawned(env, self.bench.tmp / f"{name}.log", argv=argv).start()
         self.started.append(proc)
         return proc
