@@ -12,7 +12,7 @@ import os
 import re
 import socket
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar, cast
 from urllib.parse import urlsplit
@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 from agent import defaults
 from agent.errors import ConfigError
 from agent.routing import QueueMode, Topology
+from agent.sandbox import Sandbox, load_sandbox
 
 __all__ = ["AgentConfig", "load"]
 
@@ -69,6 +70,8 @@ class AgentConfig:
     codex_queues: tuple[str, ...] = ()
     """Every Codex queue this worker consumes (``codex_queue`` first): ``CODEX_QUEUE`` alone when set,
     else the topology's (its own ``codex-N``, and the shared ``codex`` in single mode)."""
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    """Secure defaults of every job container (``CODEX_JOB_MEMORY``, ``CODEX_JOB_CPUS``…)."""
 
     @property
     def topology(self) -> Topology:
@@ -325,4 +328,5 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         artifacts_root=Path(
             _parse(env, "CODEX_ARTIFACTS_ROOT", _absolute_path, "an absolute path", defaults.ARTIFACTS_ROOT)
         ),
+        sandbox=load_sandbox(env),
     )

@@ -1,11 +1,15 @@
 """The guarded Docker client: job containers that always carry the shard's login and audit trail.
 
-Task code calls :meth:`JobLauncher.run` instead of ``client.containers.run``. Whatever it passes,
-the container gets this shard's auth volume read-write at ``CODEX_JOB_HOME`` (the volume the
-mount check found), ``CODEX_HOME`` pointing there, the non-root ``CODEX_JOB_USER`` and the
-``codex.*`` labels; a request that would mount another login, put anything else at
-``CODEX_JOB_HOME`` or run as root is refused (CODEX-E041). The translation from a request to
-``containers.create`` arguments is the pure :func:`job_create_args`, apart from the I/O shell.
+Task code calls :meth:`JobLauncher.run` instead of ``client.containers.run``. It may pass only the
+allow-listed options of :data:`agent.sandbox.JOB_OPTIONS`, and the container always gets this
+shard's auth volume read-write at ``CODEX_JOB_HOME`` (the volume the mount check found),
+``CODEX_HOME`` pointing there, the non-root ``CODEX_JOB_USER``, the ``codex.*`` labels, the
+operator's ``CODEX_JOB_NETWORK`` and the sandbox's secure defaults (no capabilities, no new
+privileges, init, limits, read-only root). Anything else, a mount of another login or a host path,
+anything at ``CODEX_JOB_HOME``, root, is refused (CODEX-E041) with a ``codex.job.refused`` line. The
+translation from a request to ``containers.create`` arguments is the pure :func:`job_create_args`,
+apart from the I/O shell. Where the worker reaches Docker through the API guard
+(:mod:`agent.guard`), the guard enforces the same policy on every client, this one included.
 
 Non-zero exits raise :class:`~agent.errors.JobFailedError` (CODEX-E042) by default, carrying the
 exit code and a scrubbed output tail; ``check=False`` returns them in the :class:`JobResult`
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
+from docker.utils import parse_bytes
 
 from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.config import AgentConfig
@@ -29,10 +34,13 @@ from agent.dockerrun import ContainerTimeout, client_from_env, run_container, tr
 from agent.errors import JobFailedError, JobRejectedError, JobTimeoutError
 from agent.mount import volume_from_root
 from agent.redact import scrub
+from agent.sandbox import JOB_OPTIONS, LIMIT_OPTIONS, NO_NEW_PRIVILEGES, TMP_PATH, Sandbox
 
 __all__ = [
     "WORKSPACE_PATH",
     "RESERVED_OPTIONS",
+    "LABEL_PREFIX",
+    "JOB_REFUSED",
     "OUTPUT_LIMIT",
     "JobPolicy",
     "JobResult",
@@ -56,6 +64,11 @@ RESERVED_OPTIONS = frozenset({"detach", "remove", "auto_remove", "stdout", "stde
 """``containers.run`` options the launcher owns (lifecycle), or that could smuggle in a login."""
 
 _LABEL_KEYS = ("shard", "queue", "volume", "run_id", "task_id", "worker")
+JOB_REFUSED = "codex.job.refused"
+"""Audit event of a job request the guarded client refused (CODEX-E041), before anything was created."""
+LABEL_PREFIX = "codex."
+"""Labels under this prefix are the agent's; task code may not set them."""
+_NO_NEW_PRIVILEGES = frozenset({NO_NEW_PRIVILEGES, f"{NO_NEW_PRIVILEGES}:true"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +81,9 @@ class JobPolicy:
     labels: dict[str, str]
     auth_volumes: frozenset[str] = frozenset()
     facts: dict[str, Any] = field(default_factory=dict)
+    network: str | None = None
+    """``CODEX_JOB_NETWORK``: the operator's network for jobs (None: Docker's default)."""
+    sandbox: Sandbox = field(default_factory=Sandbox)
 
 
 @dataclass(frozen=True)
@@ -181,10 +197,56 @@ def _check_mount(policy: JobPolicy, source: str, target: str, what: str) -> None
             f"where the agent mounts {policy.volume}",
             what,
         )
-    behind = volume_from_root(_norm(source)) if source.startswith("/") else source
+    if source.startswith("/"):
+        behind = volume_from_root(_norm(source))
+        if not (behind and (behind == policy.volume or behind in policy.auth_volumes or is_auth_volume(behind))):
+            raise _reject(policy, f"{what} binds host path {source}; a job mounts named workspace volumes only", what)
+    else:
+        behind = source
     if behind and (behind == policy.volume or behind in policy.auth_volumes or is_auth_volume(behind)):
         mine = " (the agent already mounts it at " + policy.job_home + ")" if behind == policy.volume else ""
         raise _reject(policy, f"{what} mounts Codex auth volume {behind}{mine}", what)
+
+
+def _tmpfs_entries(tmpfs: Any) -> dict[str, str]:
+    """docker-py's dict or ``"path[:options]"`` list forms of ``tmpfs``."""
+    if isinstance(tmpfs, Mapping):
+        return {str(k): str(v) for k, v in tmpfs.items()}
+    return dict(str(item).partition(":")[::2] for item in tmpfs or ())
+
+
+def _check_mounts(policy: JobPolicy, mounts: Any) -> None:
+    for mount in mounts or ():
+        kind = str(mount.get("Type") or "volume")
+        if kind not in ("volume", "tmpfs"):
+            raise _reject(policy, f"mounts= of type {kind}; a job mounts named volumes and tmpfs only", "mounts=")
+        _check_mount(policy, str(mount.get("Source") or ""), str(mount.get("Target") or ""), "mounts=")
+
+
+def _check_sandbox(policy: JobPolicy, rest: dict[str, Any]) -> None:
+    """Options that restate the sandbox may only match or tighten it."""
+    sandbox = policy.sandbox
+    for option in sorted(LIMIT_OPTIONS.keys() & rest.keys()):
+        raw = rest[option]
+        value = int(parse_bytes(raw)) if option == "mem_limit" and isinstance(raw, str) else raw
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= sandbox.limit(option):
+            raise _reject(policy, f"option {option}={raw!r} is above the job limit {sandbox.limit(option)} (or not a positive number)", f"{option}=")
+        rest[option] = value
+    if rest.get("read_only") is False and sandbox.read_only:
+        raise _reject(policy, "option read_only=False; job containers have a read-only root filesystem", "read_only=")
+    if rest.get("init", True) is not True:
+        raise _reject(policy, "option init=False; job containers always run an init process", "init=")
+    extra = [opt for opt in rest.get("security_opt") or () if str(opt).replace("=", ":") not in _NO_NEW_PRIVILEGES]
+    if extra:
+        raise _reject(policy, f"security_opt {extra[0]!r}; jobs allow only {NO_NEW_PRIVILEGES}", "security_opt=")
+    network = rest.get("network_mode")
+    if network is not None and network != "none":
+        raise _reject(
+            policy,
+            f"option network_mode={network!r}; the job network is the operator's (CODEX_JOB_NETWORK="
+            f"{policy.network or 'unset'}), a job may only ask for none",
+            "network_mode=",
+        )
 
 
 def job_create_args(
@@ -199,29 +261,39 @@ def job_create_args(
 ) -> dict[str, Any]:
     """Translate a job request into ``client.containers.create`` keyword arguments.
 
-    Pure: no I/O. The agent's auth volume, ``CODEX_HOME``, user and labels always win.
+    Pure: no I/O. Only the options in :data:`agent.sandbox.JOB_OPTIONS` are accepted; the agent's
+    auth volume, ``CODEX_HOME``, user, labels, network and the sandbox's secure defaults always win.
 
     Args:
-        policy: what the agent imposes (volume, paths, user, labels, known auth volumes).
+        policy: what the agent imposes (volume, paths, user, labels, known auth volumes, network,
+            sandbox).
         image: the job image.
         command: the job's command (argv list or shell-split string).
         environment: extra variables (dict or ``K=V`` list).
         workspace: optional volume mounted read-write at ``workspace_path``.
         workspace_path: where the workspace goes; also the default working directory.
-        options: any other ``containers.run`` option the task passes (``volumes``, ``mounts``,
-            ``tmpfs``, ``labels``, ``user``, ``network_mode``…).
+        options: other ``containers.run`` options from :data:`agent.sandbox.JOB_OPTIONS`
+            (``volumes``, ``mounts``, ``tmpfs``, ``labels``, ``user``, limits…).
 
     Returns:
         The arguments, with ``volumes`` in docker-py's ``"source:target:mode"`` list form.
 
     Raises:
-        JobRejectedError: the request mounts another Codex login, puts anything at
-            ``CODEX_JOB_HOME``, runs as root or another user, or sets a reserved option.
+        JobRejectedError: an option off the allow-list; a mount of another Codex login, of a host
+            path, or of anything at ``CODEX_JOB_HOME``; root or another user; a ``codex.*`` label;
+            a network, limit or security option beyond the sandbox.
     """
     rest = dict(options or {})
     reserved = sorted(RESERVED_OPTIONS & rest.keys())
     if reserved:
         raise _reject(policy, f"option {reserved[0]}= is reserved: the agent manages the container", f"{reserved[0]}=")
+    unknown = sorted(rest.keys() - JOB_OPTIONS)
+    if unknown:
+        raise _reject(
+            policy, f"option {unknown[0]}= is not on the allow-list of job options ({', '.join(sorted(JOB_OPTIONS))})",
+            f"{unknown[0]}=",
+        )
+    _check_sandbox(policy, rest)
     user = _user(policy, rest.pop("user", None))
     env = _environment(policy, environment)
     binds = [f"{policy.volume}:{policy.job_home}:rw"]
@@ -232,20 +304,29 @@ def job_create_args(
         _check_mount(policy, workspace, workspace_path, "workspace=")
         binds.append(f"{workspace}:{workspace_path}:rw")
         rest.setdefault("working_dir", workspace_path)
-    for mount in rest.get("mounts") or ():
-        _check_mount(policy, str(mount.get("Source") or ""), str(mount.get("Target") or ""), "mounts=")
-    for target in rest.get("tmpfs") or ():
+    _check_mounts(policy, rest.get("mounts"))
+    tmpfs = {TMP_PATH: policy.sandbox.tmpfs_options, **_tmpfs_entries(rest.pop("tmpfs", None))}
+    for target in tmpfs:
         _check_mount(policy, "", str(target), "tmpfs=")
     task_labels = rest.pop("labels", None) or {}
     if not isinstance(task_labels, Mapping):
         task_labels = {str(k): "" for k in task_labels}
+    forged = sorted(str(k) for k in task_labels if str(k).startswith(LABEL_PREFIX))
+    if forged:
+        raise _reject(policy, f"label {forged[0]} is the agent's: codex.* labels name the job's shard and run", "labels=")
+    rest.pop("cap_drop", None)
+    rest.pop("security_opt", None)
+    network = {"network_mode": policy.network} if policy.network and "network_mode" not in rest else {}
     return {
+        **policy.sandbox.run_options(),
         **rest,
+        **network,
         "image": image,
         "command": command,
         "user": user,
         "environment": env,
         "volumes": binds,
+        "tmpfs": tmpfs,
         "labels": {**{str(k): str(v) for k, v in task_labels.items()}, **policy.labels},
     }
 
@@ -301,6 +382,8 @@ class JobLauncher:
             labels=job_labels({**self.context, "volume": self.volume_name}),
             auth_volumes=known - {self.volume_name},
             facts=facts,
+            network=self.config.job_network,
+            sandbox=self.config.sandbox,
         )
 
     def run(
@@ -341,11 +424,15 @@ class JobLauncher:
         """
         brings_mounts = workspace is not None or bool(kwargs.get("volumes") or kwargs.get("mounts"))
         policy = self.policy(list_auth_volumes=brings_mounts)
-        args = job_create_args(
-            policy, image, command, environment=environment, workspace=workspace,
-            workspace_path=workspace_path, options=kwargs,
-        )
         audit = {**self.context, "volume": self.volume_name, "image": image}
+        try:
+            args = job_create_args(
+                policy, image, command, environment=environment, workspace=workspace,
+                workspace_path=workspace_path, options=kwargs,
+            )
+        except JobRejectedError as e:
+            log.error(JOB_REFUSED, **audit, code=e.code, offending=e.facts.get("offending"), error=e.message)
+            raise
         started: dict[str, str] = {}
 
         def on_started(container_id: str) -> None:

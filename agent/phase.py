@@ -181,7 +181,6 @@ class CodexPhase:
 
     def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None) -> dict[str, Any]:
         env = {name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}
-        options: dict[str, Any] = {"network_mode": self.config.job_network} if self.config.job_network else {}
         assert self.config.job_image is not None
         started = time.time()
         result = self.launcher.run(
@@ -192,8 +191,7 @@ class CodexPhase:
             timeout=self.config.phase_timeout,
             check=False,
             describe=lambda output: summarize(output).audit_fields(),
-            **options,
-        )
+        )  # the launcher's policy gives the job CODEX_JOB_NETWORK
         summary = summarize(result.output)
         if not result.ok:
             self._raise_failure(result.output, result.exit_code, result.container_id, task_id, artifacts.run_id)

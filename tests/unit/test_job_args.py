@@ -9,6 +9,7 @@ from docker.types import Mount
 
 from agent.errors import JobRejectedError
 from agent.jobs import JobPolicy, job_create_args, job_labels
+from agent.sandbox import Sandbox
 
 HOME = "/home/app/.codex"
 POLICY = JobPolicy(
@@ -20,6 +21,8 @@ POLICY = JobPolicy(
     ),
     auth_volumes=frozenset({"team_login"}),
     facts={"shard": 1, "volume": "codex_auth_1", "worker": "w1"},
+    network="codex_jobs",
+    sandbox=Sandbox(memory=2 * 1024**3, nano_cpus=1_000_000_000, pids_limit=256, read_only=True, tmp_size=64 * 1024**2),
 )
 
 
@@ -42,11 +45,6 @@ class TestImposed:
         }
         assert (args["image"], args["command"]) == ("job:dev", ["codex", "login", "status"])
 
-    def test_task_labels_cannot_forge_audit_labels(self) -> None:
-        """Task labels are kept, but the codex.* audit labels are the agent's."""
-        args = build(labels={"team": "a", "codex.shard": "2"})
-        assert args["labels"]["team"] == "a" and args["labels"]["codex.shard"] == "1"
-
     def test_workspace_is_mounted_and_becomes_working_dir(self) -> None:
         """A workspace volume is mounted read-write at /workspace, the default working dir."""
         args = build(workspace="run_42_ws", environment=["A=1"])
@@ -54,14 +52,53 @@ class TestImposed:
         assert args["working_dir"] == "/workspace"
         assert args["environment"] == {"A": "1", "CODEX_HOME": HOME}
 
-    def test_other_mounts_and_options_pass_through(self) -> None:
-        """Unrelated mounts and options reach containers.create unchanged."""
-        args = build(volumes={"/srv/data": {"bind": "/data", "mode": "ro"}}, network_mode="none", user="1000")
-        assert args["volumes"] == [f"codex_auth_1:{HOME}:rw", "/srv/data:/data:ro"]
+    def test_every_job_gets_the_sandbox(self) -> None:
+        """No capabilities, no new privileges, init, the limits, a read-only root with a private /tmp."""
+        args = build()
+        assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"] and args["init"] is True
+        assert (args["mem_limit"], args["nano_cpus"], args["pids_limit"]) == (2 * 1024**3, 1_000_000_000, 256)
+        assert args["read_only"] is True and args["tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=67108864"}
+        assert args["network_mode"] == "codex_jobs"
+
+    def test_allowed_options_pass_and_limits_may_tighten(self) -> None:
+        """Named volumes, tmpfs, lower limits, no network and a restated sandbox are kept."""
+        args = build(volumes={"scratch": {"bind": "/data", "mode": "ro"}}, tmpfs=["/cache:size=1m"], mem_limit="512m",
+                     pids_limit=64, network_mode="none", user="1000", cap_drop=["NET_RAW"], security_opt=["no-new-privileges:true"],
+                     working_dir="/data", entrypoint=["sh"], read_only=True, init=True)
+        assert args["volumes"] == [f"codex_auth_1:{HOME}:rw", "scratch:/data:ro"]
+        assert args["tmpfs"]["/cache"] == "size=1m" and args["mem_limit"] == 512 * 1024**2 and args["pids_limit"] == 64
         assert args["network_mode"] == "none" and args["user"] == "1000:1000"
+        assert args["cap_drop"] == ["ALL"] and args["security_opt"] == ["no-new-privileges"]
+
+    def test_no_network_policy_leaves_dockers_default(self) -> None:
+        """Without CODEX_JOB_NETWORK the job gets Docker's default network (no network_mode)."""
+        policy = JobPolicy(**{**POLICY.__dict__, "network": None})
+        assert "network_mode" not in job_create_args(policy, "job:dev", ["true"])
 
 
 REFUSED = [
+    ("privileged", {"privileged": True}, "privileged="),
+    ("cap_add", {"cap_add": ["SYS_ADMIN"]}, "cap_add="),
+    ("pid_host", {"pid_mode": "host"}, "pid_mode="),
+    ("ipc_host", {"ipc_mode": "host"}, "ipc_mode="),
+    ("uts_host", {"uts_mode": "host"}, "uts_mode="),
+    ("userns_host", {"userns_mode": "host"}, "userns_mode="),
+    ("devices", {"devices": ["/dev/sda:/dev/sda:rwm"]}, "devices="),
+    ("network_host", {"network_mode": "host"}, "CODEX_JOB_NETWORK"),
+    ("network_other", {"network_mode": "bridge"}, "network_mode="),
+    ("sysctls", {"sysctls": {"net.ipv4.ip_forward": "1"}}, "sysctls="),
+    ("seccomp_unconfined", {"security_opt": ["seccomp=unconfined"]}, "seccomp=unconfined"),
+    ("read_write_root", {"read_only": False}, "read_only="),
+    ("no_init", {"init": False}, "init="),
+    ("memory_above_limit", {"mem_limit": "8g"}, "mem_limit="),
+    ("pids_unlimited", {"pids_limit": -1}, "pids_limit="),
+    ("cpus_above_limit", {"nano_cpus": 4_000_000_000}, "nano_cpus="),
+    ("bind_root", {"volumes": ["/:/host"]}, "host path /"),
+    ("bind_docker_socket", {"volumes": {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}}, "docker.sock"),
+    ("bind_docker_volumes", {"volumes": ["/var/lib/docker/volumes:/v:ro"]}, "/var/lib/docker/volumes"),
+    ("bind_mount_type", {"mounts": [Mount("/h", "/", type="bind")]}, "type bind"),
+    ("forged_shard_label", {"labels": {"codex.shard": "2"}}, "codex.shard"),
+    ("forged_label_list", {"labels": ["codex.volume"]}, "codex.volume"),
     ("other_auth_volume_by_name", {"volumes": {"codex_auth_0": {"bind": "/x", "mode": "rw"}}}, "codex_auth_0"),
     ("other_auth_volume_by_label", {"volumes": ["team_login:/x"]}, "team_login"),
     ("own_volume_elsewhere", {"volumes": ["codex_auth_1:/other:ro"]}, "already mounts"),
@@ -79,6 +116,7 @@ REFUSED = [
     ("other_user", {"user": "1001:1001"}, "CODEX_JOB_USER"),
     ("codex_home_elsewhere", {"environment": {"CODEX_HOME": "/tmp/x"}}, "CODEX_HOME"),
     ("volumes_from", {"volumes_from": ["w1"]}, "volumes_from"),
+    ("unknown_option", {"restart_policy": {"Name": "always"}}, "allow-list"),
     ("auto_remove", {"auto_remove": True}, "auto_remove"),
 ]
 

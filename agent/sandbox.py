@@ -1,0 +1,181 @@
+"""Job containers as sandboxes: the secure defaults every job gets, and the options task code may add.
+
+A job runs commands a model chose, so it is the untrusted part of the system. Every job container,
+whichever path creates it (:func:`agent.jobs.job_create_args` in the worker, or the Docker API guard
+in :mod:`agent.guard`), gets the same :class:`Sandbox`:
+
+* no capabilities (``cap_drop=ALL``), ``no-new-privileges``, an init process as pid 1;
+* pid, memory and CPU limits (``CODEX_JOB_PIDS_LIMIT``, ``CODEX_JOB_MEMORY``, ``CODEX_JOB_CPUS``);
+* a read-only root filesystem with a private ``/tmp`` tmpfs (``CODEX_JOB_READ_ONLY``,
+  ``CODEX_JOB_TMP_SIZE``): ``codex exec`` 0.169 completes and resumes turns with it, since it
+  writes only to ``CODEX_HOME`` and the workspace, both volumes.
+
+Task code may pass only the options in :data:`JOB_OPTIONS` (docker-py names, modelled on its
+``RUN_CREATE_KWARGS``/``RUN_HOST_CONFIG_KWARGS``); limits in :data:`LIMIT_OPTIONS` may only tighten
+the sandbox. Everything else is refused (CODEX-E041).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from docker.utils import parse_bytes
+
+from agent.errors import ConfigError
+
+__all__ = [
+    "MEMORY_ENV",
+    "CPUS_ENV",
+    "PIDS_ENV",
+    "READ_ONLY_ENV",
+    "TMP_SIZE_ENV",
+    "JOB_OPTIONS",
+    "LIMIT_OPTIONS",
+    "NO_NEW_PRIVILEGES",
+    "TMP_PATH",
+    "Sandbox",
+    "load_sandbox",
+]
+
+MEMORY_ENV = "CODEX_JOB_MEMORY"
+"""Memory limit of a job container (bytes, or 512m, 4g…); default 4g."""
+CPUS_ENV = "CODEX_JOB_CPUS"
+"""CPUs a job container may use (e.g. 1.5); default 2, or the host's count when it has fewer."""
+PIDS_ENV = "CODEX_JOB_PIDS_LIMIT"
+"""Processes and threads a job container may hold; default 1024."""
+READ_ONLY_ENV = "CODEX_JOB_READ_ONLY"
+"""``1``: the job's root filesystem is read-only (default); ``0``: writable."""
+TMP_SIZE_ENV = "CODEX_JOB_TMP_SIZE"
+"""Size of the job's private ``/tmp`` tmpfs (counted against its memory); default 512m."""
+
+DEFAULT_MEMORY = 4 * 1024**3
+DEFAULT_PIDS = 1024
+DEFAULT_TMP_SIZE = 512 * 1024**2
+TMP_PATH = "/tmp"
+NO_NEW_PRIVILEGES = "no-new-privileges"
+
+JOB_OPTIONS = frozenset(
+    {
+        # what the job is and where it works
+        "working_dir", "entrypoint", "labels", "name", "hostname", "stop_signal", "tty", "stdin_open",
+        # declared workspaces and scratch space
+        "volumes", "mounts", "tmpfs",
+        # who and where: only the job user, only no network
+        "user", "network_mode", "network_disabled",
+        # the sandbox itself may be restated or tightened
+        "cap_drop", "security_opt", "init", "read_only",
+        "mem_limit", "nano_cpus", "pids_limit", "mem_reservation", "shm_size", "cpu_shares",
+    }
+)
+"""``containers.run`` options task code may pass; anything else is CODEX-E041 naming it."""
+
+LIMIT_OPTIONS = {"mem_limit": "memory", "nano_cpus": "nano_cpus", "pids_limit": "pids_limit"}
+"""Limits task code may lower but never raise above the sandbox's (option -> Sandbox field)."""
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """The secure defaults of every job container."""
+
+    memory: int = DEFAULT_MEMORY
+    nano_cpus: int = 2_000_000_000
+    pids_limit: int = DEFAULT_PIDS
+    read_only: bool = True
+    tmp_size: int = DEFAULT_TMP_SIZE
+
+    @property
+    def tmpfs_options(self) -> str:
+        """Mount options of the private ``/tmp``."""
+        return f"rw,nosuid,nodev,size={self.tmp_size}"
+
+    def run_options(self) -> dict[str, Any]:
+        """The defaults as docker-py ``containers.create`` keyword arguments."""
+        return {
+            "cap_drop": ["ALL"],
+            "security_opt": [NO_NEW_PRIVILEGES],
+            "init": True,
+            "pids_limit": self.pids_limit,
+            "mem_limit": self.memory,
+            "nano_cpus": self.nano_cpus,
+            "read_only": self.read_only,
+        }
+
+    def host_config(self) -> dict[str, Any]:
+        """The defaults as Engine API ``HostConfig`` fields (what the guard imposes)."""
+        return {
+            "CapDrop": ["ALL"],
+            "SecurityOpt": [NO_NEW_PRIVILEGES],
+            "Init": True,
+            "PidsLimit": self.pids_limit,
+            "Memory": self.memory,
+            "NanoCpus": self.nano_cpus,
+            "ReadonlyRootfs": self.read_only,
+        }
+
+    def limit(self, option: str) -> int:
+        """The ceiling of a limit in :data:`LIMIT_OPTIONS`."""
+        value: int = getattr(self, LIMIT_OPTIONS[option])
+        return value
+
+
+def _bytes(raw: str) -> int:
+    try:
+        value = int(parse_bytes(raw.lower()))
+    except Exception as e:  # docker.errors.DockerException for "4x", "g"…
+        raise ValueError(str(e) or "not a size") from None
+    if value < 6 * 1024**2:
+        raise ValueError("below Docker's minimum of 6m")
+    return value
+
+
+def _cpus(raw: str) -> int:
+    value = float(raw)
+    if not value > 0 or value != value or value > 1024:
+        raise ValueError("must be a positive number of CPUs")
+    return int(value * 1e9)
+
+
+def _pids(raw: str) -> int:
+    value = int(raw)
+    if value < 16:
+        raise ValueError("must be at least 16 (Codex and its shell need a few)")
+    return value
+
+
+def _flag(raw: str) -> bool:
+    lowered = raw.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("not a boolean")
+
+
+def _read(environ: Mapping[str, str], name: str, convert: Any, accepted: str, default: Any) -> Any:
+    raw = (environ.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        return convert(raw)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise ConfigError(variable=name, value=raw, cause=str(e) or "bad value", accepted=accepted) from e
+
+
+def load_sandbox(environ: Mapping[str, str] | None = None) -> Sandbox:
+    """The sandbox from the environment (``os.environ`` by default).
+
+    Raises:
+        ConfigError: CODEX-E001, a variable has a value outside what is accepted.
+    """
+    env = os.environ if environ is None else environ
+    default_cpus = int(min(2, os.cpu_count() or 1) * 1e9)
+    return Sandbox(
+        memory=_read(env, MEMORY_ENV, _bytes, "a size of at least 6m, e.g. 512m or 4g", DEFAULT_MEMORY),
+        nano_cpus=_read(env, CPUS_ENV, _cpus, "a positive number of CPUs, e.g. 1.5", default_cpus),
+        pids_limit=_read(env, PIDS_ENV, _pids, "an integer >= 16", DEFAULT_PIDS),
+        read_only=_read(env, READ_ONLY_ENV, _flag, "1 or 0 (also true/false, yes/no, on/off)", True),
+        tmp_size=_read(env, TMP_SIZE_ENV, _bytes, "a size of at least 6m, e.g. 512m", DEFAULT_TMP_SIZE),
+    )
