@@ -1,6 +1,7 @@
 """``codex-agent``: thin command line over the library.
 
-Each command parses, calls the library, echoes, and exits with the error's ``exit_code``.
+Each command parses, calls the library and echoes; an AgentError it raises is shown once by click
+with its code, fix and exit code (:mod:`agent.clickext`).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 import click
 
@@ -22,27 +23,11 @@ from agent.checks import Checker, CheckReport
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.drain import DrainReport
-from agent.errors import AgentError, ConfigError
+from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
 
 __all__ = ["main", "cli"]
-
-
-def _fail(error: AgentError, as_json: bool) -> NoReturn:
-    if as_json:
-        click.echo(json.dumps({"ok": False, "error": error.to_dict()}, indent=2))
-    else:
-        click.echo(f"error {error.code}: {error.message}", err=True)
-        click.echo(f"  fix: {error.remediation}", err=True)
-    sys.exit(error.exit_code)
-
-
-def _load_config(as_json: bool = False) -> config_mod.AgentConfig:
-    try:
-        return config_mod.load()
-    except AgentError as e:
-        _fail(e, as_json)
 
 
 def _echo_json(data: Any) -> None:
@@ -73,7 +58,7 @@ def _echo_report(report: CheckReport) -> None:
     click.echo("healthy" if report.ok else "UNHEALTHY")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
 def cli() -> None:
     """Codex worker agent: one login per volume, claimed, verified and gated."""
     # stdout carries the command's answer (often JSON); the agent's log lines go to stderr.
@@ -81,25 +66,27 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(as_json: bool) -> None:
+@json_option()
+@click.pass_context
+def check(ctx: click.Context, as_json: bool) -> None:
     """Run every check once here; exit 0 when healthy, 1 when not."""
-    config = _load_config(as_json)
+    config = config_mod.load()
     checker = Checker(config, docker_client=client_for_mount_check(), accept_own_container=True)
     try:
         report = checker.run()
     finally:
         checker.claim.release()
     _answer(report, as_json, _echo_report)
-    sys.exit(0 if report.ok else 1)
+    ctx.exit(0 if report.ok else 1)
 
 
 @cli.command()
-@click.option("--json", "as_json", is_flag=True, help="Print the state as JSON.")
+@json_option("state")
 @click.option("--probe", is_flag=True, help="HEALTHCHECK mode: one line, exit 0 healthy, 1 not.")
-def status(as_json: bool, probe: bool) -> None:
+@click.pass_context
+def status(ctx: click.Context, as_json: bool, probe: bool) -> None:
     """Show the running agent's live state: gate, checks, claim, queue, shard, volume."""
-    config = _load_config(as_json)
+    config = config_mod.load()
     state = read_state(config.state_dir)
     health = judge_health(state)
     if as_json:
@@ -116,21 +103,18 @@ def status(as_json: bool, probe: bool) -> None:
             click.echo(f"  {reason.get('code')} {reason.get('message')}")
             if reason.get("remediation"):
                 click.echo(f"    fix: {reason['remediation']}")
-    sys.exit(0 if health.healthy else 1)
+    ctx.exit(0 if health.healthy else 1)
 
 
 @cli.command()
 @click.argument("key")
-@click.option("--shards", type=click.IntRange(min=1), default=None, help="Shard count (default CODEX_SHARDS).")
-@click.option("--mode", type=click.Choice(["sharded", "single"]), default=None, help="Queue mode (default CODEX_QUEUE_MODE).")
+@shards_option
+@mode_option
 def route(key: str, shards: int | None, mode: str | None) -> None:
-    """Print the queue an affinity KEY routes to."""
-    config = _load_config()
-    try:
-        topology = routing.Topology(shards or config.shards, cast(routing.QueueMode, mode or config.queue_mode))
-        click.echo(topology.route({routing.DEFAULT_AFFINITY_ARG: key}))
-    except AgentError as e:
-        _fail(e, False)
+    """Print the queue an affinity KEY routes to (a run's first phase)."""
+    config = config_mod.load()
+    topology = routing.Topology(shards or config.shards, cast(routing.QueueMode, mode or config.queue_mode))
+    click.echo(topology.route({routing.DEFAULT_AFFINITY_ARG: key}))
 
 
 @cli.command("reshard-plan")
@@ -144,7 +128,7 @@ def route(key: str, shards: int | None, mode: str | None) -> None:
     help="File of affinity keys, one per line; lists each key that moves.",
 )
 @click.option("--sample", type=click.IntRange(min=1), default=10000, show_default=True, help="Synthetic keys when --keys is absent.")
-@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON.")
+@json_option("plan")
 def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_json: bool) -> None:
     """Say how many keys move, and which, when the shard count changes."""
     if keys_file is not None:
@@ -153,16 +137,7 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
         keys = [f"sample-key-{i}" for i in range(sample)]
     plan = routing.reshard_plan(keys, old, new)
     if as_json:
-        _echo_json(
-            {
-                "from": old,
-                "to": new,
-                "keys": plan.total,
-                "moved": len(plan.moves),
-                "moved_fraction": round(plan.moved_fraction, 4),
-                "moves": [{"key": k, "from": a, "to": b} for k, a, b in plan.moves] if keys_file else [],
-            }
-        )
+        _echo_json(plan.to_dict(with_moves=keys_file is not None))
         return
     source = str(keys_file) if keys_file else f"{sample} synthetic keys"
     click.echo(
@@ -201,19 +176,15 @@ def _echo_volumes(report: VolumesReport) -> None:
 
 @cli.command()
 @click.argument("names", nargs=-1)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 @click.option("--image", default=None, help="Image of the inspection containers (default CODEX_LOGIN_CHECK_IMAGE).")
 def volumes(names: tuple[str, ...], as_json: bool, image: str | None) -> None:
     """List every Codex auth volume (or only NAMES): login, claim holder, credential age."""
-    config = _load_config(as_json)
+    config = config_mod.load()
     if image:
         config = dataclasses.replace(config, login_check_image=image)
-    try:
-        client = client_from_env({"shard": "-", "volume": "-"})
-        report = list_volumes(client, config, names)
-    except AgentError as e:
-        _fail(e, as_json)
-    _answer(report, as_json, _echo_volumes)
+    client = client_from_env({"shard": "-", "volume": "-"})
+    _answer(list_volumes(client, config, names), as_json, _echo_volumes)
 
 
 def _echo_drain(report: DrainReport) -> None:
@@ -229,8 +200,8 @@ def _echo_drain(report: DrainReport) -> None:
 @cli.command()
 @click.argument("queue")
 @click.option("--broker", envvar="CELERY_BROKER_URL", default=None, help="Broker URL (default CELERY_BROKER_URL).")
-@click.option("--shards", type=click.IntRange(min=1), default=None, help="The new shard count (default CODEX_SHARDS).")
-@click.option("--mode", type=click.Choice(["sharded", "single"]), default=None, help="Queue mode (default CODEX_QUEUE_MODE).")
+@shards_option
+@mode_option
 @click.option(
     "--app",
     "app_path",
@@ -240,7 +211,7 @@ def _echo_drain(report: DrainReport) -> None:
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most this many tasks, then stop.")
 @click.option("--dry-run", is_flag=True, help="Only say where each task would go; move nothing.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@json_option()
 def drain(
     queue: str,
     broker: str | None,
@@ -257,37 +228,20 @@ def drain(
     then removed from QUEUE; on any error the drain stops and the rest stay queued (CODEX-E060).
     Running it again carries on without copying any task twice.
     """
-    config = _load_config(as_json)
-    try:
-        kinds = drain_mod.task_kinds_from_app(_import_app(app_path))
-        report = drain_mod.drain(
-            broker or config.broker_url,
-            queue,
-            shards=shards if shards is not None else config.shards,
-            mode=cast(routing.QueueMode, mode or config.queue_mode),
-            kinds=kinds,
-            dry_run=dry_run,
-            limit=limit,
-            state_dir=config.state_dir,
-        )
-    except AgentError as e:
-        _fail(e, as_json)
+    config = config_mod.load()
+    report = drain_mod.drain(
+        broker or config.broker_url,
+        queue,
+        shards=shards if shards is not None else config.shards,
+        mode=cast(routing.QueueMode, mode or config.queue_mode),
+        kinds=drain_mod.task_kinds_from_app(import_app(app_path)),
+        dry_run=dry_run,
+        limit=limit,
+        state_dir=config.state_dir,
+    )
     _answer(report, as_json, _echo_drain)
-    if report.error is not None:
-        _fail(report.error, as_json=False)
-
-
-def _import_app(path: str) -> Any:
-    from celery.utils.imports import symbol_by_name
-
-    try:
-        app = symbol_by_name(path)
-        app.loader.import_default_modules()  # the app's `include` modules register their tasks
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(
-            variable="--app", value=path, cause=f"cannot import it ({e})", accepted="module:attribute of a Celery app"
-        ) from e
-    return app
+    if report.error is not None:  # after the report (what moved), why it stopped, on stderr
+        raise AgentClickException(report.error, as_json=False)
 
 
 def main() -> None:

@@ -173,6 +173,17 @@ class ReshardPlan:
         """Share of keys that change shard."""
         return len(self.moves) / self.total if self.total else 0.0
 
+    def to_dict(self, with_moves: bool = True) -> dict[str, Any]:
+        """JSON-safe view; ``with_moves`` lists every key that moves."""
+        return {
+            "from": self.old,
+            "to": self.new,
+            "keys": self.total,
+            "moved": len(self.moves),
+            "moved_fraction": round(self.moved_fraction, 4),
+            "moves": [{"key": k, "from": a, "to": b} for k, a, b in self.moves] if with_moves else [],
+        }
+
 
 def reshard_plan(keys: Iterable[str], old: int, new: int) -> ReshardPlan:
     """Which of ``keys`` move when the shard count changes from ``old`` to ``new``."""

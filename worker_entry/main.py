@@ -12,12 +12,10 @@ from typing import Any
 
 import click
 import structlog
-from celery.utils.imports import symbol_by_name
-
 from agent import config as config_mod
 from agent.audit import configure_logging
+from agent.clickext import AgentClickException, AgentCommand, import_app
 from agent.config import AgentConfig
-from agent.errors import AgentError, ConfigError
 from agent.runtime import install
 
 __all__ = ["main", "worker_argv"]
@@ -76,39 +74,28 @@ def worker_argv(config: AgentConfig, default_queue: str, extra: Sequence[str] = 
     return argv + rest
 
 
-def _fail(error: AgentError) -> None:
-    log.critical("codex.agent.startup_failed", code=error.code, error=error.message, remediation=error.remediation)
-    click.echo(f"worker-entry: {error.code} {error.message}\n  fix: {error.remediation}", err=True)
-    sys.exit(error.exit_code)
+class _EntryCommand(AgentCommand):
+    """worker-entry's errors also become a critical JSON line: ``docker logs`` is the audit trail."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AgentClickException as e:
+            log.critical("codex.agent.startup_failed", code=e.error.code, error=e.error.message,
+                         remediation=e.error.remediation)
+            raise
 
 
-def _import_app(path: str) -> Any:
-    try:
-        return symbol_by_name(path)
-    except (ImportError, AttributeError, ValueError) as e:
-        raise ConfigError(
-            variable="--app", value=path, cause=f"cannot import it ({e})", accepted="module:attribute of a Celery app"
-        ) from e
-
-
-@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.command(cls=_EntryCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.option("--app", "app_path", default=DEFAULT_APP, show_default=True, help="The Celery app, module:attr.")
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def cli(app_path: str, celery_args: tuple[str, ...]) -> None:
     """Start a Celery worker with the codex agent installed. Extra args go to `celery worker`."""
-    try:
-        config = config_mod.load()
-    except ConfigError as e:
-        configure_logging("INFO")
-        _fail(e)
-        return
+    configure_logging("INFO")  # until the configuration says otherwise: a bad one is logged too
+    config = config_mod.load()
     configure_logging(config.log_level)
-    try:
-        app = _import_app(app_path)
-        install(app, config)
-    except AgentError as e:
-        _fail(e)
-        return
+    app = import_app(app_path)
+    install(app, config)
     argv = worker_argv(config, app.conf.task_default_queue or "celery", celery_args)
     log.info("codex.agent.starting", argv=argv, app=app_path)
     sys.exit(app.start(argv) or 0)
