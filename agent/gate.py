@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from celery import bootsteps
 
-__all__ = ["Gate", "GateStep"]
+__all__ = ["ConsumerOwner", "Gate", "GateStep"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +44,6 @@ class Gate:
         self._decided = False
         self.since = time.time()
         self.reason: list[dict[str, Any]] = []
-        self._consumer: Any = None
         self._lock = threading.Lock()
 
     @property
@@ -53,9 +52,14 @@ class Gate:
         return self.queues[0]
 
     def set(
-        self, is_open: bool, reason: list[dict[str, Any]] | None = None, *, on_consumer_thread: bool = False
+        self,
+        is_open: bool,
+        reason: list[dict[str, Any]] | None = None,
+        *,
+        consumer: Any = None,
+        on_consumer_thread: bool = False,
     ) -> bool:
-        """Record the decision and apply it; returns whether it changed.
+        """Record the decision and apply it to ``consumer`` (the running one, if any); returns whether it changed.
 
         Safe from any thread: the consumer change is scheduled on the consumer's thread, or made
         at once when the caller says it already runs there (a task's failure callback, which
@@ -69,7 +73,6 @@ class Gate:
                 return False
             self.is_open = is_open
             self.since = time.time()
-            consumer = self._consumer
         if is_open:
             log.info("codex.gate.opened", queue=self.queue, queues=list(self.queues))
         else:
@@ -121,38 +124,36 @@ class Gate:
                 task_consumer.add_queue(self.app.amqp.queues[name])
             log.info("codex.gate.consuming", queue=name)
 
-    def attach(self, consumer: Any) -> None:
-        """Remember the (re)started consumer and apply the decision before it consumes."""
-        with self._lock:
-            self._consumer = consumer
-        self.apply(consumer)
+class ConsumerOwner(Protocol):
+    """Who owns the running consumer: the agent, handed to the gate step at install."""
 
-    def detach(self) -> None:
-        """Forget the consumer (it is stopping or reconnecting)."""
-        with self._lock:
-            self._consumer = None
+    def consumer_started(self, consumer: Any) -> None:
+        """The consumer (re)started: apply the gate before it consumes."""
+
+    def consumer_stopped(self) -> None:
+        """The consumer is stopping or reconnecting."""
 
 
 class GateStep(bootsteps.StartStopStep):
-    """Consumer bootstep: hand the running consumer to the agent once consuming has started."""
+    """Consumer bootstep: hands the (re)started consumer to its owner, the agent.
+
+    Made per agent by :meth:`bound` (as celery's ``heart`` step gets its settings), so nothing is
+    looked up on the app.
+    """
 
     requires = ("celery.worker.consumer.tasks:Tasks",)
     label = "codex-gate"
+    owner: ConsumerOwner
 
-    def __init__(self, c: Any, **kwargs: Any) -> None:
-        self.agent: Any = getattr(c.app, "codex_agent", None)
-        self.enabled = self.agent is not None
-        super().__init__(c, **kwargs)
+    @classmethod
+    def bound(cls, owner: ConsumerOwner) -> type[GateStep]:
+        """A step class for one agent."""
+        return type(cls.__name__, (cls,), {"owner": owner, "__module__": cls.__module__})
 
     def start(self, c: Any) -> None:
-        self.agent.consumer = c
-        if self.agent.gate is not None:
-            self.agent.gate.attach(c)
-        self.agent.on_consumer_start()  # after a reconnect: sweep orphaned job containers
+        self.owner.consumer_started(c)
 
     def stop(self, c: Any) -> None:
-        self.agent.consumer = None
-        if self.agent.gate is not None:
-            self.agent.gate.detach()
+        self.owner.consumer_stopped()
 
     shutdown = stop

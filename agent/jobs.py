@@ -18,7 +18,6 @@ instead. Engine failures are CODEX-E040, never login errors.
 
 from __future__ import annotations
 
-import os
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,8 +29,8 @@ from docker.utils import parse_bytes
 from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.config import AgentConfig
 from agent.discovery import find_auth_volumes, is_auth_volume
-from agent.dockerrun import ContainerTimeout, client_from_env, run_container, translate_docker_errors
-from agent.errors import JobFailedError, JobRejectedError, JobTimeoutError
+from agent.dockerrun import ContainerTimeout, run_container, translate_docker_errors
+from agent.errors import AgentError, GuardRefusedError, JobFailedError, JobRejectedError, JobTimeoutError
 from agent.mount import volume_from_root
 from agent.redact import scrub
 from agent.sandbox import JOB_OPTIONS, LIMIT_OPTIONS, NO_NEW_PRIVILEGES, TMP_PATH, Sandbox
@@ -47,7 +46,6 @@ __all__ = [
     "JobLauncher",
     "job_labels",
     "job_create_args",
-    "launcher_for_env",
 ]
 
 log = structlog.get_logger(__name__)
@@ -340,7 +338,7 @@ class JobLauncher:
     Args:
         client: a ``docker.DockerClient``.
         config: the worker's configuration (``CODEX_JOB_HOME``, ``CODEX_JOB_USER``).
-        volume_name: the auth volume the mount check found (``app.codex_agent.volume_name``).
+        volume_name: the auth volume the mount check found (``Agent.volume_name``).
         context: the task's audit fields (``CodexTask.codex_context()``).
     """
 
@@ -431,7 +429,7 @@ class JobLauncher:
                 workspace_path=workspace_path, options=kwargs,
             )
         except JobRejectedError as e:
-            log.error(JOB_REFUSED, **audit, code=e.code, offending=e.facts.get("offending"), error=e.message)
+            self._refused(audit, e)
             raise
         started: dict[str, str] = {}
 
@@ -449,6 +447,9 @@ class JobLauncher:
             raise JobTimeoutError(
                 **self._facts(), container_id=e.container_id[:12], image=image, timeout=timeout
             ) from e
+        except (JobRejectedError, GuardRefusedError) as e:  # the Docker API guard refused it
+            self._refused(audit, e)
+            raise
         except Exception as e:
             if "id" in started:
                 log.error(JOB_FINISHED, **audit, container_id=started["id"], exit_code=None, error=str(e))
@@ -464,30 +465,14 @@ class JobLauncher:
             raise self._failed(run.container_id, image, run.exit_code, output)
         return result
 
+    @staticmethod
+    def _refused(audit: Mapping[str, Any], error: AgentError) -> None:
+        """The ``codex.job.refused`` audit line of a refused request (nothing was created)."""
+        log.error(JOB_REFUSED, **audit, code=error.code, offending=error.facts.get("offending"), error=error.message)
+
     def _failed(self, container_id: str, image: str, exit_code: Any, output: str) -> JobFailedError:
         """CODEX-E042; ``facts["exit_code"]`` and ``facts["output_tail"]`` (scrubbed) carry the facts."""
         return JobFailedError(
             **self._facts(), container_id=container_id[:12], image=image, exit_code=exit_code,
             output_tail=output[-_TAIL_CHARS:],
         )
-
-
-_process_client: tuple[int, Any] | None = None
-
-
-def _client_for_this_process(facts: dict[str, Any]) -> Any:
-    """One pinged client per process: a forked pool child never reuses its parent's sockets."""
-    global _process_client
-    if _process_client is None or _process_client[0] != os.getpid():
-        _process_client = (os.getpid(), client_from_env(facts))
-    return _process_client[1]
-
-
-def launcher_for_env(config: AgentConfig, volume_name: str | None, context: Mapping[str, Any]) -> JobLauncher:
-    """A launcher with this process's client from the environment (safe in a forked pool child).
-
-    Raises:
-        DockerUnavailableError: no engine answers.
-    """
-    facts = {"shard": context.get("shard"), "volume": volume_name, "worker": context.get("worker")}
-    return JobLauncher(_client_for_this_process(facts), config, volume_name, context)

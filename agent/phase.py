@@ -134,14 +134,14 @@ class CodexPhase:
     """Runs phases of runs on this worker's shard.
 
     Args:
-        launcher: the guarded launcher of the running task (its shard, volume and audit context).
-        config: the worker's configuration (image, limit, network, artifacts root, CODEX_HOME).
+        launcher: the guarded launcher of the running task (its shard, volume and audit context);
+            its configuration gives the image, limit, network, artifacts root and CODEX_HOME.
         environ: where the endpoint overrides are read from (``os.environ`` by default).
     """
 
-    def __init__(self, launcher: JobLauncher, config: AgentConfig, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, launcher: JobLauncher, environ: Mapping[str, str] | None = None) -> None:
         self.launcher = launcher
-        self.config = config
+        self.config: AgentConfig = launcher.config
         self.environ = os.environ if environ is None else environ
 
     def _facts(self) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from celery import Task
@@ -23,14 +23,19 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from agent.audit import RUN_AUDIT, bound
+from agent.binding import agent_for
 from agent.claim import marker_problem, read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import AgentError, ClaimLostError, LoginError, NotCodexWorkerError, NotLoggedInError
 from agent.homestat import VolumeGuard
+from agent.jobs import JobLauncher
 from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
 from agent.router import routed_options
 from agent.routing import DEFAULT_AFFINITY_ARG
+
+if TYPE_CHECKING:
+    from agent.runtime import Agent
 
 __all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
 
@@ -51,16 +56,21 @@ def auth_signature(codex_home: Path) -> AuthSignature:
 class PreflightRejected(Reject):
     """A Codex task's login failed (at pre-flight or during the run): requeue it and close the gate.
 
-    ``reason`` starts with the error code, e.g. ``"CODEX-E030 shard 1: ..."``.
+    Carries the error itself (it pickles through its facts), so the main process closes the gate
+    with the error's own code, message and fix.
     """
 
-    def __init__(self, reason: Any = None, requeue: bool = True) -> None:
-        super().__init__(reason, requeue)
+    def __init__(self, error: AgentError, requeue: bool = True) -> None:
+        super().__init__(f"{error.code} {error.message}", requeue)
+        self.error = error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.error, self.requeue))
 
     @property
     def code(self) -> str:
-        """The agent error code the reason starts with."""
-        return str(self.reason).split(" ", 1)[0]
+        """The agent error code."""
+        return self.error.code
 
 
 class Preflight:
@@ -133,9 +143,9 @@ class CodexRequest(Request):
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
-        agent = getattr(self.task.app, "codex_agent", None)
+        agent = agent_for(self.task.app)
         if isinstance(exc, PreflightRejected) and agent is not None:
-            agent.on_preflight_failed(str(exc.reason), self.delivery_info.get("routing_key"))
+            agent.on_preflight_failed(exc.error, self.delivery_info.get("routing_key"))
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
 
@@ -157,16 +167,25 @@ class CodexTask(Task):
         """Publish to the run's shard queue, whichever app publishes it (never to ``celery``)."""
         return super().apply_async(args, kwargs, **routed_options(self, args, kwargs, options))
 
+    @property
+    def agent(self) -> Agent:
+        """The agent of this worker (CODEX-E002 on a worker without a shard)."""
+        agent = agent_for(self.app)
+        if agent is None or not agent.config.is_codex_worker:
+            raise NotCodexWorkerError(task=self.name, worker=agent.config.worker_name if agent is not None else "?")
+        return agent
+
+    @property
+    def jobs(self) -> JobLauncher:
+        """The guarded launcher for this run: the shard's login, user, labels and audit lines."""
+        return self.agent.launcher(self.codex_context())
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        agent = getattr(self.app, "codex_agent", None)
         try:
-            if agent is None or not agent.config.is_codex_worker:
-                worker = agent.config.worker_name if agent is not None else "?"
-                raise NotCodexWorkerError(task=self.name, worker=worker)
-            agent.preflight.run()
+            self.agent.preflight.run()
         except AgentError as e:
             log.error("codex.preflight.failed", task=self.name, task_id=self.request.id, code=e.code, error=e.message)
-            raise PreflightRejected(f"{e.code} {e.message}", requeue=True) from e
+            raise PreflightRejected(e) from e
         context = self.codex_context(kwargs)
         with bound(**context):
             log.info(RUN_AUDIT, task=self.name)
@@ -176,11 +195,11 @@ class CodexTask(Task):
                 # The login died during the run (E034 and kin): a login problem, not a task
                 # failure. Requeue untouched, and let the request close the gate first.
                 log.error("codex.run.requeued", task=self.name, code=e.code, error=e.message)
-                raise PreflightRejected(f"{e.code} {e.message}", requeue=True) from e
+                raise PreflightRejected(e) from e
 
     def codex_context(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """The audit fields of the running task: queue, shard, volume, worker, run_id, task_id."""
-        agent = self.app.codex_agent
+        agent = self.agent
         kwargs = kwargs if kwargs is not None else (self.request.kwargs or {})
         request = self.request
         return {

@@ -12,8 +12,10 @@ containers a lost run left behind are swept at startup and after each broker rec
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import psutil
@@ -22,12 +24,16 @@ from celery import signals
 
 from agent import config as config_mod
 from agent.audit import configure_logging
+from agent.binding import agent_for, bind
 from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
+from agent.dockerrun import client_from_env
+from agent.errors import AgentError
 from agent.gate import Gate, GateStep
-from agent.lease import lease_for
 from agent.homestat import stat_home
+from agent.jobs import JobLauncher
+from agent.lease import lease_for
 from agent.preflight import Preflight
 from agent.reconcile import JobReconciler
 from agent.router import add_router
@@ -63,7 +69,8 @@ class Agent:
         self.preflight = Preflight(config, login_check)
         self.gate: Gate | None = Gate(app, config.codex_queues) if config.codex_queues else None
         self.report: CheckReport | None = None
-        self.consumer: Any = None  # set by GateStep while the consumer runs
+        self.consumer: Any = None
+        """The running Celery consumer (GateStep hands it over), for gate changes; None between runs."""
         self._check_lock = threading.Lock()
         lease = self.checker.lease
         self.watcher = VolumeWatcher(
@@ -71,6 +78,7 @@ class Agent:
         )
         self.reconciler = JobReconciler(config)
         self._consumer_starts = 0
+        self._jobs_client: tuple[int, Any] | None = None
         self._process = psutil.Process()
 
     @property
@@ -97,24 +105,22 @@ class Agent:
                     {"check": r.name, "code": r.code, "message": r.message, "remediation": r.remediation}
                     for r in report.failures
                 ]
-                self.gate.set(report.ok, reasons)
+                self.gate.set(report.ok, reasons, consumer=self.consumer)
             self.publish()
             return report
 
-    def on_preflight_failed(self, reason: str, queue: str | None) -> None:
-        """A task's pre-flight failed in a pool child: stop consuming before the requeue.
+    def on_preflight_failed(self, error: AgentError, queue: str | None) -> None:
+        """A task's login failed in a pool child: stop consuming before the requeue.
 
         Called from the task request's failure callback, on the consumer's thread.
         """
-        code, _, message = reason.partition(" ")
-        log.error("codex.preflight.gate_closed", code=code, error=message, queue=queue)
+        log.error("codex.preflight.gate_closed", code=error.code, error=error.message, queue=queue)
         if self.gate is not None and (queue is None or queue in self.gate.queues):
-            why = [{"check": "preflight", "code": code, "message": message, "remediation": None}]
-            self.gate.set(False, why, on_consumer_thread=True)
-        elif self.gate is None and queue:
+            why = [{"check": "preflight", "code": error.code, "message": error.message, "remediation": error.remediation}]
+            self.gate.set(False, why, consumer=self.consumer, on_consumer_thread=True)
+        elif self.gate is None and queue and self.consumer is not None:
             # A Codex queue reached a worker with no shard: stop taking it, the task was requeued.
-            if self.consumer is not None:
-                self.consumer.call_soon(self.consumer.cancel_task_queue, queue)
+            self.consumer.call_soon(self.consumer.cancel_task_queue, queue)
         self.preflight.forget()
         self.publish()
 
@@ -169,11 +175,34 @@ class Agent:
         if self.config.is_codex_worker and self.checker.claim.held:
             self.reconciler.start(trigger)
 
-    def on_consumer_start(self) -> None:
-        """The consumer (re)started: after a broker reconnect, sweep again."""
+    def consumer_started(self, consumer: Any) -> None:
+        """GateStep: the consumer (re)started; apply the gate before it consumes, and after a
+        broker reconnect sweep orphaned job containers again."""
+        self.consumer = consumer
+        if self.gate is not None:
+            self.gate.apply(consumer)
         self._consumer_starts += 1
         if self._consumer_starts > 1:
             self.sweep_jobs("reconnect")
+
+    def consumer_stopped(self) -> None:
+        """GateStep: the consumer is stopping or reconnecting."""
+        self.consumer = None
+
+    # -- job containers -------------------------------------------------------------------
+
+    def launcher(self, context: Mapping[str, Any]) -> JobLauncher:
+        """The guarded launcher for a running task (its audit ``context``), with this process's client.
+
+        A forked pool child never reuses its parent's sockets: the client is made per process.
+
+        Raises:
+            DockerUnavailableError: no engine answers (CODEX-E040).
+        """
+        if self._jobs_client is None or self._jobs_client[0] != os.getpid():
+            facts = {"shard": self.config.shard_index, "volume": self.volume_name, "worker": self.config.worker_name}
+            self._jobs_client = (os.getpid(), client_from_env(facts))
+        return JobLauncher(self._jobs_client[1], self.config, self.volume_name, context)
 
     # -- Celery signal handlers -----------------------------------------------------------
 
@@ -237,17 +266,17 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
     Raises:
         ConfigError: the environment is invalid.
     """
-    existing: Agent | None = getattr(app, "codex_agent", None)
+    existing = agent_for(app)
     if existing is not None:
         return existing
     config = config or config_mod.load()
     if docker_client is None:
         docker_client = client_for_mount_check()
     agent = Agent(app, config, docker_client=docker_client)
-    app.codex_agent = agent
+    bind(app, agent)
 
     add_router(app, config)
-    app.steps["consumer"].add(GateStep)
+    app.steps["consumer"].add(GateStep.bound(agent))
 
     def same_app(sender: Any) -> bool:
         return getattr(sender, "app", app) is app

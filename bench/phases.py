@@ -60,7 +60,7 @@ def bench_phases(bench: Bench) -> list[Row]:
             workspaces.append(f"{WORKSPACE_PREFIX}{run_id}")
             context = {"queue": "codex-1", "shard": 1, "volume": volume, "worker": "bench", "run_id": run_id, "task_id": run_id}
             launcher = JobLauncher(bench.docker, config, volume, context)
-            return CodexPhase(launcher, config, environ).run(run_id=run_id, phase="p", prompt="bench", task_id=run_id)
+            return CodexPhase(launcher, environ).run(run_id=run_id, phase="p", prompt="bench", task_id=run_id)
 
         volume, _ = logged_in("bench_phase", None)
         agent_ms: list[float] = []

@@ -9,7 +9,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from agent.jobs import launcher_for_env
 from agent.phase import CodexPhase
 from agent.preflight import CodexTask
 from agent.router import PIN_ARG
@@ -44,18 +43,15 @@ def codex_phase(
     busy for that long (used to test redelivery).
     """
     context = self.codex_context()
-    agent = self.app.codex_agent
-    config = agent.config
+    image = self.agent.config.job_image
     job: dict[str, Any] | None = None
-    if config.job_image is not None:
-        launcher = launcher_for_env(config, agent.volume_name, context)
+    if image is not None:
+        launcher = self.jobs
         if prompt is None:
-            result = launcher.run(config.job_image, PROBE_COMMAND)
-            job = {"container_id": result.container_id, "exit_code": result.exit_code, "image": config.job_image}
+            result = launcher.run(image, PROBE_COMMAND)
+            job = {"container_id": result.container_id, "exit_code": result.exit_code, "image": image}
         else:
-            job = CodexPhase(launcher, config).run(
-                run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"]
-            )
+            job = CodexPhase(launcher).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"])
     if hold_s:
         time.sleep(hold_s)
     if next_phases:

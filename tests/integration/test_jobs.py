@@ -6,12 +6,14 @@ import time
 
 import docker
 import pytest
+from celery import Celery
 from structlog.testing import capture_logs
 
 from agent import config as config_mod
 from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.errors import DockerUnavailableError, JobFailedError, JobRejectedError
-from agent.jobs import JobLauncher, launcher_for_env
+from agent.jobs import JobLauncher
+from agent.runtime import install
 from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
@@ -115,9 +117,10 @@ class TestJobLauncher:
         assert info.value.code == "CODEX-E040"
 
     def test_task_launcher_without_engine_is_codex_e040(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        """The example task's path (launcher_for_env) with no engine: CODEX-E040 before any job."""
+        """The task's path (the agent's launcher, CodexTask.jobs) with no engine: CODEX-E040 before any job."""
         monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
-        config = config_mod.load({"CODEX_SHARD_INDEX": "1"})
+        config = config_mod.load({"CODEX_SHARD_INDEX": "1", "CELERY_BROKER_URL": "memory://"})
+        agent = install(Celery("t", broker="memory://", set_as_current=False), config, docker_client=None)
         with pytest.raises(DockerUnavailableError) as info:
-            launcher_for_env(config, "codex_auth_1", context("codex_auth_1"))
+            agent.launcher(context("codex_auth_1"))
         assert info.value.code == "CODEX-E040" and "connect" in info.value.message

@@ -92,7 +92,7 @@ class TestInstall:
         second = install(app, config, docker_client=None)
         assert first is second
         assert sum(isinstance(r, CodexRouter) for r in app.conf.task_routes) == 1
-        assert [s for s in app.steps["consumer"] if s is GateStep] == [GateStep]
+        assert len([s for s in app.steps["consumer"] if isinstance(s, type) and issubclass(s, GateStep)]) == 1
         assert first.gate is not None and first.gate.queue == "codex-1"
 
     def test_non_codex_worker_has_no_gate(self) -> None:
