@@ -21,13 +21,14 @@ import docker
 import docker.errors
 import requests
 
-from agent.errors import DockerUnavailableError
+from agent.errors import AgentError, DockerUnavailableError, GuardRefusedError, JobRejectedError
 
 __all__ = [
     "ContainerRun",
     "ContainerTimeout",
     "DOCKER_FAILURES",
     "docker_failure",
+    "guard_refusal",
     "translate_docker_errors",
     "run_container",
     "read_file",
@@ -72,13 +73,36 @@ def docker_failure(error: BaseException, operation: str, facts: dict[str, Any]) 
     return DockerUnavailableError(**{**facts, "operation": operation, "cause": cause[:300]})
 
 
+_GUARD_CODES: dict[str, type[AgentError]] = {cls.code: cls for cls in (JobRejectedError, GuardRefusedError)}
+
+
+def guard_refusal(error: BaseException, facts: dict[str, Any]) -> AgentError | None:
+    """The Docker API guard's coded refusal (a 403 naming CODEX-E041 or E045) as our error, or None."""
+    response = getattr(error, "response", None)
+    if not isinstance(error, docker.errors.APIError) or error.status_code != 403 or response is None:
+        return None
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    cls = _GUARD_CODES.get(str(body.get("code"))) if isinstance(body, dict) else None
+    if cls is None:
+        return None
+    rule = str(body.get("rule"))
+    return cls(str(body.get("message", "")), **facts, rule=rule, offending=f"what the guard's rule {rule} refuses")
+
+
 @contextmanager
 def translate_docker_errors(operation: str, facts: dict[str, Any]) -> Iterator[None]:
-    """Re-raise any Docker SDK failure inside the block as CODEX-E040 ``from`` it."""
+    """Re-raise any Docker SDK failure inside the block as CODEX-E040 ``from`` it.
+
+    A refusal of the Docker API guard keeps its own code (E041, E045): it is a policy, not an
+    engine failure.
+    """
     try:
         yield
     except DOCKER_FAILURES as e:
-        raise docker_failure(e, operation, facts) from e
+        raise (guard_refusal(e, facts) or docker_failure(e, operation, facts)) from e
 
 
 def client_from_env(facts: dict[str, Any], timeout: float = 30.0) -> docker.DockerClient:

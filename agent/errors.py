@@ -27,7 +27,8 @@ Hierarchy::
      │    ├── JobRejectedError      CODEX-E041  task code asked for a forbidden container setup
      │    ├── JobFailedError        CODEX-E042  a job container exited non-zero
      │    ├── JobTimeoutError       CODEX-E043  a job container outlived its wall-clock limit
-     │    └── PhaseRequestError     CODEX-E044  a Codex phase was asked with unusable arguments
+     │    ├── PhaseRequestError     CODEX-E044  a Codex phase was asked with unusable arguments
+     │    └── GuardRefusedError     CODEX-E045  the Docker API guard refused a call off its allow-list
      ├── RoutingError               CODEX-E050  a routing input is unusable
      └── DrainError                 CODEX-E060  queued tasks could not be moved
 
@@ -69,6 +70,7 @@ __all__ = [
     "JobFailedError",
     "JobTimeoutError",
     "PhaseRequestError",
+    "GuardRefusedError",
     "RoutingError",
     "DrainError",
     "Warning_",
@@ -362,6 +364,16 @@ class PhaseRequestError(InfrastructureError):
     remediation_template = "publish the phase again with {field} set to {accepted}"
 
 
+class GuardRefusedError(InfrastructureError):
+    code = "CODEX-E045"
+    title = "Docker API call refused by the guard"
+    template = "shard {shard}: the Docker API guard refused {method} {path}: {cause} (rule {rule})"
+    remediation_template = (
+        "a job needs only create, start, wait, logs, attach, inspect, kill and remove of its own containers; "
+        "read the refusal: docker logs <guard> | jq 'select(.event==\"codex.guard.refused\")'"
+    )
+
+
 class RoutingError(AgentError):
     code = "CODEX-E050"
     title = "unroutable input"
@@ -450,6 +462,7 @@ ERRORS: tuple[type[AgentError], ...] = (
     JobFailedError,
     JobTimeoutError,
     PhaseRequestError,
+    GuardRefusedError,
     RoutingError,
     DrainError,
 )
