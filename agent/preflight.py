@@ -27,7 +27,7 @@ from agent.binding import agent_for
 from agent.claim import marker_problem, read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
-from agent.errors import AgentError, ClaimLostError, LoginError, NotCodexWorkerError, NotLoggedInError
+from agent.errors import AgentError, ClaimLostError, DockerUnavailableError, LoginError, NotCodexWorkerError, NotLoggedInError
 from agent.homestat import VolumeGuard
 from agent.jobs import JobLauncher
 from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 __all__ = ["Preflight", "PreflightRejected", "CodexRequest", "CodexTask", "auth_signature"]
 
 log = structlog.get_logger(__name__)
+
+ENGINE_RETRIES = 40
+"""Times a Codex task goes back to its queue while the engine or guard is away (CODEX-E040), each
+after ``AGENT_RECHECK_INTERVAL`` seconds (10 minutes at the default 15 s), before it fails."""
 
 AuthSignature = tuple[int, int, int] | None
 
@@ -196,6 +200,12 @@ class CodexTask(Task):
                 # failure. Requeue untouched, and let the request close the gate first.
                 log.error("codex.run.requeued", task=self.name, code=e.code, error=e.message)
                 raise PreflightRejected(e) from e
+            except DockerUnavailableError as e:
+                # The engine or this shard's Docker API guard is away (down, restarting): not a
+                # login or job failure. Back to the shard queue after a pause, until it answers.
+                delay = self.agent.config.recheck_interval
+                log.error("codex.run.requeued", task=self.name, code=e.code, error=e.message, retry_in_s=delay)
+                raise self.retry(exc=e, countdown=delay, max_retries=ENGINE_RETRIES) from e
 
     def codex_context(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """The audit fields of the running task: queue, shard, volume, worker, run_id, task_id."""
