@@ -1,6 +1,8 @@
 """Real Codex phases from real workers: worker containers of the project's image (uid 1000, the
-Docker socket, the shard's volume at ``~/.codex``) on the host network, so that they and their job
-containers (``CODEX_JOB_NETWORK=host``) reach the brokers and the OpenAI stand-in on 127.0.0.1.
+shard's volume at ``~/.codex``) on the host network, so that they and their job containers
+(``CODEX_JOB_NETWORK=host``) reach the brokers and the OpenAI stand-in on 127.0.0.1. Like in
+production, a worker reaches Docker only through its shard's endpoint of a real Docker API guard
+(``python -m agent.guard``, one per worker here); ``guarded=False`` mounts the raw socket instead.
 
 Logins are written straight into each volume's directory on the host, owned by uid 1000 and
 private, as an operator's headless login leaves them.
@@ -21,6 +23,7 @@ from openai_standin import StandIn, login_files
 from openai_standin.tokens import LoginTokens
 
 from .dockerkit import TEST_LABEL, TEST_PREFIX
+from .guard import GUARD_DOCKER_HOST, GuardProcess
 from .workers import JsonLog
 
 __all__ = ["APP_UID", "JOB_HOME", "ContainerWorker", "PhaseLab", "PhaseShard"]
@@ -102,6 +105,7 @@ class PhaseLab:
         os.chown(self.artifacts, APP_UID, APP_UID)
         self.shards: list[PhaseShard] = []
         self.workers: list[ContainerWorker] = []
+        self.guards: list[GuardProcess] = []
 
     def shard(self, index: int, *, access_ttl: float | None = None, login: bool = True) -> PhaseShard:
         """A new volume for shard ``index`` with the stand-in's config, logged in unless told not to."""
@@ -129,8 +133,22 @@ class PhaseLab:
         os.chown(target.source / "auth.json", APP_UID, APP_UID)
         target.tokens = source.tokens
 
-    def worker(self, shard: PhaseShard, broker_url: str, backend_url: str, **env: str) -> ContainerWorker:
-        """Start a worker container for ``shard`` on the host network."""
+    def guard(self, shard: PhaseShard) -> GuardProcess:
+        """A Docker API guard serving ``shard`` (job network: host), stopped at :meth:`close`."""
+        guard = GuardProcess({shard.index: shard.volume}, CODEX_JOB_NETWORK="host")
+        self.guards.append(guard)
+        return guard
+
+    def worker(
+        self, shard: PhaseShard, broker_url: str, backend_url: str, *, guard: GuardProcess | None = None,
+        guarded: bool = True, **env: str,
+    ) -> ContainerWorker:
+        """Start a worker container for ``shard`` on the host network.
+
+        Args:
+            guard: the guard whose endpoint the worker uses; a new one when None and ``guarded``.
+            guarded: False mounts the host's raw Docker socket instead (the unprotected variant).
+        """
         name = f"{TEST_PREFIX}pw{shard.index}_{uuid.uuid4().hex[:6]}"
         environment = {
             "CELERY_BROKER_URL": broker_url,
@@ -146,6 +164,18 @@ class PhaseLab:
             "CODEX_REFRESH_TOKEN_URL_OVERRIDE": self.standin.refresh_url,
             **env,
         }
+        volumes = {
+            shard.volume: {"bind": JOB_HOME, "mode": "rw"},
+            str(self.artifacts): {"bind": ARTIFACTS_IN_WORKER, "mode": "rw"},
+        }
+        docker_access: dict[str, Any] = {}
+        if guarded:
+            guard = guard or self.guard(shard)
+            volumes.update(guard.worker_mount(shard.index))
+            environment["DOCKER_HOST"] = GUARD_DOCKER_HOST
+        else:
+            volumes["/var/run/docker.sock"] = {"bind": "/var/run/docker.sock", "mode": "rw"}
+            docker_access["group_add"] = [str(os.stat("/var/run/docker.sock").st_gid)]
         container = self.docker.containers.run(
             self.worker_image,
             name=name,
@@ -153,21 +183,20 @@ class PhaseLab:
             init=True,
             network_mode="host",
             environment=environment,
-            group_add=[str(os.stat("/var/run/docker.sock").st_gid)],
-            volumes={
-                shard.volume: {"bind": JOB_HOME, "mode": "rw"},
-                "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
-                str(self.artifacts): {"bind": ARTIFACTS_IN_WORKER, "mode": "rw"},
-            },
+            volumes=volumes,
             labels=dict(TEST_LABEL),
+            **docker_access,
         )
         worker = ContainerWorker(container)
         self.workers.append(worker)
         return worker
 
-    def ready_worker(self, shard: PhaseShard, broker_url: str, backend_url: str, **env: str) -> ContainerWorker:
+    def ready_worker(
+        self, shard: PhaseShard, broker_url: str, backend_url: str, *, guard: GuardProcess | None = None,
+        guarded: bool = True, **env: str,
+    ) -> ContainerWorker:
         """A worker for ``shard`` whose gate has opened."""
-        worker = self.worker(shard, broker_url, backend_url, **env)
+        worker = self.worker(shard, broker_url, backend_url, guard=guard, guarded=guarded, **env)
         worker.wait_for("codex.agent.ready", timeout=90, gate="open")
         return worker
 
@@ -178,10 +207,14 @@ class PhaseLab:
     def close(self) -> None:
         """Remove the workers, the job containers and workspaces of the test, and the volumes."""
         for worker in self.workers:
+            print(f"--- {worker.name} ---\n{worker.tail()}")  # shown by pytest when the test failed
             try:
                 worker.container.remove(force=True)
             except Exception:  # noqa: BLE001  (already gone)
                 pass
+        for guard in self.guards:
+            print(f"--- guard {guard.dir} ---\n{guard.tail()}")
+            guard.close()
         for shard in self.shards:
             for container in self.docker.containers.list(all=True, filters={"label": f"codex.volume={shard.volume}"}):
                 container.remove(force=True)
