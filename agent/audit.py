@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TextIO
 
@@ -17,7 +17,7 @@ import structlog
 
 from agent.redact import scrub_event
 
-__all__ = ["configure_logging", "bound", "AUDIT_FIELDS", "RUN_AUDIT", "JOB_STARTED", "JOB_FINISHED"]
+__all__ = ["configure_logging", "bound", "observe_events", "AUDIT_FIELDS", "RUN_AUDIT", "JOB_STARTED", "JOB_FINISHED"]
 
 RUN_AUDIT = "codex.run.audit"
 JOB_STARTED = "codex.job.started"
@@ -34,6 +34,28 @@ _SHARED_PROCESSORS: list[structlog.typing.Processor] = [
     structlog.processors.format_exc_info,
     scrub_event,
 ]
+
+
+_OBSERVERS: list[Callable[[Mapping[str, Any]], None]] = []
+
+
+def observe_events(observer: Callable[[Mapping[str, Any]], None]) -> Callable[[], None]:
+    """Hand every structlog event, whatever its level, to ``observer`` (the metrics' one source).
+
+    Observers run in the process that logs (pool children too) and must be cheap; one that
+    raises is ignored, never allowed to lose the audit line. Returns what stops the observing.
+    """
+    _OBSERVERS.append(observer)
+    return lambda: _OBSERVERS.remove(observer) if observer in _OBSERVERS else None
+
+
+def _notify_observers(_logger: Any, _method: str, event_dict: Any) -> Any:
+    for observer in _OBSERVERS:
+        try:
+            observer(event_dict)
+        except Exception:  # noqa: BLE001 - a metric must never cost an audit line
+            pass
+    return event_dict
 
 
 def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None:
@@ -57,6 +79,7 @@ def configure_logging(level: str = "INFO", stream: TextIO | None = None) -> None
     root.setLevel(level)
     structlog.configure(
         processors=[
+            _notify_observers,  # before the level filter: metrics count what AGENT_LOG_LEVEL hides
             structlog.stdlib.filter_by_level,
             *_SHARED_PROCESSORS,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,

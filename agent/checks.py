@@ -23,7 +23,7 @@ from agent.config import AgentConfig
 from agent.lease import LoginLease
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
 from agent.credstore import check_credentials_store
-from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError
+from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError, Problem
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
@@ -37,16 +37,25 @@ LoginCheck = Callable[[AgentConfig, dict[str, Any]], login_mod.LoginStatus]
 
 @dataclass(frozen=True)
 class CheckResult:
-    """The outcome of one check."""
+    """The outcome of one check: what it found (``problem`` when it failed) and its warnings."""
 
     name: str
     ok: bool
     message: str
     duration_s: float
-    code: str | None = None
-    remediation: str | None = None
+    problem: Problem | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    warnings: tuple[dict[str, str], ...] = ()
+    warnings: tuple[Problem, ...] = ()
+
+    @property
+    def code(self) -> str | None:
+        """The failure's code, None when the check passed."""
+        return self.problem.code if self.problem else None
+
+    @property
+    def remediation(self) -> str | None:
+        """The failure's fix, None when the check passed."""
+        return self.problem.remediation if self.problem else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view."""
@@ -58,7 +67,7 @@ class CheckResult:
             "remediation": self.remediation,
             "duration_s": round(self.duration_s, 4),
             "details": self.details,
-            "warnings": list(self.warnings),
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 
@@ -100,10 +109,9 @@ def _failed(name: str, error: AgentError, started: float, **details: Any) -> Che
     return CheckResult(
         name=name,
         ok=False,
-        code=error.code,
         message=error.message,
-        remediation=error.remediation,
         duration_s=time.monotonic() - started,
+        problem=error.problem(check=name),
         details=details,
     )
 
@@ -247,10 +255,10 @@ class Checker:
             status = self.login_check(self.config, self.facts())
         except AgentError as e:
             return _failed("login", e, started, **facts.to_dict())
-        warnings: list[dict[str, str]] = []
+        warnings: list[Problem] = []
         age = facts.refresh_age_days()
         if facts.access_token_expired() and age is not None and age > STALE_REFRESH_DAYS:
-            warnings.append(STALE_CREDENTIAL.render(**self.facts(), age_days=int(age)))
+            warnings.append(STALE_CREDENTIAL.problem(**self.facts(), age_days=int(age)).found_by("login"))
         return CheckResult(
             name="login",
             ok=True,
@@ -301,7 +309,7 @@ class _OutcomeLog:
 
     def __call__(self, report: CheckReport) -> None:
         outcome = tuple(
-            (r.name, r.code, r.message, tuple(w.get("code") for w in r.warnings))
+            (r.name, r.code, r.message, tuple(w.code for w in r.warnings))
             for r in report.results
             if not r.ok or r.warnings
         )
@@ -316,7 +324,7 @@ class _OutcomeLog:
         self._logged_at = now
         for result in report.results:
             for warning in result.warnings:
-                log.warning("codex.check.warning", check=result.name, **warning)
+                log.warning("codex.check.warning", **warning.found_by(result.name).to_dict())
         if report.ok:
             log.info("codex.check.passed", shard=report.shard, volume=report.volume)
             return

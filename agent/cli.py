@@ -177,14 +177,22 @@ def _echo_volumes(report: VolumesReport) -> None:
 @cli.command()
 @click.argument("names", nargs=-1)
 @json_option()
+@click.option("--prometheus", "as_prometheus", is_flag=True,
+              help="Print the per-volume numbers in the Prometheus text format (for a textfile collector).")
 @click.option("--image", default=None, help="Image of the inspection containers (default CODEX_LOGIN_CHECK_IMAGE).")
-def volumes(names: tuple[str, ...], as_json: bool, image: str | None) -> None:
+def volumes(names: tuple[str, ...], as_json: bool, as_prometheus: bool, image: str | None) -> None:
     """List every Codex auth volume (or only NAMES): login, claim holder, credential age."""
     config = config_mod.load()
     if image:
         config = dataclasses.replace(config, login_check_image=image)
     client = client_from_env({"shard": "-", "volume": "-"})
-    _answer(list_volumes(client, config, names), as_json, _echo_volumes)
+    report = list_volumes(client, config, names)
+    if as_prometheus:
+        from agent.metrics import volumes_exposition
+
+        click.echo(volumes_exposition(report), nl=False)
+        return
+    _answer(report, as_json, _echo_volumes)
 
 
 def _echo_drain(report: DrainReport) -> None:

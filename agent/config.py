@@ -72,6 +72,8 @@ class AgentConfig:
     else the topology's (its own ``codex-N``, and the shared ``codex`` in single mode)."""
     sandbox: Sandbox = field(default_factory=Sandbox)
     """Secure defaults of every job container (``CODEX_JOB_MEMORY``, ``CODEX_JOB_CPUS``…)."""
+    metrics_port: int | None = None
+    """Port of the worker's Prometheus endpoint (``AGENT_METRICS_PORT``); None serves none."""
 
     @property
     def topology(self) -> Topology:
@@ -137,6 +139,13 @@ def _positive_seconds(raw: str) -> float:
     value = float(raw)
     if not math.isfinite(value) or value <= 0:
         raise ValueError("must be a positive finite number of seconds")
+    return value
+
+
+def _port(raw: str) -> int:
+    value = int(raw)
+    if not 1 <= value <= 65535:
+        raise ValueError("must be a TCP port between 1 and 65535")
     return value
 
 
@@ -329,4 +338,5 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             _parse(env, "CODEX_ARTIFACTS_ROOT", _absolute_path, "an absolute path", defaults.ARTIFACTS_ROOT)
         ),
         sandbox=load_sandbox(env),
+        metrics_port=_parse(env, "AGENT_METRICS_PORT", _port, "a TCP port (1-65535), or unset for no metrics", None),
     )

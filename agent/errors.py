@@ -40,10 +40,13 @@ callers must never pass a secret as a fact.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from dataclasses import asdict, dataclass, replace
+from string import Formatter
+from typing import Any, ClassVar, Literal
 
 __all__ = [
+    "Problem",
+    "Severity",
     "AgentError",
     "ConfigError",
     "NotCodexWorkerError",
@@ -82,6 +85,39 @@ __all__ = [
 ]
 
 
+Severity = Literal["error", "warning"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing an operator must read, in every report: errors, warnings, check results, gate
+    reasons, the published state and the volume table all carry this value.
+
+    Attributes:
+        code: the stable code (``CODEX-E030``, ``CODEX-W031``).
+        title: a few words naming the kind of problem.
+        message: the one line naming shard, volume and cause.
+        remediation: the exact command that fixes it.
+        severity: ``error`` closes the gate; ``warning`` never does.
+        check: which check (or step) found it, when one did.
+    """
+
+    code: str
+    title: str
+    message: str
+    remediation: str
+    severity: Severity = "error"
+    check: str | None = None
+
+    def found_by(self, check: str) -> Problem:
+        """The same problem, attributed to ``check``."""
+        return replace(self, check=check)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe view (holds no secret: facts never carry one)."""
+        return asdict(self)
+
+
 class _Facts(dict[str, Any]):
     """Format mapping that leaves unknown placeholders visible instead of raising."""
 
@@ -89,11 +125,21 @@ class _Facts(dict[str, Any]):
         return "{" + key + "}"
 
 
+def _placeholders(*templates: str) -> frozenset[str]:
+    """The field names a template needs (``{shard}``, ``{value!r}`` -> shard, value)."""
+    return frozenset(name for t in templates for _, name, _, _ in Formatter().parse(t) if name)
+
+
+_REGISTRY: list[type[AgentError]] = []
+
+
 class AgentError(Exception):
     """Root of every error the agent reports.
 
     Subclasses declare ``code`` (stable, never reused), ``title``, ``template`` and
-    ``remediation_template``; instances are built from keyword facts.
+    ``remediation_template``; instances are built from keyword facts, whose names are the
+    templates' placeholders (:meth:`fields`). A class that declares its own code registers itself
+    in :data:`ERRORS`, so no error escapes the catalogue, the runbook test or the docs.
     """
 
     code: ClassVar[str] = "CODEX-E000"
@@ -101,9 +147,24 @@ class AgentError(Exception):
     template: ClassVar[str] = "{cause}"
     remediation_template: ClassVar[str] = "see runbook.md"
     exit_code: ClassVar[int] = 1
+    strict_fields: ClassVar[bool] = False
+    """Tests turn this on: a fact missing from a template is then a TypeError, not a raw ``{name}``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in cls.__dict__:
+            _REGISTRY.append(cls)
+
+    @classmethod
+    def fields(cls) -> frozenset[str]:
+        """The facts this error's message and remediation need."""
+        return _placeholders(cls.template, cls.remediation_template)
 
     def __init__(self, *restored: str, **facts: Any) -> None:
         self.facts: dict[str, Any] = facts
+        self.missing = sorted(self.fields() - facts.keys()) if not restored else []
+        if self.missing and AgentError.strict_fields:
+            raise TypeError(f"{type(self).__name__} ({self.code}) needs the facts {self.missing}")
         if restored:  # rebuilt from its text: unpickling, or Celery's result backend
             self.message = restored[0].removeprefix(f"{self.code} ")
         else:
@@ -114,14 +175,13 @@ class AgentError(Exception):
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (type(self), self.facts))
 
+    def problem(self, check: str | None = None) -> Problem:
+        """This error as the one value every report carries."""
+        return Problem(self.code, self.title, self.message, self.remediation, "error", check)
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe summary: code, title, message and remediation."""
-        return {
-            "code": self.code,
-            "title": self.title,
-            "message": self.message,
-            "remediation": self.remediation,
-        }
+        """A JSON-safe summary: code, title, message, remediation (the :class:`Problem`)."""
+        return self.problem().to_dict()
 
 
 class ConfigError(AgentError):
@@ -403,14 +463,15 @@ class Warning_:
     template: str
     remediation_template: str
 
-    def render(self, **facts: Any) -> dict[str, str]:
-        """The warning as a JSON-safe dict with its facts filled in."""
-        return {
-            "code": self.code,
-            "title": self.title,
-            "message": self.template.format_map(_Facts(facts)),
-            "remediation": self.remediation_template.format_map(_Facts(facts)),
-        }
+    def problem(self, **facts: Any) -> Problem:
+        """The warning, its facts filled in, as a :class:`Problem` of severity ``warning``."""
+        return Problem(
+            self.code,
+            self.title,
+            self.template.format_map(_Facts(facts)),
+            self.remediation_template.format_map(_Facts(facts)),
+            "warning",
+        )
 
 
 STALE_CREDENTIAL = Warning_(
@@ -440,32 +501,8 @@ FORKED_LOGIN = Warning_(
 
 WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN)
 
-ERRORS: tuple[type[AgentError], ...] = (
-    ConfigError,
-    NotCodexWorkerError,
-    VolumeClaimedError,
-    ClaimLostError,
-    ClaimIOError,
-    FleetDuplicateError,
-    NotMountedError,
-    WrongVolumeError,
-    ReadOnlyMountError,
-    PermissionsError,
-    NotLoggedInError,
-    CodexMissingError,
-    LoginTimeoutError,
-    LoginCheckError,
-    LoginRevokedError,
-    CredentialStoreError,
-    DockerUnavailableError,
-    JobRejectedError,
-    JobFailedError,
-    JobTimeoutError,
-    PhaseRequestError,
-    GuardRefusedError,
-    RoutingError,
-    DrainError,
-)
+ERRORS: tuple[type[AgentError], ...] = tuple(_REGISTRY)
+"""Every error class with a code, in definition order (registered by ``__init_subclass__``)."""
 
 
 def all_codes() -> dict[str, str]:

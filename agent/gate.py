@@ -22,6 +22,8 @@ from typing import Any, Protocol
 import structlog
 from celery import bootsteps
 
+from agent.errors import Problem
+
 __all__ = ["ConsumerOwner", "Gate", "GateStep"]
 
 log = structlog.get_logger(__name__)
@@ -43,7 +45,7 @@ class Gate:
         self.is_open = False
         self._decided = False
         self.since = time.time()
-        self.reason: list[dict[str, Any]] = []
+        self.reason: list[Problem] = []
         self._lock = threading.Lock()
 
     @property
@@ -54,7 +56,7 @@ class Gate:
     def set(
         self,
         is_open: bool,
-        reason: list[dict[str, Any]] | None = None,
+        reason: list[Problem] | None = None,
         *,
         consumer: Any = None,
         on_consumer_thread: bool = False,
@@ -76,7 +78,8 @@ class Gate:
         if is_open:
             log.info("codex.gate.opened", queue=self.queue, queues=list(self.queues))
         else:
-            log.warning("codex.gate.closed", queue=self.queue, queues=list(self.queues), reason=self.reason)
+            log.warning("codex.gate.closed", queue=self.queue, queues=list(self.queues),
+                        reason=[p.to_dict() for p in self.reason])
         if consumer is None:
             self._select()
         elif on_consumer_thread:

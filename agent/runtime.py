@@ -101,10 +101,7 @@ class Agent:
             if report.ok:
                 self.preflight.forget()  # a fresh full check: the next task re-runs the CLI once
             if self.gate is not None:
-                reasons = [
-                    {"check": r.name, "code": r.code, "message": r.message, "remediation": r.remediation}
-                    for r in report.failures
-                ]
+                reasons = [r.problem for r in report.failures if r.problem is not None]
                 self.gate.set(report.ok, reasons, consumer=self.consumer)
             self.publish()
             return report
@@ -116,8 +113,7 @@ class Agent:
         """
         log.error("codex.preflight.gate_closed", code=error.code, error=error.message, queue=queue)
         if self.gate is not None and (queue is None or queue in self.gate.queues):
-            why = [{"check": "preflight", "code": error.code, "message": error.message, "remediation": error.remediation}]
-            self.gate.set(False, why, consumer=self.consumer, on_consumer_thread=True)
+            self.gate.set(False, [error.problem(check="preflight")], consumer=self.consumer, on_consumer_thread=True)
         elif self.gate is None and queue and self.consumer is not None:
             # A Codex queue reached a worker with no shard: stop taking it, the task was requeued.
             self.consumer.call_soon(self.consumer.cancel_task_queue, queue)
@@ -141,7 +137,7 @@ class Agent:
             queue=self.config.codex_queue,
             volume=self.volume_name,
             codex_home=str(self.config.codex_home) if self.config.is_codex_worker else None,
-            reason=list(gate.reason) if gate is not None else [],
+            reason=[p.to_dict() for p in gate.reason] if gate is not None else [],
             checks=self.report.to_dict() if self.report is not None else None,
             claim={"holder": holder.describe(), "claim_id": holder.claim_id, "since": holder.claimed_at}
             if holder is not None

@@ -28,7 +28,7 @@ from agent.claim import MARKER_FILE, Holder
 from agent.config import AgentConfig
 from agent.discovery import AuthVolume, find_auth_volumes
 from agent.dockerrun import DOCKER_FAILURES, translate_docker_errors
-from agent.errors import FORKED_LOGIN, AgentError
+from agent.errors import FORKED_LOGIN, AgentError, Problem
 from agent.login import AUTH_FILE, AuthFacts, facts_from_text, judge_status_output
 from agent.login_container import status_in_container
 from agent.revocation import REVOKED_FILE, still_revoked
@@ -84,7 +84,7 @@ class VolumesReport:
     """Every volume's status plus the warnings across volumes."""
 
     volumes: tuple[VolumeStatus, ...]
-    warnings: tuple[dict[str, str], ...] = field(default_factory=tuple)
+    warnings: tuple[Problem, ...] = field(default_factory=tuple)
     checked_at: float = field(default_factory=time.time)
 
     def to_dict(self) -> dict[str, Any]:
@@ -92,7 +92,7 @@ class VolumesReport:
         return {
             "checked_at": self.checked_at,
             "volumes": [v.to_dict() for v in self.volumes],
-            "warnings": list(self.warnings),
+            "warnings": [w.to_dict() for w in self.warnings],
         }
 
 
@@ -119,7 +119,7 @@ def holder_view(marker: bytes | None, stale_after: float, now: float | None = No
     }
 
 
-def forked_logins(volumes: Sequence[VolumeStatus]) -> list[dict[str, str]]:
+def forked_logins(volumes: Sequence[VolumeStatus]) -> list[Problem]:
     """CODEX-W031 for each refresh-token fingerprint found in more than one volume.
 
     Only logins that refresh count (ChatGPT, or a mode the agent does not know); API-key copies
@@ -130,7 +130,7 @@ def forked_logins(volumes: Sequence[VolumeStatus]) -> list[dict[str, str]]:
         if volume.auth.fingerprint and volume.auth.auth_mode not in (None, "apikey", "unreadable"):
             groups[volume.auth.fingerprint].append(volume.name)
     return [
-        FORKED_LOGIN.render(volumes=", ".join(sorted(names)), fingerprint=fp)
+        FORKED_LOGIN.problem(volumes=", ".join(sorted(names)), fingerprint=fp)
         for fp, names in sorted(groups.items())
         if len(names) > 1
     ]
@@ -140,7 +140,7 @@ def _login_verdict(run: Any, facts: dict[str, Any]) -> dict[str, Any]:
     try:
         method = judge_status_output(run.exit_code, run.output, "", facts=facts)
     except AgentError as e:
-        return {"ok": False, "method": None, "code": e.code, "message": e.message}
+        return {"ok": False, "method": None, **e.problem(check="login").to_dict()}
     return {"ok": True, "method": method, "code": None, "message": f"logged in ({method})"}
 
 
@@ -179,7 +179,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
             purpose="inspect",
         )
     except AgentError as e:
-        login = {"ok": False, "method": None, "code": e.code, "message": e.message}
+        login = {"ok": False, "method": None, **e.problem(check="login").to_dict()}
         return VolumeStatus(volume.name, volume.labels, login, AuthFacts(present=False), None, _users(client, volume.name))
     auth = run.files.get(auth_path)
     marker = run.files.get(marker_path)

@@ -7,7 +7,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-APT_PACKAGES=(docker.io docker-compose redis-server rabbitmq-server debootstrap jq busybox-static)
+APT_PACKAGES=(docker.io docker-compose redis-server rabbitmq-server debootstrap jq busybox-static prometheus)
 LOG_DIR="${PROVISION_LOG_DIR:-/var/log}"
 QUIET_LOG="$REPO_ROOT/.cache/provision.log"
 

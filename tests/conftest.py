@@ -92,3 +92,13 @@ def volume_factory(
 ) -> VolumeFactory:
     """``volume_factory(name=None, *, uid=1000, gid=1000, mode=0o700, labels=None)`` -> Volume."""
     return VolumeFactory(docker_client, docker_cleanup, images.busybox)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def strict_error_facts() -> Iterator[None]:
+    """An AgentError built without a fact its message needs fails the test (never a raw ``{name}``)."""
+    from agent.errors import AgentError
+
+    AgentError.strict_fields = True
+    yield
+    AgentError.strict_fields = False

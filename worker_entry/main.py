@@ -94,6 +94,11 @@ def cli(app_path: str, celery_args: tuple[str, ...]) -> None:
     configure_logging("INFO")  # until the configuration says otherwise: a bad one is logged too
     config = config_mod.load()
     configure_logging(config.log_level)
+    if config.metrics_port is not None:  # before the app import and the pool's fork (agent.metrics)
+        from agent.metrics import enable
+
+        enable(config.metrics_port, state_dir=config.state_dir, codex_home=config.codex_home,
+               volume=config.volume_name or "-", shard="-" if config.shard_index is None else str(config.shard_index))
     app = import_app(app_path)
     install(app, config)
     argv = worker_argv(config, app.conf.task_default_queue or "celery", celery_args)

@@ -11,7 +11,7 @@ from structlog.testing import capture_logs
 
 from agent import config as config_mod
 from agent.audit import JOB_FINISHED, JOB_STARTED
-from agent.errors import DockerUnavailableError, JobFailedError, JobRejectedError
+from agent.errors import DockerUnavailableError, JobFailedError, JobRejectedError, JobTimeoutError
 from agent.jobs import JobLauncher
 from agent.runtime import install
 from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume
@@ -101,11 +101,11 @@ class TestJobLauncher:
     def test_timeout_kills_and_removes_the_job(
         self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
     ) -> None:
-        """A job past its timeout is killed, removed, and reported as CODEX-E042."""
+        """A job past its wall-clock limit is killed, removed, and reported as CODEX-E043 (not a failed job)."""
         jobs = launcher(docker_client, volume_factory("job").name)
-        with capture_logs() as logs, pytest.raises(JobFailedError) as info:
+        with capture_logs() as logs, pytest.raises(JobTimeoutError) as info:
             jobs.run(images.job, ["sleep", "30"], timeout=1.5)
-        assert "timeout" in str(info.value.facts["exit_code"])
+        assert info.value.code == "CODEX-E043" and info.value.facts["timeout"] == 1.5
         assert [e.get("timed_out") for e in logs if e["event"] == JOB_FINISHED] == [True]
         assert job_containers(docker_client, jobs.context["run_id"]) == []
 

@@ -154,8 +154,8 @@ class TestFreshnessWarning:
         config = load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(tmp_path), "CODEX_BIN": codex_bin})
         result = Checker(config).check_login()
         assert result.ok
-        assert [w["code"] for w in result.warnings] == ["CODEX-W030"]
-        assert "30 days" in result.warnings[0]["message"]
+        assert [w.code for w in result.warnings] == ["CODEX-W030"]
+        assert "30 days" in result.warnings[0].message and result.warnings[0].severity == "warning"
 
     def test_recent_refresh_does_not_warn(self, codex_bin: str, tmp_path: Path) -> None:
         """An expired access token alone (refreshed yesterday) is normal and earns no warning."""

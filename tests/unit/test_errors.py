@@ -14,18 +14,39 @@ class TestCatalogue:
         assert len(codes) == len(set(codes))
 
     @pytest.mark.parametrize("cls", errors.ERRORS, ids=lambda c: c.code)
-    def test_every_error_roots_at_agent_error_and_has_a_fix(self, cls: type[errors.AgentError]) -> None:
-        """Every error subclasses AgentError, formats from facts and carries a remediation."""
-        error = cls(shard=1, volume="codex_auth_1", codex_home="/home/app/.codex", cause="x")
-        assert isinstance(error, errors.AgentError)
-        assert str(error).startswith(cls.code + " ")
-        assert error.remediation and error.remediation != "see runbook.md"
-        assert error.to_dict()["code"] == cls.code
+    def test_every_template_renders_whole_from_its_fields(self, cls: type[errors.AgentError]) -> None:
+        """Every error formats from exactly its declared facts, leaving no placeholder, and has a fix."""
+        error = cls(**{name: f"<{name}>" for name in cls.fields()})
+        assert isinstance(error, errors.AgentError) and str(error).startswith(cls.code + " ")
+        assert "{" not in error.message and "{" not in error.remediation
+        assert error.remediation != "see runbook.md"
+        problem = error.problem(check="login")
+        assert (problem.code, problem.severity, problem.check) == (cls.code, "error", "login")
 
-    def test_missing_facts_stay_visible(self) -> None:
-        """A fact the caller forgot shows as {name} rather than crashing the report."""
-        error = errors.VolumeClaimedError(shard=0, volume="codex_auth_0")
-        assert "{holder}" in error.message
+    def test_the_catalogue_is_every_error_class_with_a_code(self) -> None:
+        """Derived from the classes: a new error cannot escape the catalogue, runbook or docs tests."""
+
+        def with_codes(cls: type[errors.AgentError]) -> set[type[errors.AgentError]]:
+            found = {cls} if "code" in cls.__dict__ else set()
+            return found.union(*(with_codes(sub) for sub in cls.__subclasses__()))
+
+        assert set(errors.ERRORS) == with_codes(errors.AgentError) - {errors.AgentError}
+
+    def test_a_missing_fact_fails_in_tests(self) -> None:
+        """Tests run strict: a forgotten fact is a TypeError naming it."""
+        with pytest.raises(TypeError, match="holder"):
+            errors.VolumeClaimedError(shard=0, volume="codex_auth_0", stop_this="x")
+
+    def test_a_missing_fact_stays_visible_in_production(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """Outside tests a fact the caller forgot shows as {name} rather than crashing the report."""
+        monkeypatch.setattr(errors.AgentError, "strict_fields", False)
+        error = errors.VolumeClaimedError(shard=0, volume="codex_auth_0", stop_this="x")
+        assert "{holder}" in error.message and error.missing == ["holder"]
+
+    @pytest.mark.parametrize("warning", errors.WARNINGS, ids=lambda w: w.code)
+    def test_warnings_are_problems_of_severity_warning(self, warning: errors.Warning_) -> None:
+        problem = warning.problem(shard=1, volume="v", age_days=9, volumes="a, b", fingerprint="f")
+        assert problem.severity == "warning" and "{" not in problem.message and problem.to_dict()["code"] == warning.code
 
 
 class TestTransport:

@@ -14,6 +14,7 @@ import pytest
 from celery import Celery
 from kombu import Queue
 
+from agent.errors import LoginRevokedError, NotLoggedInError
 from agent.gate import Gate
 
 QUEUES = ("codex", "codex-1")
@@ -101,10 +102,11 @@ class TestRunningConsumer:
 
     def test_an_unchanged_decision_does_nothing_but_keeps_the_newest_reason(self) -> None:
         gate = Gate(app(), QUEUES)
-        gate.set(False, [{"code": "CODEX-E030"}])
+        gate.set(False, [NotLoggedInError(shard=1, volume="v", cause="x").problem("login")])
         running = consumer(())
-        assert gate.set(False, [{"code": "CODEX-E034"}], consumer=running) is False
-        assert running.calls == [] and running.soon == [] and gate.reason == [{"code": "CODEX-E034"}]
+        revoked = LoginRevokedError(shard=1, volume="v", cause="refresh_token_reused").problem("preflight")
+        assert gate.set(False, [revoked], consumer=running) is False
+        assert running.calls == [] and running.soon == [] and gate.reason == [revoked]
 
 
 class TestRestartingConsumer:

@@ -104,8 +104,8 @@ class TestForkedLogins:
     def test_a_copied_chatgpt_login_is_reported_once_naming_every_copy(self) -> None:
         found = forked_logins([_volume("codex_auth_0", "chatgpt", "fp1"), _volume("codex_auth_2", "chatgpt", "fp1"),
                                _volume("codex_auth_1", "chatgpt", "fp2")])
-        assert [w["code"] for w in found] == ["CODEX-W031"]
-        assert "codex_auth_0, codex_auth_2" in found[0]["message"] and "ChatGPT login" in found[0]["message"]
+        assert [w.code for w in found] == ["CODEX-W031"]
+        assert "codex_auth_0, codex_auth_2" in found[0].message and "ChatGPT login" in found[0].message
 
     def test_copied_api_keys_are_not_reported(self) -> None:
         """A key is not rotated: one key in every shard keeps working, so W031 never names it."""

@@ -59,7 +59,7 @@ def volume(name: str, fingerprint: str | None, mode: str | None = "chatgpt") -> 
 class TestForkedLogins:
     def test_one_warning_per_shared_refresh_token(self) -> None:
         warnings = forked_logins([volume("a", "fp1"), volume("b", "fp1"), volume("c", "fp2"), volume("d", None)])
-        assert [w["code"] for w in warnings] == ["CODEX-W031"] and "a" in warnings[0]["message"]
+        assert [w.code for w in warnings] == ["CODEX-W031"] and "a, b" in warnings[0].message
 
     def test_api_key_copies_are_left_out(self) -> None:
         assert forked_logins([volume("a", "k", "apikey"), volume("b", "k", "apikey")]) == []
