@@ -53,8 +53,8 @@ def _echo_report(report: CheckReport) -> None:
         if result.remediation and not result.ok:
             click.echo(f"         fix: {result.remediation}")
         for warning in result.warnings:
-            click.echo(f"  warn {result.name:<6} {warning['code']} {warning['message']}")
-            click.echo(f"         fix: {warning['remediation']}")
+            click.echo(f"  warn {result.name:<6} {warning.code} {warning.message}")
+            click.echo(f"         fix: {warning.remediation}")
     click.echo("healthy" if report.ok else "UNHEALTHY")
 
 
@@ -170,8 +170,8 @@ def _echo_volumes(report: VolumesReport) -> None:
         elif volume.revoked is not None:
             click.echo(f"  revoked during run {volume.revoked.get('run_id')} ({volume.revoked.get('reason')}); log this volume in again")
     for warning in report.warnings:
-        click.echo(f"warn {warning['code']} {warning['message']}")
-        click.echo(f"  fix: {warning['remediation']}")
+        click.echo(f"warn {warning.code} {warning.message}")
+        click.echo(f"  fix: {warning.remediation}")
 
 
 @cli.command()
