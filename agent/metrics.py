@@ -33,6 +33,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from agent import revocation
 from agent.errors import ConfigError
 from agent.login import AuthFacts, inspect_auth_file
 
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DURATION_BUCKETS",
+    "JOB_OUTCOMES",
     "EventMetrics",
     "GateCollector",
     "CredentialCollector",
@@ -55,6 +57,8 @@ __all__ = [
 
 DURATION_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, math.inf)
 """Seconds: a job container takes from a second to CODEX_PHASE_TIMEOUT (an hour by default)."""
+
+JOB_OUTCOMES = ("ok", "failed", "timed_out", "error")
 
 MULTIPROC_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 """Set (never read) by :func:`enable`: prometheus_client reads it."""
@@ -121,6 +125,10 @@ class EventMetrics:
             "codex_lease_refused", "Fleet lease refusals: this login is held elsewhere (CODEX-E013).",
             ["shard"], registry=registry,
         )
+        self.lease_refused.labels(shard)  # series from 0, so that increase() sees the first event
+        for outcome in JOB_OUTCOMES:
+            self.jobs.labels(shard, outcome)
+            self.runs.labels(shard, outcome)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "codex.run.audit": lambda e: self.tasks.labels(self.shard).inc(),
             "codex.check.failed": lambda e: self._check(e, "failed"),
@@ -253,7 +261,9 @@ class CredentialCollector(Collector):
         self.shard = shard
 
     def collect(self) -> Iterator[Metric]:
-        yield from credential_families([VolumeFacts(self.volume, self.shard, inspect_auth_file(self.codex_home))])
+        auth = inspect_auth_file(self.codex_home)
+        revoked = revocation.still_revoked(revocation.read(self.codex_home), auth)
+        yield from credential_families([VolumeFacts(self.volume, self.shard, auth, revoked)])
 
 
 class _Families(Collector):

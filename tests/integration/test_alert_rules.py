@@ -1,0 +1,85 @@
+"""The shipped alert rules: real `promtool` (Debian's prometheus) runs their unit tests.
+
+The rules only speak of series the agent really exposes, and each runbook link lands on a section.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from agent.login import AuthFacts
+from agent.metrics import EventMetrics, GateCollector, volumes_exposition
+from agent.volumes import VolumeStatus, VolumesReport
+from prometheus_client import CollectorRegistry, generate_latest
+
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "monitoring" / "alerts.yml"
+RULE_TESTS = ROOT / "monitoring" / "alerts_test.yml"
+
+
+@pytest.fixture
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found is None:
+        pytest.skip("promtool absent: apt-get install prometheus (scripts/provision.sh does)")
+    return found
+
+
+def _run_rule_tests(promtool: str, directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=directory, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_promtool_checks_and_tests_the_rules(promtool: str) -> None:
+    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 7 rules found" in check.stdout
+    run = _run_rule_tests(promtool, RULES.parent)
+    assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
+
+
+def test_rule_tests_fail_when_a_rule_loses_its_threshold(promtool: str, tmp_path: Path) -> None:
+    """The same tests on rules whose gate threshold is 1 h: promtool reports the missing alert."""
+    (tmp_path / "alerts.yml").write_text(RULES.read_text().replace("codex_gate_seconds_since_change > 900",
+                                                                   "codex_gate_seconds_since_change > 3600"))
+    (tmp_path / "alerts_test.yml").write_text(RULE_TESTS.read_text())
+    run = _run_rule_tests(promtool, tmp_path)
+    assert run.returncode != 0 and "alertname: CodexGateClosedTooLong" in run.stdout + run.stderr
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation dropped, spaces to hyphens."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_alert_links_to_a_runbook_section() -> None:
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", (ROOT / "runbook.md").read_text(), re.M)}
+    rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
+    assert len(rules) == 7
+    for rule in rules:
+        page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
+        assert page == "runbook.md" and anchor in anchors, rule["alert"]
+
+
+def test_rules_name_only_series_the_agent_exposes() -> None:
+    registry = CollectorRegistry()
+    EventMetrics("0", registry=registry)
+    gate = GateCollector("0")
+    gate.observe({"event": "codex.gate.closed", "queue": "codex-0"})
+    registry.register(gate)
+    auth = AuthFacts(present=True, auth_mode="chatgpt", access_token_expires_at=time.time(), last_refresh=time.time(),
+                     fingerprint="0123456789abcdef")
+    volume = VolumeStatus("codex_auth_0", {}, {"ok": True}, auth, None)
+    exposed = generate_latest(registry).decode() + volumes_exposition(VolumesReport(volumes=(volume,)))
+    names = set(re.findall(r"^# TYPE (\w+) ", exposed, re.M))
+    expressions = " ".join(r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"])
+    used = set(re.findall(r"\b(codex_[a-z_]+)", expressions))
+    counters = names | {f"{n}_total" for n in names}
+    assert used and used <= counters, sorted(used - counters)
