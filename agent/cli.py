@@ -23,6 +23,7 @@ from agent.checks import Checker, CheckReport
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.drain import DrainReport
+from agent.fleet import FleetReport, read_fleet
 from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
@@ -250,6 +251,37 @@ def drain(
     _answer(report, as_json, _echo_drain)
     if report.error is not None:  # after the report (what moved), why it stopped, on stderr
         raise AgentClickException(report.error, as_json=False)
+
+
+def _echo_fleet(report: FleetReport) -> None:
+    now = report.read_at
+    click.echo(f"{'SHARD':<6} {'STATUS':<8} {'WORKER':<24} {'HOST':<20} {'GATE':<8} {'SINCE':>7} {'SEEN':>5}  VOLUME / WHY")
+    for row in report.rows:
+        if not row.entries:
+            click.echo(f"{row.shard:<6} {row.status:<8} -")
+        for e in row.entries:
+            why = ", ".join(e.codes) if e.codes else "-"
+            click.echo(
+                f"{row.shard:<6} {row.status:<8} {e.worker:<24} {e.host:<20} {e.gate:<8} "
+                f"{now - e.gate_since:>6.0f}s {now - e.posted_at:>4.0f}s  {e.volume or '-'} / {why}"
+            )
+    for e in report.others:
+        click.echo(f"{'-':<6} {'-':<8} {e.worker:<24} {e.host:<20} {e.gate:<8} (not a Codex worker)")
+    opened = sum(row.status == "open" for row in report.rows)
+    click.echo(f"{opened} of {len(report.rows)} shard(s) open (broker {report.broker})")
+
+
+@cli.command()
+@click.option("--broker", envvar="CELERY_BROKER_URL", default=None, help="Broker URL (default CELERY_BROKER_URL).")
+@shards_option
+@json_option("fleet")
+@click.pass_context
+def fleet(ctx: click.Context, broker: str | None, shards: int | None, as_json: bool) -> None:
+    """Show every shard's state across hosts, as the agents post it to the broker; exit 0 when all are open."""
+    config = config_mod.load()
+    report = read_fleet(broker or config.broker_url, shards if shards is not None else config.shards)
+    _answer(report, as_json, _echo_fleet)
+    ctx.exit(0 if report.ok else 1)
 
 
 def main() -> None:

@@ -448,6 +448,16 @@ class DrainError(AgentError):
     template = "could not drain queue {queue} ({cause}); tasks already moved stay moved, the rest stay queued"
     remediation_template = "fix the cause and run the same command again: codex-agent drain {queue}"
 
+class FleetUnreadableError(AgentError):
+    code = "CODEX-E070"
+    title = "fleet state unreadable"
+    template = "could not read the fleet's state from the {broker} broker ({cause})"
+    remediation_template = (
+        "start the broker or point at the fleet's one (RabbitMQ or Redis), then run again: "
+        "codex-agent fleet --broker <url>"
+    )
+
+
 
 def _rebuild(cls: type[AgentError], facts: dict[str, Any]) -> AgentError:
     """Unpickle an AgentError from its facts (pool children send errors to the main process)."""

@@ -18,17 +18,16 @@ be reached raises :class:`BrokerUnreachable`, which the lease treats as "keep th
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import redis
-from kombu import Connection
 from kombu.utils.url import sanitize_url
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+
+from agent.broker_link import BrokerUnreachable, amqp_connect, close_socket_copy, redis_client
+from agent.broker_link import quietly as _quietly
 
 __all__ = [
     "KEY_PREFIX",
@@ -47,9 +46,6 @@ KEY_PREFIX = "codex-agent.lease."
 
 HOLDER_PREFIX = "codex-agent.lease-holder."
 """RabbitMQ: prefix of the queue holding the current holder's record of a fingerprint."""
-
-CONNECT_TIMEOUT = 2.0
-"""Seconds to wait for the broker before a lease round counts as "broker unreachable"."""
 
 _AMQP_SCHEMES = ("amqp", "amqps", "pyamqp")
 _REDIS_SCHEMES = ("redis", "rediss")
@@ -75,14 +71,6 @@ _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
 """
-
-
-class BrokerUnreachable(ConnectionError):
-    """The broker did not answer a lease round; the lease keeps its last verdict.
-
-    Internal to the lease: it never reaches an operator as an error, only as the
-    ``codex.lease.unreachable`` log line.
-    """
 
 
 class LeaseStore(Protocol):
@@ -171,14 +159,7 @@ class RedisLeaseStore:
 
     def __init__(self, url: str, *, ttl: float) -> None:
         self.ttl_ms = max(1, int(ttl * 1000))
-        # One immediate retry (a pooled connection that died with a restarted server), no
-        # backoff: the heartbeat is the retry, and a dead broker must not hold a check up long.
-        self._client = redis.Redis.from_url(
-            url,
-            socket_connect_timeout=CONNECT_TIMEOUT,
-            socket_timeout=CONNECT_TIMEOUT,
-            retry=Retry(NoBackoff(), 1),
-        )
+        self._client = redis_client(url)  # the heartbeat is the retry
         self._take = self._client.register_script(_TAKE)
         self._release = self._client.register_script(_RELEASE)
 
@@ -232,17 +213,7 @@ class AmqpLeaseStore:
         if self._connection is not None and self._connection.connected:
             return self._connection
         self._drop()
-        connection = Connection(
-            self.url,
-            connect_timeout=CONNECT_TIMEOUT,
-            heartbeat=self.ttl,
-            transport_options={"client_properties": {"connection_name": f"codex-agent lease {self.name}"}},
-        )
-        try:
-            connection.ensure_connection(max_retries=0)
-        except Exception as e:  # kombu wraps every transport failure differently per version
-            _quietly(connection.release)
-            raise BrokerUnreachable(f"{type(e).__name__}: {e}") from e
+        connection = amqp_connect(self.url, name=f"codex-agent lease {self.name}", heartbeat=self.ttl)
         self._connection = connection
         return connection
 
@@ -364,13 +335,4 @@ class AmqpLeaseStore:
         """
         connection, self._connection, self._channel = self._connection, None, None
         self._held.clear()
-        sock = getattr(getattr(getattr(connection, "connection", None), "transport", None), "sock", None)
-        if isinstance(sock, socket.socket):
-            _quietly(lambda: os.close(sock.detach()))
-
-
-def _quietly(call: Any) -> None:
-    try:
-        call()
-    except Exception:  # noqa: BLE001  (best effort on a connection that may be gone)
-        pass
+        close_socket_copy(connection)

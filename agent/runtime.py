@@ -30,6 +30,7 @@ from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.errors import AgentError
+from agent.fleet import publisher_for
 from agent.gate import Gate, GateStep
 from agent.homestat import stat_home
 from agent.jobs import JobLauncher
@@ -77,6 +78,8 @@ class Agent:
             config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None
         )
         self.reconciler = JobReconciler(config)
+        self.fleet = publisher_for(config)
+        """Posts this worker's state to the broker for ``codex-agent fleet``."""
         self._consumer_starts = 0
         self._jobs_client: tuple[int, Any] | None = None
         self._process = psutil.Process()
@@ -147,6 +150,7 @@ class Agent:
             write_state(self.config.state_dir, state)
         except OSError as e:
             log.warning("codex.state.unwritable", state_dir=str(self.config.state_dir), error=str(e))
+        self.fleet.publish(state)
 
     # -- the watcher ----------------------------------------------------------------------
 
@@ -231,6 +235,7 @@ class Agent:
         self.checker.claim.close_inherited()
         if self.checker.lease is not None:
             self.checker.lease.close_inherited()
+        self.fleet.close_inherited()
         self.watcher.stop()
         self._process = psutil.Process()
 
@@ -239,6 +244,7 @@ class Agent:
         self.watcher.stop()
         self._release()
         self.publish(stopped=True)
+        self.fleet.close()
 
     def _release(self) -> None:
         if self.checker.lease is not None:
