@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 
@@ -67,6 +68,11 @@ class _Call:
     rewrite: Callable[[bytes], bytes] | None = None
 
 
+def _query_name(target: str) -> str | None:
+    """The ``name`` a create asked for (``?name=``), for the audit line."""
+    return dict(parse_qsl(target.partition("?")[2])).get("name")
+
+
 def _peer(writer: asyncio.StreamWriter) -> dict[str, int]:
     """pid (in the guard's pid namespace; 0 when outside it) and uid of the caller."""
     sock = writer.get_extra_info("socket")
@@ -88,6 +94,7 @@ class GuardServer:
         self.config = config
         self._owned: dict[int, set[str]] = {p.index: set() for p in config.endpoints}
         self._servers: list[asyncio.AbstractServer] = []
+        self._connections: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         """Bind every endpoint (a stale socket of an earlier run is replaced) and log it."""
@@ -118,6 +125,13 @@ class GuardServer:
     # -- one client connection ------------------------------------------------------------
 
     async def _handle(self, policy: ShardPolicy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        # asyncio holds a connection's task only weakly, and its streams only through the task's
+        # own frame: a connection waiting on a quiet stream (attach, logs follow) would be garbage
+        # collected mid-stream. Hold it until it ends.
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         engine: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
         try:
             while True:
@@ -131,7 +145,8 @@ class GuardServer:
                 except (Refusal, BodyTooLarge) as e:
                     refusal = e if isinstance(e, Refusal) else self._too_large(policy)
                     log.warning(GUARD_REFUSED, **policy.facts(), method=method, path=target.split("?", 1)[0],
-                                rule=refusal.rule, code=refusal.error.code, error=refusal.error.message, **_peer(writer))
+                                name=_query_name(target), rule=refusal.rule, code=refusal.error.code,
+                                error=refusal.error.message, **_peer(writer))
                     keep = isinstance(e, Refusal) and not head.closes()
                     writer.write(json_response(403, "Forbidden", refusal.body(), keep_alive=keep))
                     await writer.drain()
