@@ -21,8 +21,8 @@ app = Celery("bare", broker=os.environ.get("CELERY_BROKER_URL"))
 app.conf.update(
     result_backend=os.environ.get("CELERY_RESULT_BACKEND") or None,
     task_queues=[Queue(os.environ.get("CODEX_QUEUE", "default"), durable=True)],
-    **WORKER_SETTINGS,
-)
+    **{**WORKER_SETTINGS, "worker_send_task_events": os.environ.get("BENCH_TASK_EVENTS", "1") == "1"},
+)  # BENCH_TASK_EVENTS=0: row 12d's baseline, task events off
 
 
 @app.task(name="housekeeping")

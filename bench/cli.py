@@ -16,6 +16,7 @@ from bench.inproc import bench_checks, bench_preflight, bench_routing
 from bench.jobs import bench_jobs
 from bench.lease import bench_lease
 from bench.machine import machine_details
+from bench.metrics import bench_events, bench_metrics
 from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
 from bench.watch import bench_watch
@@ -38,6 +39,9 @@ SUITES: tuple[Suite, ...] = (
                             ("10b", "Login landing on a closed shard, to the gate opened"))),
     ("lease", bench_lease, (("11a", "Fleet duplicate refused"), ("11b", "Lease freed after kill -9, RabbitMQ"),
                             ("11c", "Lease freed after kill -9, Redis"), ("11d", "Startup with the fleet lease"))),
+    ("metrics", bench_metrics, (("12a", "Per-task metrics overhead"), ("12b", "Metrics scrape latency"),
+                                ("12c", "Resident memory added by the metrics"))),
+    ("events", bench_events, (("12d", "Celery task events on, per task"),)),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 

@@ -108,7 +108,7 @@ class _Workers:
         argv = [str(VENV_BIN / "worker-entry"), "--", *STARTUP_FLAGS]
         return self._start(name, home, argv, **extra)
 
-    def plain(self, home: Any, app: str = "worker_entry.app:app") -> Spawned:
+    def plain(self, home: Any, app: str = "worker_entry.app:app", **extra: str) -> Spawned:
         """A plain ``celery worker`` of the same app, with the options worker-entry passes."""
         name = f"plain-{uuid.uuid4().hex[:6]}"
         argv = [
@@ -116,7 +116,7 @@ class _Workers:
             "-Q", self.queue, "--hostname", f"{self.queue}@{name}", "--concurrency", "1",
             "--prefetch-multiplier", "1", *STARTUP_FLAGS,
         ]
-        return self._start(name, home, argv)
+        return self._start(name, home, argv, **extra)
 
     def _start(self, name: str, home: Any, argv: list[str], **extra: str) -> Spawned:
         env = self.env(name, home, PYTHONPATH=str(REPO_ROOT), **extra)

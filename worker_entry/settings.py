@@ -19,5 +19,9 @@ WORKER_SETTINGS: dict[str, Any] = {
     "accept_content": ["json"],
     "broker_connection_retry_on_startup": True,
     "worker_hijack_root_logger": False,
-    "worker_send_task_events": False,
+    "worker_send_task_events": True,
 }
+"""``worker_send_task_events`` is on: Flower and celery-exporter see Codex tasks (received, started,
+succeeded, failed) with no flag to find. The events carry task names, ids, and the argument and result
+reprs: Codex tasks take an affinity key, run id, phase and prompt and return ids and numbers, never a
+credential. The cost is bench row 12d. An app of your own (``worker-entry --app``) may set it False."""

@@ -14,7 +14,7 @@ from support import REPO_ROOT, Images
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 
-ROW_IDS = ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6", "7", "8", "11a", "11b", "11c", "11d"]
+ROW_IDS = ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6", "7", "8", "11a", "11b", "11c", "11d", "12a", "12b", "12c", "12d"]
 
 
 class TestBenchSmoke:

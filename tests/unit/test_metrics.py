@@ -210,3 +210,11 @@ def test_counts_made_in_forked_children_reach_the_scrape(tmp_path: Path, mode: s
     values = {(s.name, tuple(sorted(s.labels.items()))): s.value
               for m in text_string_to_metric_families(text) for s in m.samples}
     assert values.get(("codex_job_containers_total", (("outcome", "ok"), ("shard", "0")))) == expected
+
+
+def test_codex_workers_send_task_events_by_default() -> None:
+    """Flower and celery-exporter see Codex tasks without a flag (bench row 12d prices it)."""
+    from agent.config import load
+    from worker_entry.app import create_app
+
+    assert create_app(load({"CODEX_SHARD_INDEX": "0"})).conf.worker_send_task_events is True
