@@ -48,7 +48,7 @@ _VERSION = re.compile(r"^/v\d+\.\d+(?=/)")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
 _CONTAINER = re.compile(rf"^/containers/({_NAME})(?:/([a-z]+))?$")
 _VOLUME = re.compile(rf"^/volumes/({_NAME})$")
-_IMAGE = re.compile(r"^/images/(.+)/json$")
+_IMAGE = re.compile(r"^/images/([A-Za-z0-9][A-Za-z0-9_.:@/-]*)/json$")
 _CONTAINER_ACTIONS = {
     ("GET", "json"): "inspect",
     ("GET", "logs"): "logs",
@@ -148,6 +148,8 @@ def route(policy: ShardPolicy, method: str, target: str) -> Route:
     """
     raw_path = target.split("?", 1)[0]
     path = _VERSION.sub("", raw_path, count=1)
+    if "%" in path or "//" in path or any(part in (".", "..") for part in path.split("/")):
+        raise _endpoint(policy, method, path, "endpoint", "an unnormalised or encoded path")
     if (method, path) in (("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/version")):
         return Route("ping", path)
     if (method, path) == ("POST", "/containers/create"):

@@ -1,0 +1,217 @@
+"""agent.guard.policy and agent.guard.config: the guard's endpoint allow-list and the create rewrite, pure."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agent.errors import ConfigError
+from agent.guard.config import load_guard_config
+from agent.guard.policy import (
+    GUARD_LABEL,
+    Refusal,
+    ShardPolicy,
+    container_list_query,
+    create_request,
+    judge_volume,
+    may_inspect,
+    own_volumes,
+    route,
+)
+from agent.sandbox import Sandbox, load_sandbox
+
+HOME = "/home/app/.codex"
+POLICY = ShardPolicy(index=0, volume="codex_auth_0", network="codex_jobs",
+                     sandbox=Sandbox(memory=2 * 1024**3, nano_cpus=10**9, pids_limit=256, read_only=True, tmp_size=64 * 1024**2))
+
+# What the docker CLI 20.10 sends for `docker run --rm -i IMAGE cat` (zero values everywhere).
+CLI_BODY: dict[str, Any] = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": True, "AttachStdout": True, "AttachStderr": True,
+    "Tty": False, "OpenStdin": True, "StdinOnce": True, "Env": [], "Cmd": ["cat"], "Image": "job:dev", "Volumes": {},
+    "WorkingDir": "", "Entrypoint": None, "OnBuild": None, "Labels": {},
+    "HostConfig": {
+        "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "", "Config": {}}, "NetworkMode": "default",
+        "PortBindings": {}, "RestartPolicy": {"Name": "no", "MaximumRetryCount": 0}, "AutoRemove": True,
+        "VolumeDriver": "", "VolumesFrom": None, "CapAdd": None, "CapDrop": None, "CgroupnsMode": "", "Dns": [],
+        "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None, "IpcMode": "", "Cgroup": "",
+        "Links": None, "OomScoreAdj": 0, "PidMode": "", "Privileged": False, "PublishAllPorts": False,
+        "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "", "UsernsMode": "", "ShmSize": 0,
+        "ConsoleSize": [0, 0], "Isolation": "", "CpuShares": 0, "Memory": 0, "NanoCpus": 0, "CgroupParent": "",
+        "Devices": [], "DeviceCgroupRules": None, "DeviceRequests": None, "MemorySwappiness": -1,
+        "OomKillDisable": False, "PidsLimit": None, "Ulimits": None, "MaskedPaths": None, "ReadonlyPaths": None,
+    },
+    "NetworkingConfig": {"EndpointsConfig": {}},
+}
+
+
+def refused(body: dict[str, Any]) -> Refusal:
+    with pytest.raises(Refusal) as info:
+        create_request(POLICY, body)
+    return info.value
+
+
+def with_host(**fields: Any) -> dict[str, Any]:
+    return {**CLI_BODY, "HostConfig": {**CLI_BODY["HostConfig"], **fields}}
+
+
+class TestRoute:
+    @pytest.mark.parametrize(("method", "target", "kind"), [
+        ("GET", "/_ping", "ping"), ("HEAD", "/v1.41/_ping", "ping"), ("GET", "/v1.41/version", "ping"),
+        ("POST", "/v1.41/containers/create?name=x", "create"), ("GET", "/containers/json?all=1", "containers"),
+        ("GET", "/v1.41/images/codex-worker-agent/job:dev/json", "image"), ("GET", "/volumes", "volumes"),
+        ("GET", "/volumes/codex_ws_r1", "volume"), ("POST", "/v1.41/containers/abc/attach?stream=1", "container"),
+        ("DELETE", "/containers/abc?force=1", "container"), ("GET", "/containers/abc/archive?path=/x", "container"),
+    ], ids=lambda v: v if isinstance(v, str) else None)
+    def test_what_a_job_launch_needs_is_allowed(self, method: str, target: str, kind: str) -> None:
+        """Ping, create, the own-container verbs, image inspect and volume reads are routed."""
+        assert route(POLICY, method, target).kind == kind
+
+    @pytest.mark.parametrize(("method", "target"), [
+        ("POST", "/containers/abc/exec"), ("POST", "/exec/abc/start"), ("POST", "/containers/abc/update"),
+        ("POST", "/commit?container=abc"), ("PUT", "/containers/abc/archive?path=/"), ("POST", "/build"),
+        ("POST", "/images/create?fromImage=x"), ("GET", "/info"), ("GET", "/events"), ("POST", "/networks/create"),
+        ("GET", "/swarm"), ("POST", "/swarm/init"), ("GET", "/plugins"), ("GET", "/secrets"), ("GET", "/configs"),
+        ("DELETE", "/volumes/codex_auth_1"), ("POST", "/volumes/create"), ("POST", "/containers/abc/rename"),
+        ("GET", "/containers/../images/json"), ("GET", "/images/../containers/abc/json"), ("GET", "/images/a%2F..%2Fb/json"),
+        ("GET", "/v1.41//info"), ("GET", "/v1.41/v1.41/_ping"),
+    ], ids=lambda v: v)
+    def test_everything_else_is_e045_rule_endpoint(self, method: str, target: str) -> None:
+        """Exec, update, commit, build, pull, networks, swarm, plugins, secrets, configs…: 403 E045."""
+        with pytest.raises(Refusal) as info:
+            route(POLICY, method, target)
+        assert info.value.error.code == "CODEX-E045" and info.value.rule == "endpoint"
+        body = json.loads(info.value.body())
+        assert body["code"] == "CODEX-E045" and body["rule"] == "endpoint" and body["message"].startswith("CODEX-E045 shard 0")
+
+
+class TestCreate:
+    def test_the_cli_default_body_gets_the_job_policy(self) -> None:
+        """Zero values pass; the login, user, CODEX_HOME, labels, network and sandbox are imposed."""
+        body = create_request(POLICY, CLI_BODY).body
+        host = body["HostConfig"]
+        assert host["Binds"] == [f"codex_auth_0:{HOME}:rw"] and host["NetworkMode"] == "codex_jobs"
+        assert host["CapDrop"] == ["ALL"] and host["SecurityOpt"] == ["no-new-privileges"] and host["Init"] is True
+        assert (host["Memory"], host["NanoCpus"], host["PidsLimit"], host["ReadonlyRootfs"]) == (2 * 1024**3, 10**9, 256, True)
+        assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=67108864"} and host["AutoRemove"] is True
+        assert body["User"] == "1000:1000" and body["Env"] == [f"CODEX_HOME={HOME}"]
+        assert body["Labels"] == {"codex.shard": "0", "codex.volume": "codex_auth_0", GUARD_LABEL: "0"}
+        assert body["OpenStdin"] is True and "MaskedPaths" not in host and "Privileged" not in host
+
+    def test_the_launchers_own_request_passes(self) -> None:
+        """What JobLauncher sends (its login bind, labels, limits, workspace) is accepted, the bind not doubled."""
+        body = with_host(Binds=[f"codex_auth_0:{HOME}:rw", "codex_ws_r1:/workspace:rw"], CapDrop=["ALL"],
+                         SecurityOpt=["no-new-privileges"], Init=True, PidsLimit=128, Memory=10**9, NanoCpus=10**9,
+                         ReadonlyRootfs=True, NetworkMode="codex_jobs", Tmpfs={"/tmp": "rw,size=1m"})
+        body["Labels"] = {"codex.shard": "0", "codex.volume": "codex_auth_0", "codex.run_id": "r1"}
+        body["User"] = "1000:1000"
+        plan = create_request(POLICY, body)
+        assert plan.body["HostConfig"]["Binds"] == [f"codex_auth_0:{HOME}:rw", "codex_ws_r1:/workspace:rw"]
+        assert plan.volumes == ["codex_ws_r1"] and plan.body["HostConfig"]["PidsLimit"] == 128
+        assert plan.body["Labels"]["codex.run_id"] == "r1"
+
+    @pytest.mark.parametrize(("fields", "rule", "needle"), [
+        ({"Privileged": True}, "create-option", "HostConfig.Privileged"),
+        ({"CapAdd": ["SYS_ADMIN"]}, "create-option", "HostConfig.CapAdd"),
+        ({"PidMode": "host"}, "create-option", "HostConfig.PidMode"),
+        ({"IpcMode": "host"}, "create-option", "HostConfig.IpcMode"),
+        ({"UTSMode": "host"}, "create-option", "HostConfig.UTSMode"),
+        ({"UsernsMode": "host"}, "create-option", "HostConfig.UsernsMode"),
+        ({"Devices": [{"PathOnHost": "/dev/sda"}]}, "create-option", "HostConfig.Devices"),
+        ({"VolumesFrom": ["w1"]}, "create-option", "HostConfig.VolumesFrom"),
+        ({"MaskedPaths": []}, "create-option", "HostConfig.MaskedPaths"),
+        ({"RestartPolicy": {"Name": "always"}}, "create-option", "HostConfig.RestartPolicy"),
+        ({"PortBindings": {"22/tcp": [{"HostPort": "2222"}]}}, "create-option", "HostConfig.PortBindings"),
+        ({"NetworkMode": "host"}, "network", "NetworkMode=host"),
+        ({"NetworkMode": "container:abc"}, "network", "container:abc"),
+        ({"Binds": ["/:/host"]}, "host-bind", "host path /"),
+        ({"Binds": ["/var/run/docker.sock:/s"]}, "host-bind", "docker.sock"),
+        ({"Binds": ["codex_auth_0:/x"]}, "auth-volume", "at /x"),
+        ({"Binds": ["scratch:/home/app/.codex/sub"]}, "job-home", "CODEX_JOB_HOME"),
+        ({"Binds": ["scratch:/x:rshared"]}, "create-option", "rshared"),
+        ({"Mounts": [{"Type": "bind", "Source": "/", "Target": "/h"}]}, "host-bind", "type bind"),
+        ({"Mounts": [{"Type": "volume", "Source": "v", "Target": "/v", "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"device": "/"}}}}]}, "host-bind", "driver"),
+        ({"Tmpfs": {HOME: ""}}, "job-home", "Tmpfs"),
+        ({"SecurityOpt": ["seccomp=unconfined"]}, "security-opt", "seccomp"),
+        ({"Memory": 64 * 1024**3}, "limit", "Memory"),
+        ({"PidsLimit": -1}, "limit", "PidsLimit"),
+    ], ids=lambda v: v if isinstance(v, str) and " " not in v else None)
+    def test_host_config_outside_the_policy_is_e041_naming_the_rule(self, fields: dict[str, Any], rule: str, needle: str) -> None:
+        """Each escape is refused with CODEX-E041, its rule, and a message naming the field."""
+        refusal = refused(with_host(**fields))
+        assert refusal.error.code == "CODEX-E041" and refusal.rule == rule
+        assert needle in refusal.error.message and "shard 0" in refusal.error.message
+
+    @pytest.mark.parametrize(("fields", "rule"), [
+        ({"User": "root"}, "root-user"), ({"User": "0:0"}, "root-user"), ({"User": "1000:0"}, "root-user"),
+        ({"User": "1001"}, "other-user"), ({"Env": ["CODEX_HOME=/tmp/x"]}, "codex-home"),
+        ({"Labels": {"codex.shard": "1"}}, "forged-label"), ({"Labels": {GUARD_LABEL: "1"}}, "forged-label"),
+        ({"Labels": {"codex.volume": "codex_auth_1"}}, "forged-label"), ({"Labels": {"codex.auth": "1"}}, "forged-label"),
+        ({"NetworkingConfig": {"EndpointsConfig": {"other": {}}}}, "network"), ({"Healthcheck": {"Test": ["CMD", "x"]}}, "create-option"),
+        ({"Image": ""}, "create-option"),
+    ], ids=lambda v: v if isinstance(v, str) else None)
+    def test_top_level_fields_outside_the_policy_are_refused(self, fields: dict[str, Any], rule: str) -> None:
+        """Root or another user, CODEX_HOME elsewhere, forged codex labels, other networks, unknown fields."""
+        assert refused({**CLI_BODY, **fields}).rule == rule
+
+
+class TestVolumesAndContainers:
+    def test_a_named_volume_must_be_the_shards(self) -> None:
+        """New: create it; labelled for this shard: use it; anyone else's or a login: refused."""
+        assert judge_volume(POLICY, "codex_ws_r1", None) is True
+        assert judge_volume(POLICY, "codex_ws_r1", {"Labels": {GUARD_LABEL: "0"}}) is False
+        with pytest.raises(Refusal) as other:
+            judge_volume(POLICY, "codex_ws_r2", {"Labels": {GUARD_LABEL: "1"}})
+        with pytest.raises(Refusal) as unlabelled:
+            judge_volume(POLICY, "data", {"Labels": {}})
+        with pytest.raises(Refusal) as login:
+            judge_volume(POLICY, "team", {"Labels": {"codex.auth": "1"}})
+        with pytest.raises(Refusal) as login_name:
+            judge_volume(POLICY, "codex_auth_9", None)
+        assert [r.value.rule for r in (other, unlabelled, login, login_name)] == ["foreign-volume", "foreign-volume", "auth-volume", "auth-volume"]
+
+    def test_listings_are_narrowed_to_the_shard(self) -> None:
+        """Container list gains the guard label filter; volume list keeps the login and own workspaces."""
+        target = container_list_query(POLICY, "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A+%5B%22codex.shard%3D0%22%5D%7D")
+        query = dict(p.split("=", 1) for p in target.split("?", 1)[1].split("&"))
+        from urllib.parse import unquote_plus
+        assert json.loads(unquote_plus(query["filters"]))["label"] == ["codex.shard=0", f"{GUARD_LABEL}=0"] and query["all"] == "1"
+        listing = {"Volumes": [{"Name": "codex_auth_0"}, {"Name": "codex_auth_1"}, {"Name": "ws", "Labels": {GUARD_LABEL: "0"}},
+                               {"Name": "ws1", "Labels": {GUARD_LABEL: "1"}}], "Warnings": None}
+        assert [v["Name"] for v in own_volumes(POLICY, listing)["Volumes"]] == ["codex_auth_0", "ws"]
+
+    def test_inspect_is_allowed_for_the_worker_that_mounts_the_login(self) -> None:
+        """The worker's own mount check may inspect it; another shard's worker is not inspectable."""
+        assert may_inspect(POLICY, {"Config": {"Labels": {}}, "Mounts": [{"Name": "codex_auth_0"}]})
+        assert not may_inspect(POLICY, {"Config": {"Labels": {}}, "Mounts": [{"Name": "codex_auth_1"}]})
+
+
+class TestConfig:
+    def test_shards_come_from_codex_shards_and_the_prefix(self) -> None:
+        """Without CODEX_GUARD_SHARDS, shards 0..CODEX_SHARDS-1 with volume <prefix>N."""
+        config = load_guard_config({"CODEX_SHARDS": "2", "CODEX_GUARD_VOLUME_PREFIX": "p_", "CODEX_JOB_NETWORK": "host"})
+        assert [(p.index, p.volume, p.network) for p in config.endpoints] == [(0, "p_0", "host"), (1, "p_1", "host")]
+        assert str(config.socket_path(config.endpoints[1])) == "/run/codex-guard/1/docker.sock"
+        assert config.upstream == "/var/run/docker.sock" and config.owner == (1000, 1000)
+
+    @pytest.mark.parametrize(("env", "variable"), [
+        ({"CODEX_GUARD_SHARDS": "0=a_1,0=b_2"}, "CODEX_GUARD_SHARDS"), ({"CODEX_GUARD_SHARDS": "zero=a"}, "CODEX_GUARD_SHARDS"),
+        ({"CODEX_GUARD_SOCKET_OWNER": "app"}, "CODEX_GUARD_SOCKET_OWNER"), ({"CODEX_GUARD_SOCKET_DIR": "run"}, "CODEX_GUARD_SOCKET_DIR"),
+        ({"CODEX_GUARD_UPSTREAM": "tcp://x:2375"}, "CODEX_GUARD_UPSTREAM"), ({"CODEX_JOB_MEMORY": "lots"}, "CODEX_JOB_MEMORY"),
+    ], ids=lambda v: v if isinstance(v, str) else None)
+    def test_bad_values_are_e001_naming_the_variable(self, env: dict[str, str], variable: str) -> None:
+        """Every bad value names its variable (CODEX-E001)."""
+        with pytest.raises(ConfigError) as info:
+            load_guard_config(env)
+        assert info.value.facts["variable"] == variable
+
+    @pytest.mark.parametrize(("variable", "value"), [
+        ("CODEX_JOB_MEMORY", "1k"), ("CODEX_JOB_CPUS", "-1"), ("CODEX_JOB_CPUS", "nan"), ("CODEX_JOB_PIDS_LIMIT", "3"),
+        ("CODEX_JOB_READ_ONLY", "maybe"), ("CODEX_JOB_TMP_SIZE", "x"),
+    ])
+    def test_sandbox_values_are_validated(self, variable: str, value: str) -> None:
+        """Limits below what a job needs, or not numbers, are CODEX-E001."""
+        with pytest.raises(ConfigError) as info:
+            load_sandbox({variable: value})
+        assert info.value.facts["variable"] == variable
