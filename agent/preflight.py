@@ -24,15 +24,19 @@ from celery.worker.request import Request
 
 from agent.audit import RUN_AUDIT, bound
 from agent.binding import agent_for
+from agent.chains import keep_chain_on_shard
 from agent.claim import marker_problem, read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
-from agent.errors import AgentError, ClaimLostError, DockerUnavailableError, LoginError, NotCodexWorkerError, NotLoggedInError
+from agent.errors import (
+    AgentError, ClaimLostError, DockerUnavailableError, JobFailedError, LoginError, NotCodexWorkerError, NotLoggedInError,
+)
 from agent.homestat import VolumeGuard
 from agent.jobs import JobLauncher
 from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
 from agent.router import routed_options
 from agent.routing import DEFAULT_AFFINITY_ARG
+from agent.run_failures import retry_policy
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -193,6 +197,10 @@ class CodexTask(Task):
         context = self.codex_context(kwargs)
         with bound(**context):
             log.info(RUN_AUDIT, task=self.name)
+            config = self.agent.config
+            own_queue = config.topology.shard_queue(context["shard"])
+            # A chain's later Codex steps follow this one onto this shard's login (agent.chains).
+            keep_chain_on_shard(self, context["shard"], own_queue, frozenset(config.topology.codex_queues()))
             try:
                 return super().__call__(*args, **kwargs)
             except LoginError as e:
@@ -206,6 +214,14 @@ class CodexTask(Task):
                 delay = self.agent.config.recheck_interval
                 log.error("codex.run.requeued", task=self.name, code=e.code, error=e.message, retry_in_s=delay)
                 raise self.retry(exc=e, countdown=delay, max_retries=ENGINE_RETRIES) from e
+            except JobFailedError as e:
+                # Codex failed (CODEX-E042): again on this shard's own queue, with backoff.
+                policy = retry_policy()
+                delay = policy.countdown(self.request.retries)
+                if self.request.retries < policy.retries:
+                    log.error("codex.run.retrying", task=self.name, code=e.code, retry=self.request.retries + 1,
+                              max_retries=policy.retries, retry_in_s=delay)
+                raise self.retry(exc=e, countdown=delay, max_retries=policy.retries, queue=own_queue) from e
 
     def codex_context(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:
         """The audit fields of the running task: queue, shard, volume, worker, run_id, task_id."""

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Bring a Debian bookworm machine (as root) to the state the tests need: system packages, a running
-# dockerd, compose v1 and v2, Redis and RabbitMQ, the pinned Codex CLI under .cache/codex and the
-# project venv.
+# dockerd, compose v1 and v2, Redis, RabbitMQ, PostgreSQL (the result backend), the pinned Codex CLI
+# under .cache/codex and the project venv.
 # Idempotent: each step checks first and does nothing when already done, so it is cheap to re-run.
 # Prints CODEX_BIN=<absolute path> as its last line on stdout; everything else goes to stderr.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 
-APT_PACKAGES=(docker.io docker-compose redis-server rabbitmq-server debootstrap jq busybox-static prometheus)
+APT_PACKAGES=(docker.io docker-compose redis-server rabbitmq-server postgresql debootstrap jq busybox-static prometheus)
 LOG_DIR="${PROVISION_LOG_DIR:-/var/log}"
 QUIET_LOG="$REPO_ROOT/.cache/provision.log"
 
@@ -79,6 +79,39 @@ start_rabbitmq() {
     fi
     # The AMQP listener opens a moment after the node reports it has started.
     wait_for 30 "rabbitmq on 5672" amqp_answers
+}
+
+# PostgreSQL for the result-backend tests: a cluster of our own ("codexagent", port 5433, loopback
+# only) with a database and a user whose password is a public test value, never a real secret.
+PG_CLUSTER=codexagent
+PG_PORT=5433
+PG_DATABASE=codex_results
+PG_USER=codex_results
+PG_TEST_PASSWORD=codex-test-only
+
+pg_cluster_field() { pg_lsclusters -h | awk -v c="$PG_CLUSTER" -v f="$1" '$2 == c {print $f}'; }
+
+start_postgresql() {
+    local version
+    if [[ -z "$(pg_cluster_field 1)" ]]; then
+        version="$(ls /usr/lib/postgresql | sort -V | tail -n 1)"
+        log "creating PostgreSQL $version cluster $PG_CLUSTER on 127.0.0.1:$PG_PORT"
+        quietly pg_createcluster "$version" "$PG_CLUSTER" -p "$PG_PORT" -- --auth-local=peer --auth-host=scram-sha-256
+    fi
+    version="$(pg_cluster_field 1)"
+    if [[ "$(pg_cluster_field 4)" == online ]]; then
+        log "postgresql running"
+    else
+        log "starting PostgreSQL cluster $version/$PG_CLUSTER"
+        pg_ctlcluster "$version" "$PG_CLUSTER" start 9>&-
+    fi
+    wait_for 30 "postgresql on $PG_PORT" su postgres -c "pg_isready -q -p $PG_PORT"
+    su postgres -c "psql -qAt -p $PG_PORT" >/dev/null <<SQL
+SELECT 'CREATE ROLE $PG_USER LOGIN PASSWORD ''$PG_TEST_PASSWORD'''
+WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER')\gexec
+SELECT 'CREATE DATABASE $PG_DATABASE OWNER $PG_USER'
+WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '$PG_DATABASE')\gexec
+SQL
 }
 
 # Compose v2 (what users run as `docker compose`): bookworm ships only v1, so take the Go plugin from
@@ -168,6 +201,7 @@ install_packages
 start_dockerd
 start_redis
 start_rabbitmq
+start_postgresql
 install_compose_v2
 install_codex
 setup_venv

@@ -9,12 +9,18 @@ from __future__ import annotations
 import time
 from typing import Any
 
+import structlog
+
+from agent.artifacts import RunArtifacts
 from agent.phase import CodexPhase
 from agent.preflight import CodexTask
 from agent.router import PIN_ARG
+from agent.run_failures import RUN_FAILED, failure_report
 from celery import current_task, shared_task
 
-__all__ = ["codex_phase", "housekeeping"]
+__all__ = ["codex_phase", "codex_step", "run_failed", "housekeeping"]
+
+log = structlog.get_logger(__name__)
 
 PROBE_COMMAND = ["codex", "login", "status"]
 """What a phase without a prompt runs: proves the job sees the shard's login, with no model traffic."""
@@ -67,6 +73,52 @@ def codex_phase(
             }
         )
     return {**context, "phase": phase, "affinity_key": affinity_key, "job": job}
+
+
+@shared_task(base=CodexTask, bind=True, name="codex.step")
+def codex_step(
+    self: CodexTask,
+    previous: Any = None,
+    *,
+    affinity_key: str,
+    run_id: str,
+    phase: str,
+    prompt: str,
+    resume: bool | None = None,
+    hold_s: float = 0.0,
+    codex_shard: int | None = None,
+) -> dict[str, Any]:
+    """One phase of a run written as a Celery chain: ``chain(codex_step.si(...), codex_step.s(...))``.
+
+    ``previous`` receives the previous step's result with a partial signature (``.s``) and stays
+    None with an immutable one (``.si``). ``resume=None`` continues the run's Codex session when this
+    shard has one (every phase after the first), ``True`` requires it, ``False`` starts a new one.
+    The chain's later steps follow the first Codex step's shard (:mod:`agent.chains`); a phase
+    completed earlier is skipped (``codex.phase.skipped``), so a re-submitted run starts at the
+    phase that failed. ``hold_s`` keeps the task busy after its phase ran (tests).
+    """
+    context = self.codex_context()
+    if resume is None:
+        resume = RunArtifacts(self.agent.config.artifacts_root, run_id).session_id() is not None
+    job = CodexPhase(self.jobs).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"])
+    if hold_s and not job.get("skipped"):
+        time.sleep(hold_s)
+    after = previous.get("phase") if isinstance(previous, dict) else None
+    return {**context, "phase": phase, "affinity_key": affinity_key, "after": after, "job": job}
+
+
+@shared_task(name="codex.run_failed")
+def run_failed(request: Any, exc: BaseException, traceback: Any) -> dict[str, Any]:
+    """Example ``link_error`` callback of a run: logs ``codex.run.failed`` with the error's code.
+
+    Celery calls a three-argument callback in the worker whose task failed, once per failure (not
+    per retry). ``kind`` says what failed: ``job`` (CODEX-E042, after its retries), ``limit``
+    (CODEX-E043), ``request`` (CODEX-E044) or ``engine``; a ``login`` problem never fails a task
+    (it is requeued and the gate closes), so it reaches a callback only through a task of your own.
+    """
+    report = failure_report(request, exc)
+    log.error(RUN_FAILED, **report)
+    return report
 
 
 @shared_task(name="housekeeping")

@@ -1,0 +1,218 @@
+"""Codex runs written as plain Celery chains (issue 15), with real workers, real brokers, real
+PostgreSQL as the result backend and the OpenAI stand-in.
+
+* A 4-phase chain (immutable and partial signatures, a non-Codex step in the middle) stays on the
+  shard that took its first phase, in both queue modes and on both brokers, with no pin written by
+  hand; later phases resume the first phase's Codex session; results are read back from PostgreSQL
+  after every worker stopped, and hold no token.
+* A phase failing on its second attempt calls ``link_error`` once with its code; the same run
+  submitted again skips the completed phase (no model call for it) and starts at the failed one.
+* A pool process killed with ``kill -9`` mid-chain: the chain completes, no completed phase runs again.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery import Celery, chain
+from celery.result import AsyncResult
+from support.phases import ContainerWorker, PhaseLab
+from support.postgres import postgres_backend_or_skip, result_rows
+from support.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
+
+import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
+from agent.config import load
+from openai_standin import Behaviour, StandIn
+from worker_entry.app import create_app
+
+pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
+
+TIMEOUT_S = 180
+PHASES = ("plan", "build", "test", "review")
+MODES = {"sharded": {"CODEX_SHARDS": "2"}, "single": {"CODEX_SHARDS": "2", "CODEX_QUEUE_MODE": "single"}}
+
+
+@pytest.fixture
+def pg_backend() -> str:
+    return postgres_backend_or_skip()
+
+
+def app_for(broker_url: str, backend: str, env: dict[str, str]) -> Celery:
+    return create_app(load({"CELERY_BROKER_URL": broker_url, **env}), result_backend=backend)
+
+
+def step(app: Celery, key: str, run_id: str, phase: str, *, partial: bool = False, **extra: Any) -> Any:
+    """One Codex phase as a signature, by name: immutable (``.si``) or partial (``.s``)."""
+    kwargs = {"affinity_key": key, "run_id": run_id, "phase": phase, "prompt": f"PHASE={phase} of {run_id}", **extra}
+    return app.signature("codex.step", kwargs=kwargs, immutable=not partial)
+
+
+def four_phases(app: Celery, key: str, run_id: str, *, with_plain_step: bool = False, **extra: dict[str, Any]) -> Any:
+    """plan (.si), [housekeeping], build (.s), test (.si), review (.s); ``extra[phase]`` adds kwargs."""
+    steps = [step(app, key, run_id, name, partial=name in ("build", "review"), **extra.get(name, {})) for name in PHASES]
+    if with_plain_step:
+        steps.insert(1, app.signature("housekeeping", args=("between phases",), immutable=True))
+    return chain(*steps)
+
+
+def chain_results(last: AsyncResult) -> list[AsyncResult]:
+    """Every result of a chain, first step first."""
+    found = []
+    node: AsyncResult | None = last
+    while node is not None:
+        found.append(node)
+        node = node.parent
+    return list(reversed(found))
+
+
+def outcome(lab: PhaseLab, run_id: str, phase: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((lab.artifacts / run_id / phase / "outcome.json").read_text())
+    return data
+
+
+def last_texts(standin: StandIn) -> list[str]:
+    return [call.texts[-1] for call in standin.script.calls()]
+
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_workers(
+    mode: str, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, pg_backend: str,
+    workers: WorkerFactory,
+) -> None:
+    """No pin by hand: every Codex phase on the first phase's shard, sessions resumed, results in PostgreSQL."""
+    env = MODES[mode]
+    codex_workers = [lab.ready_worker(lab.shard(i), broker_url, pg_backend, **env) for i in (0, 1)]
+    plain = workers(CELERY_RESULT_BACKEND=pg_backend, **env)  # the default queue's worker
+    publisher = app_for(broker_url, pg_backend, env)
+    run_id = f"cwa-chain-{mode}"
+    key = keys_for_shard(1, 1, shards=2)[0]
+
+    last = four_phases(publisher, key, run_id, with_plain_step=True).apply_async(
+        link_error=publisher.signature("codex.run_failed"))
+    final = last.get(timeout=TIMEOUT_S)
+    results = [r.get(timeout=10) for r in chain_results(last)]
+    codex_results = [r for r in results if "job" in r]
+    plain_result = next(r for r in results if "label" in r)
+
+    assert [r["phase"] for r in codex_results] == list(PHASES) and final["phase"] == "review"
+    shards = {r["shard"] for r in codex_results}
+    assert len(shards) == 1, f"the run hopped between logins: {[(r['phase'], r['shard']) for r in codex_results]}"
+    shard = shards.pop()
+    if mode == "sharded":
+        assert shard == 1 and {r["queue"] for r in codex_results} == {"codex-1"}
+    else:
+        assert [r["queue"] for r in codex_results] == ["codex", *[f"codex-{shard}"] * 3]
+    assert plain_result["queue"] == "default", "a non-Codex step stays on the default queue"
+    assert codex_results[1]["after"] is None and codex_results[3]["after"] == "test", "partial steps got their input"
+
+    owner = codex_workers[shard]
+    audits = owner.events("codex.run.audit", run_id=run_id)
+    assert [a["shard"] for a in audits] == [shard] * 4 and {a["volume"] for a in audits} == {lab.shards[shard].volume}
+    assert not codex_workers[1 - shard].events("codex.run.audit", run_id=run_id)
+    assert owner.events("codex.chain.pinned", run_id=run_id, to_queue=f"codex-{shard}")
+
+    outcomes = [outcome(lab, run_id, name) for name in PHASES]
+    assert outcomes[0]["resumed_session"] is None
+    for before, after in zip(outcomes, outcomes[1:]):
+        assert after["resumed_session"] == before["session_id"], "a later phase did not resume the run's session"
+    calls = standin.script.calls()
+    assert len(calls) == 4 and {c.family for c in calls} == {lab.shards[shard].tokens.family}  # type: ignore[union-attr]
+    assert all(any(f"PHASE=plan of {run_id}" in t for t in c.texts) for c in calls), "the session's history was lost"
+
+    for worker in codex_workers:
+        worker.container.stop(timeout=30)  # stopped, not removed: the lab keeps its logs until teardown
+    plain.stop()
+    reader = app_for(broker_url, pg_backend, env)
+    ids = [r.id for r in chain_results(last)]
+    assert [AsyncResult(i, app=reader).get(timeout=10)["phase"] for i in ids if i != chain_results(last)[1].id] == list(PHASES)
+    rows = result_rows(ids)
+    assert {status for status, _ in rows.values()} == {"SUCCESS"} and len(rows) == 5
+    stored = b"".join(blob for _, blob in rows.values())
+    for login in lab.shards:
+        for secret in (login.tokens.access_token, login.tokens.refresh_token, login.tokens.id_token):  # type: ignore[union-attr]
+            assert secret.encode() not in stored, "a result holds a token"
+
+
+def test_a_phase_failing_twice_calls_link_error_once_and_the_resubmitted_run_starts_at_it(
+    lab: PhaseLab, standin: StandIn, redis_url: str, pg_backend: str,
+) -> None:
+    """E042 retried once with backoff, then link_error with the code; the re-run skips plan (no model call)."""
+    broker = BrokerView(redis_url)
+    broker.purge()
+    worker = lab.ready_worker(lab.shard(0), redis_url, pg_backend, CODEX_JOB_RETRIES="1", CODEX_JOB_RETRY_BACKOFF="1")
+    publisher = app_for(redis_url, pg_backend, {})
+    key = keys_for_shard(0, 1)[0]
+    run_id = "cwa-chain-fail"
+    standin.script.push(Behaviour("reply"), Behaviour("fail", status=400), Behaviour("fail", status=400))
+
+    first = four_phases(publisher, key, run_id).apply_async(link_error=publisher.signature("codex.run_failed"))
+    with pytest.raises(Exception, match="CODEX-E042"):
+        first.get(timeout=TIMEOUT_S, propagate=True)
+    failed = worker.wait_for("codex.run.failed", run_id=run_id)
+    assert len(standin.script.calls()) == 3, "plan once, build twice (the first attempt and its one retry)"
+    assert worker.events("codex.run.retrying", run_id=run_id, code="CODEX-E042", retry=1)
+    assert failed[0]["code"] == "CODEX-E042" and failed[0]["kind"] == "job" and failed[0]["phase"] == "build"
+    assert failed[0]["retries"] == 1
+    assert not (lab.artifacts / run_id / "build" / "outcome.json").exists()
+
+    again = four_phases(publisher, key, run_id).apply_async(link_error=publisher.signature("codex.run_failed"))
+    assert again.get(timeout=TIMEOUT_S)["phase"] == "review"
+    texts = last_texts(standin)
+    assert len(texts) == 6 and [t.split(" ")[0] for t in texts[3:]] == ["PHASE=build", "PHASE=test", "PHASE=review"]
+    assert sum(f"PHASE=plan of {run_id}" in t for t in texts) == 1, "the completed phase ran again"
+    assert worker.events("codex.phase.skipped", run_id=run_id, phase="plan", reason="completed earlier")
+    assert len(worker.events("codex.run.failed", run_id=run_id)) == 1, "link_error more than once"
+    broker.purge()
+
+
+POOL_CHILDREN = r"""
+import os
+procs = {}
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        ppid = int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+        procs[int(pid)] = (ppid, open(f"/proc/{pid}/cmdline", "rb").read())
+    except OSError:
+        pass
+print(" ".join(str(p) for p, (pp, cmd) in procs.items() if pp in procs and procs[pp][1] == cmd and b"worker-entry" in cmd))
+"""
+
+
+def pool_children(worker: ContainerWorker) -> list[str]:
+    """Pids of the worker's pool processes (forks of worker-entry), inside its container."""
+    code, output = worker.container.exec_run(["python3", "-c", POOL_CHILDREN])
+    assert code == 0, output
+    return output.decode().split()
+
+
+def test_a_pool_process_killed_mid_chain_the_chain_completes_and_no_completed_phase_runs_twice(
+    lab: PhaseLab, standin: StandIn, rabbitmq_url: str, pg_backend: str,
+) -> None:
+    """kill -9 while build holds its finished phase: redelivered, build skipped, test and review run."""
+    broker = BrokerView(rabbitmq_url)
+    broker.purge()
+    worker = lab.ready_worker(lab.shard(0), rabbitmq_url, pg_backend)
+    publisher = app_for(rabbitmq_url, pg_backend, {})
+    run_id = "cwa-chain-kill"
+    last = four_phases(publisher, keys_for_shard(0, 1)[0], run_id, build={"hold_s": 60}).apply_async()
+
+    done = lab.artifacts / run_id / "build" / "outcome.json"
+    wait_until(done.exists, TIMEOUT_S, what="build completed (and holding)")
+    build_before = outcome(lab, run_id, "build")
+    children = pool_children(worker)
+    assert len(children) == 1, children
+    code, output = worker.container.exec_run(["python3", "-c", f"import os; os.kill({int(children[0])}, 9)"])  # kill -9
+    assert code == 0, output
+
+    assert last.get(timeout=TIMEOUT_S)["phase"] == "review"
+    texts = last_texts(standin)
+    assert [t.split(" ")[0] for t in texts] == ["PHASE=plan", "PHASE=build", "PHASE=test", "PHASE=review"]
+    assert pool_children(worker) != children, "the pool process was not replaced"
+    skipped = worker.events("codex.phase.skipped", run_id=run_id, phase="build")
+    assert len(skipped) == 1 and skipped[0]["reason"] == "duplicate delivery"
+    assert outcome(lab, run_id, "build") == build_before and outcome(lab, run_id, "plan")["status"] == "completed"
+    assert len(worker.events("codex.run.audit", run_id=run_id)) == 5, "build delivered twice, every other phase once"
+    broker.purge()
