@@ -6,13 +6,14 @@ The rules only speak of series the agent really exposes, and each runbook link l
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+
+from support.monitoring import binary_or_skip
 
 from agent.login import AuthFacts
 from agent.metrics import EventMetrics, GateCollector, volumes_exposition
@@ -26,10 +27,7 @@ RULE_TESTS = ROOT / "monitoring" / "alerts_test.yml"
 
 @pytest.fixture
 def promtool() -> str:
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool absent: apt-get install prometheus (scripts/provision.sh does)")
-    return found
+    return binary_or_skip("promtool", "promtool")
 
 
 def _run_rule_tests(promtool: str, directory: Path) -> subprocess.CompletedProcess[str]:
