@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from bench.core import REPO_ROOT, Bench, Row, Settings
+from bench.guard import bench_guard
 from bench.inproc import bench_checks, bench_preflight, bench_routing
 from bench.jobs import bench_jobs
 from bench.lease import bench_lease
@@ -42,6 +43,7 @@ SUITES: tuple[Suite, ...] = (
     ("metrics", bench_metrics, (("12a", "Per-task metrics overhead"), ("12b", "Metrics scrape latency"),
                                 ("12c", "Resident memory added by the metrics"))),
     ("events", bench_events, (("12d", "Celery task events on, per task"),)),
+    ("guard", bench_guard, (("13", "Job launch through the Docker API guard"),)),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 
