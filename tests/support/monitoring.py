@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -17,7 +18,16 @@ import pytest
 
 from support.workers import wait_until
 
-__all__ = ["Flower", "Prometheus", "binary_or_skip", "free_port"]
+__all__ = ["Flower", "Prometheus", "binary_or_skip", "fake_jwt", "free_port"]
+
+
+def fake_jwt(exp: float) -> str:
+    """An unsigned JWT whose only meaningful claim is ``exp`` (the agent reads nothing else)."""
+
+    def part(data: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
+
+    return f"{part({'alg': 'none'})}.{part({'exp': exp, 'sub': 'user'})}.sig"
 
 
 def free_port() -> int:

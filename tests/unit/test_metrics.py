@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -16,6 +15,8 @@ import pytest
 import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
+
+from support.monitoring import fake_jwt
 
 from agent.audit import configure_logging, observe_events
 from agent.login import facts_from_text, inspect_auth_file
@@ -33,17 +34,10 @@ ROOT = Path(__file__).resolve().parents[2]
 SECRET_REFRESH = "rt-secret-never-shown-0123456789"
 
 
-def _jwt(exp: float) -> str:
-    def part(data: dict[str, object]) -> str:
-        return base64.urlsafe_b64encode(json.dumps(data).encode()).rstrip(b"=").decode()
-
-    return f"{part({'alg': 'none'})}.{part({'exp': exp, 'sub': 'user'})}.sig"
-
-
 def write_chatgpt_login(home: Path, exp: float, last_refresh: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
     (home / "auth.json").write_text(json.dumps({
-        "tokens": {"access_token": _jwt(exp), "refresh_token": SECRET_REFRESH, "id_token": _jwt(exp)},
+        "tokens": {"access_token": fake_jwt(exp), "refresh_token": SECRET_REFRESH, "id_token": fake_jwt(exp)},
         "last_refresh": last_refresh,
     }))
 
