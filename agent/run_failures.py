@@ -75,9 +75,14 @@ def failure_kind(code: str | None) -> FailureKind:
     return _KINDS.get(code, "other")
 
 
-def failure_report(request: Any, exc: BaseException) -> dict[str, Any]:
-    """What a ``link_error`` callback learns of a failed phase: ids, phase, code and kind."""
+def failure_report(request: Any, exc: BaseException, shard: int | None = None) -> dict[str, Any]:
+    """What a ``link_error`` callback learns of a failed phase: ids, phase, queue, code and kind.
+
+    ``shard`` is the shard the phase failed on (the worker's, when the callback runs there): pin the
+    re-submitted run to it (``codex_shard=N``) to resume on the same login in single-queue mode.
+    """
     kwargs = getattr(request, "kwargs", None) or {}
+    delivery = getattr(request, "delivery_info", None) or {}
     code = getattr(exc, "code", None)
     code = code if isinstance(code, str) else None
     return {
@@ -86,6 +91,8 @@ def failure_report(request: Any, exc: BaseException) -> dict[str, Any]:
         "run_id": kwargs.get("run_id"),
         "phase": kwargs.get("phase"),
         "retries": getattr(request, "retries", None),
+        "queue": delivery.get("routing_key"),
+        "shard": shard,
         "code": code,
         "kind": failure_kind(code),
         "error": type(exc).__name__,

@@ -12,11 +12,12 @@ from typing import Any
 import structlog
 
 from agent.artifacts import RunArtifacts
+from agent.binding import agent_for
 from agent.phase import CodexPhase
 from agent.preflight import CodexTask
 from agent.router import PIN_ARG
 from agent.run_failures import RUN_FAILED, failure_report
-from celery import current_task, shared_task
+from celery import current_app, current_task, shared_task
 
 __all__ = ["codex_phase", "codex_step", "run_failed", "housekeeping"]
 
@@ -116,7 +117,8 @@ def run_failed(request: Any, exc: BaseException, traceback: Any) -> dict[str, An
     (CODEX-E043), ``request`` (CODEX-E044) or ``engine``; a ``login`` problem never fails a task
     (it is requeued and the gate closes), so it reaches a callback only through a task of your own.
     """
-    report = failure_report(request, exc)
+    agent = agent_for(current_app)
+    report = failure_report(request, exc, agent.config.shard_index if agent is not None else None)
     log.error(RUN_FAILED, **report)
     return report
 

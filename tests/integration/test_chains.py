@@ -13,7 +13,6 @@ PostgreSQL as the result backend and the OpenAI stand-in.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -139,32 +138,43 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
 def test_a_phase_failing_twice_calls_link_error_once_and_the_resubmitted_run_starts_at_it(
     lab: PhaseLab, standin: StandIn, redis_url: str, pg_backend: str,
 ) -> None:
-    """E042 retried once with backoff, then link_error with the code; the re-run skips plan (no model call)."""
+    """Single mode, two workers: E042 retried once with backoff, then link_error once with the code and
+    the shard; the run re-submitted pinned to that shard skips plan (no model call) and starts at build."""
     broker = BrokerView(redis_url)
     broker.purge()
-    worker = lab.ready_worker(lab.shard(0), redis_url, pg_backend, CODEX_JOB_RETRIES="1", CODEX_JOB_RETRY_BACKOFF="1")
-    publisher = app_for(redis_url, pg_backend, {})
-    key = keys_for_shard(0, 1)[0]
-    run_id = "cwa-chain-fail"
+    env = {**MODES["single"], "CODEX_JOB_RETRIES": "1", "CODEX_JOB_RETRY_BACKOFF": "1"}
+    codex_workers = [lab.ready_worker(lab.shard(i), redis_url, pg_backend, **env) for i in (0, 1)]
+    publisher = app_for(redis_url, pg_backend, MODES["single"])
+    key, run_id = "repo-fails", "cwa-chain-fail"
     standin.script.push(Behaviour("reply"), Behaviour("fail", status=400), Behaviour("fail", status=400))
 
     first = four_phases(publisher, key, run_id).apply_async(link_error=publisher.signature("codex.run_failed"))
     with pytest.raises(Exception, match="CODEX-E042"):
         first.get(timeout=TIMEOUT_S, propagate=True)
-    failed = worker.wait_for("codex.run.failed", run_id=run_id)
+
+    def failures() -> list[dict[str, Any]]:
+        return [line for w in codex_workers for line in w.events("codex.run.failed", run_id=run_id)]
+
+    failed = wait_until(failures, 30, what="the link_error callback")
+    shard = failed[0]["shard"]
+    worker = codex_workers[shard]
     assert len(standin.script.calls()) == 3, "plan once, build twice (the first attempt and its one retry)"
     assert worker.events("codex.run.retrying", run_id=run_id, code="CODEX-E042", retry=1)
     assert failed[0]["code"] == "CODEX-E042" and failed[0]["kind"] == "job" and failed[0]["phase"] == "build"
-    assert failed[0]["retries"] == 1
+    assert failed[0]["retries"] == 1 and failed[0]["queue"] == f"codex-{shard}"
     assert not (lab.artifacts / run_id / "build" / "outcome.json").exists()
 
-    again = four_phases(publisher, key, run_id).apply_async(link_error=publisher.signature("codex.run_failed"))
+    again = four_phases(publisher, key, run_id, plan={"codex_shard": shard}).apply_async(
+        link_error=publisher.signature("codex.run_failed"))
     assert again.get(timeout=TIMEOUT_S)["phase"] == "review"
     texts = last_texts(standin)
     assert len(texts) == 6 and [t.split(" ")[0] for t in texts[3:]] == ["PHASE=build", "PHASE=test", "PHASE=review"]
     assert sum(f"PHASE=plan of {run_id}" in t for t in texts) == 1, "the completed phase ran again"
     assert worker.events("codex.phase.skipped", run_id=run_id, phase="plan", reason="completed earlier")
-    assert len(worker.events("codex.run.failed", run_id=run_id)) == 1, "link_error more than once"
+    assert len(worker.events("codex.run.audit", run_id=run_id)) == 2 + 2 + 3, "plan twice (once skipped), build three times, test and review once"
+    assert not codex_workers[1 - shard].events("codex.run.audit", run_id=run_id)
+    assert outcome(lab, run_id, "build")["resumed_session"] == outcome(lab, run_id, "plan")["session_id"]
+    assert len(failures()) == 1, "link_error more than once"
     broker.purge()
 
 

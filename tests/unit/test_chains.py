@@ -132,9 +132,10 @@ class TestRunFailures:
             id = "t-1"
             task = "codex.step"
             retries = 1
+            delivery_info = {"routing_key": "codex-0"}
             kwargs = {"run_id": "run-1", "phase": "build", "prompt": "never reported"}
 
         error = JobFailedError(shard=0, worker="w", container_id="abc", image="img", exit_code=1, output_tail="tail")
-        report = failure_report(Request(), error)
+        report = failure_report(Request(), error, 0)
         assert report == {"task_id": "t-1", "task": "codex.step", "run_id": "run-1", "phase": "build", "retries": 1,
-                          "code": "CODEX-E042", "kind": "job", "error": "JobFailedError"}
+                          "queue": "codex-0", "shard": 0, "code": "CODEX-E042", "kind": "job", "error": "JobFailedError"}
