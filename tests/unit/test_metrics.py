@@ -212,3 +212,21 @@ def test_codex_workers_send_task_events_by_default() -> None:
     from worker_entry.app import create_app
 
     assert create_app(load({"CODEX_SHARD_INDEX": "0"})).conf.worker_send_task_events is True
+
+
+@pytest.mark.parametrize("value", ["busy", "70000"])
+def test_a_port_it_cannot_serve_on_stops_worker_entry_with_e001(tmp_path: Path, value: str) -> None:
+    """A port in use or out of range: CODEX-E001 naming AGENT_METRICS_PORT, before Celery starts."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1]) if value == "busy" else value
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AGENT_STATE_DIR": str(tmp_path / "state"),
+               "AGENT_METRICS_PORT": port, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
+        run = subprocess.run([str(Path(sys.executable).parent / "worker-entry")], env=env, capture_output=True,
+                             text=True, timeout=60)
+    assert run.returncode != 0
+    failed = [json.loads(line) for line in run.stdout.splitlines() if '"codex.agent.startup_failed"' in line]
+    assert failed and failed[0]["code"] == "CODEX-E001" and "AGENT_METRICS_PORT" in failed[0]["error"], run.stdout[-2000:]
