@@ -1,4 +1,8 @@
-"""``python -m agent.guard``: run the Docker API guard until SIGTERM or SIGINT."""
+"""``python -m agent.guard``: run the Docker API guard until SIGTERM or SIGINT.
+
+``python -m agent.guard --probe`` is its HEALTHCHECK: every shard endpoint answers ``/_ping``
+through to the engine (exit 0), or the first that does not is named (exit 1).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import sys
 
 from agent.audit import configure_logging
@@ -13,7 +18,7 @@ from agent.errors import AgentError
 from agent.guard.config import GuardConfig, load_guard_config
 from agent.guard.server import GuardServer
 
-__all__ = ["main", "serve"]
+__all__ = ["main", "probe", "serve"]
 
 
 async def serve(config: GuardConfig) -> None:
@@ -30,6 +35,23 @@ async def serve(config: GuardConfig) -> None:
         await server.close()
 
 
+def probe(config: GuardConfig, timeout: float = 5.0) -> str | None:
+    """None when every endpoint answers ``GET /_ping`` with 200, else what failed."""
+    for policy in config.endpoints:
+        path = config.socket_path(policy)
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(path))
+                sock.sendall(b"GET /_ping HTTP/1.1\r\nHost: docker\r\nConnection: close\r\n\r\n")
+                status = sock.recv(64).split(b" ", 2)[1:2]
+        except OSError as e:
+            return f"shard {policy.index}: {path}: {e}"
+        if status != [b"200"]:
+            return f"shard {policy.index}: {path} answered {status!r}"
+    return None
+
+
 def main() -> None:
     """Entry point: JSON log lines on stdout, a configuration error as one JSON line and exit 2."""
     configure_logging((os.environ.get("AGENT_LOG_LEVEL") or "INFO").upper())
@@ -38,6 +60,10 @@ def main() -> None:
     except AgentError as e:
         print(json.dumps({"event": "codex.guard.config_error", **e.to_dict()}), flush=True)
         sys.exit(e.exit_code)
+    if sys.argv[1:] == ["--probe"]:
+        failed = probe(config)
+        print(failed or "healthy")
+        sys.exit(1 if failed else 0)
     asyncio.run(serve(config))
 
 

@@ -30,7 +30,8 @@ __all__ = [
 ]
 
 SOCKET_DIR_ENV = "CODEX_GUARD_SOCKET_DIR"
-"""Directory of the per-shard endpoints: ``<dir>/<index>/docker.sock``."""
+"""Directory of the per-shard endpoints: ``<dir>/<login volume>/docker.sock``. Keyed by the volume,
+which is unique per shard and per stack (two stacks on one host never share an endpoint)."""
 SHARDS_ENV = "CODEX_GUARD_SHARDS"
 """Explicit ``index=volume`` pairs, comma-separated; unset: shards 0..CODEX_SHARDS-1."""
 VOLUME_PREFIX_ENV = "CODEX_GUARD_VOLUME_PREFIX"
@@ -57,8 +58,9 @@ class GuardConfig:
     owner: tuple[int, int]
 
     def socket_path(self, policy: ShardPolicy) -> Path:
-        """Where shard ``policy.index``'s endpoint listens."""
-        return self.socket_dir / str(policy.index) / SOCKET_NAME
+        """Where shard ``policy.index``'s endpoint listens: a directory named after its login volume,
+        which only that shard's worker mounts (never removed: a worker's bind mount holds it)."""
+        return self.socket_dir / policy.volume / SOCKET_NAME
 
 
 def _bad(variable: str, value: str, cause: str, accepted: str) -> ConfigError:

@@ -1,6 +1,6 @@
 """The Docker API guard: one process holds the real socket; each shard gets an endpoint of its own.
 
-Each shard's worker reaches Docker only through its endpoint, ``<dir>/<index>/docker.sock``
+Each shard's worker reaches Docker only through its endpoint, ``<dir>/<volume>/docker.sock``
 (``DOCKER_HOST``). Every call is judged by :mod:`agent.guard.policy` before it reaches the engine,
 whichever client sent it (the agent's launcher, the raw SDK, the docker CLI, curl):
 

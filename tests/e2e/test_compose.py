@@ -247,8 +247,13 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     assert holder_id in refused[0]["message"] and stack.volume(1) in refused[0]["message"]
     assert stack.status(workers[1])["state"]["gate"] == "open"
 
-    # `codex-agent volumes --json`, from inside a worker (socket through group_add).
-    report = stack.exec_json(workers[0], "codex-agent", "volumes", "--json", *[stack.volume(s) for s in SHARDS])
+    # No worker holds the Docker socket: each reaches Docker through its own docker-guard endpoint,
+    # where the fleet-wide view is refused; the operator's `codex-agent volumes` runs in the guard.
+    for worker in [*workers.values(), stack.container("codex-worker-default")]:
+        assert all(m["Source"] != "/var/run/docker.sock" for m in worker.attrs["Mounts"]), worker.name
+    own = stack.exec_json(workers[0], "codex-agent", "volumes", "--json")
+    assert [v["name"] for v in own["volumes"]] == [stack.volume(0)]
+    report = stack.exec_json(stack.container("docker-guard"), "codex-agent", "volumes", "--json", *[stack.volume(s) for s in SHARDS])
     by_name = {v["name"]: v for v in report["volumes"]}
     assert set(by_name) == {stack.volume(s) for s in SHARDS}
     for shard in SHARDS:

@@ -1,7 +1,7 @@
 """The Docker API guard as a real process (``python -m agent.guard``) for tests and benchmarks.
 
-The guard holds the host's real socket and listens on ``<dir>/<index>/docker.sock`` per shard; a
-worker container mounts only ``<dir>/<index>`` (at :data:`GUARD_MOUNT`) and reaches Docker through
+The guard holds the host's real socket and listens on ``<dir>/<volume>/docker.sock`` per shard; a
+worker container mounts only ``<dir>/<volume>`` (at :data:`GUARD_MOUNT`) and reaches Docker through
 it with ``DOCKER_HOST``. Its JSON log lines (``codex.guard.refused``, ``codex.guard.created``) are
 the audit trail the tests read.
 """
@@ -82,11 +82,11 @@ class GuardProcess(JsonLog):
 
     def socket(self, index: int) -> Path:
         """Shard ``index``'s endpoint on the host."""
-        return self.dir / str(index) / "docker.sock"
+        return self.endpoint_dir(index) / "docker.sock"
 
     def endpoint_dir(self, index: int) -> Path:
-        """What a shard's worker container mounts at :data:`GUARD_MOUNT`."""
-        return self.dir / str(index)
+        """What a shard's worker container mounts at :data:`GUARD_MOUNT`: named after its login volume."""
+        return self.dir / self.shards[index]
 
     def client(self, index: int, timeout: int = 60) -> docker.DockerClient:
         """A plain docker SDK client on shard ``index``'s endpoint (what task code would make)."""

@@ -192,7 +192,7 @@ class TestConfig:
         """Without CODEX_GUARD_SHARDS, shards 0..CODEX_SHARDS-1 with volume <prefix>N."""
         config = load_guard_config({"CODEX_SHARDS": "2", "CODEX_GUARD_VOLUME_PREFIX": "p_", "CODEX_JOB_NETWORK": "host"})
         assert [(p.index, p.volume, p.network) for p in config.endpoints] == [(0, "p_0", "host"), (1, "p_1", "host")]
-        assert str(config.socket_path(config.endpoints[1])) == "/run/codex-guard/1/docker.sock"
+        assert str(config.socket_path(config.endpoints[1])) == "/run/codex-guard/p_1/docker.sock"
         assert config.upstream == "/var/run/docker.sock" and config.owner == (1000, 1000)
 
     @pytest.mark.parametrize(("env", "variable"), [
