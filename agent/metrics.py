@@ -34,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent import revocation
+from agent.audit import JOB_FINISHED, RUN_AUDIT, observe_events
 from agent.errors import ConfigError
 from agent.login import AuthFacts, inspect_auth_file
 
@@ -114,7 +115,7 @@ class EventMetrics:
             ["shard", "outcome"], buckets=DURATION_BUCKETS, registry=registry,
         )
         self.requeues = Counter(
-            "codex_requeues", "Codex tasks sent back to their shard queue, by reason and code.",
+            "codex_requeues", "Codex tasks sent back to their shard queue: login, engine_unavailable or job_failed (a retry).",
             ["shard", "reason", "code"], registry=registry,
         )
         self.revoked = Counter(
@@ -130,12 +131,13 @@ class EventMetrics:
             self.jobs.labels(shard, outcome)
             self.runs.labels(shard, outcome)
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
-            "codex.run.audit": lambda e: self.tasks.labels(self.shard).inc(),
+            RUN_AUDIT: lambda e: self.tasks.labels(self.shard).inc(),
             "codex.check.failed": lambda e: self._check(e, "failed"),
             "codex.check.warning": lambda e: self._check(e, "warning"),
             "codex.check.passed": lambda e: self._check(e, "passed"),
-            "codex.job.finished": self._job,
+            JOB_FINISHED: self._job,
             "codex.run.requeued": self._requeued,
+            "codex.run.retrying": lambda e: self.requeues.labels(self.shard, "job_failed", str(e.get("code") or "")).inc(),
             "codex.login.revoked": lambda e: self.revoked.labels(self.shard, str(e.get("reason") or "unknown")).inc(),
             "codex.lease.refused": lambda e: self.lease_refused.labels(self.shard).inc(),
         }
@@ -354,8 +356,6 @@ def enable(
     """
     from prometheus_client import start_http_server, values
     from prometheus_client.multiprocess import MultiProcessCollector
-
-    from agent.audit import observe_events
 
     directory = Path(state_dir) / "prometheus"
     _fresh_directory(directory)

@@ -72,6 +72,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     log.error("codex.job.finished", exit_code=None, duration_s=60, timed_out=True)
     log.error("codex.run.requeued", code="CODEX-E034", error="x")
     log.error("codex.run.requeued", code="CODEX-E040", error="x", retry_in_s=15)
+    log.error("codex.run.retrying", code="CODEX-E042", retry=1, max_retries=3, retry_in_s=30)
     log.error("codex.login.revoked", reason="refresh_token_reused")
     log.error("codex.check.failed", check="login", code="CODEX-E030")
     log.error("codex.check.failed", check="login", code="CODEX-E030", repeated=True)  # a reminder: not counted
@@ -95,6 +96,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     assert value("codex_job_container_duration_seconds_count", outcome="ok") == 2
     assert value("codex_requeues_total", reason="login", code="CODEX-E034") == 1
     assert value("codex_requeues_total", reason="engine_unavailable", code="CODEX-E040") == 1
+    assert value("codex_requeues_total", reason="job_failed", code="CODEX-E042") == 1
     assert value("codex_login_revoked_total", reason="refresh_token_reused") == 1
     assert value("codex_check_outcomes_total", outcome="failed", check="login", code="CODEX-E030") == 1
     assert value("codex_check_outcomes_total", outcome="passed", check="-", code="") == 1
