@@ -3,7 +3,7 @@
 #   codex-worker-agent/worker:dev   Celery worker + agent (images/worker/Dockerfile)
 #   codex-worker-agent/job:dev      Codex job container  (images/job/Dockerfile)
 #   codex-worker-agent/busybox:dev  2 MB throwaway image for tests (images/busybox/Dockerfile)
-# Usage: images/build.sh [--base IMAGE]   (or BASE_IMAGE=IMAGE). Default: python:3.11-slim when present
+# Usage: images/build.sh [--base IMAGE] [--postgres]   (or BASE_IMAGE=IMAGE). Default: python:3.11-slim when present
 # or pullable, else codex-agent-base:bookworm built by images/base/build-local-base.sh.
 # Needs: dockerd, the Codex CLI in .cache/codex and .venv (scripts/provision.sh), busybox-static.
 set -euo pipefail
@@ -12,6 +12,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 WORKER_IMAGE=codex-worker-agent/worker:dev
 JOB_IMAGE=codex-worker-agent/job:dev
 BUSYBOX_IMAGE=codex-worker-agent/busybox:dev
+# --postgres also builds codex-worker-agent/postgres:dev (images/postgres/Dockerfile, Debian's package)
+# for the compose profile `postgres`; apt inside that build fetches from Debian, not from a registry.
+POSTGRES_IMAGE=codex-worker-agent/postgres:dev
+with_postgres=0
 LOCAL_BASE=codex-agent-base:bookworm
 CONTEXT="$REPO_ROOT/.cache/build-context"
 # Where pip's and docker's chatter goes (its tail is shown when a step fails).
@@ -24,6 +28,7 @@ while (($#)); do
     case "$1" in
         --base) base="${2:?--base needs an image}"; shift 2 ;;
         --base=*) base="${1#--base=}"; shift ;;
+        --postgres) with_postgres=1; shift ;;
         -h | --help) sed -n '2,8s/^# \{0,1\}//p' "$0"; exit 0 ;;
         *) log "unknown argument: $1"; exit 2 ;;
     esac
@@ -118,5 +123,6 @@ assemble_context
 build "$JOB_IMAGE" "$REPO_ROOT/images/job/Dockerfile" "$CONTEXT"
 build "$WORKER_IMAGE" "$REPO_ROOT/images/worker/Dockerfile" "$CONTEXT"
 build "$BUSYBOX_IMAGE" "$REPO_ROOT/images/busybox/Dockerfile" "$CONTEXT/busybox"
+if ((with_postgres)); then build "$POSTGRES_IMAGE" "$REPO_ROOT/images/postgres/Dockerfile" "$REPO_ROOT/images/postgres"; fi
 printf 'WORKER_IMAGE=%s\nJOB_IMAGE=%s\nBUSYBOX_IMAGE=%s\nBASE_IMAGE=%s\n' \
     "$WORKER_IMAGE" "$JOB_IMAGE" "$BUSYBOX_IMAGE" "$base"
