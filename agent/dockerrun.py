@@ -147,22 +147,48 @@ def _remove(container: Any) -> None:
         pass
 
 
+RECONNECT_FOR = 300.0
+"""Seconds a wait for a running job survives losing its connection (the Docker API guard or the
+engine restarting): the job runs on, so the launcher waits again instead of abandoning it."""
+_RECONNECT_PAUSE = 1.0
+
+
 def _wait(container: Any, timeout: float | None) -> int:
-    """Exit code, or raise ContainerTimeout after killing the container."""
-    try:
-        status = container.wait(timeout=timeout)
-    except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError) as e:
-        if timeout is None:
-            raise
-        container.reload()
-        if container.status in ("running", "created", "restarting"):
-            try:
-                container.kill()
-            except docker.errors.APIError:
-                pass
-            raise ContainerTimeout(container.id or "?", timeout) from e
-        status = container.wait(timeout=5)
-    return int(status.get("StatusCode", -1))
+    """Exit code, or raise ContainerTimeout after killing the container.
+
+    A connection lost before the limit (a guard restart) is not the end of the job: the wait is
+    made again for up to :data:`RECONNECT_FOR` seconds of outage.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    lost_since: float | None = None
+    while True:
+        asked = time.monotonic()
+        remaining = None if deadline is None else max(deadline - asked, 0.01)
+        try:
+            status = container.wait(timeout=remaining)
+            return int(status.get("StatusCode", -1))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError,
+                requests.exceptions.ChunkedEncodingError) as e:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline - 0.05:
+                return _past_limit(container, timeout or 0.0, e)
+            if lost_since is None or now - asked > 2 * _RECONNECT_PAUSE:
+                lost_since = asked  # a fresh outage: the last wait had been connected
+            if now - lost_since > RECONNECT_FOR:
+                raise
+            time.sleep(_RECONNECT_PAUSE)
+
+
+def _past_limit(container: Any, timeout: float, cause: BaseException) -> int:
+    """The wall-clock limit passed: kill a job still running (ContainerTimeout), else its exit code."""
+    container.reload()
+    if container.status in ("running", "created", "restarting"):
+        try:
+            container.kill()
+        except docker.errors.APIError:
+            pass
+        raise ContainerTimeout(container.id or "?", timeout) from cause
+    return int(container.wait(timeout=5).get("StatusCode", -1))
 
 
 def run_container(

@@ -42,7 +42,8 @@ __all__ = [
 ]
 
 GUARD_LABEL = "codex.guard"
-"""Label the guard puts on every container and workspace volume it creates: the shard index."""
+"""Label the guard puts on every container and workspace volume it creates: the shard's login volume,
+unique per shard and per stack (two guards on one host never own each other's containers)."""
 
 _VERSION = re.compile(r"^/v\d+\.\d+(?=/)")
 _NAME = r"[A-Za-z0-9][A-Za-z0-9_.-]*"
@@ -96,7 +97,7 @@ class ShardPolicy:
     @property
     def mark(self) -> str:
         """Value of :data:`GUARD_LABEL` on what this shard's endpoint created."""
-        return str(self.index)
+        return self.volume
 
     def facts(self) -> dict[str, Any]:
         """Shard and volume for error messages and audit lines."""
@@ -353,7 +354,7 @@ def _env(policy: ShardPolicy, env: Any) -> list[str]:
 
 def _labels(policy: ShardPolicy, labels: Any) -> dict[str, str]:
     given = {str(k): str(v) for k, v in (labels or {}).items()}
-    imposed = {"codex.shard": policy.mark, "codex.volume": policy.volume, GUARD_LABEL: policy.mark}
+    imposed = {"codex.shard": str(policy.index), "codex.volume": policy.volume, GUARD_LABEL: policy.mark}
     for key, value in imposed.items():
         if key in given and given[key] != value:
             raise _job(policy, "forged-label", f"label {key}={given[key]} claims what this endpoint is not: it serves "

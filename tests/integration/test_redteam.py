@@ -16,6 +16,8 @@ import os
 import secrets
 import shutil
 import string
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -99,8 +101,7 @@ def range_(docker_client: docker.DockerClient, images: Images) -> Iterator[Range
         print(f"--- guard ---\n{guard.tail(40)}")
         guard.close()
         ours = {c.id for c in containers} | {
-            c.id for c in raw.containers.list(all=True, filters={"label": "codex.test=1"})
-            if any(m.get("Name") in made_volumes for m in c.attrs.get("Mounts") or ())
+            c.id for name in made_volumes for c in raw.containers.list(all=True, filters={"volume": name})
         }
         for container_id in ours:
             try:
@@ -259,7 +260,7 @@ class TestFromTaskCode:
 
     def test_nothing_the_attempts_named_was_created(self, range_: Range, outcomes: dict[str, Outcome]) -> None:
         """After every attempt, shard 0's endpoint created nothing but its own job, and the volumes survive."""
-        created = range_.raw.containers.list(all=True, filters={"label": "codex.guard=0"})
+        created = range_.raw.containers.list(all=True, filters={"label": f"codex.guard={range_.mine}"})
         assert {c.id for c in created} == {range_.own_job.id}
         assert {v.name for v in range_.raw.volumes.list() if v.name in (range_.mine, range_.theirs)} == {range_.mine, range_.theirs}
         assert range_.raw.containers.get(range_.victim_worker.id).status == "running"
@@ -332,7 +333,7 @@ class TestLegitimatePath:
             assert host["Privileged"] is False and host["Tmpfs"]["/tmp"].startswith("rw,nosuid,nodev")
             assert attrs["Config"]["User"] == "1000:1000" and f"CODEX_HOME={HOME}" in attrs["Config"]["Env"]
             labels = attrs["Config"]["Labels"]
-            assert (labels["codex.guard"], labels["codex.shard"], labels["codex.volume"], labels["team"]) == ("0", "0", range_.mine, "a")
+            assert (labels["codex.guard"], labels["codex.shard"], labels["codex.volume"], labels["team"]) == (range_.mine, "0", range_.mine, "a")
         finally:
             container.remove(force=True)  # through the guard: its own container
 
@@ -368,6 +369,20 @@ class TestLegitimatePath:
         finally:
             range_.guard.start()
         assert launcher.run(range_.images.job, ["codex", "login", "status"]).exit_code == 0
+
+
+    def test_a_guard_restart_during_a_job_does_not_abandon_it(self, range_: Range) -> None:
+        """The guard is killed and started again while a job runs: the launcher waits again and gets
+        the same job's exit, not CODEX-E040 (which would run the phase a second time)."""
+        launcher = _launcher(range_)
+        restart = threading.Timer(1.0, lambda: (range_.guard.kill(), time.sleep(1.0), range_.guard.start()))
+        restart.start()
+        try:
+            result = launcher.run(range_.images.job, ["sh", "-c", "sleep 4; echo survived"])
+        finally:
+            restart.join()
+        assert result.exit_code == 0 and "survived" in result.output
+        assert range_.guard.events("codex.guard.started")[-1]["timestamp"] > range_.guard.events("codex.guard.created", container_id=result.container_id)[0]["timestamp"]
 
 
 CONTROLS: list[tuple[str, dict[str, Any], str, Any]] = [

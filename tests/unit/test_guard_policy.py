@@ -96,7 +96,7 @@ class TestCreate:
         assert (host["Memory"], host["NanoCpus"], host["PidsLimit"], host["ReadonlyRootfs"]) == (2 * 1024**3, 10**9, 256, True)
         assert host["Tmpfs"] == {"/tmp": "rw,nosuid,nodev,size=67108864"} and host["AutoRemove"] is True
         assert body["User"] == "1000:1000" and body["Env"] == [f"CODEX_HOME={HOME}"]
-        assert body["Labels"] == {"codex.shard": "0", "codex.volume": "codex_auth_0", GUARD_LABEL: "0"}
+        assert body["Labels"] == {"codex.shard": "0", "codex.volume": "codex_auth_0", GUARD_LABEL: "codex_auth_0"}
         assert body["OpenStdin"] is True and "MaskedPaths" not in host and "Privileged" not in host
 
     def test_the_launchers_own_request_passes(self) -> None:
@@ -160,9 +160,9 @@ class TestVolumesAndContainers:
     def test_a_named_volume_must_be_the_shards(self) -> None:
         """New: create it; labelled for this shard: use it; anyone else's or a login: refused."""
         assert judge_volume(POLICY, "codex_ws_r1", None) is True
-        assert judge_volume(POLICY, "codex_ws_r1", {"Labels": {GUARD_LABEL: "0"}}) is False
+        assert judge_volume(POLICY, "codex_ws_r1", {"Labels": {GUARD_LABEL: "codex_auth_0"}}) is False
         with pytest.raises(Refusal) as other:
-            judge_volume(POLICY, "codex_ws_r2", {"Labels": {GUARD_LABEL: "1"}})
+            judge_volume(POLICY, "codex_ws_r2", {"Labels": {GUARD_LABEL: "codex_auth_1"}})
         with pytest.raises(Refusal) as unlabelled:
             judge_volume(POLICY, "data", {"Labels": {}})
         with pytest.raises(Refusal) as login:
@@ -176,9 +176,9 @@ class TestVolumesAndContainers:
         target = container_list_query(POLICY, "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A+%5B%22codex.shard%3D0%22%5D%7D")
         query = dict(p.split("=", 1) for p in target.split("?", 1)[1].split("&"))
         from urllib.parse import unquote_plus
-        assert json.loads(unquote_plus(query["filters"]))["label"] == ["codex.shard=0", f"{GUARD_LABEL}=0"] and query["all"] == "1"
-        listing = {"Volumes": [{"Name": "codex_auth_0"}, {"Name": "codex_auth_1"}, {"Name": "ws", "Labels": {GUARD_LABEL: "0"}},
-                               {"Name": "ws1", "Labels": {GUARD_LABEL: "1"}}], "Warnings": None}
+        assert json.loads(unquote_plus(query["filters"]))["label"] == ["codex.shard=0", f"{GUARD_LABEL}=codex_auth_0"] and query["all"] == "1"
+        listing = {"Volumes": [{"Name": "codex_auth_0"}, {"Name": "codex_auth_1"}, {"Name": "ws", "Labels": {GUARD_LABEL: "codex_auth_0"}},
+                               {"Name": "ws1", "Labels": {GUARD_LABEL: "codex_auth_1"}}], "Warnings": None}
         assert [v["Name"] for v in own_volumes(POLICY, listing)["Volumes"]] == ["codex_auth_0", "ws"]
 
     def test_inspect_is_allowed_for_the_worker_that_mounts_the_login(self) -> None:
