@@ -24,6 +24,7 @@ from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.drain import DrainReport
 from agent.fleet import FleetReport, read_fleet
+from agent.login_move import export_login, import_login
 from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
@@ -283,6 +284,30 @@ def fleet(ctx: click.Context, broker: str | None, shards: int | None, as_json: b
     _answer(report, as_json, _echo_fleet)
     ctx.exit(0 if report.ok else 1)
 
+
+def _login_move(name: str, move: Any, help_text: str, done: str) -> None:
+    """Declare ``codex-agent NAME BUNDLE [--json]`` over ``move(config, bundle)``; ``done`` formats its receipt."""
+
+    @click.argument("bundle", type=click.Path(dir_okay=False, path_type=Path))
+    @json_option("receipt")
+    def command(bundle: Path, as_json: bool) -> None:
+        receipt = move(config_mod.load(), bundle)
+        _answer(receipt, as_json, lambda r: click.echo(done.format_map(r.to_dict())))
+
+    cli.command(name, help=help_text)(command)
+
+
+_login_move(
+    "login-export", export_login,
+    "Move this volume's login into BUNDLE (mode 0600) and out of the volume; the worker must be stopped.",
+    "moved the login of volume {volume} (fingerprint {fingerprint}) into {bundle}; the volume holds no login now: "
+    "import it with codex-agent login-import on the target",
+)
+_login_move(
+    "login-import", import_login,
+    "Move the login in BUNDLE into this (empty) volume, then delete BUNDLE.",
+    "moved the login (fingerprint {fingerprint}) into volume {volume}; {bundle} is deleted",
+)
 
 def main() -> None:
     """Console-script entry point."""

@@ -457,6 +457,15 @@ class FleetUnreadableError(AgentError):
         "codex-agent fleet --broker <url>"
     )
 
+class LoginMoveError(AgentError):
+    code = "CODEX-E071"
+    title = "login move refused"
+    template = "cannot {action} the login of volume {volume}: {cause}; nothing was changed"
+    remediation_template = (
+        "read the cause, fix it, and run the same command again (runbook: Moving a shard's login to another node)"
+    )
+
+
 
 
 def _rebuild(cls: type[AgentError], facts: dict[str, Any]) -> AgentError:

@@ -1,0 +1,140 @@
+"""The stack on a real single-node Docker Swarm, deployed by ``scripts/swarm-up`` from docker-compose.yaml.
+
+``docker swarm init --advertise-addr 127.0.0.1`` for this test only, and ``docker swarm leave
+--force`` in the fixture's teardown whatever happens. The project's images are used by their local
+tags (no registry exists). The broker is the host's RabbitMQ (``--broker host``), on a private vhost.
+Only shard 0's node label is set: shard 0 runs a task with its login, shards 1 and 2 stay Pending
+(the placement constraint is hard), and no volume of theirs is created anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from support.codex import make_api_key_login_in_volume
+from support.workers import wait_until
+
+from agent import config as config_mod
+from worker_entry.app import create_app
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "swarm"))
+from stack import SHARD_LABEL  # noqa: E402
+
+
+def docker_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120, env=env)
+    if check and done.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)}: {done.stderr.strip()}")
+    return done
+
+
+@pytest.fixture
+def swarm(docker_client: docker.DockerClient) -> Iterator[str]:
+    """A single-node swarm for this test; always left again. Yields the node id."""
+    state = docker_client.info().get("Swarm", {}).get("LocalNodeState")
+    if state != "inactive":
+        pytest.fail(f"the engine is already in a swarm ({state}): another test's? not touching it", pytrace=False)
+    had_bridge = bool(docker_client.networks.list(names=["docker_gwbridge"]))
+    docker_cli("swarm", "init", "--advertise-addr", "127.0.0.1")
+    try:
+        yield docker_client.info()["Swarm"]["NodeID"]
+    finally:
+        docker_cli("swarm", "leave", "--force", check=False)
+        if not had_bridge:  # swarm init made it; leave the engine's networks as they were
+            docker_cli("network", "rm", "docker_gwbridge", check=False)
+
+
+def test_the_stack_on_a_single_node_swarm(
+    swarm: str, images: Any, docker_client: docker.DockerClient, rabbitmq_vhost: str, tmp_path: Path
+) -> None:
+    """Deployed from the compose file: shard 0 (labelled node) opens its gate and runs a job; 1 and 2 wait."""
+    name = f"cwa{secrets.token_hex(3)}"
+    prefix = f"{name}_auth_"
+    docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=0)}=true", swarm)
+    volume = f"{prefix}0"
+    docker_client.volumes.create(volume, labels={"codex.test": "1"})
+    make_api_key_login_in_volume(images.job, volume)
+    env = {
+        **os.environ,
+        "CELERY_BROKER_URL": rabbitmq_vhost,
+        "CODEX_VOLUME_PREFIX": prefix,
+        "CODEX_WORKER_IMAGE": images.worker,
+        "CODEX_JOB_IMAGE": images.job,
+        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+        "CODEX_STOP_GRACE_PERIOD": "20s",
+        "CELERY_RESULT_BACKEND": "rpc://",
+    }
+    try:
+        deployed = subprocess.run([str(ROOT / "scripts" / "swarm-up"), "--broker", "host", name], env=env,
+                                  capture_output=True, text=True, timeout=180)
+        assert deployed.returncode == 0, deployed.stderr
+        # The shards whose node is not labelled are named, with the command that labels one.
+        assert "no node is labelled codex.shard.1=true" in deployed.stderr
+        assert "no node is labelled codex.shard.0=true" not in deployed.stderr
+        service = docker_client.services.get(f"{name}_codex-worker-0")
+        spec = service.attrs["Spec"]
+        assert spec["Mode"] == {"Replicated": {"Replicas": 1}}
+        assert spec["UpdateConfig"]["Order"] == spec["RollbackConfig"]["Order"] == "stop-first"
+        assert spec["TaskTemplate"]["Placement"]["Constraints"] == ["node.labels.codex.shard.0 == true"]
+
+        def worker_container() -> Any:
+            found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-0"})
+            return found[0] if found else None
+
+        container = wait_until(worker_container, 90, interval=1, what="shard 0's task running")
+
+        def gate() -> dict[str, Any] | None:
+            done = container.exec_run(["codex-agent", "status", "--json"], user="app")
+            try:
+                state = json.loads(done.output.decode()).get("state") or {}
+            except ValueError:
+                return None
+            return state if state.get("gate") == "open" else None
+
+        state = wait_until(gate, 90, interval=1, what="shard 0's gate open")
+        assert (state["shard"], state["volume"], state["queue"]) == (0, volume, "codex-0")
+
+        # A task runs: codex.phase without a prompt launches a job container on the login volume.
+        import worker_entry.tasks  # noqa: F401  (registers the shared tasks, so the router knows codex.phase)
+
+        publisher = create_app(config_mod.load({"CELERY_BROKER_URL": rabbitmq_vhost}), result_backend="rpc://")
+        result = publisher.send_task("codex.phase", kwargs={"affinity_key": "k", "run_id": f"run-{name}",
+                                                            "phase": "plan", "codex_shard": 0})
+        try:
+            value = result.get(timeout=120)
+        except Exception as e:
+            raise AssertionError(f"{e!r}; worker log:\n{container.logs(tail=40).decode(errors='replace')}") from e
+        assert value["shard"] == 0 and value["volume"] == volume and value["job"]["exit_code"] == 0
+
+        # The hard constraint: with no labelled node, shards 1 and 2 wait; no empty volume appears.
+        for shard in (1, 2):
+            tasks = docker_client.services.get(f"{name}_codex-worker-{shard}").tasks()
+            assert tasks and all(t["Status"]["State"] == "pending" for t in tasks), tasks
+            assert "no suitable node" in tasks[0]["Status"].get("Err", ""), tasks[0]["Status"]
+            assert not docker_client.volumes.list(filters={"name": f"{prefix}{shard}"})
+    finally:
+        docker_cli("stack", "rm", name, check=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and docker_client.containers.list(
+            all=True, filters={"label": f"com.docker.stack.namespace={name}"}
+        ):
+            time.sleep(1)
+        for endpoint in Path("/run/codex-guard").glob(f"{prefix}*"):  # the guard's per-shard directories
+            shutil.rmtree(endpoint, ignore_errors=True)
+        for leftover in docker_client.volumes.list(filters={"name": prefix}):
+            try:
+                leftover.remove(force=True)
+            except docker.errors.APIError:
+                pass
