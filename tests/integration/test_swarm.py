@@ -117,6 +117,22 @@ def test_the_stack_on_a_single_node_swarm(
         except Exception as e:
             raise AssertionError(f"{e!r}; worker log:\n{container.logs(tail=40).decode(errors='replace')}") from e
         assert value["shard"] == 0 and value["volume"] == volume and value["job"]["exit_code"] == 0
+        audit = [json.loads(line) for line in container.logs().decode(errors="replace").splitlines() if line.startswith("{")]
+        finished = [e for e in audit if e.get("event") == "codex.job.finished" and e.get("run_id") == f"run-{name}"]
+        assert len(finished) == 1 and finished[0]["exit_code"] == 0 and finished[0]["volume"] == volume
+
+        # The image's HEALTHCHECK (codex-agent status --probe) under Swarm, and the fleet view from the host.
+        def healthy() -> bool:
+            container.reload()
+            return bool(container.attrs["State"].get("Health", {}).get("Status") == "healthy")
+
+        wait_until(healthy, 60, interval=1, what="shard 0's task healthy")
+        fleet = subprocess.run([str(Path(sys.executable).parent / "codex-agent"), "fleet", "--json"],
+                               env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": rabbitmq_vhost},
+                               capture_output=True, text=True, timeout=30)
+        rows = {row["shard"]: row for row in json.loads(fleet.stdout)["shards"]}
+        assert rows[0]["status"] == "open" and rows[0]["workers"][0]["volume"] == volume
+        assert rows[1]["status"] == rows[2]["status"] == "missing" and fleet.returncode == 1
 
         # The hard constraint: with no labelled node, shards 1 and 2 wait; no empty volume appears.
         for shard in (1, 2):
