@@ -23,9 +23,10 @@ from typing import Any
 
 import structlog
 
+from agent.config import AgentConfig
 from agent.routing import PIN_ARG
 
-__all__ = ["signatures_in", "pin_signatures", "accepts_pin", "keep_chain_on_shard"]
+__all__ = ["signatures_in", "pin_signatures", "accepts_pin", "own_queue", "keep_chain_on_shard"]
 
 log = structlog.get_logger(__name__)
 
@@ -93,11 +94,22 @@ def accepts_pin(task: Any) -> bool:
     return any(p.name == PIN_ARG or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
-def keep_chain_on_shard(task: Any, shard: int, queue: str, codex_queues: frozenset[str]) -> int:
-    """Pin the running request's remaining chain to this shard (see the module docstring)."""
+def own_queue(config: AgentConfig) -> str:
+    """The queue only this shard's worker consumes: ``codex-N``, or its ``CODEX_QUEUE`` when set."""
+    assert config.shard_index is not None, "a Codex worker has a shard"
+    queue = config.topology.shard_queue(config.shard_index)
+    return queue if queue in config.codex_queues or not config.codex_queue else config.codex_queue
+
+
+def keep_chain_on_shard(task: Any, config: AgentConfig) -> str:
+    """Pin the running request's remaining chain to this shard (module docstring); returns its queue."""
+    queue = own_queue(config)
     chain = getattr(task.request, "chain", None)
     if not chain:
-        return 0
+        return queue
+    assert config.shard_index is not None
+    shard = config.shard_index
+    codex_queues = frozenset((*config.topology.codex_queues(), *config.codex_queues))
 
     def lookup(name: str) -> Any:
         return task.app.tasks.get(name)
@@ -112,4 +124,4 @@ def keep_chain_on_shard(task: Any, shard: int, queue: str, codex_queues: frozens
     )
     if moved:
         log.info(CHAIN_PINNED, pinned_steps=moved, to_queue=queue)
-    return moved
+    return queue

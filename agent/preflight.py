@@ -197,10 +197,8 @@ class CodexTask(Task):
         context = self.codex_context(kwargs)
         with bound(**context):
             log.info(RUN_AUDIT, task=self.name)
-            config = self.agent.config
-            own_queue = config.topology.shard_queue(context["shard"])
             # A chain's later Codex steps follow this one onto this shard's login (agent.chains).
-            keep_chain_on_shard(self, context["shard"], own_queue, frozenset(config.topology.codex_queues()))
+            own_queue = keep_chain_on_shard(self, self.agent.config)
             try:
                 return super().__call__(*args, **kwargs)
             except LoginError as e:

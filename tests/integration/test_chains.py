@@ -13,6 +13,7 @@ PostgreSQL as the result backend and the OpenAI stand-in.
 from __future__ import annotations
 
 import json
+import uuid
 from typing import Any
 
 import pytest
@@ -86,7 +87,7 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
     codex_workers = [lab.ready_worker(lab.shard(i), broker_url, pg_backend, **env) for i in (0, 1)]
     plain = workers(CELERY_RESULT_BACKEND=pg_backend, **env)  # the default queue's worker
     publisher = app_for(broker_url, pg_backend, env)
-    run_id = f"cwa-chain-{mode}"
+    run_id = f"cwa-chain-{mode}-{uuid.uuid4().hex[:6]}"  # a run's workspace volume is named by it
     key = keys_for_shard(1, 1, shards=2)[0]
 
     last = four_phases(publisher, key, run_id, with_plain_step=True).apply_async(
@@ -145,7 +146,7 @@ def test_a_phase_failing_twice_calls_link_error_once_and_the_resubmitted_run_sta
     env = {**MODES["single"], "CODEX_JOB_RETRIES": "1", "CODEX_JOB_RETRY_BACKOFF": "1"}
     codex_workers = [lab.ready_worker(lab.shard(i), redis_url, pg_backend, **env) for i in (0, 1)]
     publisher = app_for(redis_url, pg_backend, MODES["single"])
-    key, run_id = "repo-fails", "cwa-chain-fail"
+    key, run_id = "repo-fails", f"cwa-chain-fail-{uuid.uuid4().hex[:6]}"
     standin.script.push(Behaviour("reply"), Behaviour("fail", status=400), Behaviour("fail", status=400))
 
     first = four_phases(publisher, key, run_id).apply_async(link_error=publisher.signature("codex.run_failed"))
@@ -206,7 +207,7 @@ def test_a_pool_process_killed_mid_chain_the_chain_completes_and_no_completed_ph
     broker.purge()
     worker = lab.ready_worker(lab.shard(0), rabbitmq_url, pg_backend)
     publisher = app_for(rabbitmq_url, pg_backend, {})
-    run_id = "cwa-chain-kill"
+    run_id = f"cwa-chain-kill-{uuid.uuid4().hex[:6]}"
     last = four_phases(publisher, keys_for_shard(0, 1)[0], run_id, build={"hold_s": 60}).apply_async()
 
     done = lab.artifacts / run_id / "build" / "outcome.json"

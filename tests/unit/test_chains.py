@@ -13,7 +13,7 @@ import pytest
 from celery import Celery, chain, group
 
 import worker_entry.tasks as tasks
-from agent.chains import accepts_pin, pin_signatures, signatures_in
+from agent.chains import accepts_pin, own_queue, pin_signatures, signatures_in
 from agent.config import load
 from agent.defaults import DEFAULT_QUEUE
 from agent.errors import ConfigError, JobFailedError
@@ -107,6 +107,14 @@ class TestPinSignatures:
         wire = remaining_chain(app, chain(tasks.codex_step.si(phase="a", **RUN), user_phase.si("repo-a", "run-1")))
         assert pin(app, wire, 0) == 1
         assert PIN_ARG not in wire[0]["kwargs"] and routed_queue(app, wire[0]) == "codex-0"
+
+
+@pytest.mark.parametrize(("env", "queue"), [({}, "codex-1"), ({"CODEX_QUEUE_MODE": "single"}, "codex-1"),
+                                            ({"CODEX_QUEUE": "team-a"}, "team-a")])
+def test_own_queue_is_the_one_only_this_worker_consumes(env: dict[str, str], queue: str) -> None:
+    """codex-N in both modes; a worker given its own CODEX_QUEUE keeps its run there."""
+    config = load({"CODEX_SHARD_INDEX": "1", "CODEX_VOLUME_NAME": "vol1", "CODEX_SHARDS": "3", **env})
+    assert own_queue(config) == queue
 
 
 class TestRunFailures:
