@@ -36,6 +36,7 @@ __all__ = [
     "owns",
     "own_volume",
     "refuse_container",
+    "refuse_volume",
     "may_inspect",
     "container_list_query",
     "own_volumes",
@@ -186,6 +187,11 @@ def refuse_container(policy: ShardPolicy, method: str, path: str, name: str) -> 
     """CODEX-E045 for a call on a container this shard did not create."""
     return _endpoint(policy, method, path, "foreign-container",
                      f"container {name} was not created through shard {policy.index}'s endpoint")
+
+
+def refuse_volume(policy: ShardPolicy, method: str, path: str, name: str) -> Refusal:
+    """CODEX-E045 for a look at a volume that is neither this shard's login nor its workspace."""
+    return _endpoint(policy, method, path, "foreign-volume", f"volume {name} is not one of shard {policy.index}'s")
 
 
 def container_list_query(policy: ShardPolicy, target: str) -> str:

@@ -219,9 +219,7 @@ class GuardServer:
         if route.kind == "volume" and route.name:
             status, attrs = await self._engine("GET", f"/volumes/{route.name}")
             if status == 200 and not rules.own_volume(policy, route.name, (attrs or {}).get("Labels")):
-                raise rules.Refusal(
-                    JobRejectedError(**policy.facts(), cause=f"volume {route.name} is not one of shard {policy.index}'s",
-                                     offending=route.name), "foreign-volume")
+                raise rules.refuse_volume(policy, method, route.path, route.name)
         if route.kind == "container" and route.name:
             await self._check_container(policy, method, route)
         return _Call(route, target, body)

@@ -84,7 +84,7 @@ class TestStartupSweep:
         each with a reconciled codex.job.finished line; another worker's container is left alone."""
         home, make = orphans
         name = f"rw-{uuid.uuid4().hex[:6]}"
-        exited = make.make(name, "task-exited", ["sh", "-c", "sleep 1; exit 3"], exit_wait=True)
+        exited = make.make(name, "task-exited", ["sh", "-c", "sleep 2; exit 3"], exit_wait=True)
         created = make.make(name, "task-created", ["true"], start=False)
         running = make.make(name, "task-running", ["sleep", "300"])
         someone_elses = make.make(f"other-{name}", "task-other", ["true"], exit_wait=True)
@@ -101,7 +101,7 @@ class TestStartupSweep:
         line = _finished(worker, exited)
         assert line["reason"] == ORPHAN_REASON and line["reconciled"] is True and line["trigger"] == "startup"
         assert (line["exit_code"], line["found_status"], line["killed"]) == (3, "exited", False)
-        assert line["duration_s"] >= 1.0  # StartedAt..FinishedAt of `sleep 1`
+        assert line["duration_s"] >= 1.0  # StartedAt..FinishedAt of `sleep 2` (docker-init starts first)
         assert {k: line[k] for k in ("queue", "shard", "volume", "worker", "run_id", "task_id", "image")} == {
             "queue": "codex-0", "shard": 0, "volume": home.volume, "worker": name,
             "run_id": "run-task-exited", "task_id": "task-exited", "image": make.images.busybox,

@@ -192,6 +192,7 @@ ATTEMPTS: list[tuple[str, str, Any, str, str]] = [
     ("http-configs", "http", ("GET", "/configs", ""), E045, "endpoint"),
     ("http-info", "http", ("GET", "/info", ""), E045, "endpoint"),
     ("http-logs-other-shard-job", "http", ("GET", "/containers/$VICTIM_JOB/logs?stdout=1&stderr=1", ""), E045, "foreign-container"),
+    ("http-inspect-other-shard-volume", "http", ("GET", "/volumes/$THEIRS", ""), E045, "foreign-volume"),
     ("http-inspect-other-worker", "http", ("GET", "/containers/$VICTIM/json", ""), E045, "foreign-container"),
 ]
 
