@@ -382,8 +382,9 @@ class DockerUnavailableError(InfrastructureError):
     title = "Docker engine unavailable"
     template = "shard {shard}: the Docker engine failed during {operation} ({cause})"
     remediation_template = (
-        "mount the socket into the worker (-v /var/run/docker.sock:/var/run/docker.sock) "
-        "and check the engine: docker info"
+        "check the engine (docker info) and this shard's Docker API guard: docker compose ps docker-guard; "
+        "start it again with docker compose up -d docker-guard (workers reconnect by themselves). "
+        "Without the guard, the worker needs the socket: -v /var/run/docker.sock:/var/run/docker.sock"
     )
 
 
