@@ -71,6 +71,13 @@ class FleetEntry:
             codes=[str(r.get("code") or "?") for r in state.reason],
         )
 
+    @property
+    def key(self) -> str:
+        """Who posted it: host, worker name and pid. Worker names alone collide (containers on a host
+        network share the host's name, the default worker name); a restart is a new key, whose old
+        entry shows ``stopped`` or expires."""
+        return f"{self.host}/{self.worker}/{self.pid}"
+
     def to_json(self) -> str:
         """The record posted to the broker."""
         return json.dumps(asdict(self), sort_keys=True)
@@ -135,7 +142,7 @@ class FleetPublisher:
             record = FleetEntry(**{**asdict(entry), "posted_at": time.time()})
             try:
                 ttl = self.ttl * STOPPED_TTL / FLEET_TTL if entry.gate == "stopped" else self.ttl
-                self.board.post(entry.worker, record.to_json(), ttl)
+                self.board.post(entry.key, record.to_json(), ttl)
             except BrokerUnreachable as e:
                 if self._reachable:
                     log.warning("codex.fleet.unreachable", broker=self.broker, cause=str(e))
@@ -246,13 +253,13 @@ class FleetReport:
 
 
 def newest_per_worker(records: list[str]) -> list[FleetEntry]:
-    """The newest entry of each worker among ``records`` (unreadable ones skipped), by shard and name."""
+    """The newest entry of each worker process among ``records`` (unreadable ones skipped), by shard and name."""
     newest: dict[str, FleetEntry] = {}
     for record in records:
         entry = FleetEntry.from_json(record)
-        if entry is not None and (entry.worker not in newest or entry.posted_at >= newest[entry.worker].posted_at):
-            newest[entry.worker] = entry
-    return sorted(newest.values(), key=lambda e: (e.shard is None, e.shard or 0, e.worker))
+        if entry is not None and (entry.key not in newest or entry.posted_at >= newest[entry.key].posted_at):
+            newest[entry.key] = entry
+    return sorted(newest.values(), key=lambda e: (e.shard is None, e.shard or 0, e.worker, e.host, e.pid))
 
 
 def read_fleet(broker_url: str, shards: int) -> FleetReport:

@@ -5,7 +5,7 @@ each agent posts a small record (JSON, no secret) to the broker and renews it; a
 not renewed disappears by itself, so a worker killed with ``kill -9`` (or a lost host) drops off
 the board within the TTL.
 
-- **Redis**: one key per worker (``codex-agent.fleet.<worker>``), ``SET PX ttl``; the reader
+- **Redis**: one key per worker process (``codex-agent.fleet.<host>/<worker>/<pid>``), ``SET PX ttl``; the reader
   scans the prefix and reads every key.
 - **RabbitMQ**: AMQP has no way to list queues, so every worker posts into one shared queue
   (:data:`QUEUE`), each message with a per-message TTL (``expiration``). The queue holds only the
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 KEY_PREFIX = "codex-agent.fleet."
-"""Redis: prefix of every worker's record key; the worker's name follows."""
+"""Redis: prefix of every worker's record key; the worker's key (host/name/pid) follows."""
 
 QUEUE = "codex-agent.fleet"
 """RabbitMQ: the one queue every worker posts its record to."""
@@ -56,7 +56,7 @@ class Board(Protocol):
     """``redis`` or ``rabbitmq``."""
 
     def post(self, worker: str, record: str, ttl: float) -> None:
-        """Post ``worker``'s record, replacing its previous one; it lives ``ttl`` seconds.
+        """Post the record of ``worker`` (its key), replacing its previous one; it lives ``ttl`` seconds.
 
         Raises:
             BrokerUnreachable: the broker did not answer.

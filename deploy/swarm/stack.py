@@ -17,6 +17,8 @@
   accept, becomes the primary group of the worker's user (uid 1000), so it can still reach the
   Docker socket. ``depends_on`` is dropped: Swarm starts services in no order, and a worker waits
   for its broker.
+- Every replicated service names its worker ``AGENT_WORKER_NAME={{.Service.Name}}@{{.Node.Hostname}}``
+  (a Swarm template): on the host network every container has the host's name, the default.
 - ``--broker host``: no broker service; every service joins the host's network and uses the
   broker ``CELERY_BROKER_URL`` names (offline machines, the tests).
 
@@ -51,6 +53,9 @@ UNSUPPORTED = ("restart", "depends_on", "group_add", "profiles", "container_name
 
 HOST_NETWORK = "hostnet"
 
+WORKER_NAME = "{{.Service.Name}}@{{.Node.Hostname}}"
+"""A Swarm template: what ``codex-agent fleet`` and a ``CODEX-E013`` refusal call each worker."""
+
 _STOP_FIRST = {"parallelism": 1, "order": "stop-first", "failure_action": "pause"}
 
 
@@ -74,6 +79,8 @@ def _service(name: str, service: dict[str, Any], broker: str) -> dict[str, Any]:
     out["deploy"] = {"mode": "global"} if per_node else {"mode": "replicated", "replicas": 1}
     if not per_node:
         placement["max_replicas_per_node"] = 1
+        if isinstance(out.get("environment"), dict):
+            out["environment"] = {"AGENT_WORKER_NAME": WORKER_NAME, **out["environment"]}
     out["deploy"].update(
         placement=placement,
         restart_policy={"condition": "any", "delay": "5s"},

@@ -3,8 +3,9 @@
 ``docker swarm init --advertise-addr 127.0.0.1`` for this test only, and ``docker swarm leave
 --force`` in the fixture's teardown whatever happens. The project's images are used by their local
 tags (no registry exists). The broker is the host's RabbitMQ (``--broker host``), on a private vhost.
-Only shard 0's node label is set: shard 0 runs a task with its login, shards 1 and 2 stay Pending
-(the placement constraint is hard), and no volume of theirs is created anywhere.
+Only shard 0's node label is set: shard 0 runs a task with its login (audit line, HEALTHCHECK,
+``codex-agent fleet``), is logged out and back without a restart; shards 1 and 2 stay Pending (the
+placement constraint is hard) with no volume created, until shard 1's label is added.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -95,13 +97,13 @@ def test_the_stack_on_a_single_node_swarm(
 
         container = wait_until(worker_container, 90, interval=1, what="shard 0's task running")
 
-        def gate() -> dict[str, Any] | None:
-            done = container.exec_run(["codex-agent", "status", "--json"], user="app")
+        def gate(want: str = "open", of: Any = None) -> dict[str, Any] | None:
+            done = (of or container).exec_run(["codex-agent", "status", "--json"], user="app")
             try:
                 state = json.loads(done.output.decode()).get("state") or {}
             except ValueError:
                 return None
-            return state if state.get("gate") == "open" else None
+            return state if state.get("gate") == want and state.get("checks") else None
 
         state = wait_until(gate, 90, interval=1, what="shard 0's gate open")
         assert (state["shard"], state["volume"], state["queue"]) == (0, volume, "codex-0")
@@ -131,7 +133,10 @@ def test_the_stack_on_a_single_node_swarm(
                                env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": rabbitmq_vhost},
                                capture_output=True, text=True, timeout=30)
         rows = {row["shard"]: row for row in json.loads(fleet.stdout)["shards"]}
-        assert rows[0]["status"] == "open" and rows[0]["workers"][0]["volume"] == volume
+        fleet_log = [line for line in container.logs().decode(errors="replace").splitlines() if "codex.fleet" in line]
+        assert rows[0]["status"] == "open", f"{fleet.stdout}\n{fleet_log}"
+        (entry,) = rows[0]["workers"]  # named by the stack's template, not the host's name all tasks share
+        assert entry["volume"] == volume and entry["worker"] == f"{name}_codex-worker-0@{socket.gethostname()}"
         assert rows[1]["status"] == rows[2]["status"] == "missing" and fleet.returncode == 1
 
         # The hard constraint: with no labelled node, shards 1 and 2 wait; no empty volume appears.
@@ -140,6 +145,26 @@ def test_the_stack_on_a_single_node_swarm(
             assert tasks and all(t["Status"]["State"] == "pending" for t in tasks), tasks
             assert "no suitable node" in tasks[0]["Status"].get("Err", ""), tasks[0]["Status"]
             assert not docker_client.volumes.list(filters={"name": f"{prefix}{shard}"})
+
+        # Logged out and back, under Swarm: the gate closes (CODEX-E030) and reopens with no restart.
+        docker_cli("run", "--rm", "--label", "codex.test=1", "-v", f"{volume}:/home/app/.codex",
+                   "--entrypoint", "codex", images.job, "logout")
+        closed = wait_until(lambda: gate("closed"), 60, interval=1, what="shard 0's gate closed after logout")
+        assert [r["code"] for r in closed["reason"]] == ["CODEX-E030"]
+        make_api_key_login_in_volume(images.job, volume)
+        wait_until(gate, 60, interval=1, what="shard 0's gate open again")
+        assert worker_container().id == container.id  # the same task: no restart
+
+        # A label placed later brings shard 1 up on this node, on its own (empty) volume: closed, E030.
+        docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=1)}=true", swarm)
+
+        def shard_1() -> Any:
+            found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-1"})
+            return found[0] if found else None
+
+        second = wait_until(shard_1, 90, interval=1, what="shard 1's task running once its node is labelled")
+        state = wait_until(lambda: gate("closed", second), 90, interval=1, what="shard 1 checked")
+        assert state["volume"] == f"{prefix}1" and [r["code"] for r in state["reason"]] == ["CODEX-E030"]
     finally:
         docker_cli("stack", "rm", name, check=False)
         deadline = time.monotonic() + 60

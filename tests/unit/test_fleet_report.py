@@ -31,6 +31,12 @@ class TestRecords:
         """Anything else in the queue or under the prefix is ignored, never a crash."""
         assert newest_per_worker([record, entry("a", 0).to_json()]) == [entry("a", 0)]
 
+    def test_two_processes_of_one_name_are_two_workers(self) -> None:
+        """Containers on a host network share the host's name: the key is host, name and pid."""
+        first, second = entry("vm", 0), FleetEntry(**{**entry("vm", None).to_dict(), "pid": 2})
+        assert newest_per_worker([first.to_json(), second.to_json()]) == [first, second]
+        assert first.key != second.key
+
     def test_a_record_round_trips(self) -> None:
         original = entry("a", 2, "closed", codes=["CODEX-E030"])
         assert FleetEntry.from_json(original.to_json()) == original

@@ -46,7 +46,10 @@ def test_every_shard_of_the_compose_file_is_a_service_with_the_same_container(
     assert shards and shards.keys() <= stack["services"].keys()
     for name, service in shards.items():
         for key in KEPT:
-            assert stack["services"][name].get(key) == service.get(key), f"{name}.{key}"
+            kept = stack["services"][name].get(key)
+            if key == "environment":  # plus the worker's name, a Swarm template
+                kept = {k: v for k, v in kept.items() if k != "AGENT_WORKER_NAME"}
+            assert kept == service.get(key), f"{name}.{key}"
     assert stack["volumes"] == compose["volumes"]  # explicit names: the agent and the CLI agree on them
 
 
@@ -58,6 +61,7 @@ def test_one_replica_placed_hard_on_its_shards_node_and_stopped_first(compose: d
         assert deploy["replicas"] == 1 and deploy["mode"] == "replicated"
         assert deploy["placement"]["constraints"] == [f"node.labels.{SHARD_LABEL.format(shard=shard)} == true"]
         assert deploy["update_config"]["order"] == deploy["rollback_config"]["order"] == "stop-first"
+        assert stack["services"][name]["environment"]["AGENT_WORKER_NAME"] == "{{.Service.Name}}@{{.Node.Hostname}}"
     orders = {s["deploy"][c]["order"] for s in stack["services"].values() for c in ("update_config", "rollback_config")}
     assert orders == {"stop-first"}  # start-first would run two containers on one login
 
