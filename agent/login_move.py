@@ -40,7 +40,7 @@ class MoveReceipt:
     """What moved (no secret): for the command's answer and the audit log."""
 
     action: str
-    volume: str | None
+    volume: str
     bundle: str
     fingerprint: str | None
     at: float
@@ -55,8 +55,13 @@ def _claim(config: AgentConfig) -> VolumeClaim:
                        volume=config.volume_name, stale_after=config.claim_stale_after)
 
 
+def _volume(config: AgentConfig) -> str:
+    """The volume's name, or where it is mounted when ``CODEX_VOLUME_NAME`` is not set (a one-off container)."""
+    return config.volume_name or str(config.codex_home)
+
+
 def _refuse(config: AgentConfig, action: str, cause: str) -> LoginMoveError:
-    return LoginMoveError(action=action, volume=config.volume_name or str(config.codex_home), cause=cause)
+    return LoginMoveError(action=action, volume=_volume(config), cause=cause)
 
 
 def export_login(config: AgentConfig, bundle: Path) -> MoveReceipt:
@@ -78,7 +83,7 @@ def export_login(config: AgentConfig, bundle: Path) -> MoveReceipt:
             history = json.loads((home / HISTORY_FILE).read_text()) if (home / HISTORY_FILE).exists() else None
         except (OSError, ValueError) as e:
             raise _refuse(config, "export", f"cannot read the login ({type(e).__name__})") from None
-        receipt = MoveReceipt("export", config.volume_name, str(bundle), facts.fingerprint, time.time())
+        receipt = MoveReceipt("export", _volume(config), str(bundle), facts.fingerprint, time.time())
         try:
             write_json_atomically(bundle, {"format": BUNDLE_FORMAT, "auth": auth, "lease_history": history,
                                            **receipt.to_dict()}, mode=0o600)
@@ -112,4 +117,4 @@ def import_login(config: AgentConfig, bundle: Path) -> MoveReceipt:
             write_json_atomically(home / HISTORY_FILE, data["lease_history"])
         (home / MOVED_FILE).unlink(missing_ok=True)
         bundle.unlink()  # the login lives in this volume only now
-        return MoveReceipt("import", config.volume_name, str(bundle), inspect_auth_file(home).fingerprint, time.time())
+        return MoveReceipt("import", _volume(config), str(bundle), inspect_auth_file(home).fingerprint, time.time())

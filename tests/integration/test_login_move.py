@@ -61,6 +61,7 @@ def test_a_login_moves_and_never_has_two_live_copies(codex_bin: str, tmp_path: P
     exported = agent(source, "login-export", str(bundle))
     assert exported.returncode == 0, exported.stderr
     assert key not in exported.stdout + exported.stderr  # the secret is in the bundle only
+    assert "volume vol-a" in exported.stdout and str(bundle) in exported.stdout
     assert stat.S_IMODE(os.stat(bundle).st_mode) == 0o600
     assert not (source / AUTH_FILE).exists() and (source / MOVED_FILE).exists()
     assert not logged_in(codex_bin, source)  # the source is unusable: no second live copy
