@@ -8,16 +8,22 @@ the same shared brokers, so the assertions look at this test's workers by name.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
+from structlog.testing import capture_logs
 from support import make_api_key_login
 from support.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
-from agent.fleet import FLEET_TTL
+from agent.fleet import FLEET_TTL, FleetPublisher
+from agent.fleet_board import board_for
+from agent.state import AgentState
 
 CODEX_AGENT = Path(sys.executable).parent / "codex-agent"
 
@@ -92,9 +98,24 @@ def test_fleet_shows_open_closed_stopped_and_drops_a_dead_worker(
     assert found[name(closed)]["gate"] == "stopped"  # a stopped worker stays on the board longer
 
 
-def test_an_unreachable_broker_is_codex_e070() -> None:
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1//"], ids=["redis", "rabbitmq"])
+def test_an_unreachable_broker_is_codex_e070(url: str) -> None:
     """Nothing listens on the port: the command says so with its code and exits non-zero."""
-    done = fleet("redis://127.0.0.1:1/0", "--json")
+    done = fleet(url, "--json")
     assert done.returncode == 1
     error = json.loads(done.stdout)["error"]
     assert error["code"] == "CODEX-E070" and "127.0.0.1:1" in error["message"]
+
+
+def test_a_worker_posting_to_an_unreachable_broker_logs_once_and_carries_on() -> None:
+    """The publisher's thread meets a dead port: publish() still returns, one warning, no post, a clean close."""
+    publisher = FleetPublisher(board_for("redis://127.0.0.1:1/0", name="t"), broker="redis://127.0.0.1:1/0", ttl=0.3)
+    state = AgentState(worker="t", pid=os.getpid(), process_start=0.0, codex_worker=True, gate="open",
+                       gate_since=0.0, shard=0, queue="codex-0", volume="v", codex_home="/x")
+    with capture_logs() as logs:
+        for _ in range(3):
+            publisher.publish(state)
+        wait_until(lambda: sum(e["event"] == "codex.fleet.unreachable" for e in logs), 30, what="the warning")
+        time.sleep(0.5)  # a few more rounds, all failing
+        publisher.close()
+    assert [e["event"] for e in logs].count("codex.fleet.unreachable") == 1 and publisher.posts == 0
