@@ -114,6 +114,9 @@ class FleetPublisher:
         self.posts = 0
         self._entry: FleetEntry | None = None
         self._lock = threading.Lock()
+        """Guards the entry only: publish() never waits for a post in flight."""
+        self._posting = threading.Lock()
+        """One post at a time (the thread, or close())."""
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -137,8 +140,9 @@ class FleetPublisher:
     def _post(self) -> None:
         with self._lock:
             entry = self._entry
-            if entry is None:
-                return
+        if entry is None:
+            return
+        with self._posting:
             record = FleetEntry(**{**asdict(entry), "posted_at": time.time()})
             try:
                 ttl = self.ttl * STOPPED_TTL / FLEET_TTL if entry.gate == "stopped" else self.ttl
@@ -170,7 +174,7 @@ class FleetPublisher:
         """In a forked pool child: never post, and leave the parent's connection alone."""
         self._stop.set()
         self._thread = None
-        self._lock = threading.Lock()
+        self._lock, self._posting = threading.Lock(), threading.Lock()
         self.board.close_inherited()
 
 

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -119,3 +120,16 @@ def test_a_worker_posting_to_an_unreachable_broker_logs_once_and_carries_on() ->
         time.sleep(0.5)  # a few more rounds, all failing
         publisher.close()
     assert [e["event"] for e in logs].count("codex.fleet.unreachable") == 1 and publisher.posts == 0
+
+
+def test_publish_never_waits_for_a_post_in_flight() -> None:
+    """A check publishes its state under the agent's check lock: it must not wait for a slow broker."""
+    publisher = FleetPublisher(board_for("redis://127.0.0.1:1/0", name="t"), broker="redis://127.0.0.1:1/0")
+    state = AgentState(worker="t", pid=os.getpid(), process_start=0.0, codex_worker=True, gate="open",
+                       gate_since=0.0, shard=0, queue="codex-0", volume="v", codex_home="/x")
+    with publisher._posting:  # a post in flight, stuck on the broker
+        caller = threading.Thread(target=publisher.publish, args=(state,))
+        caller.start()
+        caller.join(30)
+        assert not caller.is_alive()  # returned while the post is still in flight
+    publisher.close()
