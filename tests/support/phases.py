@@ -191,12 +191,9 @@ class PhaseLab:
         self.workers.append(worker)
         return worker
 
-    def ready_worker(
-        self, shard: PhaseShard, broker_url: str, backend_url: str, *, guard: GuardProcess | None = None,
-        guarded: bool = True, **env: str,
-    ) -> ContainerWorker:
-        """A worker for ``shard`` whose gate has opened."""
-        worker = self.worker(shard, broker_url, backend_url, guard=guard, guarded=guarded, **env)
+    def ready_worker(self, shard: PhaseShard, broker_url: str, backend_url: str, **options: Any) -> ContainerWorker:
+        """A worker for ``shard`` (options as :meth:`worker`) whose gate has opened."""
+        worker = self.worker(shard, broker_url, backend_url, **options)
         worker.wait_for("codex.agent.ready", timeout=90, gate="open")
         return worker
 
