@@ -54,7 +54,7 @@ def _cli_alone(bench: Bench, codex_home: str) -> float:
 
 def bench_checks(bench: Bench) -> list[Row]:
     """Row 1: Checker.run (claim + mount + login) on a real mount vs ``codex login status`` alone."""
-    from agent.checks import Checker
+    from agent.checks import CHECK_NAMES, Checker
     from agent.dockerenv import optional_client
 
     home = _logged_in_home(bench)
@@ -62,7 +62,7 @@ def bench_checks(bench: Bench) -> list[Row]:
     client = optional_client()  # as a worker does: the mount check may ask the engine
     checks: list[float] = []
     cli: list[float] = []
-    parts: dict[str, list[float]] = {"claim": [], "mount": [], "login": []}
+    parts: dict[str, list[float]] = {name: [] for name in CHECK_NAMES}
     for i in range(bench.settings.checks_runs + 1):  # run 0 warms caches and is dropped
         cli_s = _cli_alone(bench, str(home.codex_home))
         checker = Checker(config, docker_client=client)
