@@ -27,6 +27,7 @@ __all__ = [
     "ContainerRun",
     "ContainerTimeout",
     "DOCKER_FAILURES",
+    "RECONNECT_FOR",
     "docker_failure",
     "guard_refusal",
     "translate_docker_errors",
@@ -140,17 +141,33 @@ def read_file(container: Any, path: str) -> tuple[bytes, float] | None:
     return _untar_one(chunks)
 
 
+RECONNECT_FOR = 300.0
+"""Seconds a started job survives losing the connection (the Docker API guard or the engine
+restarting): the job runs on, so the launcher waits, reads and removes it again instead of
+abandoning it (which would run the phase a second time)."""
+_RECONNECT_PAUSE = 1.0
+_LOST = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError)
+"""How a lost connection to the engine (or the Docker API guard) shows in the SDK."""
+
+
+def _reconnecting(call: Callable[[], Any], within: float) -> Any:
+    """``call()``, made again while the connection is lost, for up to ``within`` seconds of outage:
+    a job that already runs must not be abandoned because the guard restarted."""
+    lost_since = time.monotonic()
+    while True:
+        try:
+            return call()
+        except _LOST:
+            if time.monotonic() - lost_since > within:
+                raise
+            time.sleep(_RECONNECT_PAUSE)
+
+
 def _remove(container: Any) -> None:
     try:
-        container.remove(force=True, v=False)
+        _reconnecting(lambda: container.remove(force=True, v=False), within=30.0)
     except docker.errors.NotFound:
         pass
-
-
-RECONNECT_FOR = 300.0
-"""Seconds a wait for a running job survives losing its connection (the Docker API guard or the
-engine restarting): the job runs on, so the launcher waits again instead of abandoning it."""
-_RECONNECT_PAUSE = 1.0
 
 
 def _wait(container: Any, timeout: float | None) -> int:
@@ -167,8 +184,7 @@ def _wait(container: Any, timeout: float | None) -> int:
         try:
             status = container.wait(timeout=remaining)
             return int(status.get("StatusCode", -1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError,
-                requests.exceptions.ChunkedEncodingError) as e:
+        except (requests.exceptions.ReadTimeout, *_LOST) as e:
             now = time.monotonic()
             if deadline is not None and now >= deadline - 0.05:
                 return _past_limit(container, timeout or 0.0, e)
@@ -224,14 +240,15 @@ def run_container(
     try:
         with translate_docker_errors(operation, facts):
             container = client.containers.create(**create_args)
-            container.start()
+            _reconnecting(container.start, RECONNECT_FOR)
             started = time.monotonic()
             if on_started is not None:
                 on_started(container.id or "?")
             exit_code = _wait(container, timeout)
             duration = time.monotonic() - started
             # One logs call for both streams: every judge of the output reads them together.
-            output = container.logs(stdout=True, stderr=True).decode("utf-8", "replace")
+            logs = _reconnecting(lambda: container.logs(stdout=True, stderr=True), RECONNECT_FOR)
+            output = logs.decode("utf-8", "replace")
             files = {p: found for p in read_files if (found := read_file(container, p)) is not None}
             return ContainerRun(container.id or "?", exit_code, output, duration, files)
     finally:

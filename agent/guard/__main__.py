@@ -13,6 +13,9 @@ import signal
 import socket
 import sys
 
+import docker
+import docker.errors
+
 from agent.audit import configure_logging
 from agent.errors import AgentError
 from agent.guard.config import GuardConfig, load_guard_config
@@ -36,8 +39,17 @@ async def serve(config: GuardConfig) -> None:
 
 
 def probe(config: GuardConfig, timeout: float = 5.0) -> str | None:
-    """None when every endpoint answers ``GET /_ping`` with 200, else what failed."""
-    for policy in config.endpoints:
+    """None when every shard's endpoint answers ``GET /_ping`` with 200, else what failed."""
+    if config.static is None:
+        client = docker.DockerClient(base_url=f"unix://{config.upstream}", timeout=int(timeout))
+        try:
+            names = [v.name for v in client.volumes.list(filters={"name": config.volume_prefix})]
+        except docker.errors.DockerException as e:
+            return f"the engine at {config.upstream}: {e}"
+        finally:
+            client.close()
+    policies = config.discovered(names if config.static is None else ())
+    for policy in policies:
         path = config.socket_path(policy)
         try:
             with socket.socket(socket.AF_UNIX) as sock:

@@ -1,16 +1,18 @@
 """The guard's configuration: which shards it serves, where their sockets are, and the real engine.
 
 The job policy (``CODEX_JOB_HOME``, ``CODEX_JOB_USER``, ``CODEX_JOB_NETWORK``, the sandbox
-variables, ``CODEX_SHARDS``) is read with the workers' own validation (:func:`agent.config.load`),
-so the guard and the workers cannot disagree on what a setting means.
+variables) is read with the workers' own validation (:func:`agent.config.load`), so the guard and
+the workers cannot disagree on what a setting means. The shards are either listed
+(``CODEX_GUARD_SHARDS``) or discovered: every volume named ``<CODEX_GUARD_VOLUME_PREFIX><N>`` is
+shard N's login, so adding a shard never changes (and never restarts) the guard.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from agent import config as agent_config
@@ -33,9 +35,9 @@ SOCKET_DIR_ENV = "CODEX_GUARD_SOCKET_DIR"
 """Directory of the per-shard endpoints: ``<dir>/<login volume>/docker.sock``. Keyed by the volume,
 which is unique per shard and per stack (two stacks on one host never share an endpoint)."""
 SHARDS_ENV = "CODEX_GUARD_SHARDS"
-"""Explicit ``index=volume`` pairs, comma-separated; unset: shards 0..CODEX_SHARDS-1."""
+"""Explicit ``index=volume`` pairs, comma-separated; unset: shards are discovered by volume name."""
 VOLUME_PREFIX_ENV = "CODEX_GUARD_VOLUME_PREFIX"
-"""Volume of shard N is ``<prefix>N`` when ``CODEX_GUARD_SHARDS`` is unset."""
+"""When ``CODEX_GUARD_SHARDS`` is unset, every volume named ``<prefix>N`` is served as shard N."""
 UPSTREAM_ENV = "CODEX_GUARD_UPSTREAM"
 """The real engine's socket, which only the guard holds."""
 SOCKET_OWNER_ENV = "CODEX_GUARD_SOCKET_OWNER"
@@ -45,6 +47,7 @@ SOCKET_NAME = "docker.sock"
 DEFAULT_SOCKET_DIR = "/run/codex-guard"
 DEFAULT_UPSTREAM = "/var/run/docker.sock"
 _PAIR = re.compile(r"^(\d+)=([a-zA-Z0-9][a-zA-Z0-9_.-]+)$")
+_PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 _OWNER = re.compile(r"^(\d+):(\d+)$")
 
 
@@ -52,10 +55,26 @@ _OWNER = re.compile(r"^(\d+):(\d+)$")
 class GuardConfig:
     """Everything the guard needs, validated."""
 
-    endpoints: tuple[ShardPolicy, ...]
+    static: tuple[ShardPolicy, ...] | None
+    """The listed shards, or None to discover them by :attr:`volume_prefix`."""
+    volume_prefix: str
     socket_dir: Path
     upstream: str
     owner: tuple[int, int]
+    template: ShardPolicy
+    """The job policy every shard gets (index and volume filled in per shard)."""
+
+    def policy(self, index: int, volume: str) -> ShardPolicy:
+        """Shard ``index``'s policy, its login being ``volume``."""
+        return replace(self.template, index=index, volume=volume)
+
+    def discovered(self, volume_names: Iterable[str]) -> list[ShardPolicy]:
+        """The shards among these volumes: ``<prefix><N>`` is shard N (the listed ones when static)."""
+        if self.static is not None:
+            return list(self.static)
+        pattern = re.compile(re.escape(self.volume_prefix) + r"(\d+)$")
+        found = [(int(m.group(1)), name) for name in volume_names if (m := pattern.match(name))]
+        return [self.policy(index, name) for index, name in sorted(found)]
 
     def socket_path(self, policy: ShardPolicy) -> Path:
         """Where shard ``policy.index``'s endpoint listens: a directory named after its login volume,
@@ -88,11 +107,9 @@ def load_guard_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
     env = os.environ if environ is None else environ
     shared = agent_config.load({k: v for k, v in env.items() if k not in ("CODEX_SHARD_INDEX", "CODEX_QUEUE")})
     explicit = (env.get(SHARDS_ENV) or "").strip()
-    if explicit:
-        pairs = _pairs(explicit)
-    else:
-        prefix = (env.get(VOLUME_PREFIX_ENV) or "").strip() or defaults.VOLUME_TEMPLATE.format(index="")
-        pairs = [(i, f"{prefix}{i}") for i in range(shared.shards)]
+    prefix = (env.get(VOLUME_PREFIX_ENV) or "").strip() or defaults.VOLUME_TEMPLATE.format(index="")
+    if not _PREFIX.match(prefix):
+        raise _bad(VOLUME_PREFIX_ENV, prefix, "not the start of a Docker volume name", "e.g. codex_auth_")
     owner_raw = (env.get(SOCKET_OWNER_ENV) or "").strip() or shared.job_user
     owner = _OWNER.match(owner_raw)
     if not owner:
@@ -103,13 +120,13 @@ def load_guard_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
     upstream = (env.get(UPSTREAM_ENV) or "").strip().removeprefix("unix://") or DEFAULT_UPSTREAM
     if not upstream.startswith("/"):
         raise _bad(UPSTREAM_ENV, upstream, "not a unix socket path", "e.g. /var/run/docker.sock or unix:///var/run/docker.sock")
+    template = ShardPolicy(index=0, volume="-", job_home=shared.job_home, job_user=shared.job_user,
+                           network=shared.job_network, sandbox=shared.sandbox)
     return GuardConfig(
-        endpoints=tuple(
-            ShardPolicy(index=i, volume=volume, job_home=shared.job_home, job_user=shared.job_user,
-                        network=shared.job_network, sandbox=shared.sandbox)
-            for i, volume in pairs
-        ),
+        static=tuple(replace(template, index=i, volume=v) for i, v in _pairs(explicit)) if explicit else None,
+        volume_prefix=prefix,
         socket_dir=Path(socket_dir),
         upstream=upstream,
         owner=(int(owner.group(1)), int(owner.group(2))),
+        template=template,
     )

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import structlog
 
@@ -39,16 +39,28 @@ from agent.guard.config import GuardConfig
 from agent.guard.http import MAX_BODY, MAX_HEAD, BodyTooLarge, Head, json_response, pipe, read_body, read_head, relay_body
 from agent.guard.policy import Refusal, Route, ShardPolicy
 
-__all__ = ["GUARD_STARTED", "GUARD_REFUSED", "GUARD_CREATED", "GUARD_VOLUME_CREATED", "GUARD_ENGINE_DOWN", "GuardServer"]
+__all__ = [
+    "GUARD_STARTED",
+    "GUARD_ENDPOINT_ADDED",
+    "GUARD_REFUSED",
+    "GUARD_CREATED",
+    "GUARD_VOLUME_CREATED",
+    "GUARD_ENGINE_DOWN",
+    "DISCOVER_INTERVAL",
+    "GuardServer",
+]
 
 log = structlog.get_logger("agent.guard")
 
 GUARD_STARTED = "codex.guard.started"
+GUARD_ENDPOINT_ADDED = "codex.guard.endpoint_added"
 GUARD_REFUSED = "codex.guard.refused"
 GUARD_CREATED = "codex.guard.created"
 GUARD_VOLUME_CREATED = "codex.guard.volume_created"
 GUARD_ENGINE_DOWN = "codex.guard.engine_unreachable"
 
+DISCOVER_INTERVAL = 2.0
+"""Seconds between looks for new login volumes (a shard added while the guard runs)."""
 _MAX_REPLY = 64 * 1024 * 1024
 _OWNED_LIMIT = 50_000
 _PEERCRED = struct.Struct("3i")
@@ -92,33 +104,71 @@ class GuardServer:
 
     def __init__(self, config: GuardConfig) -> None:
         self.config = config
-        self._owned: dict[int, set[str]] = {p.index: set() for p in config.endpoints}
-        self._servers: list[asyncio.AbstractServer] = []
+        self._endpoints: dict[str, tuple[ShardPolicy, asyncio.AbstractServer]] = {}
+        self._owned: dict[str, set[str]] = {}
         self._connections: set[asyncio.Task[Any]] = set()
+        self._discovery: asyncio.Task[None] | None = None
+
+    @property
+    def endpoints(self) -> list[ShardPolicy]:
+        """The shards served now."""
+        return sorted((policy for policy, _ in self._endpoints.values()), key=lambda p: (p.index, p.volume))
 
     async def start(self) -> None:
-        """Bind every endpoint (a stale socket of an earlier run is replaced) and log it."""
-        for policy in self.config.endpoints:
-            path = self.config.socket_path(policy)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o755)
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-            server = await asyncio.start_unix_server(partial(self._handle, policy), path=str(path), limit=MAX_HEAD)
-            os.chown(path, *self.config.owner)
-            os.chmod(path, 0o660)
-            self._servers.append(server)
-        log.info(GUARD_STARTED, upstream=self.config.upstream,
-                 endpoints={p.index: {"volume": p.volume, "socket": str(self.config.socket_path(p))}
-                            for p in self.config.endpoints})
+        """Bind every endpoint known now, log them, and keep looking for new shards (unless listed)."""
+        await self.discover(log_added=False)
+        log.info(GUARD_STARTED, upstream=self.config.upstream, **self._describe(self.endpoints),
+                 discovery=None if self.config.static is not None else f"volumes named {self.config.volume_prefix}<N>")
+        if self.config.static is None:
+            self._discovery = asyncio.ensure_future(self._discover_forever())
+
+    async def discover(self, log_added: bool = True) -> list[ShardPolicy]:
+        """Serve every shard the config lists or the engine's volumes name; returns the new ones."""
+        names: list[str] = []
+        if self.config.static is None:
+            query = quote(json.dumps({"name": [self.config.volume_prefix]}))
+            try:
+                status, listing = await self._engine("GET", f"/volumes?filters={query}")
+            except _EngineDown as e:
+                log.warning(GUARD_ENGINE_DOWN, upstream=self.config.upstream, error=str(e), operation="discovery")
+                return []
+            names = [str(v.get("Name")) for v in (listing or {}).get("Volumes") or ()] if status == 200 else []
+        added = [p for p in self.config.discovered(names) if p.volume not in self._endpoints]
+        for policy in added:
+            await self._serve(policy)
+        if added and log_added:
+            log.info(GUARD_ENDPOINT_ADDED, **self._describe(added))
+        return added
+
+    async def _discover_forever(self) -> None:
+        while True:
+            await asyncio.sleep(DISCOVER_INTERVAL)
+            await self.discover()
+
+    async def _serve(self, policy: ShardPolicy) -> None:
+        """Bind one endpoint; a stale socket of an earlier run is replaced, the directory kept."""
+        path = self.config.socket_path(policy)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o755)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        server = await asyncio.start_unix_server(partial(self._handle, policy), path=str(path), limit=MAX_HEAD)
+        os.chown(path, *self.config.owner)
+        os.chmod(path, 0o660)
+        self._endpoints[policy.volume] = (policy, server)
+        self._owned[policy.volume] = set()
+
+    def _describe(self, policies: list[ShardPolicy]) -> dict[str, Any]:
+        return {"endpoints": {p.index: {"volume": p.volume, "socket": str(self.config.socket_path(p))} for p in policies}}
 
     async def close(self) -> None:
-        """Stop listening and remove the sockets."""
-        for server in self._servers:
+        """Stop looking, stop listening and remove the sockets."""
+        if self._discovery is not None:
+            self._discovery.cancel()
+        for _, server in self._endpoints.values():
             server.close()
-        for server in self._servers:
+        for policy, server in self._endpoints.values():
             await server.wait_closed()
-        for policy in self.config.endpoints:
             with contextlib.suppress(FileNotFoundError):
                 self.config.socket_path(policy).unlink()
 
@@ -247,7 +297,7 @@ class GuardServer:
 
     async def _check_container(self, policy: ShardPolicy, method: str, route: Route) -> None:
         assert route.name is not None
-        if route.name in self._owned[policy.index]:
+        if route.name in self._owned[policy.volume]:
             return
         status, attrs = await self._engine("GET", f"/containers/{route.name}/json")
         if status != 200 or not isinstance(attrs, dict):
@@ -260,7 +310,7 @@ class GuardServer:
         raise rules.refuse_container(policy, method, route.path, route.name)
 
     def _remember(self, policy: ShardPolicy, container_id: str) -> None:
-        owned = self._owned[policy.index]
+        owned = self._owned[policy.volume]
         if len(owned) >= _OWNED_LIMIT:
             owned.clear()  # a cache only: the labels are asked again
         owned.add(container_id)

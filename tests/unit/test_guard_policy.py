@@ -188,17 +188,24 @@ class TestVolumesAndContainers:
 
 
 class TestConfig:
-    def test_shards_come_from_codex_shards_and_the_prefix(self) -> None:
-        """Without CODEX_GUARD_SHARDS, shards 0..CODEX_SHARDS-1 with volume <prefix>N."""
-        config = load_guard_config({"CODEX_SHARDS": "2", "CODEX_GUARD_VOLUME_PREFIX": "p_", "CODEX_JOB_NETWORK": "host"})
-        assert [(p.index, p.volume, p.network) for p in config.endpoints] == [(0, "p_0", "host"), (1, "p_1", "host")]
-        assert str(config.socket_path(config.endpoints[1])) == "/run/codex-guard/p_1/docker.sock"
+    def test_shards_are_discovered_by_volume_name(self) -> None:
+        """Without CODEX_GUARD_SHARDS, every volume <prefix>N is shard N, whatever CODEX_SHARDS says."""
+        config = load_guard_config({"CODEX_SHARDS": "1", "CODEX_GUARD_VOLUME_PREFIX": "p_", "CODEX_JOB_NETWORK": "host"})
+        found = config.discovered(["p_1", "p_0", "p_x", "other_p_2", "p_3_old", "p_12"])
+        assert [(p.index, p.volume, p.network) for p in found] == [(0, "p_0", "host"), (1, "p_1", "host"), (12, "p_12", "host")]
+        assert str(config.socket_path(found[1])) == "/run/codex-guard/p_1/docker.sock"
         assert config.upstream == "/var/run/docker.sock" and config.owner == (1000, 1000)
+
+    def test_listed_shards_are_served_as_listed(self) -> None:
+        """CODEX_GUARD_SHARDS names each shard's volume; discovery is off."""
+        config = load_guard_config({"CODEX_GUARD_SHARDS": "0=team_a, 3=team_b"})
+        assert [(p.index, p.volume) for p in config.discovered(["codex_auth_1"])] == [(0, "team_a"), (3, "team_b")]
 
     @pytest.mark.parametrize(("env", "variable"), [
         ({"CODEX_GUARD_SHARDS": "0=a_1,0=b_2"}, "CODEX_GUARD_SHARDS"), ({"CODEX_GUARD_SHARDS": "zero=a"}, "CODEX_GUARD_SHARDS"),
         ({"CODEX_GUARD_SOCKET_OWNER": "app"}, "CODEX_GUARD_SOCKET_OWNER"), ({"CODEX_GUARD_SOCKET_DIR": "run"}, "CODEX_GUARD_SOCKET_DIR"),
         ({"CODEX_GUARD_UPSTREAM": "tcp://x:2375"}, "CODEX_GUARD_UPSTREAM"), ({"CODEX_JOB_MEMORY": "lots"}, "CODEX_JOB_MEMORY"),
+        ({"CODEX_GUARD_VOLUME_PREFIX": "../x"}, "CODEX_GUARD_VOLUME_PREFIX"),
     ], ids=lambda v: v if isinstance(v, str) else None)
     def test_bad_values_are_e001_naming_the_variable(self, env: dict[str, str], variable: str) -> None:
         """Every bad value names its variable (CODEX-E001)."""
