@@ -12,9 +12,12 @@ import docker
 import pytest
 from support import REPO_ROOT, Images
 
+from bench.cli import _ORDER
+
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 
-ROW_IDS = ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6", "7", "8", "11a", "11b", "11c", "11d", "12a", "12b", "12c", "12d"]
+ROW_IDS = list(_ORDER)
+"""Every row the suites declare (bench/cli.py SUITES): each must be printed by a real quick run."""
 
 
 class TestBenchSmoke:
