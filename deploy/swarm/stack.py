@@ -10,7 +10,10 @@
   ``stop_grace_period``) before the new one starts. ``start-first`` would run two containers on one
   login.
 - A service that holds the Docker socket (the Docker API guard) runs ``mode: global``: one per
-  node, since each node's workers reach their own engine through their own node's guard.
+  node, since each node's workers reach their own engine through their own node's guard. It is
+  given every shard (``CODEX_GUARD_SHARDS``) instead of discovering them by volume: Swarm does not
+  create a missing bind-mount source, and a shard's volume exists on a node only once its worker
+  ran there, so a new shard's worker would be rejected forever waiting for its endpoint directory.
 - Login services (compose profile ``login``) are left out: under Swarm a login is a ``docker run``
   on the shard's node (runbook, "Docker Swarm").
 - ``restart: always`` becomes ``restart_policy: any``. ``group_add``, which stack files do not
@@ -38,7 +41,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SHARD_LABEL", "UNSUPPORTED", "build_stack", "main", "shard_of"]
+__all__ = ["SHARD_LABEL", "UNSUPPORTED", "build_stack", "guard_shards", "main", "shard_of"]
 
 SHARD_LABEL = "codex.shard.{shard}"
 """The node label that places shard N: ``docker node update --label-add codex.shard.N=true NODE``."""
@@ -65,7 +68,17 @@ def shard_of(service: dict[str, Any]) -> int | None:
     return None if value is None else int(value)
 
 
-def _service(name: str, service: dict[str, Any], broker: str) -> dict[str, Any]:
+def guard_shards(services: dict[str, Any]) -> str:
+    """``CODEX_GUARD_SHARDS`` for the compose file's shards: ``index=volume`` pairs (variables kept)."""
+    pairs = []
+    for service in services.values():
+        shard = shard_of(service)
+        if shard is not None:
+            pairs.append((shard, str(service["environment"].get("CODEX_VOLUME_NAME", f"codex_auth_{shard}"))))
+    return ",".join(f"{shard}={volume}" for shard, volume in sorted(pairs))
+
+
+def _service(name: str, service: dict[str, Any], broker: str, shards: str) -> dict[str, Any]:
     out = {key: value for key, value in service.items() if key not in UNSUPPORTED}
     groups = service.get("group_add") or []
     if groups:
@@ -77,6 +90,8 @@ def _service(name: str, service: dict[str, Any], broker: str) -> dict[str, Any]:
     per_node = any(str(v).split(":", 1)[0] == DOCKER_SOCKET for v in service.get("volumes") or [])
     placement: dict[str, Any] = {"constraints": constraints}
     out["deploy"] = {"mode": "global"} if per_node else {"mode": "replicated", "replicas": 1}
+    if per_node and isinstance(out.get("environment"), dict):
+        out["environment"] = {**out["environment"], "CODEX_GUARD_SHARDS": shards}
     if not per_node:
         placement["max_replicas_per_node"] = 1
         if isinstance(out.get("environment"), dict):
@@ -106,10 +121,11 @@ def build_stack(compose: dict[str, Any], *, broker: str = "service") -> dict[str
     if broker not in ("service", "host"):
         raise ValueError(f"--broker {broker!r}: accepted: service, host")
     services: dict[str, Any] = {}
+    shards = guard_shards(compose.get("services") or {})
     for name, service in (compose.get("services") or {}).items():
         if service.get("profiles") or (broker == "host" and name == "rabbitmq"):
             continue
-        services[name] = _service(name, service, broker)
+        services[name] = _service(name, service, broker, shards)
     if not any(shard_of(s) is not None for s in services.values()):
         raise ValueError("the compose file has no shard service (CODEX_SHARD_INDEX)")
     stack: dict[str, Any] = {"version": "3.9", "services": services, "volumes": compose.get("volumes") or {}}

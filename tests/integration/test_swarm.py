@@ -4,8 +4,10 @@
 --force`` in the fixture's teardown whatever happens. The project's images are used by their local
 tags (no registry exists). The broker is the host's RabbitMQ (``--broker host``), on a private vhost.
 Only shard 0's node label is set: shard 0 runs a task with its login (audit line, HEALTHCHECK,
-``codex-agent fleet``), is logged out and back without a restart; shards 1 and 2 stay Pending (the
-placement constraint is hard) with no volume created, until shard 1's label is added.
+``codex-agent fleet``), is logged out and back without a restart, and has its login moved out and
+back by the runbook's procedure (label off, ``login-export``, ``login-import``, label on); shards 1
+and 2 stay Pending (the placement constraint is hard) with no volume created, until shard 1's label
+is added.
 """
 
 from __future__ import annotations
@@ -155,6 +157,23 @@ def test_the_stack_on_a_single_node_swarm(
         wait_until(gate, 60, interval=1, what="shard 0's gate open again")
         assert worker_container().id == container.id  # the same task: no restart
 
+        # The runbook's login move, under Swarm: the label comes off and the task stops; the login
+        # leaves the volume in a bundle (the volume is unusable meanwhile) and comes back by import.
+        docker_cli("node", "update", "--label-rm", SHARD_LABEL.format(shard=0), swarm)
+        wait_until(lambda: worker_container() is None, 90, interval=1, what="shard 0's task stopped once unlabelled")
+        move = tmp_path / "move"
+        move.mkdir(mode=0o700)
+        os.chown(move, 1000, 1000)
+        one_off = ["run", "--rm", "--label", "codex.test=1", "-v", f"{volume}:/home/app/.codex", "-v", f"{move}:/move"]
+        docker_cli(*one_off, "--entrypoint", "codex-agent", images.worker, "login-export", "/move/shard-0.login.json")
+        assert (move / "shard-0.login.json").exists()
+        assert docker_cli(*one_off, "--entrypoint", "codex", images.job, "login", "status", check=False).returncode != 0
+        docker_cli(*one_off, "--entrypoint", "codex-agent", images.worker, "login-import", "/move/shard-0.login.json")
+        assert not (move / "shard-0.login.json").exists()
+        docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=0)}=true", swarm)
+        container = wait_until(worker_container, 90, interval=1, what="shard 0's new task once labelled again")
+        wait_until(gate, 90, interval=1, what="shard 0's gate open with the moved login")
+
         # A label placed later brings shard 1 up on this node, on its own (empty) volume: closed, E030.
         docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=1)}=true", swarm)
 
@@ -162,7 +181,12 @@ def test_the_stack_on_a_single_node_swarm(
             found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-1"})
             return found[0] if found else None
 
-        second = wait_until(shard_1, 90, interval=1, what="shard 1's task running once its node is labelled")
+        try:
+            second = wait_until(shard_1, 90, interval=1, what="shard 1's task running once its node is labelled")
+        except AssertionError as e:
+            tasks = docker_cli("service", "ps", "--no-trunc", f"{name}_codex-worker-1", check=False).stdout
+            labels = docker_cli("node", "inspect", "--format", "{{json .Spec.Labels}}", swarm, check=False).stdout
+            raise AssertionError(f"{e}\n{tasks}\nnode labels {labels}") from None
         state = wait_until(lambda: gate("closed", second), 90, interval=1, what="shard 1 checked")
         assert state["volume"] == f"{prefix}1" and [r["code"] for r in state["reason"]] == ["CODEX-E030"]
     finally:

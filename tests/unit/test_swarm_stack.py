@@ -78,6 +78,9 @@ def test_the_socket_holder_runs_on_every_node(compose: dict[str, Any], stack: di
     holders = [n for n, s in compose["services"].items() if "/var/run/docker.sock:/var/run/docker.sock" in s.get("volumes", [])]
     assert holders and all(stack["services"][n]["deploy"]["mode"] == "global" for n in holders if n in stack["services"])
     assert not any("replicas" in stack["services"][n]["deploy"] for n in holders)
+    # Every shard is listed: Swarm will not create a worker's missing endpoint directory for it.
+    guard = stack["services"]["docker-guard"]["environment"]["CODEX_GUARD_SHARDS"]
+    assert guard == ",".join(f"{i}=${{CODEX_VOLUME_PREFIX:-codex_auth_}}{i}" for i in range(len(shard_services(compose))))
 
 
 def test_group_add_becomes_the_users_primary_group() -> None:
