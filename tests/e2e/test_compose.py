@@ -5,21 +5,31 @@ The three-shard run goes twice: with ``docker compose`` (v2, what users have) an
 decommission procedures run as written, with v2. The stack is docker-compose.yaml plus docker-compose.offline.yaml (the host's RabbitMQ instead of
 a broker container, since no registry is reachable), under a unique project name, vhost and
 volume prefix, so parallel sessions and an operator's own ``codex_auth_*`` volumes are untouched.
+
+The last tests start the stack with ``scripts/up`` itself, in a directory of their own, and then
+drive it only as the runbook says: plain ``docker compose ...`` in that directory (no ``-f``, no
+environment), which reads the ``.env`` scripts/up wrote. Every such command is checked to be in
+runbook.md word for word.
 """
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import json
 import os
 import secrets
 import shutil
+import signal
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import docker
 import docker.errors
@@ -29,6 +39,7 @@ from kombu import Connection
 from agent import config as config_mod
 from agent.routing import shard_for
 from support import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
+from support.rabbit import rabbitmqctl
 from support.workers import keys_for_shard, wait_until
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from worker_entry.app import create_app
@@ -38,10 +49,67 @@ pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.codex, pytest.mar
 COMPOSE_FILES = ["-f", str(REPO_ROOT / "docker-compose.yaml"), "-f", str(REPO_ROOT / "docker-compose.offline.yaml")]
 SHARDS = (0, 1, 2)
 COMPOSE_CLIS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
+RUNBOOK = (REPO_ROOT / "runbook.md").read_text()
+HOLD_S = 12.0
+"""How long the in-flight phases last: longer than Docker's default 10 s stop timeout."""
 
 
-def rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+@dataclass(frozen=True)
+class BrokerAccount:
+    """A vhost and user of its own on the host's RabbitMQ."""
+
+    for_containers: str  # through the Docker bridge's gateway, as the workers reach it
+    from_here: str  # through localhost, as this process reaches it
+
+
+@contextmanager
+def broker_account(client: docker.DockerClient, tag: str) -> Iterator[BrokerAccount]:
+    """A fresh vhost and non-loopback user, deleted afterwards (RabbitMQ's guest is loopback-only)."""
+    if shutil.which("rabbitmqctl") is None:
+        pytest.skip("RabbitMQ absent: rabbitmqctl not found (needed to add a non-loopback user)")
+    vhost = user = f"cwa_e2e_{tag}"
+    password = secrets.token_hex(12)
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("add_user", user, password)
+    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
+    gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
+    try:
+        yield BrokerAccount(f"amqp://{user}:{password}@{gateway}:5672/{vhost}", f"amqp://{user}:{password}@localhost:5672/{vhost}")
+    finally:
+        rabbitmqctl("delete_vhost", vhost)
+        rabbitmqctl("delete_user", user)
+
+
+def remove_project(client: docker.DockerClient, project: str, prefix: str, down: list[str], env: dict[str, str],
+                   cwd: Path | None = None) -> None:
+    """Print each container's last lines (pytest shows them when the test failed), bring the project
+    down without -v, then remove its volumes and anything still using them."""
+    for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
+        tail = container.logs(tail=25).decode("utf-8", "replace")
+        print(f"--- {container.name} ---\n{tail}")
+    subprocess.run(down, env=env, cwd=cwd, capture_output=True, timeout=180, check=False)
+    ours = [v.name for v in client.volumes.list() if v.name.startswith(prefix)]
+    for name in ours + [f"{project}_rabbitmq_data"]:
+        for user_container in client.containers.list(all=True, filters={"volume": name}):
+            user_container.remove(force=True)
+        try:
+            client.volumes.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+
+
+def json_lines(raw: bytes) -> list[dict[str, Any]]:
+    """The JSON objects among the lines of a container's log (Celery's banner and such are skipped)."""
+    lines = []
+    for text in raw.decode("utf-8", "replace").splitlines():
+        try:
+            line = json.loads(text)
+        except ValueError:
+            continue
+        if isinstance(line, dict):
+            lines.append(line)
+    return lines
 
 
 @dataclass
@@ -89,15 +157,7 @@ class Stack:
         return result
 
     def log_events(self, container: Any, event: str) -> list[dict[str, Any]]:
-        lines = []
-        for raw in container.logs(stdout=True, stderr=True).decode("utf-8", "replace").splitlines():
-            try:
-                line = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(line, dict) and line.get("event") == event:
-                lines.append(line)
-        return lines
+        return [line for line in json_lines(container.logs(stdout=True, stderr=True)) if line.get("event") == event]
 
     def waiting(self, queue: str) -> int:
         with Connection(self.host_broker, connect_timeout=5) as connection:
@@ -118,49 +178,30 @@ def compose_cli(request: pytest.FixtureRequest) -> list[str]:
 @pytest.fixture
 def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str, compose_cli: list[str]) -> Iterator[Stack]:
     """A compose project on a fresh vhost; torn down without -v, volumes removed at the end."""
-    if shutil.which("rabbitmqctl") is None:
-        pytest.skip("RabbitMQ absent: rabbitmqctl not found (needed to add a non-loopback user)")
     tag = secrets.token_hex(4)
-    project, vhost, user, password = f"cwae2e{tag}", f"cwa_e2e_{tag}", f"cwa_e2e_{tag}", secrets.token_hex(12)
-    rabbitmqctl("add_vhost", vhost)
-    rabbitmqctl("add_user", user, password)
-    rabbitmqctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
-    ipam = docker_client.networks.get("bridge").attrs["IPAM"]["Config"][0]
-    gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
-    env = {
-        "PATH": os.environ["PATH"],
-        "HOME": os.environ.get("HOME", "/root"),
-        "CELERY_BROKER_URL": f"amqp://{user}:{password}@{gateway}:5672/{vhost}",
-        "CELERY_RESULT_BACKEND": "rpc://",
-        "CODEX_VOLUME_PREFIX": f"cwa_test_e2e_{tag}_codex_auth_",
-        "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
-        "CODEX_WORKER_IMAGE": images.worker,
-        "CODEX_JOB_IMAGE": images.job,
-    }
-    stack = Stack(docker_client, compose_cli, project, env, f"amqp://{user}:{password}@localhost:5672/{vhost}", env["CODEX_VOLUME_PREFIX"])
-    try:
-        yield stack
-    finally:
-        for container in docker_client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
-            tail = container.logs(tail=25).decode("utf-8", "replace")
-            print(f"--- {container.name} ---\n{tail}")  # shown by pytest when the test failed
-        for name in stack.extra_containers:
-            try:
-                docker_client.containers.get(name).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        subprocess.run([*compose_cli, *stack.files, "-p", project, "down", "--timeout", "10"],
-                       env=env, capture_output=True, timeout=120, check=False)
-        ours = [v.name for v in docker_client.volumes.list() if v.name.startswith(stack.prefix)]
-        for name in ours + [f"{project}_rabbitmq_data"]:
-            for user_container in docker_client.containers.list(all=True, filters={"volume": name}):
-                user_container.remove(force=True)
-            try:
-                docker_client.volumes.get(name).remove(force=True)
-            except docker.errors.NotFound:
-                pass
-        rabbitmqctl("delete_vhost", vhost)
-        rabbitmqctl("delete_user", user)
+    project = f"cwae2e{tag}"
+    with broker_account(docker_client, tag) as broker:
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", "/root"),
+            "CELERY_BROKER_URL": broker.for_containers,
+            "CELERY_RESULT_BACKEND": "rpc://",
+            "CODEX_VOLUME_PREFIX": f"cwa_test_e2e_{tag}_codex_auth_",
+            "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
+            "CODEX_WORKER_IMAGE": images.worker,
+            "CODEX_JOB_IMAGE": images.job,
+        }
+        stack = Stack(docker_client, compose_cli, project, env, broker.from_here, env["CODEX_VOLUME_PREFIX"])
+        try:
+            yield stack
+        finally:
+            for name in stack.extra_containers:
+                try:
+                    docker_client.containers.get(name).remove(force=True)
+                except docker.errors.NotFound:
+                    pass
+            remove_project(docker_client, project, stack.prefix,
+                           [*compose_cli, *stack.files, "-p", project, "down", "--timeout", "10"], env)
 
 
 def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: docker.DockerClient) -> None:
@@ -299,55 +340,397 @@ def _shrunk_to_3_shards(grown: str) -> str:
     return (grown[:start].rstrip() + "\n" + grown[end:]).replace('CODEX_SHARDS: "4"', 'CODEX_SHARDS: "3"')
 
 
-@pytest.mark.parametrize("compose_cli", ["v2"], indirect=True, ids=["compose-v2"])
-def test_add_then_decommission_a_shard(stack: Stack, images: Images, docker_client: docker.DockerClient,
-                                       tmp_path: Path) -> None:
-    """The runbook's procedures as written: add shard 3 and log it in; then remove it: its waiting tasks
-    move and run elsewhere, none lost or doubled, and its volume keeps its login."""
-    compose_file = tmp_path / "docker-compose.yaml"
-    shutil.copy(REPO_ROOT / "docker-compose.offline.yaml", tmp_path / "docker-compose.offline.yaml")
-    grown = _grown_by_shard_3((REPO_ROOT / "docker-compose.yaml").read_text())
+# --- The stack as `scripts/up` builds it, driven by the runbook's commands ---------------------------
+
+
+def runbook_says(command: str) -> str:
+    """``command`` itself, once checked to be in runbook.md word for word."""
+    assert command in RUNBOOK, f"runbook.md no longer says: {command}"
+    return command
+
+
+@dataclass
+class UpStack(Stack):
+    """A stack `scripts/up` started in ``directory``; operators' commands run there with no settings."""
+
+    directory: Path = Path()
+    private_tags: list[str] = field(default_factory=list)
+    first_up: tuple[str, str] = ("", "")
+
+    def sh(self, command: str, *, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run an operator's shell line in the stack's directory, with only PATH and HOME set."""
+        proc = subprocess.run(["bash", "-c", command], cwd=self.directory, env=self.env, input=stdin,
+                              capture_output=True, text=True, timeout=timeout, check=False)
+        assert proc.returncode == 0, f"{command} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+        return proc
+
+    def up(self, settings: dict[str, str] | None = None, *, hold_at: str = "", meanwhile: Callable[[], None] = lambda: None,
+           ) -> tuple[str, str]:
+        """``scripts/up`` for this directory, given ``settings`` or only what .env remembers; its stdout and stderr.
+
+        With ``hold_at``, scripts/up is held (SIGSTOP to its process group) from the moment it prints
+        that step until ``meanwhile`` has returned: its build takes longer than a test's phase.
+        """
+        proc = subprocess.Popen([str(REPO_ROOT / "scripts/up")], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env={**self.env, **(settings or {}), "UP_DIR": str(self.directory), "UP_TIMEOUT": "150"},
+                                start_new_session=True)
+        out: list[str] = []
+        err: list[str] = []
+        held = threading.Event()
+
+        def read_stderr() -> None:
+            for line in proc.stderr or ():
+                err.append(line)
+                if hold_at and hold_at in line and not held.is_set():
+                    os.killpg(proc.pid, signal.SIGSTOP)
+                    held.set()
+
+        readers = [threading.Thread(target=lambda: out.append((proc.stdout or io.StringIO()).read()), daemon=True),
+                   threading.Thread(target=read_stderr, daemon=True)]
+        for reader in readers:
+            reader.start()
+        if hold_at:
+            assert held.wait(timeout=300), f"scripts/up never printed {hold_at!r}:\n{''.join(err)[-3000:]}"
+            try:
+                meanwhile()
+            finally:
+                os.killpg(proc.pid, signal.SIGCONT)
+        try:
+            proc.wait(timeout=330)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            ps = self.sh("docker compose ps -a").stdout
+            raise AssertionError(f"scripts/up still running after 330 s:\n{''.join(err)[-3000:]}\n{ps}") from None
+        for reader in readers:
+            reader.join(timeout=30)
+        assert proc.returncode == 0, f"scripts/up exited {proc.returncode}:\n{''.join(out)}\n{''.join(err)[-3000:]}"
+        return "".join(out), "".join(err)
+
+    def workers(self) -> dict[str, Any]:
+        """The running and stopped worker containers by service name."""
+        found = self.client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
+        return {c.labels["com.docker.compose.service"]: c for c in found
+                if c.labels["com.docker.compose.service"].startswith("codex-worker-")
+                and c.labels.get("com.docker.compose.oneoff", "False") == "False"}
+
+    def gate_open(self, service: str) -> bool:
+        return (self.status(self.container(service)).get("state") or {}).get("gate") == "open"
+
+    def volume_report(self, shard: int) -> dict[str, Any]:
+        """``codex-agent volumes --json`` for one shard's volume, from the host."""
+        done = subprocess.run([str(REPO_ROOT / ".venv/bin/codex-agent"), "volumes", "--json", self.volume(shard)],
+                              env={**self.env, "CODEX_LOGIN_CHECK_IMAGE": self.private_tags[1]},
+                              capture_output=True, text=True, timeout=120, check=True)
+        report: dict[str, Any] = json.loads(done.stdout)["volumes"][0]
+        return report
+
+    def log_in(self, shard: int) -> None:
+        """The runbook's headless login: an API key from a file into the shard's login service."""
+        key_file = self.directory / f"key-{shard}"
+        key_file.write_text(fake_api_key())
+        key_file.chmod(0o600)
+        line = runbook_says("docker compose run --rm -T --entrypoint codex login-1 login --with-api-key < /path/to/key-file")
+        self.sh(line.replace("login-1", f"login-{shard}").replace("/path/to/key-file", str(key_file)))
+
+    def exists(self, queue: str) -> bool:
+        with Connection(self.host_broker, connect_timeout=5) as connection:
+            try:
+                connection.default_channel.queue_declare(queue=queue, passive=True)
+            except Exception as e:  # noqa: BLE001  (amqp's NotFound closes the channel; nothing else is expected)
+                assert "NOT_FOUND" in str(e), e
+                return False
+            return True
+
+
+class LogTap:
+    """The logs of the project's worker containers, kept after compose removes a container."""
+
+    def __init__(self, stack: UpStack) -> None:
+        self.stack = stack
+        self.followed: dict[str, bytes] = {}
+        self.threads: dict[str, threading.Thread] = {}
+
+    def follow(self) -> None:
+        """Follow every worker container not followed yet, until it stops."""
+        for container in self.stack.workers().values():
+            if container.id not in self.threads:
+                self.threads[container.id] = threading.Thread(target=self._read, args=(container,), daemon=True)
+                self.threads[container.id].start()
+
+    def _read(self, container: Any) -> None:
+        self.followed[container.id] = b"".join(container.logs(stream=True, follow=True))
+
+    def raw(self) -> list[bytes]:
+        """Each container's log: of removed ones as followed, of present ones as `docker logs` has it now."""
+        present = {c.id: c.logs() for c in self.stack.workers().values()}
+        for cid, thread in self.threads.items():
+            if cid not in present:
+                thread.join(timeout=30)
+        return [*present.values(), *(log for cid, log in self.followed.items() if cid not in present)]
+
+    def everything(self) -> list[dict[str, Any]]:
+        return [line for log in self.raw() for line in json_lines(log)]
+
+    def story(self, task_ids: list[str]) -> str:
+        """What each container logged about these tasks, and its stops: for a failing assertion."""
+        told = []
+        for number, log in enumerate(self.raw()):
+            text = log.decode("utf-8", "replace").splitlines()
+            told += [f"[container {number}] {line[:300]}" for line in text
+                     if any(task_id in line for task_id in task_ids) or "shutdown" in line or "ack" in line.lower()]
+        return "\n".join(told)
+
+    def finished_after_sigterm(self, task_id: str) -> bool:
+        """In one container: the task was received, then the worker got SIGTERM, then the task succeeded."""
+        for log in self.raw():
+            text = log.decode("utf-8", "replace")
+            received = text.find(f"Task codex.phase[{task_id}] received")
+            stop = text.find("Warm shutdown", received)
+            if received >= 0 and stop > received and text.find(f"Task codex.phase[{task_id}] succeeded", stop) > stop:
+                return True
+        return False
+
+
+def runs_per_task(lines: list[dict[str, Any]], task_id: str) -> tuple[int, int]:
+    """(codex.run.audit lines, Celery success lines) of one task in ``lines``."""
+    audits = sum(1 for line in lines if line.get("event") == "codex.run.audit" and line.get("task_id") == task_id)
+    done = sum(1 for line in lines if str(line.get("event", "")).startswith(f"Task codex.phase[{task_id}] succeeded"))
+    return audits, done
+
+
+@pytest.fixture(scope="module")
+def up_stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpStack]:
+    """`scripts/up` in a directory of its own (the compose files copied there), on a fresh vhost, with
+    private image tags (no rebuild elsewhere recreates its containers); the three shards logged in by
+    the runbook's headless command."""
+    if subprocess.run(["docker", "compose", "version"], capture_output=True, timeout=60, check=False).returncode != 0:
+        pytest.skip("compose v2 absent: scripts/provision.sh installs it")
+    tag = secrets.token_hex(4)
+    project, prefix = f"cwaup{tag}", f"cwa_test_up_{tag}_codex_auth_"
+    directory = tmp_path_factory.mktemp("up")
+    for name in ("docker-compose.yaml", "docker-compose.offline.yaml"):
+        shutil.copy(REPO_ROOT / name, directory / name)
+    tags = [f"cwa-test-up-{tag}/worker:dev", f"cwa-test-up-{tag}/job:dev"]
+    for source, target in zip((images.worker, images.job), tags):
+        repository, version = target.split(":")
+        assert docker_client.images.get(source).tag(repository, version)
+    shell = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
+    with broker_account(docker_client, tag) as broker:
+        stack = UpStack(docker_client, ["docker", "compose"], project, shell, broker.from_here, prefix,
+                        directory=directory, private_tags=tags)
+        try:
+            stack.first_up = stack.up({"COMPOSE_PROJECT_NAME": project, "CODEX_VOLUME_PREFIX": prefix,
+                                       "CELERY_BROKER_URL": broker.for_containers, "CODEX_PHASE_TIMEOUT": "3000",
+                                       "CODEX_WORKER_IMAGE": tags[0], "CODEX_JOB_IMAGE": tags[1]})
+            for shard in SHARDS:
+                stack.log_in(shard)
+            for shard in SHARDS:
+                wait_until(lambda: stack.gate_open(f"codex-worker-{shard}"), 60, interval=0.5, what=f"gate of shard {shard} open")
+            yield stack
+        finally:
+            remove_project(docker_client, project, prefix, ["docker", "compose", "down", "--timeout", "10"], shell, cwd=directory)
+            for name in tags:
+                try:
+                    docker_client.images.remove(name, noprune=True)
+                except docker.errors.ImageNotFound:
+                    pass
+
+
+def test_runbook_commands_address_the_stack_scripts_up_built(up_stack: UpStack) -> None:
+    """The runbook's plain `docker compose` lines reach the offline stack scripts/up built, through its
+    .env: a killed worker comes back with `up -d` (no pull, nothing else recreated) and takes its
+    claim again with no E010; a crashed one comes back by itself; a stop is warm and frees the claim."""
+    stack = up_stack
+    env_file = stack.directory / ".env"
+    settings = env_file.read_text()
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    assert "COMPOSE_FILE='docker-compose.yaml:docker-compose.offline.yaml'" in settings
+    assert "CODEX_UP_BROKER='given'" in settings and f"COMPOSE_PROJECT_NAME='{stack.project}'" in settings
+    assert "CODEX_PHASE_TIMEOUT='3000'" in settings and "CODEX_STOP_GRACE_PERIOD='3060s'" in settings  # limit + 60 s
+    broker_url = settings.split("CELERY_BROKER_URL='", 1)[1].split("'", 1)[0]
+    password = urlsplit(broker_url).password
+    out, err = stack.first_up
+    assert password and password not in out + err, "scripts/up printed the broker password"
+    for shard in SHARDS:  # the next step, both ways
+        assert f"docker compose run --rm login-{shard} " in out
+        assert f"docker compose run --rm -T --entrypoint codex login-{shard} login --with-api-key < KEY_FILE" in out
+
+    # What a bare `docker compose` reads here: this project, its broker, the host-broker stand-in.
+    # Without .env the same directory names another project, the registry's broker image and URL.
+    rendered = json.loads(stack.sh("docker compose config --format json").stdout)
+    assert rendered["name"] == stack.project and rendered["services"]["rabbitmq"]["image"] == stack.private_tags[0]
+    assert rendered["services"]["codex-worker-1"]["environment"]["CELERY_BROKER_URL"] == broker_url, "another broker"
+    bare = json.loads(stack.sh("docker compose --env-file /dev/null config --format json").stdout)
+    assert bare["name"] != stack.project and bare["services"]["rabbitmq"]["image"] == "rabbitmq:3-management"
+    assert bare["services"]["codex-worker-1"]["environment"]["CELERY_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672//"
+    workers = stack.workers()
+    broker_stand_in = stack.container("rabbitmq").id
+    if shutil.which("docker-compose"):  # v1 reads the same .env: the same containers
+        v1 = subprocess.run(["docker-compose", "ps", "-q", "codex-worker-0"], cwd=stack.directory, env=stack.env,
+                            capture_output=True, text=True, timeout=60, check=True)
+        assert v1.stdout.strip() == workers["codex-worker-0"].id
+    for container in workers.values():  # the stop grace period covers the phase limit
+        assert "CODEX_PHASE_TIMEOUT=3000" in container.attrs["Config"]["Env"]
+        assert container.attrs["Config"]["StopTimeout"] == 3060 and container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+
+    def no_e010(service: str) -> bool:
+        return not any(line.get("code") == "CODEX-E010" for line in json_lines(stack.container(service).logs()))
+
+    # A crash (the Celery main process dies, as in an OOM kill): Docker restarts it, claim retaken.
+    crashed = workers["codex-worker-0"]
+    tini = crashed.attrs["State"]["Pid"]
+    main = int(Path(f"/proc/{tini}/task/{tini}/children").read_text().split()[0])
+    os.kill(main, signal.SIGKILL)
+    wait_until(lambda: crashed.reload() or crashed.attrs["RestartCount"] >= 1, 60, interval=0.5, what="worker 0 restarted")
+    wait_until(lambda: stack.gate_open("codex-worker-0"), 60, interval=0.5, what="gate 0 open after the crash")
+    assert stack.volume_report(0)["holder"]["container_id"] == crashed.id and no_e010("codex-worker-0")
+
+    # `docker kill`: a manual stop to Docker, no policy restarts it; the runbook's procedure does.
+    killed = workers["codex-worker-1"]
+    killed.kill()
+    wait_until(lambda: killed.reload() or killed.status == "exited", 30, interval=0.5, what="worker 1 exited")
+    time.sleep(3)
+    killed.reload()
+    assert (killed.status, killed.attrs["State"]["ExitCode"], killed.attrs["RestartCount"]) == ("exited", 137, 0)
+    assert "exited" in stack.sh(runbook_says("docker compose ps -a codex-worker-1")).stdout.lower()
+    stack.sh(runbook_says("docker compose up -d codex-worker-1"))
+    wait_until(lambda: stack.gate_open("codex-worker-1"), 60, interval=0.5, what="gate 1 open after up -d")
+    assert {s: c.id for s, c in stack.workers().items()} == {s: c.id for s, c in workers.items()}, "a container was recreated"
+    assert stack.container("rabbitmq").id == broker_stand_in
+    assert "gate open" in stack.sh(runbook_says("docker compose exec codex-worker-1 codex-agent status")).stdout
+    holder = stack.volume_report(1)["holder"]
+    assert holder["container_id"] == killed.id and holder["fresh"] is True and no_e010("codex-worker-1")
+
+    # A stop is warm: exit 0, the claim released; the worker comes back the same way.
+    stack.sh(runbook_says("docker compose stop codex-worker-1"))
+    stopped = stack.container("codex-worker-1")
+    assert (stopped.status, stopped.attrs["State"]["ExitCode"]) == ("exited", 0)
+    assert "exited (0)" in stack.sh(runbook_says("docker compose ps -a codex-worker-1")).stdout.lower()
+    assert stack.volume_report(1)["holder"] is None
+    stack.sh(runbook_says("docker compose up -d codex-worker-1"))
+    wait_until(lambda: stack.gate_open("codex-worker-1"), 60, interval=0.5, what="gate 1 open after the stop")
+
+
+@pytest.mark.timeout(600)
+def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_client: docker.DockerClient) -> None:
+    """The runbook's add-a-shard (headless) and decommission procedures, as written, while a phase
+    longer than Docker's default stop timeout runs on every shard that stops: each such phase
+    finishes after its worker's SIGTERM, none is cut off or runs twice, and every worker that stops
+    exits 0. The new shard runs the runbook's test task; the removed shard's waiting tasks move and
+    run once, its volume keeps its login and its empty queue is deleted. A stop shorter than the
+    phase cuts one off, and it runs again."""
+    stack = up_stack
+    # Followed live: the daemon keeps too few past events to ask for them at the end.
+    deaths = docker_client.events(decode=True, filters={
+        "type": "container", "event": "die", "label": f"com.docker.compose.project={stack.project}"})
+    exits: list[tuple[str, str]] = []
+
+    def watch() -> None:
+        try:
+            for event in deaths:
+                exits.append((event["Actor"]["Attributes"]["name"], event["Actor"]["Attributes"]["exitCode"]))
+        except Exception:  # noqa: BLE001  (the stream was closed at the end)
+            pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    tap = LogTap(stack)
+    compose_file = stack.directory / "docker-compose.yaml"
+    stopped_warm: list[str] = []  # phases in flight when their worker was told to stop
+
+    def publisher(shards: int) -> Any:
+        return create_app(config_mod.load({"CELERY_BROKER_URL": stack.host_broker, "CODEX_SHARDS": str(shards)}))
+
+    def hold(app: Any, shard: int, hold_s: float = HOLD_S) -> str:
+        key = f"hold-{shard}-{secrets.token_hex(4)}"
+        kwargs = {"affinity_key": key, "run_id": f"run-{key}", "phase": "hold", "hold_s": hold_s, "codex_shard": shard}
+        task_id: str = app.send_task("codex.phase", kwargs=kwargs).id
+        return task_id
+
+    def in_flight(app: Any, shards: tuple[int, ...]) -> None:
+        """A long phase running on each of ``shards``; the tap follows every worker."""
+        tap.follow()
+        tasks = {shard: hold(app, shard) for shard in shards}
+        for shard, task_id in tasks.items():
+            wait_until(lambda: runs_per_task(json_lines(stack.container(f"codex-worker-{shard}").logs()), task_id)[0] == 1,
+                       60, interval=0.3, what=f"the phase on shard {shard} running")
+        stopped_warm.extend(tasks.values())
+
+    # Provisioning shard 3, steps 1-3: scripts/up recreates workers 0..2 (and the default one) while
+    # each runs a phase.
+    runbook_says("scripts/compose-shards 3")
+    grown = _grown_by_shard_3(compose_file.read_text())
     compose_file.write_text(grown)
-    stack.files = ["-f", str(compose_file), "-f", str(tmp_path / "docker-compose.offline.yaml")]
-    services = ["rabbitmq", "codex-worker-0", "codex-worker-3", "codex-worker-default"]
+    out, _ = stack.up(hold_at="==> choosing the broker", meanwhile=lambda: in_flight(publisher(3), SHARDS))
+    assert "docker compose run --rm login-3 " in out
+    assert "docker compose run --rm -T --entrypoint codex login-3 login --with-api-key < KEY_FILE" in out
 
-    # Provisioning: the new worker comes up, its volume is logged in once through login-3, its gate opens.
-    stack.compose("up", "-d", "--no-color", *services)
-    stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-3", "login", "--with-api-key", stdin=fake_api_key())
+    # Steps 4-5: the headless login, then the runbook's test task on codex-3 and its audit lines.
+    stack.log_in(3)
+    wait_until(lambda: stack.gate_open("codex-worker-3"), 60, interval=0.5, what="gate of shard 3 open")
+    assert stack.volume_report(3)["holder"]["container_id"] == stack.container("codex-worker-3").id
+    stack.sh(runbook_says(
+        "docker compose exec -T codex-worker-default celery -A worker_entry.app:app call codex.phase --queue codex-3 "
+        """--kwargs '{"affinity_key": "smoke-test", "run_id": "smoke-shard-3", "phase": "smoke"}'"""))
+    read = runbook_says("""docker logs "$(docker compose ps -q codex-worker-3)" 2>&1 | jq -cR 'fromjson? | """
+                        """select(.run_id=="smoke-shard-3") | {event, queue, volume, exit_code}'""")
+    finished = wait_until(lambda: [json.loads(x) for x in stack.sh(read).stdout.splitlines() if "codex.job.finished" in x],
+                          60, interval=1, what="the test task's job finished on shard 3")
+    assert finished == [{"event": "codex.job.finished", "queue": "codex-3", "volume": stack.volume(3), "exit_code": 0}]
+
+    # Decommissioning shard 3, steps 3-4: its worker stops while running a phase; late publishers,
+    # still on 4 shards, left tasks in codex-3 (keys that route to shard 0 over 3 shards): drained.
+    four = publisher(4)
+    in_flight(four, (3,))
+    stack.sh(runbook_says("docker compose stop codex-worker-3"))
     worker_3 = stack.container("codex-worker-3")
-    wait_until(lambda: (stack.status(worker_3).get("state") or {}).get("gate") == "open", 60, interval=0.5,
-               what="shard 3's gate open")
-
-    # Decommissioning: the publishers already route over 3 shards, but pinned runs and late publishers
-    # left tasks in codex-3 (published here with 4 shards) after its worker stopped.
-    stack.compose("stop", "codex-worker-3")
-    publisher = create_app(config_mod.load({"CELERY_BROKER_URL": stack.host_broker, "CODEX_SHARDS": "4"}),
-                           result_backend="rpc://")
+    assert worker_3.attrs["State"]["ExitCode"] == 0 and stack.volume_report(3)["holder"] is None
     keys = [k for k in keys_for_shard(3, 40, shards=4, prefix=f"decom-{stack.project}") if shard_for(k, 3) == 0][:4]
-    results = [publisher.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"})
-               for k in keys]
-    wait_until(lambda: stack.waiting("codex-3") == len(keys), 20, interval=0.5, what="tasks waiting in codex-3")
+    late = [four.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"}).id for k in keys]
+    wait_until(lambda: stack.waiting("codex-3") == len(late), 20, interval=0.5, what="the late tasks waiting in codex-3")
+    drain = runbook_says("docker compose exec codex-worker-default codex-agent drain codex-3 --shards 3")
+    assert f"would move {len(late)} task(s)" in stack.sh(runbook_says(f"{drain} --dry-run")).stdout
+    moved = stack.sh(drain).stdout
+    assert f"moved {len(late)} task(s), 0 left in codex-3" in moved, moved
 
-    drained = stack.compose("exec", "-T", "codex-worker-default", "codex-agent", "drain", "codex-3", "--shards", "3")
-    assert f"moved {len(keys)} task(s), 0 left in codex-3" in drained.stdout, drained.stdout
+    # Step 5 recreates workers 0..2 with the new count while each runs a phase; step 6 verifies and
+    # deletes the empty queue.
+    in_flight(publisher(3), SHARDS)
     compose_file.write_text(_shrunk_to_3_shards(grown))
-    stack.compose("up", "-d", "--no-color", "--remove-orphans", *[s for s in services if s != "codex-worker-3"])
+    stack.sh(runbook_says("docker compose up -d --remove-orphans"))
+    assert "codex-worker-3" not in stack.workers()
     assert not docker_client.containers.list(all=True, filters={"id": worker_3.id})
+    assert "would move 0 task(s), 0 left in codex-3" in stack.sh(f"{drain} --dry-run").stdout
+    kept = stack.volume_report(3)
+    assert kept["logged_in"] is True and kept["holder"] is None
+    stack.sh(runbook_says("docker compose exec -T codex-worker-default celery -A worker_entry.app:app amqp queue.delete codex-3 yes yes"))
+    assert not stack.exists("codex-3")
 
-    # The moved tasks run on shard 0 once its volume is logged in, each exactly once.
-    stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-0", "login", "--with-api-key", stdin=fake_api_key())
-    for result in results:
-        value = result.get(timeout=90)
-        assert (value["shard"], value["queue"], value["job"]["exit_code"]) == (0, "codex-0", 0)
-    audits = stack.log_events(stack.container("codex-worker-0"), "codex.run.audit")
-    assert sorted(a["task_id"] for a in audits) == sorted(r.id for r in results)
-    again = stack.compose("exec", "-T", "codex-worker-default", "codex-agent", "drain", "codex-3", "--shards", "3", "--dry-run")
-    assert "would move 0 task(s), 0 left in codex-3" in again.stdout
+    # Every phase ran exactly once, each in-flight one through its worker's warm stop; the moved
+    # tasks on shard 0; every worker that stopped exited 0.
+    wait_until(lambda: all(runs_per_task(tap.everything(), task_id) == (1, 1) for task_id in late), 90, interval=1,
+               what="the moved tasks run once")
+    lines = tap.everything()
+    assert sorted((e["task_id"], e["queue"], e["exit_code"]) for e in lines
+                  if e.get("event") == "codex.job.finished" and e["task_id"] in late) == sorted((tid, "codex-0", 0) for tid in late)
+    assert len(stopped_warm) == 7
+    twice = [task_id for task_id in stopped_warm if runs_per_task(lines, task_id) != (1, 1)]
+    assert not twice, tap.story(twice) + "\n" + stack.container("docker-guard").logs().decode("utf-8", "replace")[-6000:]
+    assert [task_id for task_id in stopped_warm if not tap.finished_after_sigterm(task_id)] == []
+    deaths.close()
+    watcher.join(timeout=10)
+    worker_exits = [code for name, code in exits if "codex-worker-" in name]
+    assert len(worker_exits) >= 9 and set(worker_exits) == {"0"}, exits  # 4 recreated, 1 stopped, 4 recreated
 
-    # The removed shard's volume keeps its login, with no holder.
-    kept = subprocess.run(
-        [str(REPO_ROOT / ".venv/bin/codex-agent"), "volumes", "--json", stack.volume(3)],
-        env={**stack.env, "CODEX_LOGIN_CHECK_IMAGE": images.job}, capture_output=True, text=True, timeout=120, check=True,
-    )
-    volume = json.loads(kept.stdout)["volumes"][0]
-    assert volume["logged_in"] is True and volume["holder"] is None
+    # Without a grace period that covers the phase, a stop cuts it off and it runs again.
+    for shard in SHARDS:
+        wait_until(lambda: stack.gate_open(f"codex-worker-{shard}"), 60, interval=0.5, what=f"gate {shard} open")
+    cut = hold(publisher(3), 1, hold_s=6)
+    wait_until(lambda: runs_per_task(json_lines(stack.container("codex-worker-1").logs()), cut)[0] == 1, 60, interval=0.3,
+               what="the phase on shard 1 running")
+    stack.sh("docker compose stop -t 1 codex-worker-1")
+    assert stack.container("codex-worker-1").attrs["State"]["ExitCode"] == 137
+    stack.sh(runbook_says("docker compose up -d codex-worker-1"))
+    wait_until(lambda: runs_per_task(json_lines(stack.container("codex-worker-1").logs()), cut) == (2, 1), 90,
+               interval=1, what="the cut-off phase run again")
