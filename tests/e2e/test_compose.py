@@ -50,6 +50,7 @@ COMPOSE_FILES = ["-f", str(REPO_ROOT / "docker-compose.yaml"), "-f", str(REPO_RO
 SHARDS = (0, 1, 2)
 COMPOSE_CLIS = {"v2": ["docker", "compose"], "v1": ["docker-compose"]}
 RUNBOOK = (REPO_ROOT / "runbook.md").read_text()
+GUARD_ENDPOINTS = Path("/run/codex-guard")
 HOLD_S = 12.0
 """How long the in-flight phases last: longer than Docker's default 10 s stop timeout."""
 
@@ -97,6 +98,7 @@ def remove_project(client: docker.DockerClient, project: str, prefix: str, down:
             client.volumes.get(name).remove(force=True)
         except docker.errors.NotFound:
             pass
+        shutil.rmtree(GUARD_ENDPOINTS / name, ignore_errors=True)  # the docker-guard's endpoint directory
 
 
 def json_lines(raw: bytes) -> list[dict[str, Any]]:
