@@ -75,7 +75,8 @@ class TestHealthyVolume:
             expected_volume=logged_in_volume, mounts=_rw(logged_in_volume), with_socket=with_socket,
         )
         assert report["exit_code"] == 0 and report["ok"] is True
-        assert [c["ok"] for c in report["checks"]] == [True, True, True]
+        assert [(c["name"], c["ok"]) for c in report["checks"]] == [
+            ("claim", True), ("mount", True), ("lease", True), ("login", True)]
         mount = report["by_name"]["mount"]["details"]
         assert mount["volume"] == logged_in_volume
         assert mount["source"] == ("docker" if with_socket else "mountinfo")
@@ -146,7 +147,7 @@ class TestBrokenSetups:
         report = _check(docker_client, docker_cleanup, images.worker, expected_volume=volume, mounts=_rw(volume))
         login = report["by_name"]["login"]
         assert report["by_name"]["mount"]["ok"] and login["code"] == "CODEX-E030"
-        assert "login-0" in login["remediation"] and volume in login["remediation"]
+        assert "login-0" in login["remediation"] and volume in login["message"]
 
 
 HOLD = (
