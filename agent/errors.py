@@ -449,6 +449,7 @@ class DrainError(AgentError):
     template = "could not drain queue {queue} ({cause}); tasks already moved stay moved, the rest stay queued"
     remediation_template = "fix the cause and run the same command again: codex-agent drain {queue}"
 
+
 class FleetUnreadableError(AgentError):
     code = "CODEX-E070"
     title = "fleet state unreadable"
@@ -458,6 +459,7 @@ class FleetUnreadableError(AgentError):
         "codex-agent fleet --broker <url>"
     )
 
+
 class LoginMoveError(AgentError):
     code = "CODEX-E071"
     title = "login move refused"
@@ -465,8 +467,6 @@ class LoginMoveError(AgentError):
     remediation_template = (
         "read the cause, fix it, and run the same command again (runbook: Moving a shard's login to another node)"
     )
-
-
 
 
 def _rebuild(cls: type[AgentError], facts: dict[str, Any]) -> AgentError:

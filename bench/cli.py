@@ -47,7 +47,8 @@ SUITES: tuple[Suite, ...] = (
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 
-_ORDER = ["1", "2", "3a", "3b", "4a", "4b", "4c", "5", "6", "7", "8", "9a", "9b"]
+_ORDER = sorted((row_id for _, _, rows in SUITES for row_id, _ in rows), key=lambda i: (int(i.rstrip("abcd")), i))
+"""Rows in the table by number (1, 2, 3a, 3b, …), whichever suite makes them."""
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
 
 
