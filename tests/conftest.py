@@ -2,25 +2,18 @@
 
 A fixture skips only when its component is absent ("Docker engine absent", "Codex CLI absent",
 "RabbitMQ absent", "Redis absent"); with ``CODEX_AGENT_REQUIRE_ALL=1`` (CI) each such skip fails.
-Plain helpers live in ``tests/support`` (imported as ``support``).
+Plain helpers live in the ``testkit`` package (installed with the project, shared with ``bench``).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-# tests/ has no __init__.py: make `support` importable whatever pytest's import mode.
-_TESTS_DIR = str(Path(__file__).resolve().parent)
-if _TESTS_DIR not in sys.path:
-    sys.path.insert(0, _TESTS_DIR)
+import docker
 
-import docker  # noqa: E402
-
-from support import (  # noqa: E402
+from testkit import (
     RABBITMQ_URL,
     REDIS_URL,
     DockerCleanup,
@@ -30,7 +23,7 @@ from support import (  # noqa: E402
     find_codex_bin,
     require_port,
 )
-from support.require_all import (  # noqa: E402,F401  (hooks: pytest finds them by name here)
+from testkit.require_all import (  # noqa: F401  (hooks: pytest finds them by name here)
     pytest_make_collect_report,
     pytest_runtest_makereport,
 )

@@ -32,7 +32,7 @@ def _run(tmp_path: Path, require_all: str | None) -> subprocess.CompletedProcess
     env["PYTHONPATH"] = str(Path(__file__).parent)
     if require_all is not None:
         env["CODEX_AGENT_REQUIRE_ALL"] = require_all
-    argv = [sys.executable, "-m", "pytest", "-p", "support.require_all", "-rA", "-p", "no:cacheprovider"]
+    argv = [sys.executable, "-m", "pytest", "-p", "testkit.require_all", "-rA", "-p", "no:cacheprovider"]
     return subprocess.run(
         [*argv, "--rootdir", str(tmp_path), str(tmp_path)],
         capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False,
@@ -40,7 +40,7 @@ def _run(tmp_path: Path, require_all: str | None) -> subprocess.CompletedProcess
 
 
 class TestRequireAll:
-    """support.require_all."""
+    """testkit.require_all."""
 
     def test_skip_stays_a_skip_without_the_switch(self, tmp_path: Path) -> None:
         """Unset: the absent component is a skip and the run passes."""

@@ -38,9 +38,9 @@ from kombu import Connection
 
 from agent import config as config_mod
 from agent.routing import shard_for
-from support import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
-from support.rabbit import rabbitmqctl
-from support.workers import keys_for_shard, wait_until
+from testkit import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
+from testkit.rabbit import rabbitmqctl
+from testkit.workers import keys_for_shard, wait_until
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from worker_entry.app import create_app
 

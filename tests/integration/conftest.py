@@ -14,9 +14,9 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from celery import Celery
-from support.phases import PhaseLab
-from support.rabbit import rabbitmqctl
-from support.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess
+from testkit.phases import PhaseLab
+from testkit.rabbit import rabbitmqctl
+from testkit.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess
 
 from agent.config import load
 from openai_standin import StandIn

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support.monitoring import binary_or_skip
+from testkit.monitoring import binary_or_skip
 
 from agent.login import AuthFacts
 from agent.metrics import EventMetrics, GateCollector, volumes_exposition

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from support import REPO_ROOT, Images
+from testkit import REPO_ROOT, Images
 
 from bench.cli import _ORDER
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from celery import Celery, chain
 from celery.result import AsyncResult
-from support.phases import ContainerWorker, PhaseLab
-from support.postgres import postgres_backend_or_skip, result_rows
-from support.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
+from testkit.phases import ContainerWorker, PhaseLab
+from testkit.postgres import postgres_backend_or_skip, result_rows
+from testkit.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
 
 import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
 from agent.config import load

@@ -9,8 +9,8 @@ from typing import Any
 
 import docker
 import pytest
-from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
-from support.workers import wait_until
+from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
+from testkit.workers import wait_until
 
 HOME = "/home/app"
 CODEX_HOME = f"{HOME}/.codex"

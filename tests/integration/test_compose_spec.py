@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from compose_spec import PyCompose
-from support import REPO_ROOT
+from testkit import REPO_ROOT
 
 FILES = [["docker-compose.yaml"], ["docker-compose.yaml", "docker-compose.offline.yaml"]]
 COMPOSE_CLIS = {"v1": ["docker-compose"], "v2": ["docker", "compose", "--profile", "*"]}

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Queue
-from support.rabbit import rabbitmqctl
-from support.workers import BrokerView, keys_for_shard
+from testkit.rabbit import rabbitmqctl
+from testkit.workers import BrokerView, keys_for_shard
 
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from agent.config import load

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from support import make_api_key_login
-from support.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
+from testkit import make_api_key_login
+from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 from agent.fleet import FLEET_TTL, FleetPublisher
 from agent.fleet_board import board_for

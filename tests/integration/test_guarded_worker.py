@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from support.phases import PhaseLab
-from support.workers import BrokerView, keys_for_shard, wait_until
+from testkit.phases import PhaseLab
+from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 

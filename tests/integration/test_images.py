@@ -7,7 +7,7 @@ import subprocess
 import docker
 import pytest
 
-from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
+from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 

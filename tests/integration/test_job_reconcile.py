@@ -17,8 +17,8 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-from support import DockerCleanup, Images
-from support.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
+from testkit import DockerCleanup, Images
+from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 from agent import config as config_mod
 from agent.jobs import JobLauncher, job_create_args

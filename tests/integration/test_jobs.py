@@ -14,7 +14,7 @@ from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.errors import DockerUnavailableError, JobFailedError, JobRejectedError, JobTimeoutError
 from agent.jobs import JobLauncher
 from agent.runtime import install
-from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume
+from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 

@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from support import make_api_key_login
-from support.private_brokers import PrivateBroker, PrivateRabbitMQ, PrivateRedis
-from support.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
+from testkit import make_api_key_login
+from testkit.private_brokers import PrivateBroker, PrivateRabbitMQ, PrivateRedis
+from testkit.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
 
 from agent.lease import HISTORY_FILE
 from agent.login import AUTH_FILE

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from support import make_api_key_login
+from testkit import make_api_key_login
 
 from agent.errors import (
     CodexMissingError,

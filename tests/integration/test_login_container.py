@@ -12,7 +12,7 @@ from agent import config as config_mod
 from agent.config import AgentConfig
 from agent.errors import DockerUnavailableError, LoginTimeoutError, NotLoggedInError
 from agent.login_container import container_login_check
-from support import Images, VolumeFactory, make_api_key_login_in_volume, unique_name
+from testkit import Images, VolumeFactory, make_api_key_login_in_volume, unique_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from support.phases import APP_UID, JOB_HOME, PhaseLab
-from support.workers import BrokerView, keys_for_shard
+from testkit.phases import APP_UID, JOB_HOME, PhaseLab
+from testkit.workers import BrokerView, keys_for_shard
 
 from openai_standin import StandIn
 

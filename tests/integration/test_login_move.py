@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import make_api_key_login
+from testkit import make_api_key_login
 
 from agent.lease import HISTORY_FILE
 from agent.login import AUTH_FILE

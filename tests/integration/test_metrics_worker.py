@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
-from support import make_api_key_login
-from support.monitoring import Flower, Prometheus, binary_or_skip, free_port
-from support.workers import ShardHome, WorkerFactory, WorkerProcess, keys_for_shard, wait_until
+from testkit import make_api_key_login
+from testkit.monitoring import Flower, Prometheus, binary_or_skip, free_port
+from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, keys_for_shard, wait_until
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

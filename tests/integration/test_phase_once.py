@@ -13,9 +13,9 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from celery import Celery
-from support.phases import PhaseLab
-from support.rabbit import rabbitmqctl
-from support.workers import BrokerView, keys_for_shard, wait_until
+from testkit.phases import PhaseLab
+from testkit.rabbit import rabbitmqctl
+from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 from agent.config import load
 from openai_standin import Behaviour, StandIn

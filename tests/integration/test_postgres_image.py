@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 from celery.result import AsyncResult
-from support import REPO_ROOT
-from support.dockerkit import TEST_LABEL, TEST_PREFIX
-from support.workers import wait_until
+from testkit import REPO_ROOT
+from testkit.dockerkit import TEST_LABEL, TEST_PREFIX
+from testkit.workers import wait_until
 
 from agent.config import load
 from worker_entry.app import create_app

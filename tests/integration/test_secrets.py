@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from support import make_api_key_login
+from testkit import make_api_key_login
 
 from agent.audit import configure_logging
 from agent.checks import Checker

@@ -26,8 +26,8 @@ from typing import Any
 
 import docker
 import pytest
-from support.codex import make_api_key_login_in_volume
-from support.workers import wait_until
+from testkit.codex import make_api_key_login_in_volume
+from testkit.workers import wait_until
 
 from agent import config as config_mod
 from worker_entry.app import create_app

@@ -14,8 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from support import make_api_key_login
-from support.workers import ShardHome, WorkerFactory, agent_status, wait_until
+from testkit import make_api_key_login
+from testkit.workers import ShardHome, WorkerFactory, agent_status, wait_until
 
 from agent.checks import local_login_check
 from agent.config import load

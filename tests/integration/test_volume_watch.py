@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu import Connection, Queue
-from support import make_api_key_login
-from support.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess, agent_status, wait_until
+from testkit import make_api_key_login
+from testkit.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess, agent_status, wait_until
 
 SLOW = "300"
 

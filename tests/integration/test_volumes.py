@@ -11,7 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from agent.cli import cli
-from support import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
+from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 

@@ -8,8 +8,8 @@ import docker
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from support import DockerCleanup, Images, VolumeFactory
-from support.monitoring import fake_jwt
+from testkit import DockerCleanup, Images, VolumeFactory
+from testkit.monitoring import fake_jwt
 
 from agent.cli import cli
 

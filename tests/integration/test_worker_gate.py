@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from support import make_api_key_login
-from support.workers import (
+from testkit import make_api_key_login
+from testkit.workers import (
     BrokerView,
     ShardHome,
     WorkerFactory,

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
-from support import REPO_ROOT
-from support.fuzz import any_text, budget
+from testkit import REPO_ROOT
+from testkit.fuzz import any_text, budget
 
 from agent.config import AgentConfig, load
 from agent.errors import ConfigError

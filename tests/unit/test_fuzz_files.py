@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from support.fuzz import any_bytes, any_text, budget, is_strict_json, json_fields, json_values
+from testkit.fuzz import any_bytes, any_text, budget, is_strict_json, json_fields, json_values
 
 from agent.claim import MARKER_FILE, Holder, marker_problem, read_marker
 from agent.credstore import CONFIG_FILE, SETTING, check_credentials_store, credentials_store

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 import pytest
-from support import REPO_ROOT
+from testkit import REPO_ROOT
 
 from agent import errors
 from agent.claim import MARKER_FILE, MARKER_FIELDS, Holder, VolumeClaim, marker_problem

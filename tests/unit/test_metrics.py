@@ -16,7 +16,7 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.monitoring import fake_jwt
+from testkit.monitoring import fake_jwt
 
 from agent.audit import configure_logging, observe_events
 from agent.login import facts_from_text, inspect_auth_file

@@ -11,7 +11,7 @@ from typing import Any
 
 import psutil
 import pytest
-from support import make_api_key_login
+from testkit import make_api_key_login
 
 from agent.checks import local_login_check
 from agent.config import load

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.workers import wait_until
+from testkit.workers import wait_until
 
 from agent.claim import VolumeClaim
 from agent.config import load

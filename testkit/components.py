@@ -19,7 +19,7 @@ __all__ = [
     "require_port",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 #: Brokers as scripts/provision.sh starts them; TEST_RABBITMQ_URL / TEST_REDIS_URL override.
 RABBITMQ_URL = os.environ.get("TEST_RABBITMQ_URL", "amqp://guest:guest@localhost:5672//")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://localhost:6379/0")

@@ -16,7 +16,7 @@ from typing import IO, Any
 
 import pytest
 
-from support.workers import wait_until
+from testkit.workers import wait_until
 
 __all__ = ["Flower", "Prometheus", "binary_or_skip", "fake_jwt", "free_port"]
 

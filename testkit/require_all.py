@@ -2,7 +2,7 @@
 
 Tests skip only when a component (Docker, the Codex CLI, a broker) is absent. CI sets the variable
 (see ``.ci/run``) so that a skip there means a broken environment, never a silently green build.
-Expected failures (``xfail``) are left alone. Load as a plugin: ``-p support.require_all``.
+Expected failures (``xfail``) are left alone. Load as a plugin: ``-p testkit.require_all``.
 """
 
 from __future__ import annotations
