@@ -55,7 +55,7 @@ FINDINGS = Path(__file__).with_name("FINDINGS.md")
 def _components(broker: str, backend: str) -> dict[str, str]:
     """Find the Codex CLI, the brokers and the images, or exit naming what is absent."""
     import docker
-    from support import find_codex_bin, require_port
+    from testkit import find_codex_bin, require_port
 
     codex = find_codex_bin()
     if codex is None:
@@ -75,7 +75,7 @@ def _components(broker: str, backend: str) -> dict[str, str]:
         client.close()
     images = {"job": "codex-worker-agent/job:dev", "busybox": "codex-worker-agent/busybox:dev"}
     if not set(images.values()) <= found:
-        from support import build_images
+        from testkit import build_images
 
         built = build_images()
         images = {"job": built.job, "busybox": built.busybox}

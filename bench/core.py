@@ -202,7 +202,7 @@ class Bench:
         busybox_image: str,
     ) -> None:
         import docker
-        from support import DockerCleanup
+        from testkit import DockerCleanup
 
         self.settings = settings
         self.codex_bin = codex_bin
@@ -222,7 +222,7 @@ class Bench:
 
     def shard_home(self) -> Any:
         """A fresh Docker volume bind-mounted at ``<home>/.codex`` (root only), removed at close."""
-        from support.workers import ShardHome
+        from testkit.workers import ShardHome
 
         home = ShardHome.create(self.docker, self.tmp)
         self.cleanup.volume(home.volume)

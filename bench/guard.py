@@ -19,8 +19,8 @@ COMMAND = ["codex", "login", "status"]
 
 def bench_guard(bench: Bench) -> list[Row]:
     """Sides alternated so drift hits both alike; run 0 of each side warms up and is dropped."""
-    from support import VolumeFactory, make_api_key_login_in_volume
-    from support.guard import GuardProcess
+    from testkit import VolumeFactory, make_api_key_login_in_volume
+    from testkit.guard import GuardProcess
 
     from agent.config import load
     from agent.jobs import JobLauncher

@@ -32,7 +32,7 @@ def _config(bench: Bench, home: Any) -> Any:
 
 
 def _logged_in_home(bench: Bench) -> Any:
-    from support import make_api_key_login
+    from testkit import make_api_key_login
 
     home = bench.shard_home()
     make_api_key_login(bench.codex_bin, home.codex_home)

@@ -23,7 +23,7 @@ def _raw_run(client: Any, image: str, volume: str) -> None:
 
 def bench_jobs(bench: Bench) -> list[Row]:
     """JobLauncher.run and raw containers.run, alternated so drift hits both sides alike."""
-    from support import VolumeFactory, make_api_key_login_in_volume
+    from testkit import VolumeFactory, make_api_key_login_in_volume
 
     from agent.config import load
     from agent.jobs import JobLauncher

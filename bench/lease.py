@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from support import make_api_key_login
+from testkit import make_api_key_login
 
 from agent.claim import VolumeClaim
 from agent.lease import LEASE_TTL, LoginLease

@@ -34,7 +34,7 @@ def _raw_phase(client: Any, image: str, volume: str, workspace: str, refresh_url
 
 def bench_phases(bench: Bench) -> list[Row]:
     """Both rows; every volume, workspace and container is removed afterwards."""
-    from support import VolumeFactory
+    from testkit import VolumeFactory
 
     from agent.config import load
     from agent.jobs import JobLauncher

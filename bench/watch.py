@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from support import make_api_key_login
+from testkit import make_api_key_login
 
 from bench.core import Bench, Row, p95
 from bench.workers import Spawned, _Workers, stamp

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from support import make_api_key_login
-from support.workers import WorkerProcess
+from testkit import make_api_key_login
+from testkit.workers import WorkerProcess
 
 from bench.core import REPO_ROOT, Bench, Row, env_path, median, p95
 
