@@ -9,6 +9,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from celery import Celery
@@ -124,25 +125,33 @@ class TestPinnedRuns:
 
 
 class TestInfrastructureFailure:
-    def test_unreachable_engine_fails_the_phase_with_e040_and_keeps_the_gate_open(
+    def test_an_unreachable_engine_requeues_the_phase_until_it_answers(
         self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView, tmp_path: Path,
+        publisher: Celery, broker: BrokerView, tmp_path: Path, images: Any,
     ) -> None:
-        """No Docker engine for the job: the phase fails CODEX-E040 (not a login error) and the login gate stays open."""
+        """No Docker engine for the job: the phase goes back to its queue (CODEX-E040, not a login
+        error, the gate stays open) and runs once the engine answers again, with no worker restart."""
         home = shard_homes()
         make_api_key_login(codex_bin, home.codex_home)
+        engine = tmp_path / "engine.sock"
         worker = workers(
             shard=0, home=home, CODEX_JOB_IMAGE="codex-worker-agent/job:dev",
-            DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock",
+            DOCKER_HOST=f"unix://{engine}", CODEX_JOB_RETRIES="0",
         )
         worker.wait_for("codex.gate.consuming", timeout=30)
         key = keys_for_shard(0, 1, prefix="infra")[0]
         run = publisher.send_task("codex.phase", kwargs={"affinity_key": key, "run_id": "run-infra", "phase": "plan"})
-        with pytest.raises(Exception) as info:
-            run.get(timeout=30)
-        assert str(info.value).startswith("CODEX-E040"), info.value
-        assert type(info.value).__name__ == "DockerUnavailableError"
+        requeues = worker.wait_for("codex.run.requeued", timeout=30, count=2, run_id="run-infra")
+        assert {r["code"] for r in requeues} == {"CODEX-E040"}
+        assert not run.ready(), "a phase whose engine is away must not fail"
         assert not worker.events("codex.preflight.failed")
-        assert worker.events("codex.run.audit", run_id="run-infra")
         status = agent_status(worker)
         assert status["healthy"] is True and status["state"]["gate"] == "open"
+
+        engine.symlink_to("/var/run/docker.sock")  # the engine is back: the next retry reaches it
+        worker.wait_for("codex.job.finished", timeout=60, run_id="run-infra")
+        with pytest.raises(Exception) as info:
+            run.get(timeout=30)
+        # The job itself ran and gave its own verdict: uid 1000 in the job cannot read the volume of
+        # this root-run test worker (CODEX-E042, no retries here). What matters is that it is not E040.
+        assert str(info.value).startswith("CODEX-E042"), info.value
