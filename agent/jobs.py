@@ -46,6 +46,7 @@ __all__ = [
     "JobLauncher",
     "job_labels",
     "job_create_args",
+    "described",
 ]
 
 log = structlog.get_logger(__name__)
@@ -247,6 +248,16 @@ def _check_sandbox(policy: JobPolicy, rest: dict[str, Any]) -> None:
         )
 
 
+def described(describe: Callable[[str], Mapping[str, Any]] | None, output: str) -> dict[str, Any]:
+    """The ``describe`` fields of a ``codex.job.finished`` line, on every way a job ends.
+
+    A job that timed out (CODEX-E043) or failed without an exit code has no output kept, yet its line
+    must carry the same fields (read from no output) as a finished one: they mark a Codex phase's
+    job, and the runs metric (:mod:`agent.metrics`) counts a phase by them.
+    """
+    return dict(describe(output)) if describe is not None else {}
+
+
 def job_create_args(
     policy: JobPolicy,
     image: str,
@@ -443,7 +454,8 @@ class JobLauncher:
                 timeout=timeout, on_started=on_started,
             )
         except ContainerTimeout as e:
-            log.error(JOB_FINISHED, **audit, container_id=e.container_id, exit_code=None, duration_s=timeout, timed_out=True)
+            log.error(JOB_FINISHED, **audit, container_id=e.container_id, exit_code=None, duration_s=timeout, timed_out=True,
+                      **described(describe, ""))
             raise JobTimeoutError(
                 **self._facts(), container_id=e.container_id[:12], image=image, timeout=timeout
             ) from e
@@ -452,14 +464,14 @@ class JobLauncher:
             raise
         except Exception as e:
             if "id" in started:
-                log.error(JOB_FINISHED, **audit, container_id=started["id"], exit_code=None, error=str(e))
+                log.error(JOB_FINISHED, **audit, container_id=started["id"], exit_code=None, error=str(e),
+                          **described(describe, ""))
             raise
         output = scrub(run.output)[-OUTPUT_LIMIT:]
         result = JobResult(run.container_id, image, run.exit_code, run.duration_s, output, args["labels"])
-        extra = dict(describe(output)) if describe is not None else {}
         log.info(
             JOB_FINISHED, **audit, container_id=run.container_id, exit_code=run.exit_code,
-            duration_s=round(run.duration_s, 3), output_chars=len(output), **extra,
+            duration_s=round(run.duration_s, 3), output_chars=len(output), **described(describe, output),
         )
         if check and not result.ok:
             raise self._failed(run.container_id, image, run.exit_code, output)

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from testkit.monitoring import fake_jwt
 
 from agent.audit import configure_logging, observe_events
+from agent.jobs import described
 from agent.login import facts_from_text, inspect_auth_file
 from agent.metrics import (
     CredentialCollector,
@@ -29,6 +30,7 @@ from agent.metrics import (
     exposition,
     job_outcome,
 )
+from agent.phase import summarize
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_REFRESH = "rt-secret-never-shown-0123456789"
@@ -89,7 +91,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     assert value("codex_job_containers_total", outcome="timed_out") == 1
     assert value("codex_runs_total", outcome="ok") == 1
     assert value("codex_runs_total", outcome="failed") == 1
-    assert value("codex_runs_total", outcome="timed_out") == 0  # a timed-out line carries no codex_events
+    assert value("codex_runs_total", outcome="timed_out") == 0  # a plain job's timed-out line: not a Codex run
     assert value("codex_run_duration_seconds_sum", outcome="ok") == 12.5
     assert value("codex_run_duration_seconds_bucket", outcome="ok", le="15.0") == 1
     assert value("codex_run_duration_seconds_bucket", outcome="ok", le="5.0") == 0
@@ -101,6 +103,28 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     assert value("codex_check_outcomes_total", outcome="failed", check="login", code="CODEX-E030") == 1
     assert value("codex_check_outcomes_total", outcome="passed", check="-", code="") == 1
     assert value("codex_lease_refused_total") == 1
+
+
+def test_a_phase_ended_by_the_wall_clock_limit_is_counted_as_a_run(events: tuple[EventMetrics, CollectorRegistry]) -> None:
+    """CODEX-E043: the job is killed with no output kept, yet its line carries the phase's describe
+    fields (read from no output), so codex_runs_total counts it; without them it is a plain job."""
+    _, registry = events
+    log = structlog.get_logger("t")
+    phase_fields = described(lambda output: summarize(output).audit_fields(), "")  # CodexPhase's describe
+    assert phase_fields == {"codex_session": None, "usage": None, "codex_events": 0}
+    log.error("codex.job.finished", container_id="c1", exit_code=None, duration_s=6.0, timed_out=True, **phase_fields)
+    log.error("codex.job.finished", container_id="c2", exit_code=None, error="engine gone", **phase_fields)
+    log.error("codex.job.finished", container_id="c3", exit_code=None, duration_s=6.0, timed_out=True,
+              **described(None, ""))  # the same line as before the fix: no phase fields
+
+    def value(name: str, **labels: str) -> float | None:
+        return registry.get_sample_value(name, {"shard": "3", **labels})
+
+    assert value("codex_runs_total", outcome="timed_out") == 1
+    assert value("codex_runs_total", outcome="error") == 1
+    assert value("codex_run_duration_seconds_count", outcome="timed_out") == 1
+    assert value("codex_run_duration_seconds_sum", outcome="timed_out") == 6.0
+    assert value("codex_job_containers_total", outcome="timed_out") == 2  # c3 is a job, never a run
 
 
 def test_a_failing_observer_never_costs_the_audit_line() -> None:
