@@ -3,11 +3,12 @@
 ``docker swarm init --advertise-addr 127.0.0.1`` for this test only, and ``docker swarm leave
 --force`` in the fixture's teardown whatever happens. The project's images are used by their local
 tags (no registry exists). The broker is the host's RabbitMQ (``--broker host``), on a private vhost.
-Only shard 0's node label is set: shard 0 runs a task with its login (audit line, HEALTHCHECK,
-``codex-agent fleet``), is logged out and back without a restart, and has its login moved out and
-back by the runbook's procedure (label off, ``login-export``, ``login-import``, label on); shards 1
-and 2 stay Pending (the placement constraint is hard) with no volume created, until shard 1's label
-is added.
+At first only shard 0's node label is set: shard 0 runs a task with its login (audit line,
+HEALTHCHECK, ``codex-agent fleet``), is logged out and back without a restart, and has its login moved
+out and back by the runbook's procedure (label off, ``login-export``, ``login-import``, label on);
+shards 1 and 2 stay Pending (the placement constraint is hard) with no volume created. Then shard 1's
+label brings it up closed on an empty volume until it is logged in, shard 2's comes up on its login,
+and each of the three shards runs the run its affinity key routes to it, on its own login.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 import docker
 import pytest
 from testkit.codex import make_api_key_login_in_volume
-from testkit.workers import wait_until
+from testkit.workers import keys_for_shard, wait_until
 
 from agent import config as config_mod
 from worker_entry.app import create_app
@@ -63,7 +64,7 @@ def swarm(docker_client: docker.DockerClient) -> Iterator[str]:
 def test_the_stack_on_a_single_node_swarm(
     swarm: str, images: Any, docker_client: docker.DockerClient, rabbitmq_vhost: str, tmp_path: Path
 ) -> None:
-    """Deployed from the compose file: shard 0 (labelled node) opens its gate and runs a job; 1 and 2 wait."""
+    """Deployed from the compose file: the three-shard scenario on one labelled node (see the module docstring)."""
     name = f"cwa{secrets.token_hex(3)}"
     prefix = f"{name}_auth_"
     docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=0)}=true", swarm)
@@ -93,9 +94,21 @@ def test_the_stack_on_a_single_node_swarm(
         assert spec["UpdateConfig"]["Order"] == spec["RollbackConfig"]["Order"] == "stop-first"
         assert spec["TaskTemplate"]["Placement"]["Constraints"] == ["node.labels.codex.shard.0 == true"]
 
-        def worker_container() -> Any:
-            found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-0"})
+        def shard_container(shard: int) -> Any:
+            found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-{shard}"})
             return found[0] if found else None
+
+        def worker_container() -> Any:
+            return shard_container(0)
+
+        def audit_lines(task: Any) -> list[dict[str, Any]]:
+            return [json.loads(line) for line in task.logs().decode(errors="replace").splitlines() if line.startswith("{")]
+
+        def fleet_rows() -> dict[int, dict[str, Any]]:
+            done = subprocess.run([str(Path(sys.executable).parent / "codex-agent"), "fleet", "--json"],
+                                  env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": rabbitmq_vhost},
+                                  capture_output=True, text=True, timeout=30)
+            return {row["shard"]: {**row, "exit_code": done.returncode} for row in json.loads(done.stdout)["shards"]}
 
         container = wait_until(worker_container, 90, interval=1, what="shard 0's task running")
 
@@ -121,8 +134,7 @@ def test_the_stack_on_a_single_node_swarm(
         except Exception as e:
             raise AssertionError(f"{e!r}; worker log:\n{container.logs(tail=40).decode(errors='replace')}") from e
         assert value["shard"] == 0 and value["volume"] == volume and value["job"]["exit_code"] == 0
-        audit = [json.loads(line) for line in container.logs().decode(errors="replace").splitlines() if line.startswith("{")]
-        finished = [e for e in audit if e.get("event") == "codex.job.finished" and e.get("run_id") == f"run-{name}"]
+        finished = [e for e in audit_lines(container) if e.get("event") == "codex.job.finished" and e.get("run_id") == f"run-{name}"]
         assert len(finished) == 1 and finished[0]["exit_code"] == 0 and finished[0]["volume"] == volume
 
         # The image's HEALTHCHECK (codex-agent status --probe) under Swarm, and the fleet view from the host.
@@ -131,15 +143,11 @@ def test_the_stack_on_a_single_node_swarm(
             return bool(container.attrs["State"].get("Health", {}).get("Status") == "healthy")
 
         wait_until(healthy, 60, interval=1, what="shard 0's task healthy")
-        fleet = subprocess.run([str(Path(sys.executable).parent / "codex-agent"), "fleet", "--json"],
-                               env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": rabbitmq_vhost},
-                               capture_output=True, text=True, timeout=30)
-        rows = {row["shard"]: row for row in json.loads(fleet.stdout)["shards"]}
-        fleet_log = [line for line in container.logs().decode(errors="replace").splitlines() if "codex.fleet" in line]
-        assert rows[0]["status"] == "open", f"{fleet.stdout}\n{fleet_log}"
+        rows = fleet_rows()
+        assert rows[0]["status"] == "open", rows
         (entry,) = rows[0]["workers"]  # named by the stack's template, not the host's name all tasks share
         assert entry["volume"] == volume and entry["worker"] == f"{name}_codex-worker-0@{socket.gethostname()}"
-        assert rows[1]["status"] == rows[2]["status"] == "missing" and fleet.returncode == 1
+        assert rows[1]["status"] == rows[2]["status"] == "missing" and rows[0]["exit_code"] == 1
 
         # The hard constraint: with no labelled node, shards 1 and 2 wait; no empty volume appears.
         for shard in (1, 2):
@@ -176,19 +184,41 @@ def test_the_stack_on_a_single_node_swarm(
 
         # A label placed later brings shard 1 up on this node, on its own (empty) volume: closed, E030.
         docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=1)}=true", swarm)
-
-        def shard_1() -> Any:
-            found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-1"})
-            return found[0] if found else None
-
         try:
-            second = wait_until(shard_1, 90, interval=1, what="shard 1's task running once its node is labelled")
+            second = wait_until(lambda: shard_container(1), 90, interval=1, what="shard 1's task running once labelled")
         except AssertionError as e:
             tasks = docker_cli("service", "ps", "--no-trunc", f"{name}_codex-worker-1", check=False).stdout
             labels = docker_cli("node", "inspect", "--format", "{{json .Spec.Labels}}", swarm, check=False).stdout
             raise AssertionError(f"{e}\n{tasks}\nnode labels {labels}") from None
         state = wait_until(lambda: gate("closed", second), 90, interval=1, what="shard 1 checked")
         assert state["volume"] == f"{prefix}1" and [r["code"] for r in state["reason"]] == ["CODEX-E030"]
+
+        # The three-shard scenario: shard 1 logged in where it stands, shard 2's node labelled with
+        # its login ready; one run per shard, routed by its affinity key alone, on that shard's login.
+        make_api_key_login_in_volume(images.job, f"{prefix}1")
+        wait_until(lambda: gate("open", second), 60, interval=1, what="shard 1's gate open after its login")
+        docker_client.volumes.create(f"{prefix}2", labels={"codex.test": "1"})
+        make_api_key_login_in_volume(images.job, f"{prefix}2")
+        docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=2)}=true", swarm)
+        third = wait_until(lambda: shard_container(2), 90, interval=1, what="shard 2's task running once labelled")
+        wait_until(lambda: gate("open", third), 90, interval=1, what="shard 2's gate open")
+        shard_tasks = {0: container, 1: second, 2: third}
+        runs = {
+            shard: publisher.send_task("codex.phase", kwargs={
+                "affinity_key": keys_for_shard(shard, 1, prefix=name)[0], "run_id": f"run-{name}-{shard}", "phase": "plan",
+            })
+            for shard in shard_tasks
+        }
+        for shard, run in runs.items():
+            value = run.get(timeout=120)
+            assert (value["shard"], value["queue"], value["volume"]) == (shard, f"codex-{shard}", f"{prefix}{shard}")
+            assert value["job"]["exit_code"] == 0
+        for shard, task in shard_tasks.items():
+            lines = audit_lines(task)
+            ran = {e["run_id"] for e in lines if e.get("event") == "codex.job.finished" and e.get("exit_code") == 0}
+            assert f"run-{name}-{shard}" in ran and not ran & {f"run-{name}-{other}" for other in shard_tasks if other != shard}
+        rows = fleet_rows()
+        assert [rows[shard]["status"] for shard in range(3)] == ["open"] * 3, rows
     finally:
         docker_cli("stack", "rm", name, check=False)
         deadline = time.monotonic() + 60
