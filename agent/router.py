@@ -34,11 +34,24 @@ class CodexRouter:
         task: Any = None,
         **_: Any,
     ) -> dict[str, str] | None:
-        task = task if task is not None else self.app.tasks.get(name)
-        if not getattr(task, "codex", False) or options.get("queue"):
+        if options.get("queue"):
+            return None
+        task = task if task is not None else self._task(name)
+        if not getattr(task, "codex", False):
             return None
         affinity_arg = getattr(task, "affinity_arg", DEFAULT_AFFINITY_ARG)
         return {"queue": self.topology.route(kwargs or {}, affinity_arg, task=name)}
+
+    def _task(self, name: str) -> Any:
+        """The task registered as ``name``, importing the app's ``include`` modules if need be.
+
+        A publisher that sends by name (``send_task``, ``celery call``) has not imported the
+        modules a worker imports at start, so ``codex.phase`` would be unknown here and go to the
+        default queue, where no Codex worker takes it.
+        """
+        if name not in self.app.tasks:
+            self.app.loader.import_default_modules()
+        return self.app.tasks.get(name)
 
 
 def _routes(app: Any) -> list[Any]:

@@ -99,3 +99,44 @@ class TestPublishWithoutTheApp:
         """)
         assert done.returncode == 0, done.stderr[-2000:]
         assert _take(broker_url, f"codex-{shard_for(KEY, SHARDS)}", done.stdout.strip())
+
+
+SEND_BY_NAME = f"""
+    import json
+    from worker_entry.app import app  # the app alone: its include (worker_entry.tasks) is not imported yet
+    known_before = "codex.phase" in app.tasks
+    result = app.send_task("codex.phase", kwargs={{"affinity_key": {KEY!r}, "run_id": "r-1", "phase": "plan"}})
+    print(json.dumps({{"id": result.id, "known_before": known_before}}))
+"""
+
+
+class TestPublishByName:
+    def test_send_task_by_name_lands_on_the_shard_queue(self, broker_url: str) -> None:
+        """``app.send_task("codex.phase", ...)`` from a publisher that never imported the task module."""
+        done = _publish(broker_url, SEND_BY_NAME)
+        assert done.returncode == 0, done.stderr[-2000:]
+        sent = json.loads(done.stdout)
+        assert sent["known_before"] is False  # the router had to import the app's include itself
+        assert not _take(broker_url, "default", sent["id"])
+        assert _take(broker_url, f"codex-{shard_for(KEY, SHARDS)}", sent["id"])
+
+    def test_without_importing_the_include_it_went_to_default(self, broker_url: str) -> None:
+        """The same publish with the router's import of ``include`` undone (the old behaviour): ``default``."""
+        done = _publish(broker_url, SEND_BY_NAME.replace(
+            "known_before =", "app.loader.import_default_modules = lambda: None\n    known_before ="
+        ))
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert _take(broker_url, "default", json.loads(done.stdout)["id"])
+
+    def test_celery_call_lands_on_the_shard_queue(self, broker_url: str) -> None:
+        """The ``celery call`` command the runbook uses, with no ``--queue``."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
+               "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": str(SHARDS)}
+        done = subprocess.run(
+            [os.path.join(os.path.dirname(sys.executable), "celery"), "-A", "worker_entry.app:app", "call", "codex.phase",
+             "--kwargs", json.dumps({"affinity_key": KEY, "run_id": "r-1", "phase": "plan"})],
+            env=env, capture_output=True, text=True, timeout=60,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        task_id = done.stdout.strip().splitlines()[-1]
+        assert _take(broker_url, f"codex-{shard_for(KEY, SHARDS)}", task_id)
