@@ -22,13 +22,24 @@ REFRESH_TTL = 305.0
 IN_WINDOW_AFTER_S = 5.5
 
 
-def _raw_phase(client: Any, image: str, volume: str, workspace: str, refresh_url: str, prompt: str) -> None:
-    """What task code would write without the agent: the same job, no guard, no artifacts."""
+def _raw_phase(client: Any, image: str, volume: str, workspace: str, refresh_url: str, prompt: str,
+               sandboxed: bool = False) -> None:
+    """What task code would write without the agent: the same job, no guard, no artifacts.
+
+    ``sandboxed`` adds the job sandbox's secure defaults (``agent.sandbox``: read-only root, a tmpfs
+    ``/tmp``, an init, limits, no capabilities), which the agent imposes on every job: the third
+    side of row 9a, to tell the sandbox's cost from the agent's own.
+    """
+    from agent.sandbox import TMP_PATH, Sandbox
+
+    sandbox = Sandbox()
+    extra: dict[str, Any] = {**sandbox.run_options(), "tmpfs": {TMP_PATH: sandbox.tmpfs_options}} if sandboxed else {}
     client.containers.run(  # raises ContainerError unless codex exits 0
         image, ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/workspace", prompt],
         volumes={volume: {"bind": JOB_HOME, "mode": "rw"}, workspace: {"bind": "/workspace", "mode": "rw"}},
         environment={"CODEX_HOME": JOB_HOME, "CODEX_REFRESH_TOKEN_URL_OVERRIDE": refresh_url},
         user="1000:1000", network_mode="host", labels={"codex.test": "1"}, remove=True, stdout=True, stderr=True,
+        **extra,
     )
 
 
@@ -65,18 +76,21 @@ def bench_phases(bench: Bench) -> list[Row]:
         volume, _ = logged_in("bench_phase", None)
         agent_ms: list[float] = []
         raw_ms: list[float] = []
+        sandboxed_ms: list[float] = []
+        timings = {"agent": agent_ms, "raw": raw_ms, "sandboxed": sandboxed_ms}
         for i in range(runs + 1):  # run 0 of each side warms up and is dropped
             run_id = f"bench-{bench.run_id}-{i}"
-            sides = ["agent", "raw"] if i % 2 == 0 else ["raw", "agent"]
+            sides = ["agent", "raw", "sandboxed"][i % 3:] + ["agent", "raw", "sandboxed"][:i % 3]
             for side in sides:
                 started = time.perf_counter()
                 if side == "agent":
                     phase(volume, f"{run_id}-a")
                 else:
-                    workspaces.append(f"{WORKSPACE_PREFIX}{run_id}-r")
-                    _raw_phase(bench.docker, bench.job_image, volume, workspaces[-1], standin.refresh_url, "bench")
+                    workspaces.append(f"{WORKSPACE_PREFIX}{run_id}-{side}")
+                    _raw_phase(bench.docker, bench.job_image, volume, workspaces[-1], standin.refresh_url, "bench",
+                               sandboxed=side == "sandboxed")
                 if i:
-                    (agent_ms if side == "agent" else raw_ms).append((time.perf_counter() - started) * 1000)
+                    timings[side].append((time.perf_counter() - started) * 1000)
 
         refresh_volume, family = logged_in("bench_refresh", REFRESH_TTL)
         refresh_runs = max(1, runs // 6)
@@ -95,9 +109,13 @@ def bench_phases(bench: Bench) -> list[Row]:
         Row(id="9a", what="Codex phase through the agent (codex exec --json, guarded job)", unit="ms",
             samples=agent_ms, baseline_samples=raw_ms, baseline_label="the same codex exec in a raw `containers.run`",
             judged_label="ratio", target="ratio <= 1.05", test=lambda r: r <= 1.05,
-            details={"paired_ratio_median": round(median(paired), 4)},
+            details={"paired_ratio_median": round(median(paired), 4),
+                     "sandboxed_raw_median_ms": round(median(sandboxed_ms), 1),
+                     "ratio_vs_sandboxed_raw": round(median(agent_ms) / median(sandboxed_ms), 4)},
             method=f"`codex exec --json` in {bench.job_image} against the stand-in on loopback (host network), same volume "
-            "and a workspace volume per run on both sides; the agent side adds the policy, artifacts and stream reading.",),
+            "and a workspace volume per run on both sides; the agent side adds the policy, the sandbox's secure defaults, "
+            "artifacts and stream reading. A third side, raw with the sandbox's options (read-only root, tmpfs /tmp, "
+            "init, limits, no capabilities), tells the sandbox's cost from the agent's own (`ratio_vs_sandboxed_raw`).",),
         Row(id="9b", what="Phases completed on one login under forced refreshes", unit="", samples=[float(completed)],
             judged=float(completed), judged_label=f"of {refresh_runs}", target=f"{refresh_runs}/{refresh_runs}, 0 reuse",
             test=lambda c: c == refresh_runs and stats.reuses == 0,
