@@ -62,15 +62,22 @@ class _Daemon:
 
 
 class Prometheus(_Daemon):
-    """Debian's ``prometheus`` on a loopback port, scraping the given targets every second."""
+    """Debian's ``prometheus`` on a loopback port, scraping every second.
 
-    def __init__(self, binary: str, directory: Path, targets: list[str]) -> None:
+    Args:
+        targets: ``host:port`` endpoints of a static scrape job; or
+        settings: a whole configuration (e.g. monitoring/prometheus.yml, templated by the test),
+            whose intervals become 1 s.
+    """
+
+    def __init__(self, binary: str, directory: Path, targets: list[str] | None = None, *,
+                 settings: dict[str, Any] | None = None) -> None:
         self.port = free_port()
         config = directory / "prometheus.yml"
-        config.write_text(json.dumps({  # JSON is YAML
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "codex", "static_configs": [{"targets": targets}]}],
-        }))
+        if settings is None:
+            settings = {"scrape_configs": [{"job_name": "codex", "static_configs": [{"targets": targets or []}]}]}
+        settings = {**settings, "global": {"scrape_interval": "1s", "evaluation_interval": "1s"}}
+        config.write_text(json.dumps(settings))  # JSON is YAML
         self.log = (directory / "prometheus.log").open("wb")
         self.process = subprocess.Popen(
             [binary, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",

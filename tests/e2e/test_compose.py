@@ -10,6 +10,11 @@ The last tests start the stack with ``scripts/up`` itself, in a directory of the
 drive it only as the runbook says: plain ``docker compose ...`` in that directory (no ``-f``, no
 environment), which reads the ``.env`` scripts/up wrote. Every such command is checked to be in
 runbook.md word for word.
+
+The three-shard run is watched by a real Prometheus (Debian's) with the shipped
+monitoring/prometheus.yml (Docker service discovery), narrowed to the test's project: it sees each
+gate flip, including a shard logged out and back in, and counts the tasks and job containers the
+test made.
 """
 
 from __future__ import annotations
@@ -34,11 +39,13 @@ from urllib.parse import urlsplit
 import docker
 import docker.errors
 import pytest
+import yaml
 from kombu import Connection
 
 from agent import config as config_mod
 from agent.routing import shard_for
 from testkit import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
+from testkit.monitoring import Prometheus, binary_or_skip
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import keys_for_shard, wait_until
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
@@ -53,6 +60,8 @@ RUNBOOK = (REPO_ROOT / "runbook.md").read_text()
 GUARD_ENDPOINTS = Path("/run/codex-guard")
 HOLD_S = 12.0
 """How long the in-flight phases last: longer than Docker's default 10 s stop timeout."""
+METRICS_PORT = "9808"
+"""CODEX_METRICS_PORT of the three-shard stack: each worker serves metrics on its container IP."""
 
 
 @dataclass(frozen=True)
@@ -192,6 +201,7 @@ def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
             "DOCKER_GID": str(os.stat("/var/run/docker.sock").st_gid),
             "CODEX_WORKER_IMAGE": images.worker,
             "CODEX_JOB_IMAGE": images.job,
+            "CODEX_METRICS_PORT": METRICS_PORT,
         }
         stack = Stack(docker_client, compose_cli, project, env, broker.from_here, env["CODEX_VOLUME_PREFIX"])
         try:
@@ -206,12 +216,39 @@ def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
                            [*compose_cli, *stack.files, "-p", project, "down", "--timeout", "10"], env)
 
 
-def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: docker.DockerClient) -> None:
-    """Logged-in shards run jobs that see the login; the logged-out one waits, then drains by itself."""
+@pytest.fixture
+def stack_prometheus(stack: Stack, tmp_path: Path) -> Iterator[Prometheus]:
+    """Debian's Prometheus with monitoring/prometheus.yml as shipped, plus the README's filter for one
+    project (this test's) and a 1 s discovery; the rules beside it loaded from the repository."""
+    binary = binary_or_skip("prometheus", "Prometheus")
+    settings = yaml.safe_load((REPO_ROOT / "monitoring" / "prometheus.yml").read_text())
+    settings["rule_files"] = [str(REPO_ROOT / "monitoring" / name) for name in settings["rule_files"]]
+    (job,) = settings["scrape_configs"]
+    (discovery,) = job["docker_sd_configs"]
+    discovery["refresh_interval"] = "1s"
+    discovery["filters"].append({"name": "label", "values": [f"com.docker.compose.project={stack.project}"]})
+    server = Prometheus(binary, tmp_path, settings=settings)
+    yield server
+    server.stop()
+
+
+def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: docker.DockerClient,
+                                 stack_prometheus: Prometheus) -> None:
+    """Logged-in shards run jobs that see the login; the logged-out one waits, then drains by itself.
+    Prometheus, finding the workers by itself, sees every gate flip and counts what ran."""
     started_at = int(time.time()) - 1
     stack.compose("up", "-d", "--no-color", "rabbitmq", "codex-worker-0", "codex-worker-1", "codex-worker-2", "codex-worker-default")
     workers = {s: stack.container(f"codex-worker-{s}") for s in SHARDS}
     keys = {s: make_api_key_login_in_volume(images.job, stack.volume(s)) for s in (0, 1)}
+    prometheus = stack_prometheus
+
+    def series(name: str, shard: int, **labels: str) -> str:
+        """One worker's series, as the shipped relabelling names its target."""
+        matchers = {"project": stack.project, "service": f"codex-worker-{shard}", "shard": str(shard), **labels}
+        return name + "{" + ", ".join(f'{k}="{v}"' for k, v in matchers.items()) + "}"
+
+    def gate_series(shard: int) -> str:
+        return series("codex_gate_open", shard, queue=f"codex-{shard}")
 
     def gate(shard: int) -> dict[str, Any] | None:
         state = stack.status(workers[shard]).get("state")
@@ -221,6 +258,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
         wait_until(lambda: (gate(shard) or {}).get("gate") == "open", 90, interval=0.5, what=f"gate of shard {shard} open")
     closed = wait_until(lambda: gate(2), 60, interval=0.5, what="shard 2 checked")
     assert closed["gate"] == "closed" and [r["code"] for r in closed["reason"]] == ["CODEX-E030"]
+    for shard in (0, 1):
+        prometheus.wait_for(gate_series(shard), 1, f"the gate of shard {shard} open")
+    prometheus.wait_for(gate_series(2), 0, "the gate of shard 2 closed while its volume is logged out")
 
     # Publish two runs per shard from this process, on the same broker.
     publisher = create_app(config_mod.load({"CELERY_BROKER_URL": stack.host_broker}), result_backend="rpc://")
@@ -278,6 +318,29 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     assert workers[2].attrs["State"]["StartedAt"] == before and workers[2].attrs["RestartCount"] == 0
     assert stack.waiting("codex-2") == 0
     check_audit(2)
+    prometheus.wait_for(gate_series(2), 1, "the gate of shard 2 open after its login")
+
+    # Shard 2 logs out (its gate closes) and in again with a new key (it opens): Prometheus sees both.
+    stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-2", "logout")
+    prometheus.wait_for(gate_series(2), 0, "the gate of shard 2 closed after its logout")
+    keys[2] = fake_api_key()
+    stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-2", "login", "--with-api-key", stdin=keys[2])
+    prometheus.wait_for(gate_series(2), 1, "the gate of shard 2 open again after the new login")
+    assert prometheus.query(f"changes({gate_series(2)}[10m])") == [3.0]  # closed, open, closed, open
+    assert prometheus.query(series("codex_check_outcomes_total", 2, outcome="failed", check="login", code="CODEX-E030")) == [2.0]
+
+    # What Prometheus counted is what ran: two tasks per shard, each one job container (codex login
+    # status) that exited 0, timed as its audit line says; no codex exec phase, so no run.
+    for shard in SHARDS:
+        prometheus.wait_for(series("codex_tasks_started_total", shard), 2, f"shard {shard}'s two tasks")
+        assert prometheus.query(series("codex_job_containers_total", shard, outcome="ok")) == [2.0]
+        assert prometheus.query(f'sum({series("codex_job_containers_total", shard)})') == [2.0]
+        assert prometheus.query(series("codex_job_container_duration_seconds_count", shard, outcome="ok")) == [2.0]
+        logged = sum(e["duration_s"] for e in stack.log_events(workers[shard], "codex.job.finished"))
+        (summed,) = prometheus.query(series("codex_job_container_duration_seconds_sum", shard, outcome="ok")) or [None]
+        assert summed == pytest.approx(logged, abs=1e-6)
+        assert prometheus.query(f'sum({series("codex_runs_total", shard)})') == [0.0]
+    assert prometheus.query(f'count(up{{project="{stack.project}"}} == 1)') == [4.0]  # three shards and the default worker
 
     # A fourth worker on codex_auth_1 refuses and names the holder.
     intruder_name = f"{stack.project}_intruder"
