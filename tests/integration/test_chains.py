@@ -8,6 +8,8 @@ PostgreSQL as the result backend and the OpenAI stand-in.
 * A phase failing on its second attempt calls ``link_error`` once with its code; the same run
   submitted again skips the completed phase (no model call for it) and starts at the failed one.
 * A pool process killed with ``kill -9`` mid-chain: the chain completes, no completed phase runs again.
+* A login revoked mid-chain: the step is requeued (CODEX-E034) and the gate closes, with no retry
+  spent and no ``link_error``; the volume's re-login completes the chain.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import pytest
 from celery import Celery, chain
 from celery.result import AsyncResult
+from kombu import Connection, Queue
 from testkit.phases import ContainerWorker, PhaseLab
 from testkit.postgres import postgres_backend_or_skip, result_rows
 from testkit.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
@@ -227,3 +230,78 @@ def test_a_pool_process_killed_mid_chain_the_chain_completes_and_no_completed_ph
     assert outcome(lab, run_id, "build") == build_before and outcome(lab, run_id, "plan")["status"] == "completed"
     assert len(worker.events("codex.run.audit", run_id=run_id)) == 5, "build delivered twice, every other phase once"
     broker.purge()
+
+
+def queued_headers(broker_url: str, queue: str) -> list[dict[str, Any]]:
+    """Celery headers (id, task, retries) of the messages waiting in ``queue``; each is put back."""
+    found, held = [], []
+    with Connection(broker_url, connect_timeout=5) as connection:
+        bound_queue = Queue(queue, durable=True)(connection.default_channel)
+        while (message := bound_queue.get(no_ack=False)) is not None:
+            found.append(dict(message.headers))
+            held.append(message)
+        for message in held:
+            message.requeue()
+    return found
+
+
+def test_a_login_revoked_mid_chain_requeues_the_step_without_spending_a_retry_and_the_relogin_completes_the_chain(
+    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, pg_backend: str,
+) -> None:
+    """Issue 15: "a login problem never consumes a retry: the task is requeued and the gate closes".
+
+    plan runs, then its family is revoked at the stand-in while plan holds; build meets the dead login
+    inside ``codex exec`` (pre-flight's ``login status`` still passes) and must be requeued as it was
+    published: the very message back in ``codex-1`` with ``retries`` 0, no ``codex.run.retrying``, no
+    ``link_error`` (``codex.run.failed``) although ``CODEX_JOB_RETRIES`` is 1, and the gate closed on
+    CODEX-E034. The volume's re-login then completes the chain with that same message.
+
+    What makes it fail: ``CodexTask.__call__`` (agent/preflight.py) sending ``LoginError`` down the
+    ``JobFailedError`` path (``self.retry`` with backoff) instead of ``PreflightRejected``. Tried once
+    in a worker image derived with that change: build logged ``codex.run.retrying`` (CODEX-E034),
+    was republished with ``retries`` 1, met the dead login again a second later, and the second E034
+    used up ``CODEX_JOB_RETRIES``: ``codex.run.failed`` (kind ``login``, retries 1), the run lost
+    before the operator could log in. This test failed at its first assertion on the login outcome.
+    """
+    env = {**MODES["sharded"], "CODEX_JOB_RETRIES": "1", "CODEX_JOB_RETRY_BACKOFF": "1"}
+    shard = lab.shard(1)
+    worker = lab.ready_worker(shard, broker_url, pg_backend, **env)
+    publisher = app_for(broker_url, pg_backend, MODES["sharded"])
+    key, run_id = keys_for_shard(1, 1, shards=2)[0], f"cwa-chain-revoked-{uuid.uuid4().hex[:6]}"
+    dead = shard.tokens
+    assert dead is not None
+
+    last = chain(step(publisher, key, run_id, "plan", hold_s=4), step(publisher, key, run_id, "build", partial=True)
+                 ).apply_async(link_error=publisher.signature("codex.run_failed"))
+    wait_until((lab.artifacts / run_id / "plan" / "outcome.json").exists, TIMEOUT_S, what="plan completed (and holding)")
+    standin.authority.revoke(dead.family)  # while plan holds: build is the phase that meets it
+
+    def login_outcome() -> list[dict[str, Any]]:
+        events = ("codex.run.requeued", "codex.run.retrying", "codex.run.failed")
+        if (lab.artifacts / run_id / "build" / "outcome.json").exists():
+            raise AssertionError("build completed: the revoke came after its model call (plan's hold too short)")
+        return [line for name in events for line in worker.events(name, run_id=run_id)]
+
+    outcome_lines = wait_until(login_outcome, TIMEOUT_S, what="build meeting the revoked login")
+    assert [(line["event"], line.get("code")) for line in outcome_lines] == [("codex.run.requeued", "CODEX-E034")], (
+        "a login problem was treated as a failure (retried or failed) instead of requeued")
+    build_id = outcome_lines[0]["task_id"]
+    wait_until(lambda: broker.count("codex-1") == 1, 30, what="build back in codex-1")
+    waiting = queued_headers(broker_url, "codex-1")
+    assert [(h["id"], h["task"], h["retries"]) for h in waiting] == [(build_id, "codex.step", 0)], "a retry was spent"
+    wait_until(lambda: (s := worker.status())["state"]["gate"] == "closed"
+               and [r["code"] for r in s["state"]["reason"]] == ["CODEX-E034"], 30, what="the gate closed on CODEX-E034")
+    assert not last.ready() and AsyncResult(build_id, app=publisher).state != "RETRY"
+
+    fresh = lab.login(shard)  # the runbook's re-login of this one volume
+    final = last.get(timeout=TIMEOUT_S)
+    assert final["phase"] == "build" and final["task_id"] == build_id and final["after"] == "plan"
+    assert outcome(lab, run_id, "build")["resumed_session"] == outcome(lab, run_id, "plan")["session_id"]
+    stats = standin.authority.stats()
+    assert stats[dead.family].model_calls == 1 and stats[fresh.family].model_calls == 1, "plan on the old login, build on the new"
+    assert not worker.events("codex.run.retrying", run_id=run_id) and not worker.events("codex.run.failed", run_id=run_id)
+    assert not [line for line in worker.lines() if build_id in (e := str(line.get("event", ""))) and "retry" in e.lower()], (
+        "Celery logged a retry of build")
+    assert [a["task_id"] for a in worker.events("codex.run.audit", run_id=run_id)].count(build_id) == 2, (
+        "build ran twice as one message: once requeued, once completed")
+    assert worker.status()["state"]["gate"] == "open"
