@@ -18,7 +18,19 @@ import pytest
 
 from testkit.workers import wait_until
 
-__all__ = ["Flower", "Prometheus", "binary_or_skip", "fake_jwt", "free_port"]
+__all__ = ["Flower", "Prometheus", "Samples", "binary_or_skip", "fake_jwt", "free_port", "scrape"]
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+"""A scrape's samples: (name, sorted labels) -> value."""
+
+
+def scrape(port: int) -> Samples:
+    """The samples a worker's endpoint on a loopback port serves now."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in text_string_to_metric_families(text) for s in m.samples}
 
 
 def fake_jwt(exp: float) -> str:

@@ -18,18 +18,9 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from prometheus_client.parser import text_string_to_metric_families
 from testkit import make_api_key_login
-from testkit.monitoring import Flower, Prometheus, binary_or_skip, free_port
+from testkit.monitoring import Flower, Prometheus, Samples, binary_or_skip, free_port, scrape
 from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, keys_for_shard, wait_until
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        text = answer.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in text_string_to_metric_families(text) for s in m.samples}
 
 
 def scrape_when_up(worker: WorkerProcess, port: int) -> Samples:
