@@ -57,6 +57,20 @@ def _slug(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+def test_promtool_accepts_the_shipped_scrape_config_and_its_rules(promtool: str, tmp_path: Path) -> None:
+    """monitoring/prometheus.yml (Docker service discovery of the compose workers) is valid for this
+    Prometheus and loads alerts.yml beside it; a copy whose discovery misspells a field is refused."""
+    config = ROOT / "monitoring" / "prometheus.yml"
+    check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 1 rule files found" in check.stdout and "SUCCESS: 7 rules found" in check.stdout
+    (tmp_path / "alerts.yml").write_text(RULES.read_text())
+    (tmp_path / "prometheus.yml").write_text(config.read_text().replace("refresh_interval:", "refresh_intervall:"))
+    broken = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
+                            text=True, timeout=60)
+    assert broken.returncode != 0 and "refresh_intervall" in broken.stdout + broken.stderr
+
+
 def test_every_alert_links_to_a_runbook_section() -> None:
     anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", (ROOT / "runbook.md").read_text(), re.M)}
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
