@@ -14,6 +14,11 @@ its own mmap file, and a scrape sums them. Counting only in the main process fro
 reach it would miss what children log. Gauges need no such care: the gate lives in the main
 process (:class:`GateCollector` remembers its last change there) and the credential facts are read
 from ``auth.json`` at scrape time (:class:`CredentialCollector`), numbers only, never a secret.
+
+Forks: prometheus_client's multiprocess values share one lock and do nothing at fork, so a pool
+child forked while a thread of the main process (the watcher, the gate) was counting would inherit
+that lock held and hang at its first count, its task never run. Every update here holds
+:data:`FORK_GUARD`, and the fork itself takes it first (``os.register_at_fork``).
 """
 
 from __future__ import annotations
@@ -79,6 +84,13 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return float(value) if math.isfinite(value) else None
+
+
+FORK_GUARD = threading.RLock()
+"""Held by every metric update and gate read, and across each fork of this process, so that no
+thread is inside prometheus_client's (or the gate's) lock when a pool child is forked."""
+os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.release,
+                    after_in_child=FORK_GUARD.release)
 
 
 class EventMetrics:
@@ -185,7 +197,6 @@ class GateCollector(Collector):
         self.shard = shard
         self._clock = clock
         self._gates: dict[str, _GateChange] = {}
-        self._lock = threading.Lock()
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """Remember a ``codex.gate.opened``/``closed`` for each queue it names."""
@@ -194,7 +205,7 @@ class GateCollector(Collector):
             return
         queues = event.get("queues") or [event.get("queue")]
         change = _GateChange(name == "codex.gate.opened", self._clock())
-        with self._lock:
+        with FORK_GUARD:
             for queue in queues:
                 if isinstance(queue, str):
                     self._gates[queue] = change
@@ -207,7 +218,7 @@ class GateCollector(Collector):
         stamp = GaugeMetricFamily("codex_gate_last_change_timestamp_seconds", "When the gate last opened or closed.",
                                   labels=["shard", "queue"])
         now = self._clock()
-        with self._lock:
+        with FORK_GUARD:
             gates = dict(self._gates)
         for queue, change in sorted(gates.items()):
             state.add_metric([self.shard, queue], 1.0 if change.is_open else 0.0)
@@ -327,8 +338,9 @@ class MetricsServer:
 
     def observe(self, event: Mapping[str, Any]) -> None:
         """The audit observer: counters for every process, gate state for this one."""
-        self.events.observe(event)
-        self.gate.observe(event)
+        with FORK_GUARD:
+            self.events.observe(event)
+            self.gate.observe(event)
 
 
 def _fresh_directory(path: Path) -> None:

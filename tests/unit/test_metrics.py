@@ -232,6 +232,58 @@ def test_counts_made_in_forked_children_reach_the_scrape(tmp_path: Path, mode: s
     assert values.get(("codex_job_containers_total", (("outcome", "ok"), ("shard", "0")))) == expected
 
 
+_FORK_WHILE_COUNTING = r"""
+import json, os, socket, sys, threading, time
+from pathlib import Path
+import structlog
+from agent.audit import configure_logging
+from agent.metrics import enable
+configure_logging("INFO", stream=open(os.devnull, "w"))
+guarded, state = sys.argv[1] == "guarded", Path(sys.argv[2])
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
+server = enable(port, state_dir=state, codex_home=state / "home", volume="v", shard="0", addr="127.0.0.1")
+audit = {"event": "codex.job.finished", "exit_code": 0, "duration_s": 0.1}
+count = server.observe if guarded else server.events.observe  # the unguarded path skips FORK_GUARD
+stop = threading.Event()
+
+def watcher():  # a thread of the main process that counts, as the gate and the watcher do
+    while not stop.is_set():
+        count(audit)
+
+threading.Thread(target=watcher, daemon=True).start()
+forks = hung = 0
+while forks < 150 and not (hung and not guarded):
+    forks += 1
+    pid = os.fork()
+    if pid == 0:  # a pool child's first task: its audit line counts
+        structlog.get_logger("child").info("codex.run.audit")
+        os._exit(0)
+    deadline = time.monotonic() + 3
+    while not os.waitpid(pid, os.WNOHANG)[0]:
+        if time.monotonic() > deadline:
+            hung += 1; os.kill(pid, 9); os.waitpid(pid, 0); break
+        time.sleep(0.001)
+stop.set()
+print(json.dumps({"forks": forks, "hung": hung}))
+"""
+
+
+@pytest.mark.parametrize(("mode", "hangs"), [("guarded", False), ("unguarded", True)])
+def test_a_child_forked_while_a_thread_counts_never_hangs(tmp_path: Path, mode: str, hangs: bool) -> None:
+    """150 forks while a main-process thread counts: no child hangs at its first count. Without
+    FORK_GUARD (counting straight into prometheus_client) a child inherits its lock held and hangs."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    run = subprocess.run([sys.executable, "-c", _FORK_WHILE_COUNTING, mode, str(tmp_path / "state")],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    seen = json.loads(run.stdout)
+    assert (seen["hung"] > 0) is hangs, seen
+    if not hangs:
+        assert seen["forks"] == 150
+
+
 def test_codex_workers_send_task_events_by_default() -> None:
     """Flower and celery-exporter see Codex tasks without a flag (bench row 12d prices it)."""
     from agent.config import load
