@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -183,6 +184,15 @@ def test_absent_and_unreadable_logins_read_as_absent() -> None:
     assert not [s for s in samples if s[0] == "codex_access_token_expiry_seconds"]
 
 
+def _run_script(script: str, *args: str) -> Any:
+    """Run ``script`` in a fresh interpreter (its own forks and metrics mode); its JSON output."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    run = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    return json.loads(run.stdout)
+
+
 _FORKED_COUNTS = r'''
 import json, multiprocessing, os, socket, sys, urllib.request
 from pathlib import Path
@@ -221,12 +231,7 @@ def test_counts_made_in_forked_children_reach_the_scrape(tmp_path: Path, mode: s
     """Two forked children finish 5 jobs each: multiprocess mode scrapes 10; one registry still says 0."""
     (tmp_path / "state" / "prometheus").mkdir(parents=True)
     (tmp_path / "state" / "prometheus" / "counter_1.db").write_bytes(b"stale")  # from a previous life: emptied
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    run = subprocess.run([sys.executable, "-c", _FORKED_COUNTS, mode, str(tmp_path / "state")],
-                         capture_output=True, text=True, timeout=60, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
-    text = json.loads(run.stdout)
+    text = _run_script(_FORKED_COUNTS, mode, str(tmp_path / "state"))
     values = {(s.name, tuple(sorted(s.labels.items()))): s.value
               for m in text_string_to_metric_families(text) for s in m.samples}
     assert values.get(("codex_job_containers_total", (("outcome", "ok"), ("shard", "0")))) == expected
@@ -273,12 +278,7 @@ print(json.dumps({"forks": forks, "hung": hung}))
 def test_a_child_forked_while_a_thread_counts_never_hangs(tmp_path: Path, mode: str, hangs: bool) -> None:
     """150 forks while a main-process thread counts: no child hangs at its first count. Without
     FORK_GUARD (counting straight into prometheus_client) a child inherits its lock held and hangs."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    run = subprocess.run([sys.executable, "-c", _FORK_WHILE_COUNTING, mode, str(tmp_path / "state")],
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert run.returncode == 0, run.stderr[-2000:]
-    seen = json.loads(run.stdout)
+    seen = _run_script(_FORK_WHILE_COUNTING, mode, str(tmp_path / "state"))
     assert (seen["hung"] > 0) is hangs, seen
     if not hangs:
         assert seen["forks"] == 150
