@@ -14,7 +14,7 @@ runbook.md word for word.
 The three-shard run is watched by a real Prometheus (Debian's) with the shipped
 monitoring/prometheus.yml (Docker service discovery), narrowed to the test's project: it sees each
 gate flip, including a shard logged out and back in, and counts the tasks and job containers the
-test made.
+test made. A real Flower on the stack's broker lists the three Codex workers and the tasks they ran.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from kombu import Connection
 from agent import config as config_mod
 from agent.routing import shard_for
 from testkit import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
-from testkit.monitoring import Prometheus, binary_or_skip
+from testkit.monitoring import Flower, Prometheus, binary_or_skip
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import keys_for_shard, wait_until
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
@@ -232,10 +232,21 @@ def stack_prometheus(stack: Stack, tmp_path: Path) -> Iterator[Prometheus]:
     server.stop()
 
 
+@pytest.fixture
+def stack_flower(stack: Stack, tmp_path: Path) -> Iterator[Flower]:
+    """A real Flower (PyPI) on the stack's broker, started before anything runs."""
+    directory = tmp_path / "flower"
+    directory.mkdir()
+    server = Flower(stack.host_broker, directory)
+    yield server
+    server.stop()
+
+
 def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: docker.DockerClient,
-                                 stack_prometheus: Prometheus) -> None:
+                                 stack_prometheus: Prometheus, stack_flower: Flower) -> None:
     """Logged-in shards run jobs that see the login; the logged-out one waits, then drains by itself.
-    Prometheus, finding the workers by itself, sees every gate flip and counts what ran."""
+    Prometheus, finding the workers by itself, sees every gate flip and counts what ran; Flower on
+    the same broker lists the Codex workers and their tasks (task events are on by default)."""
     started_at = int(time.time()) - 1
     stack.compose("up", "-d", "--no-color", "rabbitmq", "codex-worker-0", "codex-worker-1", "codex-worker-2", "codex-worker-default")
     workers = {s: stack.container(f"codex-worker-{s}") for s in SHARDS}
@@ -341,6 +352,18 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
         assert summed == pytest.approx(logged, abs=1e-6)
         assert prometheus.query(f'sum({series("codex_runs_total", shard)})') == [0.0]
     assert prometheus.query(f'count(up{{project="{stack.project}"}} == 1)') == [4.0]  # three shards and the default worker
+
+    # Flower on the stack's broker: every Codex worker, and every task it ran, succeeded.
+    flower = stack_flower
+    wait_until(lambda: all(any(name.startswith(f"codex-{shard}@") for name in flower.get("/api/workers?refresh=1") or {})
+                           for shard in SHARDS), 60, interval=1, what="Flower lists the three Codex workers")
+    task_ids = {result.id for shard in SHARDS for _, result in runs[shard]}
+    seen: dict[str, Any] = wait_until(
+        lambda: (t := flower.get("/api/tasks?limit=1000")) and task_ids <= set(t) and t, 60,
+        interval=1, what="Flower lists the six Codex tasks")
+    for task_id in task_ids:
+        assert seen[task_id]["name"] == "codex.phase" and seen[task_id]["state"] == "SUCCESS", seen[task_id]
+    assert not any(key in json.dumps(seen) for key in keys.values())  # the logins' API keys never show
 
     # A fourth worker on codex_auth_1 refuses and names the holder.
     intruder_name = f"{stack.project}_intruder"
