@@ -24,6 +24,7 @@ class CodexRouter:
         self.app = app
         self.config = config
         self.topology: Topology = config.topology
+        self._included = False
 
     def __call__(
         self,
@@ -49,7 +50,8 @@ class CodexRouter:
         modules a worker imports at start, so ``codex.phase`` would be unknown here and go to the
         default queue, where no Codex worker takes it.
         """
-        if name not in self.app.tasks:
+        if name not in self.app.tasks and not self._included:
+            self._included = True  # once: a name still unknown after it is no task of this app's
             self.app.loader.import_default_modules()
         return self.app.tasks.get(name)
 
