@@ -5,6 +5,9 @@ PostgreSQL as the result backend and the OpenAI stand-in.
   shard that took its first phase, in both queue modes and on both brokers, with no pin written by
   hand; later phases resume the first phase's Codex session; results are read back from PostgreSQL
   after every worker stopped, and hold no token.
+* Single mode: a group inside a chain runs every member on the shard that took the chain's first step
+  (two chains, two workers, each worker took a first step); a worker without ``agent.chains``'
+  re-routing takes the members from the shared ``codex`` queue instead.
 * A phase failing on its second attempt calls ``link_error`` once with its code; the same run
   submitted again skips the completed phase (no model call for it) and starts at the failed one.
 * A pool process killed with ``kill -9`` mid-chain: the chain completes, no completed phase runs again.
@@ -19,10 +22,10 @@ import uuid
 from typing import Any
 
 import pytest
-from celery import Celery, chain
+from celery import Celery, chain, group
 from celery.result import AsyncResult
 from kombu import Connection, Queue
-from testkit.phases import ContainerWorker, PhaseLab
+from testkit.phases import ARTIFACTS_IN_WORKER, ContainerWorker, PhaseLab
 from testkit.postgres import postgres_backend_or_skip, result_rows
 from testkit.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
 
@@ -137,6 +140,88 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
     for login in lab.shards:
         for secret in (login.tokens.access_token, login.tokens.refresh_token, login.tokens.id_token):  # type: ignore[union-attr]
             assert secret.encode() not in stored, "a result holds a token"
+
+
+UNPINNED_SITE = """\
+# The unprotected variant of a test in tests/integration/test_chains.py: a worker whose Codex tasks
+# no longer re-route the rest of their chain (agent.preflight imports this name from agent.chains).
+import agent.chains
+agent.chains.keep_chain_on_shard = lambda task, config: agent.chains.own_queue(config)
+"""
+
+
+def chain_with_group(app: Celery, key: str, run_id: str, **first: Any) -> Any:
+    """``chain(plan, group(review-b, review-c))``: each member its own run (no shared session), one key."""
+    members = [step(app, key, f"{run_id}-{side}", f"review-{side}") for side in ("b", "c")]
+    return chain(step(app, key, run_id, "plan", **first), group(*members))
+
+
+def test_single_mode_a_group_inside_a_chain_stays_on_the_first_steps_shard(
+    lab: PhaseLab, standin: StandIn, redis_url: str, pg_backend: str,
+) -> None:
+    """Single mode, two workers, two chains ``chain(plan, group(review-b, review-c))`` published at once.
+
+    Each plan holds 3 s, and a worker takes one task at a time (concurrency 1, prefetch 1, late
+    ack), so the two plans go to the two workers from the shared ``codex`` queue: both workers take
+    work from it. Every group member must then run on its chain's plan shard and volume, delivered
+    from that shard's own ``codex-N`` queue, which the other worker does not consume.
+
+    What would break: without ``agent.chains`` every member is published to the shared ``codex``
+    queue, where either worker takes it, so a member may run under the other login (another
+    account's quota and ``CODEX_HOME``, not the run's). The last part runs that variant, a worker
+    whose ``keep_chain_on_shard`` is replaced (``UNPINNED_SITE``) with no re-routing: its chain's
+    members are delivered from ``codex`` and no ``codex.chain.pinned`` line is logged.
+    """
+    broker = BrokerView(redis_url)
+    broker.purge()
+    env = MODES["single"]
+    codex_workers = [lab.ready_worker(lab.shard(i), redis_url, pg_backend, **env) for i in (0, 1)]
+    publisher = app_for(redis_url, pg_backend, env)
+    key, tag = "repo-group", uuid.uuid4().hex[:6]
+    run_ids = [f"cwa-chain-group-{tag}-{n}" for n in (1, 2)]
+
+    lasts = [chain_with_group(publisher, key, run_id, hold_s=3).apply_async() for run_id in run_ids]
+    members = [last.get(timeout=TIMEOUT_S) for last in lasts]
+    plans = [last.parent.get(timeout=10) for last in lasts]
+
+    assert [p["queue"] for p in plans] == ["codex", "codex"] and {p["shard"] for p in plans} == {0, 1}, (
+        f"both workers take a chain's first step from the shared queue: {[(p['run_id'], p['shard']) for p in plans]}")
+    for run_id, plan, pair in zip(run_ids, plans, members):
+        shard = plan["shard"]
+        volume = lab.shards[shard].volume
+        assert [m["run_id"] for m in pair] == [f"{run_id}-b", f"{run_id}-c"]
+        assert [(m["shard"], m["volume"], m["queue"]) for m in pair] == [(shard, volume, f"codex-{shard}")] * 2, (
+            f"a group member left its chain's shard {shard}: {[(m['phase'], m['shard'], m['queue']) for m in pair]}")
+        assert plan["volume"] == volume
+        owner, other = codex_workers[shard], codex_workers[1 - shard]
+        assert owner.events("codex.chain.pinned", run_id=run_id, pinned_steps=2, to_queue=f"codex-{shard}")
+        for member in (run_id, f"{run_id}-b", f"{run_id}-c"):
+            audits = owner.events("codex.run.audit", run_id=member)
+            assert [(a["shard"], a["volume"]) for a in audits] == [(shard, volume)], member
+            assert not other.events("codex.run.audit", run_id=member), f"{member} ran on the other login"
+        for side in ("b", "c"):
+            assert outcome(lab, f"{run_id}-{side}", f"review-{side}")["status"] == "completed"
+    calls = standin.script.calls()
+    assert len(calls) == 6
+    families = {login.index: login.tokens.family for login in lab.shards}  # type: ignore[union-attr]
+    for run_id, plan in zip(run_ids, plans):
+        mine = [c.family for c in calls if any(f" of {run_id}" in t for t in c.texts)]
+        assert mine == [families[plan["shard"]]] * 3, f"{run_id}: model calls on another login"
+
+    # The unprotected variant: one worker without the re-routing, the same canvas.
+    for worker in codex_workers:
+        worker.container.stop(timeout=30)  # stopped, not removed: the lab keeps its logs until teardown
+    site = lab.artifacts / "unpinned-site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(UNPINNED_SITE)
+    bare = lab.ready_worker(lab.shards[0], redis_url, pg_backend, PYTHONPATH=f"{ARTIFACTS_IN_WORKER}/unpinned-site", **env)
+    run_id = f"cwa-chain-group-{tag}-bare"
+    last = chain_with_group(publisher, key, run_id).apply_async()
+    pair = last.get(timeout=TIMEOUT_S)
+    assert last.parent.get(timeout=10)["queue"] == "codex"
+    assert [m["queue"] for m in pair] == ["codex", "codex"], "the members were re-routed: the variant is not unprotected"
+    assert not bare.events("codex.chain.pinned", run_id=run_id)
+    broker.purge()
 
 
 def test_a_phase_failing_twice_calls_link_error_once_and_the_resubmitted_run_starts_at_it(
