@@ -24,6 +24,7 @@ from agent.errors import FleetUnreadableError
 from agent.fleet_board import Board, board_for, supports
 from agent.broker_link import BrokerUnreachable
 from agent.lease_store import describe_broker
+from agent.records import FieldTypes, parse_record
 from agent.state import AgentState
 
 __all__ = [
@@ -83,18 +84,33 @@ class FleetEntry:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> FleetEntry | None:
-        """Parse a posted record; None when it is not one of ours."""
+    def from_json(cls, text: bytes | str) -> FleetEntry | None:
+        """Parse a posted record, any bytes; None when it is not one of ours."""
         try:
-            data = json.loads(text)
-            entry = cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
-        except (ValueError, TypeError):
+            fields = parse_record(text, ENTRY_FIELDS, defaults={"codes": [], "posted_at": 0.0})
+        except ValueError:
             return None
-        return entry if isinstance(entry.worker, str) and isinstance(entry.gate, str) else None
+        return cls(**fields) if all(isinstance(code, str) for code in fields["codes"]) else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view."""
         return asdict(self)
+
+
+ENTRY_FIELDS: FieldTypes = {
+    "worker": (str,),
+    "host": (str,),
+    "pid": (int,),
+    "codex_worker": (bool,),
+    "gate": (str,),
+    "gate_since": (int, float),
+    "shard": (int, type(None)),
+    "queue": (str, type(None)),
+    "volume": (str, type(None)),
+    "codes": (list,),
+    "posted_at": (int, float),
+}
+"""What each field of a posted entry may hold (the broker is shared: anything may post)."""
 
 
 class FleetPublisher:

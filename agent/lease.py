@@ -40,6 +40,7 @@ from agent.config import AgentConfig
 from agent.errors import FleetDuplicateError
 from agent.lease_store import BrokerUnreachable, LeaseStore, describe_broker, store_for, supports
 from agent.login import inspect_auth_file
+from agent.records import FieldTypes, parse_record, read_record
 
 __all__ = [
     "HISTORY_FILE",
@@ -100,12 +101,11 @@ class LeaseHolder:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> LeaseHolder | None:
-        """Parse a broker record; None when it is not one of ours."""
+    def from_json(cls, text: bytes | str) -> LeaseHolder | None:
+        """Parse a broker record, any bytes; None when it is not one of ours."""
         try:
-            data = json.loads(text)
-            return cls(**{name: data[name] for name in cls.__dataclass_fields__ if name in data})
-        except (ValueError, TypeError):
+            return cls(**parse_record(text, HOLDER_FIELDS, defaults={"pid": 0, "boot_id": "", "volume_id": ""}))
+        except ValueError:
             return None
 
     def describe(self) -> str:
@@ -126,6 +126,20 @@ class LeaseHolder:
             and self.volume_id == ours.volume_id != "unknown"
             and self.claim_id != ours.claim_id
         )
+
+
+HOLDER_FIELDS: FieldTypes = {
+    "worker": (str,),
+    "host": (str,),
+    "shard": (int, type(None)),
+    "volume": (str, type(None)),
+    "claim_id": (str,),
+    "since": (int, float),
+    "pid": (int,),
+    "boot_id": (str,),
+    "volume_id": (str,),
+}
+"""What each field of a lease record may hold (the broker is shared: anything may write there)."""
 
 
 @dataclass
@@ -160,12 +174,12 @@ class FingerprintHistory:
     @classmethod
     def load(cls, directory: Path, keep: int = LEASE_KEEP) -> FingerprintHistory:
         """The history saved in ``directory``; empty when absent or unreadable."""
-        try:
-            data = json.loads((directory / HISTORY_FILE).read_text())
-            prints = [str(f) for f in data["fingerprints"] if isinstance(f, str)]
-            return cls(fingerprints=prints[-keep:], refused=bool(data.get("refused")), keep=keep)
-        except (OSError, ValueError, KeyError, TypeError):
+        data = read_record(directory / HISTORY_FILE, {"fingerprints": (list,), "refused": (bool,)},
+                           defaults={"refused": False})
+        if data is None:
             return cls(keep=keep)
+        prints = [f for f in data["fingerprints"] if isinstance(f, str)]
+        return cls(fingerprints=prints[-keep:], refused=data["refused"], keep=keep)
 
 
 @dataclass(frozen=True)

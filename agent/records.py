@@ -1,4 +1,5 @@
-"""Read the JSON records other processes write (claim marker, published state): any bytes give a typed record or None.
+"""Read the JSON records other processes write (claim marker, published state, fleet entries and
+lease holders in the broker): any bytes give a typed record or None.
 
 The marker sits in a volume anything may write into, and the state file in a directory anyone may
 point ``AGENT_STATE_DIR`` at. Their readers must not trust a field's type: a marker whose heartbeat
@@ -28,22 +29,26 @@ def _accepts(value: Any, types: tuple[type, ...]) -> bool:
     return not isinstance(value, float) or math.isfinite(value)
 
 
-def typed_fields(data: Any, types: FieldTypes) -> dict[str, Any]:
+def typed_fields(data: Any, types: FieldTypes, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The fields of ``data`` named in ``types``, each checked.
+
+    ``defaults`` stand in for fields a record may lack (written by an older agent); a field that is
+    present must still have its type.
 
     Raises:
         ValueError: ``data`` is not an object, or a field is missing, of the wrong type or not finite.
     """
     if not isinstance(data, dict):
         raise ValueError(f"a JSON object was expected, not a {type(data).__name__}")
+    data = {**(defaults or {}), **data}
     for name, accepted in types.items():
         if not _accepts(data.get(name), accepted):
             raise ValueError(f"field {name!r} is missing or of the wrong type")
     return {name: data[name] for name in types}
 
 
-def parse_record(raw: bytes | str, types: FieldTypes) -> dict[str, Any]:
-    """Parse and check one record.
+def parse_record(raw: bytes | str, types: FieldTypes, defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Parse and check one record (``defaults`` as in :func:`typed_fields`).
 
     Raises:
         ValueError: not UTF-8, not JSON, nested too deeply, or fields as in :func:`typed_fields`.
@@ -52,12 +57,12 @@ def parse_record(raw: bytes | str, types: FieldTypes) -> dict[str, Any]:
         data = json.loads(raw)
     except RecursionError as e:
         raise ValueError("nested too deeply") from e
-    return typed_fields(data, types)
+    return typed_fields(data, types, defaults)
 
 
-def read_record(path: Path, types: FieldTypes) -> dict[str, Any] | None:
+def read_record(path: Path, types: FieldTypes, defaults: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """The checked record in ``path``; None when it is absent, unreadable or malformed."""
     try:
-        return parse_record(path.read_bytes(), types)
+        return parse_record(path.read_bytes(), types, defaults)
     except (OSError, ValueError):
         return None

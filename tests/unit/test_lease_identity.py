@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.claim import boot_id
+from agent.fleet import FleetEntry
 from agent.lease import HISTORY_FILE, FingerprintHistory, LeaseHolder, LeaseState
 
 
@@ -38,7 +39,7 @@ class TestFingerprintHistory:
         (tmp_path / HISTORY_FILE).write_text(json.dumps(FingerprintHistory(["a", "b"], refused=True).to_dict()))
         loaded = FingerprintHistory.load(tmp_path)
         assert (loaded.fingerprints, loaded.refused) == (["a", "b"], True)
-        for junk in ("{", "[]", '{"fingerprints": 3}', '{"fingerprints": [1, "x"]}'):
+        for junk in ("{", "[]", '{"fingerprints": 3}', '{"fingerprints": [1, "x"]}', "[" * 100_000):
             (tmp_path / HISTORY_FILE).write_text(junk)
             assert FingerprintHistory.load(tmp_path).fingerprints in ([], ["x"])
 
@@ -57,6 +58,22 @@ class TestLeaseHolder:
         holder = self._holder()
         assert LeaseHolder.from_json(holder.to_json()) == holder
         assert LeaseHolder.from_json("{}") is None and LeaseHolder.from_json("not json") is None
+
+    @pytest.mark.parametrize("junk", [
+        "[" * 100_000, b"\xff\xfe", '{"worker": 1}', "[]",
+        '{"worker": "w", "host": "h", "shard": "0", "volume": "v", "claim_id": "c", "since": 0}',
+        '{"worker": "w", "host": "h", "shard": 0, "volume": "v", "claim_id": "c", "since": Infinity}',
+    ], ids=["nesting-bomb", "not-utf8", "wrong-type", "not-an-object", "shard-as-text", "infinite-since"])
+    def test_any_bytes_in_the_broker_are_a_holder_or_none(self, junk: str | bytes) -> None:
+        """The broker is shared: a record of another shape is an unknown holder, never an exception."""
+        assert LeaseHolder.from_json(junk) is None
+        assert FleetEntry.from_json(junk) is None
+
+    def test_a_record_of_an_older_agent_takes_the_defaults(self) -> None:
+        record = json.loads(self._holder().to_json())
+        for name in ("pid", "boot_id", "volume_id"):
+            del record[name]
+        assert LeaseHolder.from_json(json.dumps(record)) == self._holder(pid=0, boot_id="", volume_id="")
 
     def test_describe_names_worker_host_shard_and_volume(self) -> None:
         assert self._holder().describe().startswith("worker w0 on host h (shard 0, volume v, pid 7, since 1970-")
