@@ -9,9 +9,11 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/_common.sh"
 
-WORKER_IMAGE=codex-worker-agent/worker:dev
-JOB_IMAGE=codex-worker-agent/job:dev
-BUSYBOX_IMAGE=codex-worker-agent/busybox:dev
+# CODEX_IMAGE_TAG (default dev) lets parallel checkouts on one engine build without clobbering each other.
+TAG="${CODEX_IMAGE_TAG:-dev}"
+WORKER_IMAGE=codex-worker-agent/worker:$TAG
+JOB_IMAGE=codex-worker-agent/job:$TAG
+BUSYBOX_IMAGE=codex-worker-agent/busybox:$TAG
 # --postgres also builds codex-worker-agent/postgres:dev (images/postgres/Dockerfile, Debian's package)
 # for the compose profile `postgres`; apt inside that build fetches from Debian, not from a registry.
 POSTGRES_IMAGE=codex-worker-agent/postgres:dev
