@@ -24,6 +24,7 @@ import requests
 from agent.errors import AgentError, DockerUnavailableError, GuardRefusedError, JobRejectedError
 
 __all__ = [
+    "EngineCreate",
     "ContainerRun",
     "ContainerTimeout",
     "DOCKER_FAILURES",
@@ -51,6 +52,14 @@ class ContainerTimeout(Exception):
         self.container_id = container_id
         self.timeout = timeout
         super().__init__(f"container {container_id[:12]} did not exit within {timeout}s")
+
+
+@dataclass(frozen=True)
+class EngineCreate:
+    """A create already written as an Engine API body (what :mod:`agent.job_policy` approved)."""
+
+    body: dict[str, Any]
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -209,7 +218,7 @@ def _past_limit(container: Any, timeout: float, cause: BaseException) -> int:
 
 def run_container(
     client: docker.DockerClient,
-    create_args: dict[str, Any],
+    create_args: dict[str, Any] | EngineCreate,
     *,
     operation: str,
     facts: dict[str, Any],
@@ -221,7 +230,7 @@ def run_container(
 
     Args:
         client: the Docker client.
-        create_args: keyword arguments of ``client.containers.create``.
+        create_args: keyword arguments of ``client.containers.create``, or the Engine body itself.
         operation: what this run is for, named in errors (e.g. ``"job container"``).
         facts: shard, volume… for error messages.
         timeout: seconds before the container is killed; None waits forever.
@@ -239,7 +248,11 @@ def run_container(
     started = time.monotonic()
     try:
         with translate_docker_errors(operation, facts):
-            container = client.containers.create(**create_args)
+            if isinstance(create_args, EngineCreate):
+                created = client.api.create_container_from_config(create_args.body, create_args.name)
+                container = client.containers.get(created["Id"])
+            else:
+                container = client.containers.create(**create_args)
             _reconnecting(container.start, RECONNECT_FOR)
             started = time.monotonic()
             if on_started is not None:

@@ -28,7 +28,8 @@ Hierarchy::
      │    ├── JobFailedError        CODEX-E042  a job container exited non-zero
      │    ├── JobTimeoutError       CODEX-E043  a job container outlived its wall-clock limit
      │    ├── PhaseRequestError     CODEX-E044  a Codex phase was asked with unusable arguments
-     │    └── GuardRefusedError     CODEX-E045  the Docker API guard refused a call off its allow-list
+     │    ├── GuardRefusedError     CODEX-E045  the Docker API guard refused a call off its allow-list
+     │    └── GuardBusyError        CODEX-E046  another guard already serves this socket directory
      ├── RoutingError               CODEX-E050  a routing input is unusable
      └── DrainError                 CODEX-E060  queued tasks could not be moved
 
@@ -74,6 +75,7 @@ __all__ = [
     "JobTimeoutError",
     "PhaseRequestError",
     "GuardRefusedError",
+    "GuardBusyError",
     "RoutingError",
     "DrainError",
     "Warning_",
@@ -432,6 +434,19 @@ class GuardRefusedError(InfrastructureError):
     remediation_template = (
         "a job needs only create, start, wait, logs, attach, inspect, kill and remove of its own containers; "
         "read the refusal: docker logs <guard> | jq 'select(.event==\"codex.guard.refused\")'"
+    )
+
+
+class GuardBusyError(InfrastructureError):
+    code = "CODEX-E046"
+    title = "another Docker API guard serves this socket directory"
+    template = (
+        "the Docker API guard cannot serve {socket_dir}: another guard holds it ({holder}); this one "
+        "starts nothing and removes nothing"
+    )
+    remediation_template = (
+        "keep one guard per host: use the running one (docker compose ps docker-guard), or stop it first; "
+        "to run a second guard for tests, point it elsewhere: CODEX_GUARD_SOCKET_DIR=$(mktemp -d) python -m agent.guard"
     )
 
 

@@ -7,9 +7,10 @@ shard's auth volume read-write at ``CODEX_JOB_HOME`` (the volume the mount check
 operator's ``CODEX_JOB_NETWORK`` and the sandbox's secure defaults (no capabilities, no new
 privileges, init, limits, read-only root). Anything else, a mount of another login or a host path,
 anything at ``CODEX_JOB_HOME``, root, is refused (CODEX-E041) with a ``codex.job.refused`` line. The
-translation from a request to ``containers.create`` arguments is the pure :func:`job_create_args`,
-apart from the I/O shell. Where the worker reaches Docker through the API guard
-(:mod:`agent.guard`), the guard enforces the same policy on every client, this one included.
+translation from a request to the Engine's create body is the pure :func:`job_create_args`, apart
+from the I/O shell: docker-py writes the body, and :func:`agent.job_policy.create_request`, the one
+job policy, rebuilds it. Where the worker reaches Docker through the API guard (:mod:`agent.guard`),
+the guard runs the same function on every client's create, this one included.
 
 Non-zero exits raise :class:`~agent.errors.JobFailedError` (CODEX-E042) by default, carrying the
 exit code and a scrubbed output tail; ``check=False`` returns them in the :class:`JobResult`
@@ -18,27 +19,29 @@ instead. Engine failures are CODEX-E040, never login errors.
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from docker.utils import parse_bytes
+from docker.models.containers import _create_container_args
+from docker.types import ContainerConfig
 
 from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.config import AgentConfig
-from agent.discovery import find_auth_volumes, is_auth_volume
-from agent.dockerrun import ContainerTimeout, run_container, translate_docker_errors
+from agent.discovery import find_auth_volumes
+from agent.dockerrun import ContainerTimeout, EngineCreate, run_container, translate_docker_errors
 from agent.errors import AgentError, GuardRefusedError, JobFailedError, JobRejectedError, JobTimeoutError
-from agent.mount import volume_from_root
+from agent.job_policy import RESERVED_LABEL_PREFIXES, Refusal, ShardPolicy, create_request
 from agent.redact import scrub
-from agent.sandbox import JOB_OPTIONS, LIMIT_OPTIONS, NO_NEW_PRIVILEGES, TMP_PATH, Sandbox
+from agent.sandbox import JOB_OPTIONS, Sandbox
+
+API_VERSION = "1.41"
+"""The Engine API version job bodies are written for: the version the Docker API guard serves."""
 
 __all__ = [
     "WORKSPACE_PATH",
     "RESERVED_OPTIONS",
-    "LABEL_PREFIX",
     "JOB_REFUSED",
     "OUTPUT_LIMIT",
     "JobPolicy",
@@ -65,9 +68,6 @@ RESERVED_OPTIONS = frozenset({"detach", "remove", "auto_remove", "stdout", "stde
 _LABEL_KEYS = ("shard", "queue", "volume", "run_id", "task_id", "worker")
 JOB_REFUSED = "codex.job.refused"
 """Audit event of a job request the guarded client refused (CODEX-E041), before anything was created."""
-LABEL_PREFIX = "codex."
-"""Labels under this prefix are the agent's; task code may not set them."""
-_NO_NEW_PRIVILEGES = frozenset({NO_NEW_PRIVILEGES, f"{NO_NEW_PRIVILEGES}:true"})
 
 
 @dataclass(frozen=True)
@@ -83,6 +83,15 @@ class JobPolicy:
     network: str | None = None
     """``CODEX_JOB_NETWORK``: the operator's network for jobs (None: Docker's default)."""
     sandbox: Sandbox = field(default_factory=Sandbox)
+
+    def shard_policy(self) -> ShardPolicy:
+        """The one policy record, as the Docker API guard holds it for this shard."""
+        shard = self.facts.get("shard")
+        return ShardPolicy(
+            index=shard if isinstance(shard, int) else -1, volume=self.volume, job_home=self.job_home,
+            job_user=self.job_user, network=self.network, sandbox=self.sandbox, auth_volumes=self.auth_volumes,
+            facts_extra=tuple((k, v) for k, v in self.facts.items() if k not in ("shard", "volume")),
+        )
 
 
 @dataclass(frozen=True)
@@ -125,137 +134,45 @@ def _reject(policy: JobPolicy, cause: str, offending: str) -> JobRejectedError:
     return JobRejectedError(**{**policy.facts, "cause": cause, "offending": offending})
 
 
-def _norm(path: str) -> str:
-    return posixpath.normpath(path) if path.startswith("/") else path
-
-
-def _at_job_home(target: str, job_home: str) -> bool:
-    target = _norm(target)
-    return target == job_home or target.startswith(job_home.rstrip("/") + "/")
-
-
-def _split_assignment(item: str) -> tuple[str, str]:
-    name, _, value = item.partition("=")
-    return name, value
-
-
-def _environment(policy: JobPolicy, environment: Mapping[str, str] | Sequence[str] | None) -> dict[str, str]:
+def _environment(environment: Mapping[str, str] | Sequence[str] | None) -> list[str]:
     if environment is None:
-        env: dict[str, str] = {}
-    elif isinstance(environment, Mapping):
-        env = {str(k): str(v) for k, v in environment.items()}
-    else:
-        env = dict(_split_assignment(item) for item in environment)
-    home = env.get("CODEX_HOME")
-    if home is not None and _norm(home) != policy.job_home:
-        raise _reject(policy, f"environment CODEX_HOME={home} points away from {policy.job_home}", "CODEX_HOME")
-    return {**env, "CODEX_HOME": policy.job_home}
-
-
-def _user(policy: JobPolicy, user: Any) -> str:
-    if user is None:
-        return policy.job_user
-    name, _, group = str(user).partition(":")
-    if name in ("root", "0") or group in ("root", "0"):
-        raise _reject(policy, f"user {user} is root; job containers never run as root", "user=")
-    if str(user) not in (policy.job_user, policy.job_user.split(":")[0]):
-        raise _reject(
-            policy,
-            f"user {user} is not CODEX_JOB_USER={policy.job_user}, the owner of the login in the volume",
-            "user=",
-        )
-    return policy.job_user
-
-
-def _volume_entries(volumes: Any) -> list[tuple[str, str, str]]:
-    """``(source, target, mode)`` of docker-py's dict or list ``volumes`` forms."""
-    if volumes is None:
         return []
-    entries = []
-    if isinstance(volumes, Mapping):
-        for source, spec in volumes.items():
-            if isinstance(spec, Mapping):
-                entries.append((str(source), str(spec.get("bind", "")), str(spec.get("mode", "rw"))))
-            else:
-                entries.append((str(source), str(spec), "rw"))
-        return entries
-    for item in volumes:
-        parts = str(item).split(":")
-        if len(parts) == 1:
-            entries.append(("", parts[0], "rw"))  # anonymous volume at that path
-        else:
-            entries.append((parts[0], parts[1], parts[2] if len(parts) > 2 else "rw"))
-    return entries
+    if isinstance(environment, Mapping):
+        return [f"{k}={v}" for k, v in environment.items()]
+    return [str(item) for item in environment]
 
 
-def _check_mount(policy: JobPolicy, source: str, target: str, what: str) -> None:
-    if target and _at_job_home(target, policy.job_home):
+def _check_options(policy: JobPolicy, rest: Mapping[str, Any]) -> None:
+    """What the launcher's own keyword interface takes; the job policy judges the body after."""
+    reserved = sorted(RESERVED_OPTIONS & rest.keys())
+    if reserved:
+        raise _reject(policy, f"option {reserved[0]}= is reserved: the agent manages the container", f"{reserved[0]}=")
+    unknown = sorted(rest.keys() - JOB_OPTIONS)
+    if unknown:
         raise _reject(
-            policy,
-            f"{what} puts {source or 'a mount'} at {target}, inside CODEX_JOB_HOME {policy.job_home} "
-            f"where the agent mounts {policy.volume}",
-            what,
+            policy, f"option {unknown[0]}= is not on the allow-list of job options ({', '.join(sorted(JOB_OPTIONS))})",
+            f"{unknown[0]}=",
         )
-    if source.startswith("/"):
-        behind = volume_from_root(_norm(source))
-        if not (behind and (behind == policy.volume or behind in policy.auth_volumes or is_auth_volume(behind))):
-            raise _reject(policy, f"{what} binds host path {source}; a job mounts named workspace volumes only", what)
-    else:
-        behind = source
-    if behind and (behind == policy.volume or behind in policy.auth_volumes or is_auth_volume(behind)):
-        mine = " (the agent already mounts it at " + policy.job_home + ")" if behind == policy.volume else ""
-        raise _reject(policy, f"{what} mounts Codex auth volume {behind}{mine}", what)
-
-
-def _tmpfs_entries(tmpfs: Any) -> dict[str, str]:
-    """docker-py's dict or ``"path[:options]"`` list forms of ``tmpfs``."""
-    if isinstance(tmpfs, Mapping):
-        return {str(k): str(v) for k, v in tmpfs.items()}
-    return dict(str(item).partition(":")[::2] for item in tmpfs or ())
-
-
-def _check_mounts(policy: JobPolicy, mounts: Any) -> None:
-    for mount in mounts or ():
-        kind = str(mount.get("Type") or "volume")
-        if kind not in ("volume", "tmpfs"):
-            raise _reject(policy, f"mounts= of type {kind}; a job mounts named volumes and tmpfs only", "mounts=")
-        _check_mount(policy, str(mount.get("Source") or ""), str(mount.get("Target") or ""), "mounts=")
-
-
-def _check_sandbox(policy: JobPolicy, rest: dict[str, Any]) -> None:
-    """Options that restate the sandbox may only match or tighten it."""
-    sandbox = policy.sandbox
-    for option in sorted(LIMIT_OPTIONS.keys() & rest.keys()):
-        raw = rest[option]
-        value = int(parse_bytes(raw)) if option == "mem_limit" and isinstance(raw, str) else raw
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= sandbox.limit(option):
-            raise _reject(policy, f"option {option}={raw!r} is above the job limit {sandbox.limit(option)} (or not a positive number)", f"{option}=")
-        rest[option] = value
-    if rest.get("read_only") is False and sandbox.read_only:
+    # Docker's zero values for these mean "the default", which the body cannot tell from unset:
+    # an explicit ask for less than the sandbox is refused here, where it is still visible.
+    if rest.get("read_only") is False and policy.sandbox.read_only:
         raise _reject(policy, "option read_only=False; job containers have a read-only root filesystem", "read_only=")
     if rest.get("init", True) is not True:
         raise _reject(policy, "option init=False; job containers always run an init process", "init=")
-    extra = [opt for opt in rest.get("security_opt") or () if str(opt).replace("=", ":") not in _NO_NEW_PRIVILEGES]
-    if extra:
-        raise _reject(policy, f"security_opt {extra[0]!r}; jobs allow only {NO_NEW_PRIVILEGES}", "security_opt=")
-    network = rest.get("network_mode")
-    if network is not None and network != "none":
-        raise _reject(
-            policy,
-            f"option network_mode={network!r}; the job network is the operator's (CODEX_JOB_NETWORK="
-            f"{policy.network or 'unset'}), a job may only ask for none",
-            "network_mode=",
-        )
+    labels = rest.get("labels") or {}
+    forged = sorted(str(k) for k in labels if str(k).startswith(RESERVED_LABEL_PREFIXES))
+    if forged:
+        raise _reject(policy, f"label {forged[0]} is the agent's: codex.* labels name the job's shard and run, "
+                      "com.docker.compose.* labels compose's services", "labels=")
 
 
-def described(describe: Callable[[str], Mapping[str, Any]] | None, output: str) -> dict[str, Any]:
-    """The ``describe`` fields of a ``codex.job.finished`` line, on every way a job ends.
-
-    A job that timed out (CODEX-E043) or failed without an exit code has no output kept, yet its line
-    must carry the same fields (read from no output) as a finished one: they mark a Codex phase's
-    job, and the runs metric (:mod:`agent.metrics`) counts a phase by them.
-    """
-    return dict(describe(output)) if describe is not None else {}
+def _engine_body(args: dict[str, Any]) -> EngineCreate:
+    """docker-py's own translation of ``containers.create`` arguments into an Engine body."""
+    create = _create_container_args({**args, "version": API_VERSION})
+    name = create.pop("name", None)
+    for dropped in ("platform", "use_config_proxy", "detach"):
+        create.pop(dropped, None)
+    return EngineCreate(dict(ContainerConfig(API_VERSION, **create)), name)
 
 
 def job_create_args(
@@ -267,11 +184,13 @@ def job_create_args(
     workspace: str | None = None,
     workspace_path: str = WORKSPACE_PATH,
     options: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Translate a job request into ``client.containers.create`` keyword arguments.
+) -> EngineCreate:
+    """Translate a job request into the Engine create body the one job policy approved.
 
-    Pure: no I/O. Only the options in :data:`agent.sandbox.JOB_OPTIONS` are accepted; the agent's
-    auth volume, ``CODEX_HOME``, user, labels, network and the sandbox's secure defaults always win.
+    Pure: no I/O. docker-py turns the request into a create body (as ``containers.create`` would),
+    then :func:`agent.job_policy.create_request`, the very function the Docker API guard runs on
+    every client's create, rebuilds it: the shard's login volume, ``CODEX_HOME``, user, labels,
+    network and the sandbox's secure defaults always win.
 
     Args:
         policy: what the agent imposes (volume, paths, user, labels, known auth volumes, network,
@@ -284,60 +203,58 @@ def job_create_args(
         options: other ``containers.run`` options from :data:`agent.sandbox.JOB_OPTIONS`
             (``volumes``, ``mounts``, ``tmpfs``, ``labels``, ``user``, limits…).
 
-    Returns:
-        The arguments, with ``volumes`` in docker-py's ``"source:target:mode"`` list form.
-
     Raises:
-        JobRejectedError: an option off the allow-list; a mount of another Codex login, of a host
-            path, or of anything at ``CODEX_JOB_HOME``; root or another user; a ``codex.*`` label;
-            a network, limit or security option beyond the sandbox.
+        JobRejectedError: an option off the allow-list, or a request the job policy refuses (a mount
+            of another Codex login, of a host path, or of anything at ``CODEX_JOB_HOME``; root or
+            another user; a ``codex.*`` label; a network, limit or security option beyond the sandbox).
     """
     rest = dict(options or {})
-    reserved = sorted(RESERVED_OPTIONS & rest.keys())
-    if reserved:
-        raise _reject(policy, f"option {reserved[0]}= is reserved: the agent manages the container", f"{reserved[0]}=")
-    unknown = sorted(rest.keys() - JOB_OPTIONS)
-    if unknown:
-        raise _reject(
-            policy, f"option {unknown[0]}= is not on the allow-list of job options ({', '.join(sorted(JOB_OPTIONS))})",
-            f"{unknown[0]}=",
-        )
-    _check_sandbox(policy, rest)
-    user = _user(policy, rest.pop("user", None))
-    env = _environment(policy, environment)
-    binds = [f"{policy.volume}:{policy.job_home}:rw"]
-    for source, target, mode in _volume_entries(rest.pop("volumes", None)):
-        _check_mount(policy, source, target, "volumes=")
-        binds.append(f"{source}:{target}:{mode}" if source else target)
+    _check_options(policy, rest)
+    volumes = rest.pop("volumes", None)
+    binds = [f"{source}:{spec['bind']}:{spec.get('mode', 'rw')}" if isinstance(spec, Mapping) else f"{source}:{spec}"
+             for source, spec in volumes.items()] if isinstance(volumes, Mapping) else [str(v) for v in volumes or ()]
     if workspace is not None:
-        _check_mount(policy, workspace, workspace_path, "workspace=")
         binds.append(f"{workspace}:{workspace_path}:rw")
         rest.setdefault("working_dir", workspace_path)
-    _check_mounts(policy, rest.get("mounts"))
-    tmpfs = {TMP_PATH: policy.sandbox.tmpfs_options, **_tmpfs_entries(rest.pop("tmpfs", None))}
-    for target in tmpfs:
-        _check_mount(policy, "", str(target), "tmpfs=")
+    tmpfs = rest.pop("tmpfs", None)
+    if tmpfs is not None and not isinstance(tmpfs, Mapping):
+        tmpfs = dict(str(item).partition(":")[::2] for item in tmpfs)
     task_labels = rest.pop("labels", None) or {}
     if not isinstance(task_labels, Mapping):
         task_labels = {str(k): "" for k in task_labels}
-    forged = sorted(str(k) for k in task_labels if str(k).startswith(LABEL_PREFIX))
-    if forged:
-        raise _reject(policy, f"label {forged[0]} is the agent's: codex.* labels name the job's shard and run", "labels=")
-    rest.pop("cap_drop", None)
-    rest.pop("security_opt", None)
+    for imposed in ("cap_drop", "security_opt"):
+        if imposed in rest and rest[imposed] is not None:
+            rest[imposed] = list(rest[imposed])
     network = {"network_mode": policy.network} if policy.network and "network_mode" not in rest else {}
-    return {
+    args = {
         **policy.sandbox.run_options(),
         **rest,
         **network,
         "image": image,
         "command": command,
-        "user": user,
-        "environment": env,
-        "volumes": binds,
-        "tmpfs": tmpfs,
+        "user": rest.get("user") or policy.job_user,
+        "environment": _environment(environment),
+        "volumes": [f"{policy.volume}:{policy.job_home}:rw", *binds],
+        "tmpfs": dict(tmpfs or {}),
         "labels": {**{str(k): str(v) for k, v in task_labels.items()}, **policy.labels},
     }
+    engine = _engine_body(args)
+    try:
+        plan = create_request(policy.shard_policy(), engine.body)
+    except Refusal as e:
+        raise _reject(policy, str(e.error.facts.get("cause") or e.error.message), str(e.error.facts.get("offending")
+                                                                                        or e.rule)) from None
+    return EngineCreate(plan.body, engine.name)
+
+
+def described(describe: Callable[[str], Mapping[str, Any]] | None, output: str) -> dict[str, Any]:
+    """The ``describe`` fields of a ``codex.job.finished`` line, on every way a job ends.
+
+    A job that timed out (CODEX-E043) or failed without an exit code has no output kept, yet its line
+    must carry the same fields (read from no output) as a finished one: they mark a Codex phase's
+    job, and the runs metric (:mod:`agent.metrics`) counts a phase by them.
+    """
+    return dict(describe(output)) if describe is not None else {}
 
 
 # -- the I/O shell ---------------------------------------------------------------------------
@@ -468,7 +385,7 @@ class JobLauncher:
                           **described(describe, ""))
             raise
         output = scrub(run.output)[-OUTPUT_LIMIT:]
-        result = JobResult(run.container_id, image, run.exit_code, run.duration_s, output, args["labels"])
+        result = JobResult(run.container_id, image, run.exit_code, run.duration_s, output, dict(args.body["Labels"]))
         log.info(
             JOB_FINISHED, **audit, container_id=run.container_id, exit_code=run.exit_code,
             duration_s=round(run.duration_s, 3), output_chars=len(output), **described(describe, output),

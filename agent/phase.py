@@ -29,12 +29,12 @@ from agent import revocation
 from agent.artifacts import RunArtifacts, checked_name
 from agent.config import AgentConfig
 from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError
+from agent.job_policy import workspace_name
 from agent.jobs import WORKSPACE_PATH, JobLauncher
 from agent.login import inspect_auth_file
 
 __all__ = [
     "PASSTHROUGH_ENV",
-    "WORKSPACE_PREFIX",
     "PROMPT_LIMIT",
     "StreamSummary",
     "summarize",
@@ -48,8 +48,6 @@ log = structlog.get_logger(__name__)
 PASSTHROUGH_ENV = ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "CODEX_REVOKE_TOKEN_URL_OVERRIDE")
 """Codex's own endpoint overrides, handed from the worker to its jobs when set (staging, tests)."""
 
-WORKSPACE_PREFIX = "codex_ws_"
-"""A run's workspace volume is ``codex_ws_<run_id>``, shared by the run's phases on its shard."""
 
 PROMPT_LIMIT = 100_000
 """Characters a phase prompt may have (it travels in the task message and the job's argv)."""
@@ -187,7 +185,7 @@ class CodexPhase:
             self.config.job_image,
             exec_argv(prompt, session),
             environment=env,
-            workspace=f"{WORKSPACE_PREFIX}{artifacts.run_id}",
+            workspace=workspace_name(self.launcher.volume_name or "", artifacts.run_id),
             timeout=self.config.phase_timeout,
             check=False,
             describe=lambda output: summarize(output).audit_fields(),

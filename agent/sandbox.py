@@ -85,6 +85,8 @@ class Sandbox:
     pids_limit: int = DEFAULT_PIDS
     read_only: bool = True
     tmp_size: int = DEFAULT_TMP_SIZE
+    cpu_shares: int = 1024
+    """Ceiling of a job's CPU weight: Docker's default, so no job outweighs its neighbours."""
 
     @property
     def tmpfs_options(self) -> str:

@@ -49,7 +49,8 @@ def bench_phases(bench: Bench) -> list[Row]:
 
     from agent.config import load
     from agent.jobs import JobLauncher
-    from agent.phase import WORKSPACE_PREFIX, CodexPhase
+    from agent.job_policy import workspace_name
+    from agent.phase import CodexPhase
     from openai_standin import StandIn, login_files
 
     artifacts = tempfile.mkdtemp(prefix="bench-artifacts-")
@@ -68,7 +69,7 @@ def bench_phases(bench: Bench) -> list[Row]:
             return volume, tokens.family
 
         def phase(volume: str, run_id: str) -> dict[str, Any]:
-            workspaces.append(f"{WORKSPACE_PREFIX}{run_id}")
+            workspaces.append(workspace_name(volume, run_id))
             context = {"queue": "codex-1", "shard": 1, "volume": volume, "worker": "bench", "run_id": run_id, "task_id": run_id}
             launcher = JobLauncher(bench.docker, config, volume, context)
             return CodexPhase(launcher, environ).run(run_id=run_id, phase="p", prompt="bench", task_id=run_id)
@@ -86,7 +87,7 @@ def bench_phases(bench: Bench) -> list[Row]:
                 if side == "agent":
                     phase(volume, f"{run_id}-a")
                 else:
-                    workspaces.append(f"{WORKSPACE_PREFIX}{run_id}-{side}")
+                    workspaces.append(workspace_name(volume, f"{run_id}-{side}"))
                     _raw_phase(bench.docker, bench.job_image, volume, workspaces[-1], standin.refresh_url, "bench",
                                sandboxed=side == "sandboxed")
                 if i:

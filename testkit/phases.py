@@ -219,7 +219,9 @@ class PhaseLab:
                 self.docker.volumes.get(shard.volume).remove(force=True)
             except Exception:  # noqa: BLE001
                 pass
-        for volume in self.docker.volumes.list(filters={"name": "codex_ws_cwa-"}):
+        for volume in self.docker.volumes.list(filters={"name": "codex_ws_"}):
+            if "_cwa-" not in (volume.name or ""):
+                continue
             try:
                 volume.remove(force=True)
             except Exception:  # noqa: BLE001  (a job of another test still uses it)

@@ -1,11 +1,14 @@
 """``python -m agent.guard``: run the Docker API guard until SIGTERM or SIGINT.
 
 ``python -m agent.guard --probe`` is its HEALTHCHECK: every shard endpoint answers ``/_ping``
-through to the engine (exit 0), or the first that does not is named (exit 1).
+through to the engine (exit 0), or the first that does not, a socket deleted or never bound, is
+named (exit 1). ``--help`` and ``--version`` print and start nothing; an unknown argument is a usage
+error (exit 2), never a guard started by accident.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -17,7 +20,7 @@ import docker
 import docker.errors
 
 from agent.audit import configure_logging
-from agent.errors import AgentError
+from agent.errors import AgentError, GuardBusyError
 from agent.guard.config import GuardConfig, load_guard_config
 from agent.guard.server import GuardServer
 
@@ -27,7 +30,11 @@ __all__ = ["main", "probe", "serve"]
 async def serve(config: GuardConfig) -> None:
     """Serve every endpoint until a termination signal; the sockets are removed on the way out."""
     server = GuardServer(config)
-    await server.start()
+    try:
+        await server.start()
+    except GuardBusyError as e:
+        print(json.dumps({"event": "codex.guard.busy", **e.to_dict()}), flush=True)
+        sys.exit(e.exit_code)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -64,15 +71,42 @@ def probe(config: GuardConfig, timeout: float = 5.0) -> str | None:
     return None
 
 
-def main() -> None:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("codex-worker-agent")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m agent.guard",
+        description="The Docker API guard: holds the Docker socket and serves one endpoint per Codex shard at "
+                    "$CODEX_GUARD_SOCKET_DIR/<volume>/docker.sock, judging every call (runbook.md, "
+                    "'Reading a refusal of the Docker API guard'). Configured by the environment: "
+                    "CODEX_GUARD_SOCKET_DIR, CODEX_GUARD_SHARDS, CODEX_GUARD_VOLUME_PREFIX, CODEX_GUARD_UPSTREAM, "
+                    "CODEX_GUARD_SOCKET_OWNER and the job policy variables (CODEX_JOB_*).",
+        epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, or --probe healthy; 1 --probe unhealthy, or another "
+               "guard serves the directory (CODEX-E046); 2 a usage or configuration error (CODEX-E001).",
+    )
+    parser.add_argument("--probe", action="store_true",
+                        help="health check: every endpoint answers /_ping through to the engine (exit 0) or not (exit 1)")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
     """Entry point: JSON log lines on stdout, a configuration error as one JSON line and exit 2."""
+    args = _parser().parse_args(argv)
     configure_logging((os.environ.get("AGENT_LOG_LEVEL") or "INFO").upper())
     try:
         config = load_guard_config()
     except AgentError as e:
         print(json.dumps({"event": "codex.guard.config_error", **e.to_dict()}), flush=True)
         sys.exit(e.exit_code)
-    if sys.argv[1:] == ["--probe"]:
+    if args.probe:
         failed = probe(config)
         print(failed or "healthy")
         sys.exit(1 if failed else 0)

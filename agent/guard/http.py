@@ -1,10 +1,14 @@
-"""Just enough HTTP/1.1 for a Docker API proxy, on asyncio streams.
+"""HTTP/1.1 for a Docker API proxy that never forwards a client's bytes, on asyncio streams.
 
-The guard reads a request's head and (small) body whole, because it must judge them; responses
-are relayed as they arrive: chunk by chunk (``logs?follow=1``, ``wait``), by length, or until the
-engine closes, and a hijacked connection (``attach``: ``101 UPGRADED``) becomes a two-way pipe.
-Nothing is buffered beyond one read. The standard library's ``http.server`` is blocking and one
-thread per connection; aiohttp would be a large dependency for this small a surface.
+Requests are read strictly (:class:`RequestReader`): the head is screened byte by byte first and
+refused when it could be read two ways (a bare LF, which the Engine takes as a line end; a CR
+alone; folded lines; control or non-ASCII bytes; both Content-Length and Transfer-Encoding; a
+length given twice; ``Expect``; anything but HTTP/1.1), then h11, a strict HTTP/1.1 state
+machine, frames it and its body, within head and body timeouts. The guard writes the request it
+sends upstream itself (:func:`upstream_head`). Responses come from the Engine, which the guard
+trusts: they are relayed as they arrive, chunk by chunk (``logs?follow=1``, ``wait``), by length,
+or until the Engine closes, and a hijacked connection (``attach``: ``101 UPGRADED``) becomes a
+two-way pipe. Nothing is buffered beyond one read.
 """
 
 from __future__ import annotations
@@ -12,12 +16,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+
+import h11
 
 __all__ = [
     "MAX_HEAD",
     "MAX_BODY",
+    "BadRequest",
     "BodyTooLarge",
+    "Request",
+    "RequestReader",
+    "upstream_head",
     "Head",
     "read_head",
     "read_body",
@@ -28,9 +39,169 @@ __all__ = [
 
 MAX_HEAD = 64 * 1024
 """Bytes a request or response head may have (the stream limit)."""
-MAX_BODY = 4 * 1024 * 1024
+MAX_BODY = 1024 * 1024
 """Bytes a request body may have: a create is a few kB; a build context is refused anyway."""
 _PIECE = 64 * 1024
+
+_REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE) (/[\x21-\x7e]{0,8191}) HTTP/1\.1$")
+_HEADER_LINE = re.compile(rb"^([!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}):[ ]*([\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?)?[ ]*$")
+_AMBIGUOUS_ENDING = re.compile(rb"(?<!\r)\n|\r(?!\n)")
+_SINGLE = ("content-length", "transfer-encoding", "host", "connection", "upgrade", "content-type")
+
+
+class BadRequest(Exception):
+    """A request the guard will not read: answered with ``status`` and the connection closed."""
+
+    def __init__(self, cause: str, status: int = 400) -> None:
+        self.cause = cause
+        self.status = status
+        super().__init__(cause)
+
+
+@dataclass
+class Request:
+    """One request as the guard read it; nothing of it is sent upstream as it is."""
+
+    method: str
+    target: str
+    headers: dict[str, str]
+    """Lower-cased names, each at most once."""
+    body: bytes = b""
+    leftover: bytes = field(default=b"", repr=False)
+    """Bytes that followed the request (an attach's stdin, once the connection is hijacked)."""
+
+    @property
+    def closes(self) -> bool:
+        """Whether the client asked to close the connection after this request."""
+        return "close" in self.headers.get("connection", "").lower()
+
+    @property
+    def upgrade(self) -> bool:
+        """Whether the client asked to hijack the connection (``attach``)."""
+        return self.headers.get("upgrade", "").lower() == "tcp" and "upgrade" in self.headers.get("connection", "").lower()
+
+
+def screen_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, target and headers of a request head (without its final CR LF CR LF), or BadRequest.
+
+    Raises:
+        BadRequest: anything two HTTP readers could read differently.
+    """
+    if _AMBIGUOUS_ENDING.search(head):
+        raise BadRequest("a line ended by a bare LF or CR (only CR LF ends a line)")
+    lines = head.split(b"\r\n")
+    start = _REQUEST_LINE.fullmatch(lines[0])
+    if not start:
+        raise BadRequest(f"a request line that is not METHOD /target HTTP/1.1 ({lines[0][:60]!r})")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        match = _HEADER_LINE.fullmatch(line)
+        if not match:
+            raise BadRequest(f"a header line with folding, control or non-ASCII bytes ({line[:40]!r})")
+        name = match.group(1).decode().lower()
+        value = (match.group(2) or b"").decode()
+        if name in headers and name in _SINGLE:
+            raise BadRequest(f"the header {name} given twice")
+        headers[name] = f"{headers[name]}, {value}" if name in headers else value
+    if "expect" in headers:
+        raise BadRequest("an Expect header (send the body with the request)")
+    if "transfer-encoding" in headers and "content-length" in headers:
+        raise BadRequest("both Content-Length and Transfer-Encoding")
+    if headers.get("transfer-encoding", "chunked").lower() != "chunked":
+        raise BadRequest(f"Transfer-Encoding {headers['transfer-encoding'][:20]!r} (only chunked)")
+    if not re.fullmatch(r"[0-9]{1,10}", headers.get("content-length", "0")):
+        raise BadRequest("a Content-Length that is not a number")
+    return start.group(1).decode(), start.group(2).decode(), headers
+
+
+class RequestReader:
+    """Reads one client's requests strictly, each within its time budget.
+
+    Args:
+        reader: the client's stream.
+        max_body: bytes a body may have.
+    """
+
+    def __init__(self, reader: asyncio.StreamReader, max_body: int = MAX_BODY) -> None:
+        self.reader = reader
+        self.max_body = max_body
+        self.buffer = b""
+
+    async def _more(self, deadline: float, what: str, status: int) -> bytes:
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            piece = await asyncio.wait_for(self.reader.read(_PIECE), timeout=max(remaining, 0.001))
+        except asyncio.TimeoutError:
+            raise BadRequest(f"{what} did not arrive in time", status) from None
+        return piece
+
+    async def next(self, idle: float, head_timeout: float, body_timeout: float) -> Request | None:
+        """The next request; None when the client closed or stayed idle ``idle`` seconds between requests.
+
+        Raises:
+            BadRequest: a request the guard will not read, or one that came too slowly.
+        """
+        loop = asyncio.get_running_loop()
+        if not self.buffer:
+            try:
+                self.buffer = await asyncio.wait_for(self.reader.read(_PIECE), timeout=idle)
+            except asyncio.TimeoutError:
+                return None
+            if not self.buffer:
+                return None
+        deadline = loop.time() + head_timeout
+        while (end := self.buffer.find(b"\r\n\r\n")) < 0:
+            if _AMBIGUOUS_ENDING.search(self.buffer[:-1]):
+                raise BadRequest("a line ended by a bare LF or CR (only CR LF ends a line)")
+            if len(self.buffer) > MAX_HEAD:
+                raise BadRequest(f"a request head over {MAX_HEAD} bytes", 431)
+            piece = await self._more(deadline, "the request head", 408)
+            if not piece:
+                raise BadRequest("the connection closed inside a request head")
+            self.buffer += piece
+        if end > MAX_HEAD:
+            raise BadRequest(f"a request head over {MAX_HEAD} bytes", 431)
+        method, target, headers = screen_head(self.buffer[:end])
+        connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
+        connection.receive_data(self.buffer)
+        self.buffer = b""
+        parts: list[bytes] = []
+        size = 0
+        deadline = loop.time() + body_timeout
+        try:
+            while True:
+                event = connection.next_event()
+                if event is h11.NEED_DATA:
+                    piece = await self._more(deadline, "the request body", 408)
+                    connection.receive_data(piece)
+                elif isinstance(event, h11.Data):
+                    size += len(event.data)
+                    if size > self.max_body:
+                        raise BadRequest(f"a request body over {self.max_body} bytes", 413)
+                    parts.append(bytes(event.data))
+                elif isinstance(event, h11.EndOfMessage):
+                    break
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise BadRequest("the connection closed inside a request body")
+        except h11.RemoteProtocolError as e:
+            raise BadRequest(f"not a well-formed HTTP/1.1 request ({e})") from None
+        self.buffer = bytes(connection.trailing_data[0])
+        return Request(method, target, headers, b"".join(parts))
+
+    def take_leftover(self) -> bytes:
+        """What the client sent after the last request (a hijacked stream's first bytes)."""
+        data, self.buffer = self.buffer, b""
+        return data
+
+
+def upstream_head(method: str, target: str, body: bytes, *, upgrade: bool = False) -> bytes:
+    """A request head the guard writes itself: its own target, Host and framing, nothing of the client's."""
+    lines = [f"{method} {target} HTTP/1.1", "Host: docker", "User-Agent: codex-guard"]
+    if body or method in ("POST", "PUT"):
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    if upgrade:
+        lines += ["Connection: Upgrade", "Upgrade: tcp"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("ascii")
 
 
 class BodyTooLarge(Exception):

@@ -13,13 +13,14 @@ from agent.guard.policy import (
     GUARD_LABEL,
     Refusal,
     ShardPolicy,
-    container_list_query,
     create_request,
     judge_volume,
     may_inspect,
     own_volumes,
     route,
+    upstream_target,
 )
+from agent.job_policy import decode_body, workspace_name
 from agent.sandbox import Sandbox, load_sandbox
 
 HOME = "/home/app/.codex"
@@ -58,24 +59,26 @@ def with_host(**fields: Any) -> dict[str, Any]:
 
 class TestRoute:
     @pytest.mark.parametrize(("method", "target", "kind"), [
-        ("GET", "/_ping", "ping"), ("HEAD", "/v1.41/_ping", "ping"), ("GET", "/v1.41/version", "ping"),
-        ("POST", "/v1.41/containers/create?name=x", "create"), ("GET", "/containers/json?all=1", "containers"),
-        ("GET", "/v1.41/images/codex-worker-agent/job:dev/json", "image"), ("GET", "/volumes", "volumes"),
-        ("GET", "/volumes/codex_ws_r1", "volume"), ("POST", "/v1.41/containers/abc/attach?stream=1", "container"),
-        ("DELETE", "/containers/abc?force=1", "container"), ("GET", "/containers/abc/archive?path=/x", "container"),
+        ("GET", "/_ping", "ping"), ("HEAD", "/_ping", "ping"), ("GET", "/version", "version"),
+        ("HEAD", "/v1.41/_ping", "ping"), ("GET", "/v1.41/version", "version"),
+        ("POST", "/v1.41/containers/create?name=x", "create"), ("GET", "/v1.41/containers/json?all=1", "containers"),
+        ("GET", "/v1.41/images/codex-worker-agent/job:dev/json", "image"), ("GET", "/v1.41/volumes", "volumes"),
+        ("GET", "/v1.41/volumes/codex_ws_r1", "volume"), ("POST", "/v1.41/containers/abc/attach?stream=1", "container"),
+        ("DELETE", "/v1.41/containers/abc?force=1", "container"), ("GET", "/v1.41/containers/abc/archive?path=/x", "container"),
     ], ids=lambda v: v if isinstance(v, str) else None)
     def test_what_a_job_launch_needs_is_allowed(self, method: str, target: str, kind: str) -> None:
         """Ping, create, the own-container verbs, image inspect and volume reads are routed."""
         assert route(POLICY, method, target).kind == kind
 
     @pytest.mark.parametrize(("method", "target"), [
-        ("POST", "/containers/abc/exec"), ("POST", "/exec/abc/start"), ("POST", "/containers/abc/update"),
-        ("POST", "/commit?container=abc"), ("PUT", "/containers/abc/archive?path=/"), ("POST", "/build"),
-        ("POST", "/images/create?fromImage=x"), ("GET", "/info"), ("GET", "/events"), ("POST", "/networks/create"),
-        ("GET", "/swarm"), ("POST", "/swarm/init"), ("GET", "/plugins"), ("GET", "/secrets"), ("GET", "/configs"),
-        ("DELETE", "/volumes/codex_auth_1"), ("POST", "/volumes/create"), ("POST", "/containers/abc/rename"),
-        ("GET", "/containers/../images/json"), ("GET", "/images/../containers/abc/json"), ("GET", "/images/a%2F..%2Fb/json"),
-        ("GET", "/v1.41//info"), ("GET", "/v1.41/v1.41/_ping"),
+        ("POST", "/v1.41/containers/abc/exec"), ("POST", "/v1.41/exec/abc/start"), ("POST", "/v1.41/containers/abc/update"),
+        ("POST", "/v1.41/commit?container=abc"), ("PUT", "/v1.41/containers/abc/archive?path=/"), ("POST", "/v1.41/build"),
+        ("POST", "/v1.41/images/create?fromImage=x"), ("GET", "/v1.41/info"), ("GET", "/v1.41/events"),
+        ("POST", "/v1.41/networks/create"), ("GET", "/v1.41/swarm"), ("POST", "/v1.41/swarm/init"), ("GET", "/v1.41/plugins"),
+        ("GET", "/v1.41/secrets"), ("GET", "/v1.41/configs"), ("DELETE", "/v1.41/volumes/codex_auth_1"),
+        ("POST", "/v1.41/volumes/create"), ("POST", "/v1.41/containers/abc/rename"),
+        ("GET", "/v1.41/containers/../images/json"), ("GET", "/v1.41/images/../containers/abc/json"),
+        ("GET", "/v1.41/images/a%2F..%2Fb/json"), ("GET", "/v1.41//info"), ("GET", "/v1.41/v1.41/_ping"),
     ], ids=lambda v: v)
     def test_everything_else_is_e045_rule_endpoint(self, method: str, target: str) -> None:
         """Exec, update, commit, build, pull, networks, swarm, plugins, secrets, configs…: 403 E045."""
@@ -84,6 +87,44 @@ class TestRoute:
         assert info.value.error.code == "CODEX-E045" and info.value.rule == "endpoint"
         body = json.loads(info.value.body())
         assert body["code"] == "CODEX-E045" and body["rule"] == "endpoint" and body["message"].startswith("CODEX-E045 shard 0")
+
+    @pytest.mark.parametrize("version", [f"1.{minor}" for minor in range(12, 100) if minor != 41] + ["2.0", "1.410"])
+    def test_only_the_pinned_api_version_is_served(self, version: str) -> None:
+        """Every other version prefix (an old one replaces HostConfig at start) is refused."""
+        with pytest.raises(Refusal) as info:
+            route(POLICY, "POST", f"/v{version}/containers/abc/start")
+        assert info.value.rule in ("api-version", "endpoint")
+
+    def test_a_call_without_a_version_is_refused(self) -> None:
+        """Only /_ping and /version are served unversioned (clients negotiate from them)."""
+        with pytest.raises(Refusal) as info:
+            route(POLICY, "POST", "/containers/create")
+        assert info.value.rule == "api-version"
+
+    @pytest.mark.parametrize("target", [
+        "/v1.41/containers/abc/logs?stdout=1&stdout=0", "/v1.41/containers/abc/logs?privileged=1",
+        "/v1.41/containers/abc/kill?signal=KILL%0D%0AGET", "/v1.41/containers/create?name=a%0d%0aX:%20y",
+        "/v1.41/containers/abc/archive?path=/x%0a", "/v1.41/containers/json?filters=%5B1%5D",
+        "/v1.41/containers/abc/wait?condition=anything",
+    ], ids=lambda v: v)
+    def test_query_parameters_are_checked_one_by_one(self, target: str) -> None:
+        """Unknown, repeated, or ill-formed parameters (CR LF included) are refused, rule query."""
+        method = "GET" if "/logs" in target or "/archive" in target or "/json" in target else "POST"
+        with pytest.raises(Refusal) as info:
+            route(POLICY, method, target)
+        assert info.value.rule == "query"
+
+    def test_the_upstream_target_is_written_by_the_guard(self) -> None:
+        """Pinned version, the full ID in place of the client's reference, parameters re-encoded."""
+        full = "a" * 64
+        call = route(POLICY, "GET", "/v1.41/containers/shortname/logs?stdout=1&tail=all&follow=True")
+        assert upstream_target(POLICY, call, full) == f"/v1.41/containers/{full}/logs?stdout=1&tail=all&follow=True"
+        remove = route(POLICY, "DELETE", "/v1.41/containers/x?force=True&v=False")
+        assert upstream_target(POLICY, remove, full) == f"/v1.41/containers/{full}?force=True&v=False"
+        with pytest.raises(ValueError):
+            upstream_target(POLICY, call, "abc")  # a prefix is never sent
+        create = route(POLICY, "POST", "/v1.41/containers/create?name=job-1")
+        assert upstream_target(POLICY, create) == "/v1.41/containers/create?name=job-1"
 
 
 class TestCreate:
@@ -159,7 +200,7 @@ class TestCreate:
 class TestVolumesAndContainers:
     def test_a_named_volume_must_be_the_shards(self) -> None:
         """New: create it; labelled for this shard: use it; anyone else's or a login: refused."""
-        assert judge_volume(POLICY, "codex_ws_r1", None) is True
+        assert judge_volume(POLICY, workspace_name("codex_auth_0", "r1"), None) is True
         assert judge_volume(POLICY, "codex_ws_r1", {"Labels": {GUARD_LABEL: "codex_auth_0"}}) is False
         with pytest.raises(Refusal) as other:
             judge_volume(POLICY, "codex_ws_r2", {"Labels": {GUARD_LABEL: "codex_auth_1"}})
@@ -173,10 +214,11 @@ class TestVolumesAndContainers:
 
     def test_listings_are_narrowed_to_the_shard(self) -> None:
         """Container list gains the guard label filter; volume list keeps the login and own workspaces."""
-        target = container_list_query(POLICY, "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A+%5B%22codex.shard%3D0%22%5D%7D")
+        call = route(POLICY, "GET", "/v1.41/containers/json?all=1&filters=%7B%22label%22%3A+%5B%22codex.shard%3D0%22%5D%7D")
+        target = upstream_target(POLICY, call)
         query = dict(p.split("=", 1) for p in target.split("?", 1)[1].split("&"))
-        from urllib.parse import unquote_plus
-        assert json.loads(unquote_plus(query["filters"]))["label"] == ["codex.shard=0", f"{GUARD_LABEL}=codex_auth_0"] and query["all"] == "1"
+        from urllib.parse import unquote
+        assert json.loads(unquote(query["filters"]))["label"] == ["codex.shard=0", f"{GUARD_LABEL}=codex_auth_0"] and query["all"] == "1"
         listing = {"Volumes": [{"Name": "codex_auth_0"}, {"Name": "codex_auth_1"}, {"Name": "ws", "Labels": {GUARD_LABEL: "codex_auth_0"}},
                                {"Name": "ws1", "Labels": {GUARD_LABEL: "codex_auth_1"}}], "Warnings": None}
         assert [v["Name"] for v in own_volumes(POLICY, listing)["Volumes"]] == ["codex_auth_0", "ws"]
@@ -222,3 +264,90 @@ class TestConfig:
         with pytest.raises(ConfigError) as info:
             load_sandbox({variable: value})
         assert info.value.facts["variable"] == variable
+
+
+KELVIN, LONG_S = "\u212a", "\u017f"
+
+
+class TestStrictBody:
+    @pytest.mark.parametrize(("raw", "needle"), [
+        (b'{"Image": "a", "Image": "b"}', "twice"), (b'{"Image": NaN}', "NaN"), (b'{"a": "\\ud800"}', "surrogate"),
+        (b"\xff\xfe{}", "utf-8"), (b"[" * 40 + b"]" * 40, "deeper"), (b'{"n": 1e999999}', "Infinity"),
+        (b'{"n": 99999999999999999999999}', "64 bits"),
+    ], ids=["duplicate", "nan", "surrogate", "not-utf8", "deep", "infinity", "big-int"])
+    def test_what_go_and_python_read_differently_is_refused(self, raw: bytes, needle: str) -> None:
+        """Duplicate keys, NaN, lone surrogates, other encodings, deep nesting, huge numbers: ValueError."""
+        with pytest.raises((ValueError, UnicodeError)):
+            decode_body(raw)
+
+    def test_brackets_inside_strings_do_not_count_as_depth(self) -> None:
+        """A label value full of brackets is data, not nesting."""
+        assert decode_body(json.dumps({"Labels": {"a": "[" * 100}}).encode())["Labels"]["a"] == "[" * 100
+
+    @pytest.mark.parametrize("body", [
+        {**CLI_BODY, "image": "x"},
+        with_host(Mounts=[{"type": "bind", "source": "/", "target": "/h"}]),
+        with_host(Mounts=[{"Type": "tmpfs", "Target": "/t"}, {"Type": "volume", "Source": "v", "Target": "/v",
+                                                               "type": "bind", "source": "/"}]),
+        with_host(privileged=True), with_host(**{f"Privileged": False, f"privileged": True}),
+        with_host(Mounts=[{"Type": "volume", "Source": "v", "Target": "/v", "volumeoptions": {"driverconfig": {"Name": "local"}}}]),
+        with_host(Mounts=[{"Type": "volume", "Source": "v", "Target": "/v", "VolumeOptions": {"DriverConfig": None, "driverConfig": {"Name": "x"}}}]),
+        {**CLI_BODY, "hostconfig": {"Privileged": True}},
+        {**CLI_BODY, f"Ho{LONG_S}tConfig": {"Privileged": True}},
+        with_host(**{f"{KELVIN}ernelMemory": 1}), with_host(Mounts=[{"Type": "volume", f"{LONG_S}ource": "/", "Target": "/v"}]),
+        {**CLI_BODY, "NetworkingConfig": {"endpointsconfig": {"host": {}}}},
+    ], ids=["top", "mount-lower", "tmpfs-decoy", "host-lower", "host-both", "volumeoptions-lower",
+            "driverconfig-mixed", "hostconfig-lower", "long-s", "kelvin", "mount-long-s", "networking-lower"])
+    def test_a_key_that_only_folds_to_a_field_name_is_refused(self, body: dict[str, Any]) -> None:
+        """Keys in other letter cases or Unicode folds, at every level: rule ambiguous-key."""
+        assert refused(body).rule == "ambiguous-key"
+
+    def test_map_keys_are_data_not_field_names(self) -> None:
+        """Labels, Tmpfs targets and Volumes keys may be spelt like fields: they are map keys in Go too."""
+        body = {**CLI_BODY, "Labels": {"image": "x", "team": "a"}}
+        assert create_request(POLICY, body).body["Labels"]["image"] == "x"
+
+    @pytest.mark.parametrize(("labels", "allowed"), [
+        ({"codex.queue": "codex-0", "codex.run_id": "r1", "codex.task_id": "t", "codex.worker": "w"}, True),
+        ({"codex.metrics.port": "9808"}, False), ({"com.docker.compose.project": "codex"}, False),
+        ({"com.docker.compose.service": "codex-worker-1"}, False), ({"codex.anything": "x"}, False),
+        ({"team": "a\nb"}, False),
+    ], ids=["worker-labels", "metrics-port", "compose-project", "compose-service", "other-codex", "newline"])
+    def test_one_list_of_labels_a_client_may_not_set(self, labels: dict[str, str], allowed: bool) -> None:
+        """The worker's four run labels pass; every other codex.* and com.docker.compose.* is refused."""
+        body = {**CLI_BODY, "Labels": labels}
+        if allowed:
+            assert create_request(POLICY, body).body["Labels"]["codex.run_id"] == "r1"
+        else:
+            assert refused(body).rule in ("forged-label", "create-option")
+
+    @pytest.mark.parametrize(("fields", "rule"), [
+        ({"CpuShares": 262144}, "limit"), ({"ShmSize": 64 * 1024**3}, "limit"), ({"MemoryReservation": 64 * 1024**3}, "limit"),
+        ({"CgroupnsMode": "host"}, "create-option"), ({"IpcMode": "shareable"}, "create-option"),
+        ({"Binds": [f"{workspace_name('codex_auth_0', str(i))}:/w{i}" for i in range(5)]}, "volume-count"),
+        ({"Tmpfs": {"//home/app/.codex": ""}}, "job-home"), ({"Mounts": [{"Type": "tmpfs", "Target": "//home/app/.codex"}]}, "job-home"),
+        ({"Binds": ["v:/x", "v:/y\r\nHost: x"]}, "create-option"),
+    ], ids=["cpu-weight", "shm", "reservation", "cgroupns-host", "ipc-shareable", "volume-minting", "tmpfs-double-slash",
+            "tmpfs-mount-double-slash", "crlf-target"])
+    def test_limits_namespaces_and_volume_counts(self, fields: dict[str, Any], rule: str) -> None:
+        """CPU weight, shm size, reservations, cgroup and IPC namespaces, volumes per create, job-home paths."""
+        assert refused(with_host(**fields)).rule == rule
+
+    def test_anonymous_volumes_are_not_minted(self) -> None:
+        """A Volumes entry no bind covers would make the Engine create a volume: refused; covered ones pass."""
+        assert refused({**CLI_BODY, "Volumes": {"/anon": {}}}).rule == "volume-count"
+        covered = {**with_host(Binds=["scratch:/data"]), "Volumes": {"/data": {}, HOME: {}}}
+        assert create_request(POLICY, covered).body["Volumes"] == {"/data": {}}
+
+    def test_every_job_gets_private_cgroup_and_ipc_namespaces(self) -> None:
+        """The Engine's default on this cgroup-v1 host is the host's cgroup namespace: the policy says private."""
+        host = create_request(POLICY, CLI_BODY).body["HostConfig"]
+        assert (host["CgroupnsMode"], host["IpcMode"]) == ("private", "private")
+
+    def test_new_workspaces_must_be_in_the_shards_namespace(self) -> None:
+        """A shard cannot squat a name another shard's run will need."""
+        with pytest.raises(Refusal) as info:
+            judge_volume(POLICY, workspace_name("codex_auth_1", "r1"), None)
+        assert info.value.rule == "workspace-name"
+        assert workspace_name("codex_auth_1", "x").startswith("codex_ws_") and len({
+            workspace_name(v, "r") for v in ("codex_auth_1", "codex_auth_10", "codex_auth_1_0")}) == 3
