@@ -58,13 +58,16 @@ RESERVED_LABEL_PREFIXES = ("codex.", "com.docker.compose.")
 """Label prefixes task code may not set: ``codex.*`` names shards, runs, logins and metrics
 targets; ``com.docker.compose.*`` would make a job look like a compose service."""
 
-WORKER_LABELS = frozenset({"codex.queue", "codex.run_id", "codex.task_id", "codex.worker"})
+WORKER_LABELS = frozenset({"codex.queue", "codex.run_id", "codex.task_id", "codex.worker", "codex.purpose"})
 """``codex.*`` labels the shard's worker sets on its jobs (the launcher writes them): accepted as the
 worker's own account of the run, in a checked form. ``codex.shard``, ``codex.volume`` and
 :data:`GUARD_LABEL` are imposed; every other reserved label is refused."""
 
-MAX_CREATE_BODY = 1024 * 1024
+MAX_CREATE_BODY = 256 * 1024
 """Bytes a create body may have; a job's create is a few kB."""
+MAX_ITEMS = 4096
+"""Members and list items a body may have (counted by its commas before parsing, so a wide body costs
+nothing to refuse); a job's create has a few dozen."""
 MAX_DEPTH = 16
 """Nesting a create body may have; the deepest field the policy reads is at depth 5."""
 MAX_VOLUMES_PER_CREATE = 4
@@ -205,11 +208,13 @@ def decode_body(raw: bytes, limit: int = MAX_CREATE_BODY) -> Any:
     """A request body as JSON, read strictly: what Go and Python could read differently is refused.
 
     Raises:
-        ValueError: not UTF-8, above ``limit`` bytes, a duplicate key, NaN or Infinity, nested
+        ValueError: not UTF-8, above ``limit`` bytes or :data:`MAX_ITEMS` items, a duplicate key, NaN or Infinity, nested
             deeper than :data:`MAX_DEPTH`, an integer beyond 64 bits or a lone surrogate.
     """
     if len(raw) > limit:
         raise ValueError(f"a body of {len(raw)} bytes (at most {limit})")
+    if raw.count(b",") > MAX_ITEMS:
+        raise ValueError(f"more than {MAX_ITEMS} members and items")
     text = raw.decode("utf-8")  # UnicodeDecodeError is a ValueError
     # Depth before parsing: the C parser recurses, and a deep body costs before it fails.
     depth = 0

@@ -43,7 +43,8 @@ SUITES: tuple[Suite, ...] = (
     ("metrics", bench_metrics, (("12a", "Per-task metrics overhead"), ("12b", "Metrics scrape latency"),
                                 ("12c", "Resident memory added by the metrics"))),
     ("events", bench_events, (("12d", "Celery task events on, per task"),)),
-    ("guard", bench_guard, (("13", "Job launch through the Docker API guard"),)),
+    ("guard", bench_guard, (("13", "Job launch through the Docker API guard"),
+                            ("13b", "Job launch through the guard while another shard floods it"))),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 

@@ -17,7 +17,7 @@ def _raw_run(client: Any, image: str, volume: str) -> None:
     """What task code would write without the agent: the same image, command, volume, user, env."""
     client.containers.run(  # raises ContainerError unless the CLI exits 0 (logged in)
         image, COMMAND, volumes={volume: {"bind": JOB_HOME, "mode": "rw"}}, environment={"CODEX_HOME": JOB_HOME},
-        user="1000:1000", labels={"codex.test": "1"}, remove=True, stdout=True, stderr=True,
+        user="1000:1000", labels={"cwa.test": "1"}, remove=True, stdout=True, stderr=True,
     )
 
 

@@ -38,7 +38,7 @@ def _raw_phase(client: Any, image: str, volume: str, workspace: str, refresh_url
         image, ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/workspace", prompt],
         volumes={volume: {"bind": JOB_HOME, "mode": "rw"}, workspace: {"bind": "/workspace", "mode": "rw"}},
         environment={"CODEX_HOME": JOB_HOME, "CODEX_REFRESH_TOKEN_URL_OVERRIDE": refresh_url},
-        user="1000:1000", network_mode="host", labels={"codex.test": "1"}, remove=True, stdout=True, stderr=True,
+        user="1000:1000", network_mode="host", labels={"cwa.test": "1"}, remove=True, stdout=True, stderr=True,
         **extra,
     )
 

@@ -101,7 +101,7 @@ class LoginFiles:
 
     def put_into_volume(self, client: Any, image: str, volume: str, *, uid: int = 1000, gid: int = 1000) -> None:
         """Write into a Docker named volume through a created, never started, container of ``image``."""
-        container = client.containers.create(image, command=["true"], volumes=[f"{volume}:/v:rw"], labels={"codex.test": "1"})
+        container = client.containers.create(image, command=["true"], volumes=[f"{volume}:/v:rw"], labels={"cwa.test": "1"})
         try:
             container.put_archive("/v", self.tar(uid, gid))
         finally:

@@ -87,7 +87,7 @@ def make_api_key_login_in_volume(
     Raises:
         LoginFailed: the container exited non-zero.
     """
-    argv = ["docker", "run", "--rm", "-i", "--label", "codex.test=1"]
+    argv = ["docker", "run", "--rm", "-i", "--label", "cwa.test=1"]
     argv += ["-v", f"{volume}:{codex_home}", "-e", f"CODEX_HOME={codex_home}"]
     argv += ["--entrypoint", "codex", image, "login", "--with-api-key"]
     return _login(argv, None)

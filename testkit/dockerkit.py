@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 #: Every volume and container the tests create carries this label.
-TEST_LABEL = {"codex.test": "1"}
+TEST_LABEL = {"cwa.test": "1"}
 TEST_PREFIX = "cwa_test_"
 BUILD_TIMEOUT_S = 1800
 
@@ -179,7 +179,7 @@ class VolumeFactory:
             uid: owner of the volume root; None leaves Docker's default (root).
             gid: group of the volume root; None leaves Docker's default (root).
             mode: mode of the volume root, e.g. ``0o700``; None leaves Docker's default.
-            labels: extra labels besides ``codex.test=1``.
+            labels: extra labels besides ``cwa.test=1``.
 
         Returns:
             The volume; it and every container using it are removed at teardown.

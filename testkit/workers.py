@@ -78,7 +78,7 @@ class ShardHome:
     @classmethod
     def create(cls, docker_client: Any, base: Path, volume: str | None = None) -> ShardHome:
         name = volume or f"cwa_test_{uuid.uuid4().hex[:10]}"
-        created = docker_client.volumes.create(name=name, labels={"codex.test": "1"})
+        created = docker_client.volumes.create(name=name, labels={"cwa.test": "1"})
         source = Path(created.attrs["Mountpoint"])
         home = base / f"home-{name}"
         (home / ".codex").mkdir(parents=True)

@@ -39,8 +39,8 @@ __all__ = [
 
 MAX_HEAD = 64 * 1024
 """Bytes a request or response head may have (the stream limit)."""
-MAX_BODY = 1024 * 1024
-"""Bytes a request body may have: a create is a few kB; a build context is refused anyway."""
+MAX_BODY = 256 * 1024
+"""Bytes a request body may have: a create is a few kB (:data:`agent.job_policy.MAX_CREATE_BODY`)."""
 _PIECE = 64 * 1024
 
 _REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE) (/[\x21-\x7e]{0,8191}) HTTP/1\.1$")
@@ -162,6 +162,8 @@ class RequestReader:
         if end > MAX_HEAD:
             raise BadRequest(f"a request head over {MAX_HEAD} bytes", 431)
         method, target, headers = screen_head(self.buffer[:end])
+        if int(headers.get("content-length", "0")) > self.max_body:
+            raise BadRequest(f"a request body of {headers['content-length']} bytes (at most {self.max_body})", 413)
         connection = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
         connection.receive_data(self.buffer)
         self.buffer = b""

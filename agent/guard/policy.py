@@ -97,7 +97,7 @@ _FILTERS = "filters"
 _QUERY: dict[str, dict[str, re.Pattern[str] | str]] = {
     "ping": {}, "version": {}, "image": {}, "volume": {},
     "create": {"name": _CREATE_NAME, "platform": _PLATFORM},
-    "containers": {"all": _BOOL, "limit": _INT, "size": _BOOL, "trunc": _BOOL, "since": _REFERENCE,
+    "containers": {"all": _BOOL, "limit": _INT, "size": _BOOL, "trunc": _BOOL, "trunc_cmd": _BOOL, "since": _REFERENCE,
                    "before": _REFERENCE, _FILTERS: _FILTERS},
     "volumes": {_FILTERS: _FILTERS},
     "inspect": {"size": _BOOL},

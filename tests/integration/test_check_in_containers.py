@@ -39,7 +39,7 @@ def _check(
         environment={"CODEX_SHARD_INDEX": "0", "CODEX_VOLUME_NAME": expected_volume, "HOME": HOME},
         volumes=volumes,
         group_add=group_add,
-        labels={"codex.test": "1"},
+        labels={"cwa.test": "1"},
     )
     cleanup.container(container)
     container.start()
@@ -165,7 +165,7 @@ class TestTwoContainers:
         """Two containers, one named volume: the second's claim check is CODEX-E010 naming the first container."""
         holder = docker_client.containers.run(
             images.worker, ["-c", HOLD], entrypoint=["python3"], volumes=_rw(logged_in_volume),
-            detach=True, labels={"codex.test": "1"},
+            detach=True, labels={"cwa.test": "1"},
         )
         docker_cleanup.container(holder)
         wait_until(lambda: b"held" in holder.logs(), 30, what="the first container to hold the claim")

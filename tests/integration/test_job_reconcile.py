@@ -1,7 +1,7 @@
 """Orphaned job containers on the real Docker engine, swept by real `worker-entry` processes.
 
 The orphans are made the way the launcher makes job containers (``JobLauncher.policy`` and
-``job_create_args``, then the SDK's ``containers.create``), and left as a kill would leave them:
+``job_create_args``, then the SDK's ``create_container_from_config``), and left as a kill would leave them:
 exited, created but never started, or still running.
 """
 
@@ -44,7 +44,8 @@ class Orphans:
         context = {"queue": "codex-0", "shard": 0, "volume": self.volume, "worker": worker,
                    "run_id": f"run-{task_id}", "task_id": task_id}
         policy = JobLauncher(self.client, config, self.volume, context).policy(list_auth_volumes=False)
-        container = self.client.containers.create(**job_create_args(policy, self.images.busybox, command))
+        create = job_create_args(policy, self.images.busybox, command)
+        container = self.client.containers.get(self.client.api.create_container_from_config(create.body, create.name)["Id"])
         self.cleanup.container(container)
         if start:
             container.start()

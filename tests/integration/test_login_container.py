@@ -41,7 +41,7 @@ def hanging_codex_image(docker_client: docker.DockerClient, images: Images) -> I
         f"FROM {images.busybox}\n"
         "RUN printf '#!/bin/sh\\nexec sleep 120\\n' > /bin/codex && chmod 755 /bin/codex\n"
     )
-    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, labels={"codex.test": "1"})
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, labels={"cwa.test": "1"})
     yield tag
     docker_client.images.remove(tag, force=True)
 

@@ -18,7 +18,7 @@ import shutil
 import string
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,19 +181,19 @@ ATTEMPTS: list[tuple[str, str, Any, str, str]] = [
     ("cli-swarm-init", "cli", ["swarm", "init"], E045, "endpoint"),
     ("cli-plugin-ls", "cli", ["plugin", "ls"], E045, "endpoint"),
     ("http-ipc-host", "http", ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"IpcMode": "host"}}'), E041, "create-option"),
-    ("http-privileged", "http", ("POST", "/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Privileged": true}}'), E041, "create-option"),
-    ("http-volume-driver-bind", "http", ("POST", "/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "rtx", "Target": "/x", "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}}}]}}'), E041, "host-bind"),
-    ("http-update-own-job", "http", ("POST", "/containers/$OWN_JOB/update", '{"Privileged": true, "Memory": 0}'), E045, "endpoint"),
-    ("http-commit-own-job", "http", ("POST", "/commit?container=$OWN_JOB", "{}"), E045, "endpoint"),
-    ("http-image-pull", "http", ("POST", "/images/create?fromImage=alpine&tag=latest", ""), E045, "endpoint"),
-    ("http-swarm", "http", ("GET", "/swarm", ""), E045, "endpoint"),
-    ("http-plugins-pull", "http", ("POST", "/plugins/pull?remote=vieux/sshfs", "[]"), E045, "endpoint"),
-    ("http-secret-create", "http", ("POST", "/secrets/create", '{"Name": "x", "Data": "eA=="}'), E045, "endpoint"),
-    ("http-configs", "http", ("GET", "/configs", ""), E045, "endpoint"),
-    ("http-info", "http", ("GET", "/info", ""), E045, "endpoint"),
-    ("http-logs-other-shard-job", "http", ("GET", "/containers/$VICTIM_JOB/logs?stdout=1&stderr=1", ""), E045, "foreign-container"),
-    ("http-inspect-other-shard-volume", "http", ("GET", "/volumes/$THEIRS", ""), E045, "foreign-volume"),
-    ("http-inspect-other-worker", "http", ("GET", "/containers/$VICTIM/json", ""), E045, "foreign-container"),
+    ("http-privileged", "http", ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Privileged": true}}'), E041, "create-option"),
+    ("http-volume-driver-bind", "http", ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "rtx", "Target": "/x", "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}}}]}}'), E041, "host-bind"),
+    ("http-update-own-job", "http", ("POST", "/v1.41/containers/$OWN_JOB/update", '{"Privileged": true, "Memory": 0}'), E045, "endpoint"),
+    ("http-commit-own-job", "http", ("POST", "/v1.41/commit?container=$OWN_JOB", "{}"), E045, "endpoint"),
+    ("http-image-pull", "http", ("POST", "/v1.41/images/create?fromImage=alpine&tag=latest", ""), E045, "endpoint"),
+    ("http-swarm", "http", ("GET", "/v1.41/swarm", ""), E045, "endpoint"),
+    ("http-plugins-pull", "http", ("POST", "/v1.41/plugins/pull?remote=vieux/sshfs", "[]"), E045, "endpoint"),
+    ("http-secret-create", "http", ("POST", "/v1.41/secrets/create", '{"Name": "x", "Data": "eA=="}'), E045, "endpoint"),
+    ("http-configs", "http", ("GET", "/v1.41/configs", ""), E045, "endpoint"),
+    ("http-info", "http", ("GET", "/v1.41/info", ""), E045, "endpoint"),
+    ("http-logs-other-shard-job", "http", ("GET", "/v1.41/containers/$VICTIM_JOB/logs?stdout=1&stderr=1", ""), E045, "foreign-container"),
+    ("http-inspect-other-shard-volume", "http", ("GET", "/v1.41/volumes/$THEIRS", ""), E045, "foreign-volume"),
+    ("http-inspect-other-worker", "http", ("GET", "/v1.41/containers/$VICTIM/json", ""), E045, "foreign-container"),
 ]
 
 
@@ -273,10 +273,10 @@ LAUNCHER_ATTEMPTS: list[tuple[str, dict[str, Any], str]] = [
     ("privileged", {"privileged": True}, "privileged="),
     ("cap-add", {"cap_add": ["SYS_ADMIN"]}, "cap_add="),
     ("pid-host", {"pid_mode": "host"}, "pid_mode="),
-    ("network-host", {"network_mode": "host"}, "network_mode="),
-    ("docker-socket", {"volumes": {"/var/run/docker.sock": {"bind": "/s", "mode": "rw"}}}, "volumes="),
+    ("network-host", {"network_mode": "host"}, "NetworkMode"),
+    ("docker-socket", {"volumes": {"/var/run/docker.sock": {"bind": "/s", "mode": "rw"}}}, "HostConfig.Binds"),
     ("volumes-from", {"volumes_from": ["x"]}, "volumes_from="),
-    ("root-user", {"user": "0:0"}, "user="),
+    ("root-user", {"user": "0:0"}, "User"),
     ("forged-label", {"labels": {"codex.shard": "1"}}, "labels="),
 ]
 
@@ -414,3 +414,195 @@ class TestTheTestOfTheTest:
         """The raw socket lets anyone read another shard's login: exactly what the guard refuses."""
         exec_id = range_.raw.api.exec_create(range_.victim_worker.id, ["ls", HOME])
         assert exec_id["Id"]
+
+
+# -- bytes the Engine reads differently from a Python reader (issue: the guard writes every byte) --------
+
+RAW = """
+import base64, json, os, re, socket, sys
+for data in json.loads(sys.argv[1]):
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(15)
+    s.connect(os.environ["DOCKER_HOST"][len("unix://"):])
+    s.sendall(base64.b64decode(data))
+    out = b""
+    try:
+        while chunk := s.recv(65536):
+            out += chunk
+    except socket.timeout:
+        pass
+    s.close()
+    head, _, rest = out.partition(b"\\r\\n\\r\\n")
+    try:
+        message = json.loads(rest or b"{}").get("message", "")
+    except ValueError:
+        message = rest[:200].decode("utf-8", "replace")
+    answers = len(re.findall(rb"HTTP/1\\.1 [0-9]{3} [A-Z]", out))
+    print(json.dumps({"status": int(head.split()[1]) if head else 0, "answers": answers, "message": message}))
+"""
+
+SMUGGLED = "rtsmuggle"
+"""Name prefix of every container a smuggled request would create: none may exist afterwards."""
+
+
+Bytes = Callable[[dict[str, str]], str]
+"""An attempt's bytes, written once the range's names are known (lengths follow the names)."""
+
+
+def _request(method: str, target: str, body: str = "", *, lines: list[str] | None = None, eol: str = "\r\n",
+             close: bool = True) -> Bytes:
+    def write(env: dict[str, str]) -> str:
+        path, text = (string.Template(x).safe_substitute(env) for x in (target, body))
+        head = [f"{method} {path} HTTP/1.1", "Host: docker", *(lines if lines is not None else
+                ["Content-Type: application/json", f"Content-Length: {len(text.encode())}"]),
+                *(["Connection: close"] if close else [])]
+        return eol.join(head) + eol + eol + text
+    return write
+
+
+def _then(first: Bytes, second: Bytes, eol: str) -> Bytes:
+    return lambda env: first(env) + second(env).replace("\r\n", eol)
+
+
+def _create(host: dict[str, Any] | str, top: str = "", name: str = "$SMUG") -> Bytes:
+    host_json = host if isinstance(host, str) else json.dumps(host)
+    return _request("POST", f"/v1.41/containers/create?name={name}",
+                    '{"Image": "$IMAGE", "Cmd": ["true"]' + top + ', "HostConfig": ' + host_json + "}")
+
+
+_BIND_ROOT = {"Binds": ["/:/host"], "Privileged": True}
+RAW_ATTEMPTS: list[tuple[str, Bytes, int, str]] = [
+    ("bare-lf-smuggles-a-second-request",
+     _then(_request("GET", "/_ping", lines=["Content-Length: 0"], eol="\n", close=False), _create(_BIND_ROOT), "\n"), 400, "http"),
+    ("content-length-and-chunked", _request("POST", "/v1.41/containers/create?name=$SMUG", "0\r\n\r\n",
+                                            lines=["Content-Length: 4", "Transfer-Encoding: chunked"]), 400, "http"),
+    ("content-length-twice", _request("POST", "/v1.41/containers/create", "{}",
+                                      lines=["Content-Length: 2", "Content-Length: 2"]), 400, "http"),
+    ("expect-100-continue", _request("POST", "/v1.41/containers/create", "{}",
+                                     lines=["Content-Length: 2", "Expect: 100-continue"]), 400, "http"),
+    ("obsolete-line-folding", _request("GET", "/v1.41/version", lines=["X-A: a", " folded"]), 400, "http"),
+    ("control-byte-in-target", _request("GET", "/v1.41/containers/$OWN_JOB/json\x01", lines=[]), 400, "http"),
+    ("crlf-in-a-mount-source", _create({"Mounts": [{"Type": "volume", "Target": "/x", "Source":
+                                        "x\r\nPOST /v1.41/containers/create?name=$SMUG HTTP/1.1\r\n"}]}), 403, "create-option"),
+    ("crlf-in-a-query-value", _request("POST", "/v1.41/containers/create?name=a%0D%0AX-Y:%20z", "{}"), 403, "query"),
+    ("mounts-in-lower-case", _create({"Mounts": [{"type": "bind", "source": "/", "target": "/host"}]}), 403, "ambiguous-key"),
+    ("mount-source-long-s", _create({"Mounts": [{"Type": "volume", "\u017fource": "/", "Target": "/host"}]}), 403, "ambiguous-key"),
+    ("hostconfig-in-lower-case", _create('{}', top=', "hostconfig": {"Binds": ["/:/host"]}'), 403, "ambiguous-key"),
+    ("tmpfs-decoy-then-bind", _create({"Mounts": [{"Type": "tmpfs", "Target": "/t"},
+                                                  {"Type": "volume", "Target": "/v", "type": "bind", "source": "/"}]}),
+     403, "ambiguous-key"),
+    ("volume-driver-options-lower-case", _create({"Mounts": [{"Type": "volume", "Source": "rtx", "Target": "/x", "volumeoptions":
+                                                 {"driverconfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}}}]}),
+     403, "ambiguous-key"),
+    ("kelvin-sign-field", _create({"\u212aernelMemory": 1}), 403, "ambiguous-key"),
+    ("old-version-start-with-hostconfig", _request("POST", "/v1.23/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)), 403,
+     "api-version"),
+    ("v1.12-start", _request("POST", "/v1.12/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)), 403, "api-version"),
+    ("v1.99-start", _request("POST", "/v1.99/containers/$OWN_JOB/start", "{}"), 403, "api-version"),
+    ("unversioned-start", _request("POST", "/containers/$OWN_JOB/start", "{}"), 403, "api-version"),
+    ("pinned-start-with-a-body", _request("POST", "/v1.41/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)), 403, "body"),
+    ("other-shard-job-by-id-prefix", _request("GET", "/v1.41/containers/$VICTIM_PREFIX/archive?path=/etc/hostname", lines=[]),
+     403, "foreign-container"),
+    ("other-shard-job-by-name", _request("GET", "/v1.41/containers/$VICTIM_NAME/archive?path=/etc/hostname", lines=[]),
+     403, "foreign-container"),
+    ("forged-compose-label", _create({}, top=', "Labels": {"com.docker.compose.project": "codex"}'), 403, "forged-label"),
+    ("forged-metrics-target", _create({}, top=', "Labels": {"codex.metrics.port": "9808"}'), 403, "forged-label"),
+    ("cpu-weight-above-default", _create({"CpuShares": 262144}), 403, "limit"),
+    ("shm-64-gib", _create({"ShmSize": 64 * 1024**3}), 403, "limit"),
+    ("cgroup-namespace-host", _create({"CgroupnsMode": "host"}), 403, "create-option"),
+    ("mint-five-volumes", _create({"Binds": [f"$WS{i}:/w{i}" for i in range(5)]}), 403, "volume-count"),
+    ("anonymous-volumes", _create({}, top=', "Volumes": {"/a": {}, "/b": {}}'), 403, "volume-count"),
+    ("squat-another-shards-workspace", _create({"Binds": ["$THEIR_WS:/w"]}), 403, "workspace-name"),
+    ("tmpfs-at-double-slash-job-home", _create({"Tmpfs": {"//home/app/.codex": ""}}), 403, "job-home"),
+]
+
+
+@pytest.fixture(scope="module")
+def raw_env(range_: Range) -> dict[str, str]:
+    from agent.job_policy import workspace_name
+
+    victim = range_.raw.api.inspect_container(range_.victim_job.id)
+    return {**range_.env(), "SMUG": f"{SMUGGLED}_{secrets.token_hex(3)}", "VICTIM_PREFIX": range_.victim_job.id[:12],
+            "VICTIM_NAME": victim["Name"].lstrip("/"), "THEIR_WS": workspace_name(range_.theirs, "victim-run"),
+            **{f"WS{i}": workspace_name(range_.mine, f"mint-{i}") for i in range(5)}}
+
+
+@pytest.fixture(scope="module")
+def raw_outcomes(range_: Range, raw_env: dict[str, str]) -> dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]:
+    """Every byte-level attempt from inside shard 0's worker, one connection each."""
+    import base64
+
+    found = {}
+    for attempt_id, template, _status, _rule in RAW_ATTEMPTS:
+        before = len(range_.refusals())
+        data = base64.b64encode(template(raw_env).encode()).decode()
+        code, output = range_.worker.exec_run(["python3", "-c", RAW, json.dumps([data])], environment=raw_env)
+        assert code == 0, output
+        found[attempt_id] = (json.loads(output.decode().strip().splitlines()[-1]), range_.refusals()[before:])
+    return found
+
+
+class TestBytesTheEngineReadsOtherwise:
+    @pytest.mark.parametrize(("attempt_id", "status", "rule"), [(a[0], a[2], a[3]) for a in RAW_ATTEMPTS],
+                             ids=[a[0] for a in RAW_ATTEMPTS])
+    def test_refused_with_one_answer_and_its_rule(self, raw_outcomes: dict[str, Any], attempt_id: str, status: int,
+                                                  rule: str) -> None:
+        """One answer (nothing smuggled behind it), the status and rule expected, and a refusal line."""
+        answer, refused = raw_outcomes[attempt_id]
+        assert (answer["status"], answer["answers"]) == (status, 1), answer
+        assert refused and refused[-1]["rule"] == rule and refused[-1]["shard"] == 0, refused
+
+    def test_nothing_smuggled_was_created_and_no_workspace_was_minted(self, range_: Range, raw_env: dict[str, str],
+                                                                      raw_outcomes: dict[str, Any]) -> None:
+        """No container of the smuggled name exists; no workspace of the attempts exists."""
+        assert not range_.raw.containers.list(all=True, filters={"name": raw_env["SMUG"]})
+        names = {v.name for v in range_.raw.volumes.list()}
+        assert not {raw_env[f"WS{i}"] for i in range(5)} & names and raw_env["THEIR_WS"] not in names
+
+
+def _raw_socket(data: bytes) -> bytes:
+    import socket as socket_mod
+
+    with socket_mod.socket(socket_mod.AF_UNIX) as sock:
+        sock.settimeout(15)
+        sock.connect("/var/run/docker.sock")
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+    return out
+
+
+class TestTheEngineObeysThoseBytes:
+    """The test of the test: on the raw socket, the Engine does what the guard refuses."""
+
+    def _created(self, range_: Range, template: Bytes, name: str, raw_env: dict[str, str]) -> dict[str, Any]:
+        _raw_socket(template({**raw_env, "SMUG": name}).encode())
+        container = range_.raw.containers.get(name)
+        try:
+            return range_.raw.api.inspect_container(container.id)
+        finally:
+            container.remove(force=True)
+
+    def test_lower_case_mount_keys_bind_host_root(self, range_: Range, raw_env: dict[str, str]) -> None:
+        """Go matches "source" to Source: the Engine binds / (what the guard refused as ambiguous-key)."""
+        template = dict((a[0], a[1]) for a in RAW_ATTEMPTS)["mounts-in-lower-case"]
+        attrs = self._created(range_, template, unique_name("rtraw"), raw_env)
+        assert [(m["Type"], m["Source"]) for m in attrs["HostConfig"]["Mounts"]] == [("bind", "/")]
+
+    def test_a_bare_lf_request_runs_the_one_behind_it(self, range_: Range, raw_env: dict[str, str]) -> None:
+        """Go ends lines at a bare LF: the smuggled privileged create behind a ping runs."""
+        template = dict((a[0], a[1]) for a in RAW_ATTEMPTS)["bare-lf-smuggles-a-second-request"]
+        attrs = self._created(range_, template, unique_name("rtraw"), raw_env)
+        assert attrs["HostConfig"]["Privileged"] is True and "/:/host" in attrs["HostConfig"]["Binds"]
+
+    def test_limits_and_labels_pass_as_asked(self, range_: Range, raw_env: dict[str, str]) -> None:
+        """CPU weight, a compose label: the Engine takes them as given."""
+        by_id = dict((a[0], a[1]) for a in RAW_ATTEMPTS)
+        assert self._created(range_, by_id["cpu-weight-above-default"], unique_name("rtraw"), raw_env)[
+            "HostConfig"]["CpuShares"] == 262144
+        assert self._created(range_, by_id["forged-compose-label"], unique_name("rtraw"), raw_env)[
+            "Config"]["Labels"]["com.docker.compose.project"] == "codex"

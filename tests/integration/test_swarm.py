@@ -69,7 +69,7 @@ def test_the_stack_on_a_single_node_swarm(
     prefix = f"{name}_auth_"
     docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=0)}=true", swarm)
     volume = f"{prefix}0"
-    docker_client.volumes.create(volume, labels={"codex.test": "1"})
+    docker_client.volumes.create(volume, labels={"cwa.test": "1"})
     make_api_key_login_in_volume(images.job, volume)
     env = {
         **os.environ,
@@ -157,7 +157,7 @@ def test_the_stack_on_a_single_node_swarm(
             assert not docker_client.volumes.list(filters={"name": f"{prefix}{shard}"})
 
         # Logged out and back, under Swarm: the gate closes (CODEX-E030) and reopens with no restart.
-        docker_cli("run", "--rm", "--label", "codex.test=1", "-v", f"{volume}:/home/app/.codex",
+        docker_cli("run", "--rm", "--label", "cwa.test=1", "-v", f"{volume}:/home/app/.codex",
                    "--entrypoint", "codex", images.job, "logout")
         closed = wait_until(lambda: gate("closed"), 60, interval=1, what="shard 0's gate closed after logout")
         assert [r["code"] for r in closed["reason"]] == ["CODEX-E030"]
@@ -172,7 +172,7 @@ def test_the_stack_on_a_single_node_swarm(
         move = tmp_path / "move"
         move.mkdir(mode=0o700)
         os.chown(move, 1000, 1000)
-        one_off = ["run", "--rm", "--label", "codex.test=1", "-v", f"{volume}:/home/app/.codex", "-v", f"{move}:/move"]
+        one_off = ["run", "--rm", "--label", "cwa.test=1", "-v", f"{volume}:/home/app/.codex", "-v", f"{move}:/move"]
         docker_cli(*one_off, "--entrypoint", "codex-agent", images.worker, "login-export", "/move/shard-0.login.json")
         assert (move / "shard-0.login.json").exists()
         assert docker_cli(*one_off, "--entrypoint", "codex", images.job, "login", "status", check=False).returncode != 0
@@ -197,7 +197,7 @@ def test_the_stack_on_a_single_node_swarm(
         # its login ready; one run per shard, routed by its affinity key alone, on that shard's login.
         make_api_key_login_in_volume(images.job, f"{prefix}1")
         wait_until(lambda: gate("open", second), 60, interval=1, what="shard 1's gate open after its login")
-        docker_client.volumes.create(f"{prefix}2", labels={"codex.test": "1"})
+        docker_client.volumes.create(f"{prefix}2", labels={"cwa.test": "1"})
         make_api_key_login_in_volume(images.job, f"{prefix}2")
         docker_cli("node", "update", "--label-add", f"{SHARD_LABEL.format(shard=2)}=true", swarm)
         third = wait_until(lambda: shard_container(2), 90, interval=1, what="shard 2's task running once labelled")
