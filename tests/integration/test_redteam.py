@@ -606,3 +606,26 @@ class TestTheEngineObeysThoseBytes:
             "HostConfig"]["CpuShares"] == 262144
         assert self._created(range_, by_id["forged-compose-label"], unique_name("rtraw"), raw_env)[
             "Config"]["Labels"]["com.docker.compose.project"] == "codex"
+
+
+class TestReferences:
+    def test_a_name_that_is_another_jobs_id_prefix_serves_the_container_judged(self, range_: Range) -> None:
+        """Shard 0 names its own job after shard 1's job's ID prefix: the guard resolves the reference once,
+        checks that container, and sends the call by its full ID, so shard 0 reads its own job, never shard 1's."""
+        client = range_.guard.client(0)
+        prefix = range_.victim_job.id[:12]
+        own = client.containers.run(range_.images.job, ["sleep", "60"], detach=True, name=prefix, labels=dict(TEST_LABEL))
+        try:
+            chunks, _ = client.api.get_archive(prefix, "/etc/hostname")
+            import io
+            import tarfile
+
+            with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
+                member = archive.extractfile(archive.getmembers()[0])
+                hostname = member.read().decode().strip() if member else ""
+            assert hostname == own.id[:12] != range_.victim_job.id[:12]
+            with pytest.raises(docker.errors.APIError) as info:
+                client.api.get_archive(range_.victim_job.id, "/etc/hostname")
+            assert info.value.status_code == 403
+        finally:
+            own.remove(force=True)
