@@ -11,8 +11,9 @@ in :mod:`agent.guard`), gets the same :class:`Sandbox`:
   writes only to ``CODEX_HOME`` and the workspace, both volumes.
 
 Task code may pass only the options in :data:`JOB_OPTIONS` (docker-py names, modelled on its
-``RUN_CREATE_KWARGS``/``RUN_HOST_CONFIG_KWARGS``); limits in :data:`LIMIT_OPTIONS` may only tighten
-the sandbox. Everything else is refused (CODEX-E041).
+``RUN_CREATE_KWARGS``/``RUN_HOST_CONFIG_KWARGS``); limits may only tighten the sandbox (the CPU
+weight stays at most Docker's default, the shm size at most the ``/tmp`` size). Everything else is
+refused (CODEX-E041) by the one job policy, :mod:`agent.job_policy`.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ __all__ = [
     "READ_ONLY_ENV",
     "TMP_SIZE_ENV",
     "JOB_OPTIONS",
-    "LIMIT_OPTIONS",
     "NO_NEW_PRIVILEGES",
     "TMP_PATH",
     "Sandbox",
@@ -72,8 +72,6 @@ JOB_OPTIONS = frozenset(
 )
 """``containers.run`` options task code may pass; anything else is CODEX-E041 naming it."""
 
-LIMIT_OPTIONS = {"mem_limit": "memory", "nano_cpus": "nano_cpus", "pids_limit": "pids_limit"}
-"""Limits task code may lower but never raise above the sandbox's (option -> Sandbox field)."""
 
 
 @dataclass(frozen=True)
@@ -116,11 +114,6 @@ class Sandbox:
             "NanoCpus": self.nano_cpus,
             "ReadonlyRootfs": self.read_only,
         }
-
-    def limit(self, option: str) -> int:
-        """The ceiling of a limit in :data:`LIMIT_OPTIONS`."""
-        value: int = getattr(self, LIMIT_OPTIONS[option])
-        return value
 
 
 def _bytes(raw: str) -> int:
