@@ -169,6 +169,7 @@ class RequestReader:
         self.buffer = b""
         parts: list[bytes] = []
         size = 0
+        seen_head = False
         deadline = loop.time() + body_timeout
         try:
             while True:
@@ -183,8 +184,12 @@ class RequestReader:
                     parts.append(bytes(event.data))
                 elif isinstance(event, h11.EndOfMessage):
                     break
+                elif isinstance(event, h11.Request) and not seen_head:
+                    seen_head = True  # the head screen_head read; h11 agrees it is one
                 elif isinstance(event, h11.ConnectionClosed):
                     raise BadRequest("the connection closed inside a request body")
+                else:  # PAUSED, or a second request head before this one ended
+                    raise BadRequest(f"an unexpected {type(event).__name__} inside a request")
         except h11.RemoteProtocolError as e:
             raise BadRequest(f"not a well-formed HTTP/1.1 request ({e})") from None
         self.buffer = bytes(connection.trailing_data[0])

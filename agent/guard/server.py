@@ -68,6 +68,7 @@ __all__ = [
     "GUARD_CREATED",
     "GUARD_VOLUME_CREATED",
     "GUARD_ENGINE_DOWN",
+    "GUARD_FAILED",
     "DISCOVER_INTERVAL",
     "HEAD_TIMEOUT",
     "BODY_TIMEOUT",
@@ -84,6 +85,7 @@ GUARD_REFUSED = "codex.guard.refused"
 GUARD_CREATED = "codex.guard.created"
 GUARD_VOLUME_CREATED = "codex.guard.volume_created"
 GUARD_ENGINE_DOWN = "codex.guard.engine_unreachable"
+GUARD_FAILED = "codex.guard.connection_failed"
 
 DISCOVER_INTERVAL = 2.0
 """Seconds between looks for new login volumes (a shard added while the guard runs)."""
@@ -94,6 +96,8 @@ BODY_TIMEOUT = 30.0
 IDLE_TIMEOUT = 300.0
 """Seconds a kept-alive connection may wait for its next request."""
 MAX_CONNECTIONS = 64
+ENGINE_TIMEOUT = 60.0
+"""Seconds one of the guard's own look-ups (inspect, volume create) may take before it is E040."""
 """Connections one shard may hold open at once (a worker uses a handful)."""
 JUDGE_CONCURRENCY = 4
 """Requests of one shard judged at once (parsing, lookups, workspace creation)."""
@@ -346,6 +350,8 @@ class GuardServer:
                     return
         except (ConnectionError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             return  # a client or engine that went away mid-message
+        except Exception as e:  # noqa: BLE001  (one connection's failure must be seen, and end only it)
+            log.error(GUARD_FAILED, **policy.facts(), error=f"{type(e).__name__}: {e}"[:300])
         finally:
             endpoint.connections -= 1
             for stream in (writer, engine[1] if engine else None):
@@ -510,7 +516,13 @@ class GuardServer:
         return json_response(502, "Bad Gateway", {"message": str(error), "code": error.code}, keep_alive=False)
 
     async def _engine(self, method: str, path: str, payload: dict[str, Any] | None = None) -> tuple[int, Any]:
-        """One call of the guard's own to the engine (inspect, volume create)."""
+        """One call of the guard's own to the engine (inspect, volume create), within :data:`ENGINE_TIMEOUT`."""
+        try:
+            return await asyncio.wait_for(self._engine_call(method, path, payload), ENGINE_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise _EngineDown(f"no answer to {method} {path.split('?')[0]} within {ENGINE_TIMEOUT:.0f}s") from None
+
+    async def _engine_call(self, method: str, path: str, payload: dict[str, Any] | None) -> tuple[int, Any]:
         try:
             reader, writer = await asyncio.open_unix_connection(self.config.upstream, limit=MAX_HEAD)
         except OSError as e:
