@@ -22,6 +22,7 @@ from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
 from agent.lease import LoginLease
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
+from agent.codex_cli import version_warning
 from agent.credstore import check_credentials_store
 from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError, Problem
 
@@ -259,6 +260,8 @@ class Checker:
         age = facts.refresh_age_days()
         if facts.access_token_expired() and age is not None and age > STALE_REFRESH_DAYS:
             warnings.append(STALE_CREDENTIAL.problem(**self.facts(), age_days=int(age)).found_by("login"))
+        if (differs := version_warning(self.config.codex_bin, self.facts())) is not None:
+            warnings.append(differs.found_by("login"))
         return CheckResult(
             name="login",
             ok=True,

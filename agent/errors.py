@@ -80,6 +80,7 @@ __all__ = [
     "WARNINGS",
     "STALE_CREDENTIAL",
     "FORKED_LOGIN",
+    "CODEX_VERSION_DIFFERS",
     "ERRORS",
     "all_codes",
 ]
@@ -519,7 +520,20 @@ FORKED_LOGIN = Warning_(
     ),
 )
 
-WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN)
+CODEX_VERSION_DIFFERS = Warning_(
+    code="CODEX-W001",
+    title="Codex CLI version differs from the supported one",
+    template=(
+        "shard {shard}: {codex_bin} is Codex CLI {installed}, this agent supports {supported} "
+        "(agent/CODEX_CLI_VERSION); the messages it matches may differ"
+    ),
+    remediation_template=(
+        "install Codex CLI {supported} (npm install @openai/codex@{supported}, or images/build.sh from a "
+        "provisioned checkout), or run an agent release that supports {installed}"
+    ),
+)
+
+WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN, CODEX_VERSION_DIFFERS)
 
 ERRORS: tuple[type[AgentError], ...] = tuple(_REGISTRY)
 """Every error class with a code, in definition order (registered by ``__init_subclass__``)."""
