@@ -26,6 +26,8 @@ from agent.drain import DrainReport
 from agent.fleet import FleetReport, read_fleet
 from agent.login_move import export_login, import_login
 from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
+from agent import __version__
+from agent.clickext import VERSION_MESSAGE
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
 
@@ -60,7 +62,10 @@ def _echo_report(report: CheckReport) -> None:
     click.echo("healthy" if report.ok else "UNHEALTHY")
 
 
-@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes: 0 done or healthy, 1 a failure the agent detected or unhealthy, "
+                    "2 bad usage or configuration (CODEX-E001).")
+@click.version_option(__version__, "-V", "--version", prog_name="codex-agent", message=VERSION_MESSAGE)
 def cli() -> None:
     """Codex worker agent: one login per volume, claimed, verified and gated."""
     # stdout carries the command's answer (often JSON); the agent's log lines go to stderr.
