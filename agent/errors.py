@@ -5,6 +5,7 @@ Hierarchy::
     AgentError                      root; ``code``, ``exit_code``, ``message``, ``remediation``
      ├── ConfigError                CODEX-E001  an environment variable has a bad value
      ├── NotCodexWorkerError        CODEX-E002  a Codex task reached a worker with no shard
+     ├── UnsafeSettingError         CODEX-E003  the app sets a worker setting that breaks a guarantee
      ├── ClaimError
      │    ├── VolumeClaimedError    CODEX-E010  another worker holds this volume
      │    ├── ClaimLostError        CODEX-E011  our claim marker was replaced or removed
@@ -50,6 +51,7 @@ __all__ = [
     "AgentError",
     "ConfigError",
     "NotCodexWorkerError",
+    "UnsafeSettingError",
     "ClaimError",
     "VolumeClaimedError",
     "ClaimLostError",
@@ -201,6 +203,17 @@ class NotCodexWorkerError(AgentError):
         "consume codex queues only from Codex workers: remove the codex queue from this worker's -Q, "
         "or set CODEX_SHARD_INDEX; the task was requeued"
     )
+
+
+class UnsafeSettingError(AgentError):
+    code = "CODEX-E003"
+    title = "unsafe worker setting"
+    template = "Celery app {app!r} sets {setting}={value!r}, which a Codex worker cannot run with: {why}"
+    remediation_template = (
+        "remove {setting} from the app's configuration (agent.install gives Codex workers the safe value) "
+        "or set it to {accepted}, then start the worker again"
+    )
+    exit_code = 2
 
 
 class ClaimError(AgentError):
