@@ -222,7 +222,8 @@ def _echo_drain(report: DrainReport) -> None:
     "app_path",
     default="worker_entry.app:app",
     show_default=True,
-    help="Celery app (module:attr) whose task registry tells Codex tasks from the others.",
+    help="Celery app (module:attr, imported from the current directory too) whose tasks, affinity "
+         "arguments and task_default_queue place each task; a task it does not know stays queued (CODEX-E051).",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most this many tasks, then stop.")
 @click.option("--dry-run", is_flag=True, help="Only say where each task would go; move nothing.")
@@ -244,15 +245,17 @@ def drain(
     Running it again carries on without copying any task twice.
     """
     config = config_mod.load()
+    app = import_app(app_path)
     report = drain_mod.drain(
         broker or config.broker_url,
         queue,
         shards=shards if shards is not None else config.shards,
         mode=cast(routing.QueueMode, mode or config.queue_mode),
-        kinds=drain_mod.task_kinds_from_app(import_app(app_path)),
+        kinds=drain_mod.task_kinds_from_app(app),
         dry_run=dry_run,
         limit=limit,
         state_dir=config.state_dir,
+        default_queue=app.conf.task_default_queue or "celery",
     )
     _answer(report, as_json, _echo_drain)
     if report.error is not None:  # after the report (what moved), why it stopped, on stderr

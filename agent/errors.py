@@ -31,6 +31,7 @@ Hierarchy::
      │    ├── PhaseRequestError     CODEX-E044  a Codex phase was asked with unusable arguments
      │    └── GuardRefusedError     CODEX-E045  the Docker API guard refused a call off its allow-list
      ├── RoutingError               CODEX-E050  a routing input is unusable
+     ├── UnplaceableTaskError       CODEX-E051  drain met a task its app does not know
      └── DrainError                 CODEX-E060  queued tasks could not be moved
 
 Warnings (never close the gate) have ``W`` codes and live in :data:`WARNINGS`.
@@ -77,6 +78,7 @@ __all__ = [
     "PhaseRequestError",
     "GuardRefusedError",
     "RoutingError",
+    "UnplaceableTaskError",
     "DrainError",
     "Warning_",
     "WARNINGS",
@@ -455,6 +457,19 @@ class RoutingError(AgentError):
     template = "{cause}"
     remediation_template = "pass a non-empty affinity key and a shard count >= 1"
     exit_code = 2
+
+
+class UnplaceableTaskError(AgentError):
+    code = "CODEX-E051"
+    title = "queued task the drain cannot place"
+    template = (
+        "task {task} (id {task_id}) waiting in {queue} is not a task of Celery app {app!r}: its queue and "
+        "affinity argument are unknown, so it stays in {queue}; tasks before it were moved, it and the rest were not"
+    )
+    remediation_template = (
+        "run the drain with the app that defines {task}, from the directory it imports from: "
+        "codex-agent drain {queue} --app <module>:<app>"
+    )
 
 
 class DrainError(AgentError):
