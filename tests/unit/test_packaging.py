@@ -8,6 +8,7 @@ import sys
 import zipfile
 from email.parser import Parser
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -94,3 +95,29 @@ class TestDocsInTheRepository:
         assert "../shared/" not in (ROOT / "README.md").read_text()
         assert "Contract: environment" in (ROOT / "docs" / "design.md").read_text()
         assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+
+
+class TestCheckWarnsOnAnotherRelease:
+    def _checker(self, tmp_path: Path, codex_bin: str) -> Any:
+        from testkit import make_api_key_login
+
+        from agent.checks import Checker
+        from agent.config import load
+
+        home = tmp_path / ".codex"
+        make_api_key_login(codex_bin, home)
+        return Checker(load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(home), "CODEX_BIN": codex_bin, "HOME": str(tmp_path)}))
+
+    def test_the_login_check_carries_codex_w001_for_another_release(self, tmp_path: Path, codex_bin: str) -> None:
+        """The real CLI behind a wrapper that reports another release: the login passes, with CODEX-W001."""
+        wrapper = tmp_path / "bin" / "codex"
+        wrapper.parent.mkdir()
+        wrapper.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec echo "codex-cli 0.999.0"\nexec "{codex_bin}" "$@"\n')
+        wrapper.chmod(0o755)
+        result = self._checker(tmp_path, str(wrapper)).check_login()
+        assert result.ok and [w.code for w in result.warnings] == ["CODEX-W001"]
+        assert "0.999.0" in result.warnings[0].message and result.warnings[0].check == "login"
+
+    def test_the_supported_release_carries_no_warning(self, tmp_path: Path, codex_bin: str) -> None:
+        result = self._checker(tmp_path, codex_bin).check_login()
+        assert result.ok and result.warnings == ()
