@@ -85,6 +85,7 @@ __all__ = [
     "STALE_CREDENTIAL",
     "FORKED_LOGIN",
     "CODEX_VERSION_DIFFERS",
+    "JOB_USER_DIFFERS",
     "ERRORS",
     "all_codes",
 ]
@@ -561,7 +562,20 @@ CODEX_VERSION_DIFFERS = Warning_(
     ),
 )
 
-WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN, CODEX_VERSION_DIFFERS)
+JOB_USER_DIFFERS = Warning_(
+    code="CODEX-W002",
+    title="worker and job containers run as different users",
+    template=(
+        "shard {shard}: the worker runs as uid {uid} and owns volume {volume} (mode 0700), but its job "
+        "containers run as CODEX_JOB_USER={job_user}: every Codex phase will fail to read the login"
+    ),
+    remediation_template=(
+        "run the worker as uid {job_uid} (USER in the image, user: in compose) and chown the volume to it, "
+        "or set CODEX_JOB_USER to the worker's uid:gid (never root), then restart the worker"
+    ),
+)
+
+WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN, CODEX_VERSION_DIFFERS, JOB_USER_DIFFERS)
 
 ERRORS: tuple[type[AgentError], ...] = tuple(_REGISTRY)
 """Every error class with a code, in definition order (registered by ``__init_subclass__``)."""

@@ -104,3 +104,24 @@ def test_an_app_that_turns_late_acks_off_is_refused(tmp_path: Path, redis_url: s
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["event"] == "codex.agent.startup_failed" and line["code"] == "CODEX-E003"
     assert not any(json.loads(raw).get("event") == "codex.agent.starting" for raw in done.stdout.splitlines() if raw.startswith("{"))
+
+
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+@pytest.mark.parametrize("jobs", [True, False], ids=["jobs", "no-jobs"])
+def test_a_worker_whose_uid_is_not_the_job_user_is_warned_at_start(
+    jobs: bool, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
+) -> None:
+    """This root-run test worker owns its 0700 volume; jobs as uid 1000 could not read it: CODEX-W002
+    at start (a warning: the gate opens). With no job image nothing would read it, so no warning."""
+    assert os.getuid() != 1000
+    home = shard_homes()
+    make_api_key_login(codex_bin, home.codex_home)
+    image = {"CODEX_JOB_IMAGE": "codex-worker-agent/job:dev"} if jobs else {}
+    worker = workers(shard=0, home=home, **image)
+    worker.wait_for("codex.gate.consuming", timeout=60)
+    warned = worker.events("codex.check.warning", code="CODEX-W002")
+    if jobs:
+        assert len(warned) == 1 and warned[0]["check"] == "mount"
+        assert f"runs as uid {os.getuid()}" in warned[0]["message"] and "CODEX_JOB_USER=1000:1000" in warned[0]["message"]
+    else:
+        assert warned == []
