@@ -1,20 +1,94 @@
-"""codex-worker-agent: one Codex login per Docker volume, claimed, verified and gated for Celery."""
+"""codex-worker-agent: one Codex login per Docker volume, claimed, verified and gated for Celery.
+
+The public face, for a task author and an app owner (``import agent``)::
+
+    agent.install(app)            connect the agent to a Celery app (worker side)
+    agent.add_router(app, cfg)    route Codex tasks to their shard (publisher side)
+    agent.load_config()           the validated configuration (AgentConfig), from the environment
+    agent.CodexTask               base class of a Codex phase task (routing, pre-flight, audit)
+    agent.CodexPhase              ``codex exec`` in a guarded job container: ``CodexPhase(task.jobs).run(...)``
+    agent.JobLauncher             the guarded job launcher a task gets as ``self.jobs``
+    agent.PIN_ARG                 the keyword (``codex_shard``) that pins a phase to a shard
+    agent.DEFAULT_AFFINITY_ARG    the keyword (``affinity_key``) routed by, unless a task sets affinity_arg
+    agent.AgentError              base of every coded error (``code``, ``message``, ``remediation``)
+
+Each name is imported on first use (PEP 562), so ``import agent`` loads neither Celery nor Docker.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from importlib import import_module, metadata
+from typing import TYPE_CHECKING, Any
 
-from agent.checks import Checker as Checker
-from agent.checks import CheckReport as CheckReport
-from agent.config import AgentConfig as AgentConfig
-from agent.config import load as load_config
-from agent.errors import AgentError as AgentError
+if TYPE_CHECKING:
+    from agent.checks import Checker as Checker
+    from agent.checks import CheckReport as CheckReport
+    from agent.config import AgentConfig as AgentConfig
+    from agent.config import load as load_config
+    from agent.errors import AgentError as AgentError
+    from agent.errors import ConfigError as ConfigError
+    from agent.jobs import JobLauncher as JobLauncher
+    from agent.phase import CodexPhase as CodexPhase
+    from agent.preflight import CodexTask as CodexTask
+    from agent.router import add_router as add_router
+    from agent.routing import DEFAULT_AFFINITY_ARG as DEFAULT_AFFINITY_ARG
+    from agent.routing import PIN_ARG as PIN_ARG
+    from agent.runtime import Agent as Agent
+    from agent.runtime import install as install
 
-__all__ = ["AgentConfig", "AgentError", "Checker", "CheckReport", "install", "load_config"]
+__all__ = [
+    "Agent",
+    "AgentConfig",
+    "AgentError",
+    "CheckReport",
+    "Checker",
+    "CodexPhase",
+    "CodexTask",
+    "ConfigError",
+    "DEFAULT_AFFINITY_ARG",
+    "JobLauncher",
+    "PIN_ARG",
+    "__version__",
+    "add_router",
+    "install",
+    "load_config",
+]
+
+_LAZY: dict[str, tuple[str, str]] = {
+    "Agent": ("agent.runtime", "Agent"),
+    "AgentConfig": ("agent.config", "AgentConfig"),
+    "AgentError": ("agent.errors", "AgentError"),
+    "CheckReport": ("agent.checks", "CheckReport"),
+    "Checker": ("agent.checks", "Checker"),
+    "CodexPhase": ("agent.phase", "CodexPhase"),
+    "CodexTask": ("agent.preflight", "CodexTask"),
+    "ConfigError": ("agent.errors", "ConfigError"),
+    "DEFAULT_AFFINITY_ARG": ("agent.routing", "DEFAULT_AFFINITY_ARG"),
+    "JobLauncher": ("agent.jobs", "JobLauncher"),
+    "PIN_ARG": ("agent.routing", "PIN_ARG"),
+    "add_router": ("agent.router", "add_router"),
+    "install": ("agent.runtime", "install"),
+    "load_config": ("agent.config", "load"),
+}
+"""Public name -> (module, attribute), imported by :func:`__getattr__` on first use."""
+
+try:
+    __version__: str = metadata.version("codex-worker-agent")
+    """The installed distribution's version (pyproject.toml), the one ``--version`` prints."""
+except metadata.PackageNotFoundError:  # a bare checkout on PYTHONPATH, never installed
+    __version__ = "0+unknown"
 
 
-def install(app: Any, config: AgentConfig | None = None, **kwargs: Any) -> Any:
-    """Connect the agent to a Celery app (see :func:`agent.runtime.install`); imported lazily."""
-    from agent.runtime import install as _install
+def __getattr__(name: str) -> Any:
+    """Import a public name on first use and keep it (PEP 562)."""
+    try:
+        module, attribute = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'agent' has no attribute {name!r}") from None
+    value = getattr(import_module(module), attribute)
+    globals()[name] = value
+    return value
 
-    return _install(app, config, **kwargs)
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -22,8 +22,9 @@ from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
 from agent.lease import LoginLease
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
+from agent.codex_cli import version_warning
 from agent.credstore import check_credentials_store
-from agent.errors import STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError, Problem
+from agent.errors import JOB_USER_DIFFERS, STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError, Problem
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
@@ -217,12 +218,17 @@ class Checker:
         if error is not None:
             return _failed("mount", error, started, **observation.to_dict())
         self.mounted_volume = observation.volume
+        warnings: tuple[Problem, ...] = ()
+        if self.config.job_image is not None and os.getuid() != self.config.job_uid:  # jobs cannot read a 0700 volume
+            warnings = (JOB_USER_DIFFERS.problem(**self.facts(), job_user=self.config.job_user,
+                                                 job_uid=self.config.job_uid).found_by("mount"),)
         return CheckResult(
             name="mount",
             ok=True,
             message=f"{observation.path} is volume {observation.volume}, read-write, 0700, uid {observation.owner_uid}",
             duration_s=time.monotonic() - started,
             details=observation.to_dict(),
+            warnings=warnings,
         )
 
     def check_lease(self) -> CheckResult:
@@ -259,6 +265,8 @@ class Checker:
         age = facts.refresh_age_days()
         if facts.access_token_expired() and age is not None and age > STALE_REFRESH_DAYS:
             warnings.append(STALE_CREDENTIAL.problem(**self.facts(), age_days=int(age)).found_by("login"))
+        if (differs := version_warning(self.config.codex_bin, self.facts())) is not None:
+            warnings.append(differs.found_by("login"))
         return CheckResult(
             name="login",
             ok=True,

@@ -26,6 +26,8 @@ from agent.drain import DrainReport
 from agent.fleet import FleetReport, read_fleet
 from agent.login_move import export_login, import_login
 from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
+from agent import __version__
+from agent.clickext import VERSION_MESSAGE
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
 
@@ -60,7 +62,10 @@ def _echo_report(report: CheckReport) -> None:
     click.echo("healthy" if report.ok else "UNHEALTHY")
 
 
-@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes: 0 done or healthy, 1 a failure the agent detected or unhealthy, "
+                    "2 bad usage or configuration (CODEX-E001).")
+@click.version_option(__version__, "-V", "--version", prog_name="codex-agent", message=VERSION_MESSAGE)
 def cli() -> None:
     """Codex worker agent: one login per volume, claimed, verified and gated."""
     # stdout carries the command's answer (often JSON); the agent's log lines go to stderr.
@@ -217,7 +222,8 @@ def _echo_drain(report: DrainReport) -> None:
     "app_path",
     default="worker_entry.app:app",
     show_default=True,
-    help="Celery app (module:attr) whose task registry tells Codex tasks from the others.",
+    help="Celery app (module:attr, imported from the current directory too) whose tasks, affinity "
+         "arguments and task_default_queue place each task; a task it does not know stays queued (CODEX-E051).",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most this many tasks, then stop.")
 @click.option("--dry-run", is_flag=True, help="Only say where each task would go; move nothing.")
@@ -239,15 +245,17 @@ def drain(
     Running it again carries on without copying any task twice.
     """
     config = config_mod.load()
+    app = import_app(app_path)
     report = drain_mod.drain(
         broker or config.broker_url,
         queue,
         shards=shards if shards is not None else config.shards,
         mode=cast(routing.QueueMode, mode or config.queue_mode),
-        kinds=drain_mod.task_kinds_from_app(import_app(app_path)),
+        kinds=drain_mod.task_kinds_from_app(app),
         dry_run=dry_run,
         limit=limit,
         state_dir=config.state_dir,
+        default_queue=app.conf.task_default_queue or "celery",
     )
     _answer(report, as_json, _echo_drain)
     if report.error is not None:  # after the report (what moved), why it stopped, on stderr

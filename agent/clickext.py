@@ -9,17 +9,21 @@ pattern: the error knows its ``exit_code`` and how to show itself), so no comman
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Callable
 from typing import IO, Any, TypeVar
 
 import click
 
+from agent.codex_cli import SUPPORTED_VERSION
 from agent.errors import AgentError, ConfigError
 
 __all__ = [
     "AgentClickException",
     "AgentCommand",
     "AgentGroup",
+    "VERSION_MESSAGE",
     "import_app",
     "json_option",
     "mode_option",
@@ -86,14 +90,24 @@ mode_option = click.option("--mode", type=click.Choice(["sharded", "single"]), d
                            help="Queue mode (default CODEX_QUEUE_MODE).")
 
 
+VERSION_MESSAGE = f"%(prog)s %(version)s (codex-worker-agent, Codex CLI {SUPPORTED_VERSION})"
+"""``--version`` of every command: the agent's release and the Codex CLI release it supports."""
+
+
 def import_app(path: str) -> Any:
     """The Celery app at ``module:attr``, with its ``include`` modules (and so its tasks) loaded.
+
+    The current directory is on ``sys.path`` first, as ``celery -A`` has it: ``myproj.celery:app``
+    is found beside the command, not only in site-packages.
 
     Raises:
         ConfigError: it cannot be imported (CODEX-E001 naming ``--app``).
     """
     from celery.utils.imports import symbol_by_name
 
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
     try:
         app = symbol_by_name(path)
         app.loader.import_default_modules()

@@ -204,11 +204,36 @@ def _broker_url(raw: str) -> str:
     return raw
 
 
-def _job_image(raw: str | None) -> str | None:
-    """``CODEX_JOB_IMAGE``: the default image when unset, None for ``none`` (no job container)."""
-    if raw is None:
-        return defaults.JOB_IMAGE
-    return None if raw.lower() == "none" else raw
+_IMAGE_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_REF = re.compile(
+    rf"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?/)?"
+    rf"{_IMAGE_COMPONENT}(?:/{_IMAGE_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[0-9a-f]{{64}})?$"
+)
+"""A Docker image reference: ``[registry[:port]/]name[/name...][:tag][@sha256:digest]``."""
+_IMAGE_ACCEPTED = "a Docker image reference, e.g. codex-worker-agent/job:dev or registry:5000/team/job:1.2"
+
+
+def _image(raw: str) -> str:
+    if len(raw) > 255 or not _IMAGE_REF.match(raw):
+        raise ValueError("not a Docker image reference")
+    return raw
+
+
+def _job_image(raw: str) -> str | None:
+    """``CODEX_JOB_IMAGE`` when set: an image reference, or None for ``none`` (no job container)."""
+    return None if raw.lower() == "none" else _image(raw)
+
+
+def _executable(raw: str) -> str:
+    """``CODEX_BIN``: a command found on PATH or an absolute path, never one relative to the cwd.
+
+    Whether it exists is the login check's verdict (CODEX-E031, the gate reopens once it is there).
+    """
+    if "\x00" in raw:
+        raise ValueError("a command name or path has no NUL byte")
+    if "/" in raw and not raw.startswith("/"):
+        raise ValueError("a relative path depends on the working directory")
+    return raw
 
 
 def _codex_queues(
@@ -291,7 +316,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             env, "CODEX_JOB_USER", _job_user, "numeric uid:gid other than root, e.g. 1000:1000", defaults.JOB_USER
         ),
         login_check=login_check,
-        login_check_image=_get(env, "CODEX_LOGIN_CHECK_IMAGE") or defaults.LOGIN_CHECK_IMAGE,
+        login_check_image=_parse(env, "CODEX_LOGIN_CHECK_IMAGE", _image, _IMAGE_ACCEPTED, defaults.LOGIN_CHECK_IMAGE),
         login_timeout=_parse(
             env, "CODEX_LOGIN_TIMEOUT", _positive_seconds, "a positive number of seconds", defaults.LOGIN_TIMEOUT
         ),
@@ -313,7 +338,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             "a URL with scheme " + ", ".join(_BROKER_SCHEMES),
             defaults.BROKER_URL,
         ),
-        codex_bin=_get(env, "CODEX_BIN") or defaults.CODEX_BIN,
+        codex_bin=_parse(env, "CODEX_BIN", _executable, "a command on PATH (codex) or an absolute path", defaults.CODEX_BIN),
         log_level=_parse(
             env,
             "AGENT_LOG_LEVEL",
@@ -327,7 +352,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
             WatchMode,
             _parse(env, "AGENT_WATCH", _choice("events", "poll"), "events or poll", str(defaults.WATCH_MODE)),
         ),
-        job_image=_job_image(_get(env, "CODEX_JOB_IMAGE")),
+        job_image=_parse(env, "CODEX_JOB_IMAGE", _job_image, f"{_IMAGE_ACCEPTED}, or none", cast("str | None", defaults.JOB_IMAGE)),
         job_network=_parse(
             env, "CODEX_JOB_NETWORK", _matching(_NETWORK_NAME), "a Docker network name (e.g. bridge, host, codex_jobs)", None
         ),

@@ -15,8 +15,11 @@ Nothing is duplicated: between steps 2 and 3 the copy is recorded in the
 :class:`~agent.drain_journal.MoveJournal`, so an original that comes back because the connection
 died before its ack is acknowledged by the next drain without a second copy.
 
-Routing (:func:`target_queue`) is pure: non-Codex tasks go to the default queue; a run pinned by
-``codex_shard`` keeps its shard while that shard exists, otherwise it is routed by its affinity key.
+Routing (:func:`target_queue`) is pure: non-Codex tasks go to the default queue (the app's
+``task_default_queue`` with ``--app``); a run pinned by ``codex_shard`` keeps its shard while that
+shard exists, otherwise it is routed by its affinity key (the task class's ``affinity_arg``). With an
+app (:func:`task_kinds_from_app`), a task the app does not know cannot be placed: it stays queued and
+the drain stops with CODEX-E051, where it used to be guessed to ``default``.
 """
 
 from __future__ import annotations
@@ -31,11 +34,12 @@ from kombu import Connection, Producer, Queue
 
 from agent import defaults
 from agent.drain_journal import MoveJournal, journal_path, message_key
-from agent.errors import AgentError, DrainError
+from agent.errors import AgentError, DrainError, UnplaceableTaskError
 from agent.routing import DEFAULT_AFFINITY_ARG, PIN_ARG, QueueMode, Topology
 
 __all__ = [
     "TaskKinds",
+    "UnknownTask",
     "Move",
     "DrainReport",
     "target_queue",
@@ -50,6 +54,15 @@ _KEPT_PROPERTIES = ("correlation_id", "reply_to", "priority", "expiration", "mes
 """Message properties republished as they were (transport bookkeeping such as delivery tags is not)."""
 
 
+class UnknownTask(LookupError):
+    """Raised by a :data:`TaskKinds` for a task its app does not know: the drain cannot place it."""
+
+    def __init__(self, task: str, app: str) -> None:
+        super().__init__(task)
+        self.task = task
+        self.app = app
+
+
 def _guess_kind(name: str, kwargs: dict[str, Any]) -> str | None:
     """Without an app: a task carrying an affinity key or a shard pin is a Codex task."""
     return DEFAULT_AFFINITY_ARG if (DEFAULT_AFFINITY_ARG in kwargs or PIN_ARG in kwargs) else None
@@ -58,13 +71,14 @@ def _guess_kind(name: str, kwargs: dict[str, Any]) -> str | None:
 def task_kinds_from_app(app: Any) -> TaskKinds:
     """Classify tasks with a Celery app's registry (``codex = True`` marks Codex tasks).
 
-    Tasks the app does not know are judged by their kwargs (an affinity key or a pin).
+    A task the app does not know raises :class:`UnknownTask`: its affinity argument and its queue
+    would be a guess (an adopter's ``myproj.review_pr`` routed by ``repo`` is no ``codex.phase``).
     """
 
     def kind(name: str, kwargs: dict[str, Any]) -> str | None:
         task = app.tasks.get(name)
         if task is None:
-            return _guess_kind(name, kwargs)
+            raise UnknownTask(name, str(app.main))
         if getattr(task, "codex", False):
             return str(getattr(task, "affinity_arg", DEFAULT_AFFINITY_ARG))
         return None
@@ -79,18 +93,20 @@ def target_queue(
     shards: int,
     mode: QueueMode = "sharded",
     kinds: TaskKinds = _guess_kind,
+    default_queue: str = defaults.DEFAULT_QUEUE,
 ) -> str:
     """Where task ``name`` with ``kwargs`` goes now, for ``shards`` shards (pure).
 
-    Non-Codex tasks go to the default queue; Codex tasks where the topology's
+    Non-Codex tasks go to ``default_queue``; Codex tasks where the topology's
     :meth:`~agent.routing.Topology.drain_target` says.
 
     Raises:
         RoutingError: a Codex task has neither a usable pin nor an affinity key.
+        UnknownTask: ``kinds`` does not know the task.
     """
     affinity_arg = kinds(name, kwargs)
     if affinity_arg is None:
-        return defaults.DEFAULT_QUEUE
+        return default_queue
     return Topology(shards, mode).drain_target(kwargs, affinity_arg)
 
 
@@ -205,6 +221,7 @@ def drain(
     limit: int | None = None,
     state_dir: Path = Path(defaults.STATE_DIR),
     on_copied: Callable[[Move], None] | None = None,
+    default_queue: str = defaults.DEFAULT_QUEUE,
 ) -> DrainReport:
     """Move every task waiting in ``queue`` to where it routes for ``shards`` shards.
 
@@ -219,9 +236,11 @@ def drain(
         state_dir: where the journal of confirmed copies lives (``AGENT_STATE_DIR``).
         on_copied: called for each task once its copy is confirmed and journaled, just before
             the original is acknowledged (progress output; tests interrupt the drain there).
+        default_queue: where non-Codex tasks go (the app's ``task_default_queue``).
 
     Returns:
-        The report; ``report.error`` is set (and the rest left queued) when a task could not be moved.
+        The report; ``report.error`` is set (and the rest left queued) when a task could not be moved:
+        CODEX-E051 for a task ``kinds`` does not know, CODEX-E060 otherwise.
 
     Raises:
         DrainError: ``queue`` still has workers for ``shards`` shards, or another drain of it is
@@ -239,6 +258,7 @@ def drain(
                 source_channel = conn.channel()
                 source = _declare(source_channel, queue)
                 mover = _Mover(report, journal, Producer(conn.default_channel, auto_declare=False), on_copied)
+                mover.default_queue = default_queue
                 try:
                     mover.move_all(source, shards, mode, kinds, limit)
                 finally:
@@ -268,6 +288,7 @@ class _Mover:
         self.producer = producer
         self.on_copied = on_copied
         self.declared: set[str] = set()
+        self.default_queue = defaults.DEFAULT_QUEUE
 
     def move_all(self, source: Queue, shards: int, mode: QueueMode, kinds: TaskKinds, limit: int | None) -> None:
         report = self.report
@@ -281,7 +302,8 @@ class _Mover:
                 if name is None:
                     raise DrainError(queue=report.queue, cause="a message that is not a Celery task is in the way")
                 key = message_key(task_id, message.body, dict(message.headers or {}))
-                move = Move(task_id=task_id, task=name, to=target_queue(name, kwargs, shards=shards, mode=mode, kinds=kinds))
+                to = target_queue(name, kwargs, shards=shards, mode=mode, kinds=kinds, default_queue=self.default_queue)
+                move = Move(task_id=task_id, task=name, to=to)
                 if key in self.journal:
                     self._drop_copied_original(message, move)
                     continue
@@ -290,6 +312,9 @@ class _Mover:
             except Exception as e:  # noqa: BLE001
                 if not report.dry_run:
                     message.requeue()  # back where it was; nothing after it is touched
+                if isinstance(e, UnknownTask):  # never guessed to a default queue: it stays queued
+                    report.error = UnplaceableTaskError(queue=report.queue, task=e.task, task_id=task_id or "?", app=e.app)
+                    return
                 cause = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
                 report.error = DrainError(queue=report.queue, cause=f"task {task_id or '?'} not moved: {cause}")
                 return

@@ -5,6 +5,7 @@ Hierarchy::
     AgentError                      root; ``code``, ``exit_code``, ``message``, ``remediation``
      ├── ConfigError                CODEX-E001  an environment variable has a bad value
      ├── NotCodexWorkerError        CODEX-E002  a Codex task reached a worker with no shard
+     ├── UnsafeSettingError         CODEX-E003  the app sets a worker setting that breaks a guarantee
      ├── ClaimError
      │    ├── VolumeClaimedError    CODEX-E010  another worker holds this volume
      │    ├── ClaimLostError        CODEX-E011  our claim marker was replaced or removed
@@ -31,6 +32,7 @@ Hierarchy::
      │    ├── GuardRefusedError     CODEX-E045  the Docker API guard refused a call off its allow-list
      │    └── GuardBusyError        CODEX-E046  another guard already serves this socket directory
      ├── RoutingError               CODEX-E050  a routing input is unusable
+     ├── UnplaceableTaskError       CODEX-E051  drain met a task its app does not know
      └── DrainError                 CODEX-E060  queued tasks could not be moved
 
 Warnings (never close the gate) have ``W`` codes and live in :data:`WARNINGS`.
@@ -51,6 +53,7 @@ __all__ = [
     "AgentError",
     "ConfigError",
     "NotCodexWorkerError",
+    "UnsafeSettingError",
     "ClaimError",
     "VolumeClaimedError",
     "ClaimLostError",
@@ -77,11 +80,14 @@ __all__ = [
     "GuardRefusedError",
     "GuardBusyError",
     "RoutingError",
+    "UnplaceableTaskError",
     "DrainError",
     "Warning_",
     "WARNINGS",
     "STALE_CREDENTIAL",
     "FORKED_LOGIN",
+    "CODEX_VERSION_DIFFERS",
+    "JOB_USER_DIFFERS",
     "ERRORS",
     "all_codes",
 ]
@@ -202,6 +208,17 @@ class NotCodexWorkerError(AgentError):
         "consume codex queues only from Codex workers: remove the codex queue from this worker's -Q, "
         "or set CODEX_SHARD_INDEX; the task was requeued"
     )
+
+
+class UnsafeSettingError(AgentError):
+    code = "CODEX-E003"
+    title = "unsafe worker setting"
+    template = "Celery app {app!r} sets {setting}={value!r}, which a Codex worker cannot run with: {why}"
+    remediation_template = (
+        "remove {setting} from the app's configuration (agent.install gives Codex workers the safe value) "
+        "or set it to {accepted}, then start the worker again"
+    )
+    exit_code = 2
 
 
 class ClaimError(AgentError):
@@ -458,6 +475,19 @@ class RoutingError(AgentError):
     exit_code = 2
 
 
+class UnplaceableTaskError(AgentError):
+    code = "CODEX-E051"
+    title = "queued task the drain cannot place"
+    template = (
+        "task {task} (id {task_id}) waiting in {queue} is not a task of Celery app {app!r}: its queue and "
+        "affinity argument are unknown, so it stays in {queue}; tasks before it were moved, it and the rest were not"
+    )
+    remediation_template = (
+        "run the drain with the app that defines {task}, from the directory it imports from: "
+        "codex-agent drain {queue} --app <module>:<app>"
+    )
+
+
 class DrainError(AgentError):
     code = "CODEX-E060"
     title = "drain failed"
@@ -534,7 +564,33 @@ FORKED_LOGIN = Warning_(
     ),
 )
 
-WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN)
+CODEX_VERSION_DIFFERS = Warning_(
+    code="CODEX-W001",
+    title="Codex CLI version differs from the supported one",
+    template=(
+        "shard {shard}: {codex_bin} is Codex CLI {installed}, this agent supports {supported} "
+        "(agent/CODEX_CLI_VERSION); the messages it matches may differ"
+    ),
+    remediation_template=(
+        "install Codex CLI {supported} (npm install @openai/codex@{supported}, or images/build.sh from a "
+        "provisioned checkout), or run an agent release that supports {installed}"
+    ),
+)
+
+JOB_USER_DIFFERS = Warning_(
+    code="CODEX-W002",
+    title="worker and job containers run as different users",
+    template=(
+        "shard {shard}: the worker runs as uid {uid} and owns volume {volume} (mode 0700), but its job "
+        "containers run as CODEX_JOB_USER={job_user}: every Codex phase will fail to read the login"
+    ),
+    remediation_template=(
+        "run the worker as uid {job_uid} (USER in the image, user: in compose) and chown the volume to it, "
+        "or set CODEX_JOB_USER to the worker's uid:gid (never root), then restart the worker"
+    ),
+)
+
+WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN, CODEX_VERSION_DIFFERS, JOB_USER_DIFFERS)
 
 ERRORS: tuple[type[AgentError], ...] = tuple(_REGISTRY)
 """Every error class with a code, in definition order (registered by ``__init_subclass__``)."""

@@ -38,8 +38,10 @@ from agent.lease import lease_for
 from agent.preflight import Preflight
 from agent.reconcile import JobReconciler
 from agent.router import add_router
+from agent.run_failures import retry_policy
 from agent.state import AgentState, write_state
 from agent.watch import VolumeWatcher
+from agent.worker_settings import apply_worker_settings
 
 __all__ = ["Agent", "install", "FailFastExit"]
 
@@ -257,7 +259,11 @@ class Agent:
 
 
 def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any = None) -> Agent:
-    """Connect the agent to a Celery app: signals, gate bootstep and router. Idempotent.
+    """Connect the agent to a Celery app: worker settings, signals, gate bootstep and router. Idempotent.
+
+    On a Codex worker the app gets the settings the guarantees rest on
+    (:func:`agent.worker_settings.apply_worker_settings`): late acks, reject on worker lost, prefetch
+    1, task events, a Redis visibility timeout longer than ``CODEX_PHASE_TIMEOUT``.
 
     Args:
         app: any Celery app, ours or a user's; call before the worker starts.
@@ -267,11 +273,17 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
 
     Raises:
         ConfigError: the environment is invalid.
+        UnsafeSettingError: the app explicitly sets one of those settings to a breaking value (CODEX-E003).
     """
     existing = agent_for(app)
     if existing is not None:
         return existing
     config = config or config_mod.load()
+    if config.is_codex_worker:  # before anything is connected: an unsafe app never starts (CODEX-E003)
+        retry_policy()  # CODEX_JOB_RETRIES / _BACKOFF: CODEX-E001 now, not at the first failed job
+        settings = apply_worker_settings(app, config)
+        log.info("codex.settings.applied", app=app.main, **{k: v for k, v in settings.items() if k != "broker_transport_options"},
+                 visibility_timeout=settings["broker_transport_options"]["visibility_timeout"])
     if docker_client is None:
         docker_client = client_for_mount_check()
     agent = Agent(app, config, docker_client=docker_client)

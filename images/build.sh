@@ -102,6 +102,11 @@ assemble_context() {
     local codex busybox
     codex="$(codex_bin_path)"
     [[ -x "$codex" ]] || { log "no Codex CLI at $codex: run scripts/provision.sh first"; exit 1; }
+    # The images carry the release the agent supports (agent/CODEX_CLI_VERSION), never another one.
+    if [[ "$("$codex" --version 2>/dev/null)" != "codex-cli $CODEX_VERSION" ]]; then
+        log "$codex is $("$codex" --version 2>&1 | head -n 1), not codex-cli $CODEX_VERSION: run scripts/provision.sh"
+        exit 1
+    fi
     link_into "$codex" "$CONTEXT/codex"
     busybox="$(command -v busybox || true)"
     if [[ -z "$busybox" ]] || ldd "$busybox" >/dev/null 2>&1; then
@@ -113,17 +118,19 @@ assemble_context() {
     build_wheels
 }
 
-# build TAG DOCKERFILE CONTEXT
+# build TAG DOCKERFILE CONTEXT [BUILD_ARG...]
 build() {
+    local args=()
+    for arg in "${@:4}"; do args+=(--build-arg "$arg"); done
     log "building $1"
-    quietly docker build --force-rm --build-arg "BASE_IMAGE=$base" -t "$1" -f "$2" "$3"
+    quietly docker build --force-rm --build-arg "BASE_IMAGE=$base" "${args[@]}" -t "$1" -f "$2" "$3"
 }
 
 pick_base
 log "base image: $base"
 assemble_context
-build "$JOB_IMAGE" "$REPO_ROOT/images/job/Dockerfile" "$CONTEXT"
-build "$WORKER_IMAGE" "$REPO_ROOT/images/worker/Dockerfile" "$CONTEXT"
+build "$JOB_IMAGE" "$REPO_ROOT/images/job/Dockerfile" "$CONTEXT" "CODEX_CLI_VERSION=$CODEX_VERSION"
+build "$WORKER_IMAGE" "$REPO_ROOT/images/worker/Dockerfile" "$CONTEXT" "CODEX_CLI_VERSION=$CODEX_VERSION"
 build "$BUSYBOX_IMAGE" "$REPO_ROOT/images/busybox/Dockerfile" "$CONTEXT/busybox"
 if ((with_postgres)); then build "$POSTGRES_IMAGE" "$REPO_ROOT/images/postgres/Dockerfile" "$REPO_ROOT/images/postgres"; fi
 printf 'WORKER_IMAGE=%s\nJOB_IMAGE=%s\nBUSYBOX_IMAGE=%s\nBASE_IMAGE=%s\n' \

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import click
 
+from agent import __version__
+from agent.clickext import VERSION_MESSAGE
 from openai_standin.logins import login_files
 from openai_standin.server import LOOPBACK, StandIn
 from openai_standin.tokens import DEFAULT_ACCESS_TTL, LoginTokens, TokenAuthority
@@ -16,7 +18,9 @@ from openai_standin.tokens import DEFAULT_ACCESS_TTL, LoginTokens, TokenAuthorit
 __all__ = ["main"]
 
 
-@click.group()
+@click.group(context_settings={"help_option_names": ["-h", "--help"]},
+             epilog="Exit codes: 0 done, 1 a failure, 2 bad usage.")
+@click.version_option(__version__, "-V", "--version", prog_name="openai-standin", message=VERSION_MESSAGE)
 def main() -> None:
     """Local stand-ins for OpenAI's token endpoint and Responses API (never contacts OpenAI)."""
 

@@ -3,8 +3,9 @@
 
 # The repository root, whatever the caller's working directory.
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# Pinned Codex CLI: bump here only, every script and image follows.
-CODEX_VERSION="${CODEX_VERSION:-0.169.0}"
+# Pinned Codex CLI: declared once in agent/CODEX_CLI_VERSION (the agent reads it too, and warns,
+# CODEX-W001, when the installed CLI differs); bump it there only, every script and image follows.
+CODEX_VERSION="${CODEX_VERSION:-$(tr -d '[:space:]' <"$REPO_ROOT/agent/CODEX_CLI_VERSION")}"
 CODEX_PREFIX="$REPO_ROOT/.cache/codex"
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }

@@ -1,4 +1,4 @@
-"""Shared test support (the ``testkit`` package, used by tests/ and bench/): component discovery, the skip-to-failure switch, Docker and Codex helpers.
+"""Shared test support (the ``testkit`` package, used by tests/ and bench/ from the repository root; not in the wheel): component discovery, the skip-to-failure switch, Docker and Codex helpers.
 
 Fixtures live in ``tests/conftest.py``; everything here is plain functions and classes.
 """

@@ -141,13 +141,17 @@ class PhaseLab:
 
     def worker(
         self, shard: PhaseShard, broker_url: str, backend_url: str, *, guard: GuardProcess | None = None,
-        guarded: bool = True, **env: str,
+        guarded: bool = True, command: list[str] | None = None, mounts: dict[str, Any] | None = None,
+        image: str | None = None, **env: str,
     ) -> ContainerWorker:
         """Start a worker container for ``shard`` on the host network.
 
         Args:
             guard: the guard whose endpoint the worker uses; a new one when None and ``guarded``.
             guarded: False mounts the host's raw Docker socket instead (the unprotected variant).
+            command: worker-entry's arguments (e.g. ``["--app", "myproj.celery:app"]``); none by default.
+            mounts: more volumes, as the docker SDK takes them (an adopter's package, say).
+            image: another worker image (an adopter's own); the lab's worker image by default.
         """
         name = f"{TEST_PREFIX}pw{shard.index}_{uuid.uuid4().hex[:6]}"
         environment = {
@@ -167,6 +171,7 @@ class PhaseLab:
         volumes = {
             shard.volume: {"bind": JOB_HOME, "mode": "rw"},
             str(self.artifacts): {"bind": ARTIFACTS_IN_WORKER, "mode": "rw"},
+            **(mounts or {}),
         }
         docker_access: dict[str, Any] = {}
         if guarded:
@@ -177,7 +182,8 @@ class PhaseLab:
             volumes["/var/run/docker.sock"] = {"bind": "/var/run/docker.sock", "mode": "rw"}
             docker_access["group_add"] = [str(os.stat("/var/run/docker.sock").st_gid)]
         container = self.docker.containers.run(
-            self.worker_image,
+            image or self.worker_image,
+            command=command,
             name=name,
             detach=True,
             init=True,
@@ -219,6 +225,12 @@ class PhaseLab:
                 self.docker.volumes.get(shard.volume).remove(force=True)
             except Exception:  # noqa: BLE001
                 pass
+            # Workspaces the shard's jobs made, whatever their run id (an adopter's example uses its own).
+            for volume in self.docker.volumes.list(filters={"label": f"codex.volume={shard.volume}"}):
+                try:
+                    volume.remove(force=True)
+                except Exception:  # noqa: BLE001
+                    pass
         for volume in self.docker.volumes.list(filters={"name": "codex_ws_"}):
             if "_cwa-" not in (volume.name or ""):
                 continue

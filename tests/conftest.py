@@ -2,7 +2,7 @@
 
 A fixture skips only when its component is absent ("Docker engine absent", "Codex CLI absent",
 "RabbitMQ absent", "Redis absent"); with ``CODEX_AGENT_REQUIRE_ALL=1`` (CI) each such skip fails.
-Plain helpers live in the ``testkit`` package (installed with the project, shared with ``bench``).
+Plain helpers live in the ``testkit`` package (in the repository, not the wheel: pytest's ``pythonpath`` puts the root on ``sys.path``; shared with ``bench``).
 """
 
 from __future__ import annotations

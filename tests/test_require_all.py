@@ -29,7 +29,7 @@ def _run(tmp_path: Path, require_all: str | None) -> subprocess.CompletedProcess
     """Run pytest on SAMPLE with the plugin loaded, the switch set or unset."""
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {k: v for k, v in os.environ.items() if k != "CODEX_AGENT_REQUIRE_ALL"}
-    env["PYTHONPATH"] = str(Path(__file__).parent)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])  # testkit: the repository root
     if require_all is not None:
         env["CODEX_AGENT_REQUIRE_ALL"] = require_all
     argv = [sys.executable, "-m", "pytest", "-p", "testkit.require_all", "-rA", "-p", "no:cacheprovider"]

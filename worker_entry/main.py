@@ -14,7 +14,8 @@ import click
 import structlog
 from agent import config as config_mod
 from agent.audit import configure_logging
-from agent.clickext import AgentClickException, AgentCommand, import_app
+from agent import __version__
+from agent.clickext import VERSION_MESSAGE, AgentClickException, AgentCommand, import_app
 from agent.config import AgentConfig
 from agent.runtime import install
 
@@ -74,8 +75,24 @@ def worker_argv(config: AgentConfig, default_queue: str, extra: Sequence[str] = 
     return argv + rest
 
 
+_CELERY_ARGS = "worker_entry.celery_args"
+"""``ctx.meta`` key: the words after ``--``, for ``celery worker``."""
+
+
 class _EntryCommand(AgentCommand):
-    """worker-entry's errors also become a critical JSON line: ``docker logs`` is the audit trail."""
+    """worker-entry's errors also become a critical JSON line: ``docker logs`` is the audit trail.
+
+    Only the words after ``--`` go to ``celery worker``; before it, an unknown option or word is a
+    usage error (exit 2) and nothing starts, so ``-h`` and ``--version`` are worker-entry's own.
+    """
+
+    def collect_usage_pieces(self, ctx: click.Context) -> list[str]:
+        return [*super().collect_usage_pieces(ctx), "[-- CELERY_WORKER_ARGS...]"]
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        at = args.index("--") if "--" in args else len(args)
+        ctx.meta[_CELERY_ARGS] = tuple(args[at + 1 :])
+        return super().parse_args(ctx, args[:at])
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -86,11 +103,19 @@ class _EntryCommand(AgentCommand):
             raise
 
 
-@click.command(cls=_EntryCommand, context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
-@click.option("--app", "app_path", default=DEFAULT_APP, show_default=True, help="The Celery app, module:attr.")
-@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
-def cli(app_path: str, celery_args: tuple[str, ...]) -> None:
-    """Start a Celery worker with the codex agent installed. Extra args go to `celery worker`."""
+@click.command(cls=_EntryCommand, context_settings={"help_option_names": ["-h", "--help"]},
+               epilog="Exit codes: 0 the worker stopped cleanly, 1 a failure the agent detected (AGENT_FAIL_FAST=1), "
+                      "2 bad usage or configuration (CODEX-E001).")
+@click.option("--app", "app_path", default=DEFAULT_APP, show_default=True,
+              help="The Celery app, module:attr; imported from the current directory too, like celery -A.")
+@click.version_option(__version__, "-V", "--version", prog_name="worker-entry", message=VERSION_MESSAGE)
+@click.pass_context
+def cli(ctx: click.Context, app_path: str) -> None:
+    """Start a Celery worker with the codex agent installed.
+
+    Arguments after -- go to `celery worker`: worker-entry --app myproj.celery:app -- --max-tasks-per-child 100
+    """
+    celery_args: tuple[str, ...] = ctx.meta.get(_CELERY_ARGS, ())
     configure_logging("INFO")  # until the configuration says otherwise: a bad one is logged too
     config = config_mod.load()
     configure_logging(config.log_level)

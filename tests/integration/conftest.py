@@ -14,6 +14,7 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from celery import Celery
+from testkit.components import REPO_ROOT
 from testkit.phases import PhaseLab
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess
@@ -104,6 +105,7 @@ def workers(
             "CODEX_BIN": codex_bin,
             "CODEX_LOGIN_TIMEOUT": "10",
             "CODEX_JOB_IMAGE": "none",  # the gate tests run no job containers (see tests/e2e)
+            "PYTHONPATH": str(REPO_ROOT),  # this checkout's code, whichever one the venv was installed from
             **env,
         }
         if shard is not None:

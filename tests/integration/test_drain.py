@@ -235,3 +235,113 @@ def _refuse_publishes_to(broker_url: str, queue: str) -> Any:
     client.delete(queue)
     client.set(queue, "not a list")
     return lambda: client.delete(queue)
+
+
+ADOPTER_APP = '''
+from celery import Celery
+
+import agent
+
+config = agent.load_config()
+app = Celery("myproj", broker=config.broker_url)
+app.conf.task_default_queue = "myproj-default"
+agent.add_router(app, config)
+
+
+@app.task(base=agent.CodexTask, bind=True, name="myproj.review_pr", affinity_arg="repo")
+def review_pr(self, repo, pr, codex_shard=None):
+    return pr
+
+
+@app.task(name="myproj.notify")
+def notify(text):
+    return text
+'''
+ADOPTER_QUEUES = (*QUEUES, "myproj-default", "celery")
+
+
+class TestDrainWithTheAdoptersApp:
+    """An adopter's phases (``myproj.review_pr``, routed by ``repo``) in a removed shard's queue."""
+
+    def _publish(self, project: Path, broker_url: str) -> dict[str, str]:
+        """Phases routed to codex-3 with 4 shards by the adopter's own app, a pinned one and a plain
+        task; per id, the queue it must reach with 3 shards."""
+        from agent.routing import shard_for
+
+        code = (
+            "import json, sys\n"
+            "from myproj_celery import review_pr, notify\n"
+            "keys, pinned = json.loads(sys.argv[1])\n"
+            "ids = {review_pr.apply_async(kwargs={'repo': k, 'pr': 1}).id: k for k in keys}\n"
+            "ids[review_pr.apply_async(kwargs={'repo': pinned, 'pr': 2, 'codex_shard': 3}).id] = pinned\n"
+            "ids[notify.apply_async(args=('stray',), queue='codex-3').id] = None\n"
+            "print(json.dumps(ids))\n"
+        )
+        keys = keys_for_shard(3, 4, shards=4, prefix=f"adopt-{secrets.token_hex(2)}")
+        pinned = keys_for_shard(1, 1, shards=3, prefix="adopt-pinned")[0]
+        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "4",
+               "PYTHONPATH": f"{project}:{Path(__file__).resolve().parents[2]}"}
+        done = subprocess.run([sys.executable, "-c", code, json.dumps([keys, pinned])], env=env, cwd=project,
+                              capture_output=True, text=True, timeout=60, check=True)
+        return {i: ("myproj-default" if k is None else f"codex-{shard_for(k, 3)}") for i, k in json.loads(done.stdout).items()}
+
+    def _drain(self, project: Path, broker_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3",
+               "AGENT_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        return subprocess.run([CODEX_AGENT, "drain", "codex-3", "--json", *args], env=env, cwd=project,
+                              capture_output=True, text=True, timeout=60)
+
+    def test_the_apps_tasks_reach_their_queues_and_the_default_app_leaves_them_queued(
+        self, broker_url: str, tmp_path: Path,
+    ) -> None:
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "myproj_celery.py").write_text(ADOPTER_APP)
+        broker = BrokerView(broker_url, queues=ADOPTER_QUEUES)
+        broker.purge()
+        expected = self._publish(project, broker_url)
+        assert broker.count("codex-3") == len(expected) == 6
+
+        # Without the adopter's app: the first unknown task stops the drain, nothing goes to default.
+        refused = self._drain(project, broker_url, tmp_path)
+        assert refused.returncode == 1, refused.stderr
+        report = json.loads(refused.stdout)
+        assert report["error"]["code"] == "CODEX-E051" and "myproj.review_pr" in report["error"]["message"]
+        assert report["moved"] == 0 and broker.count("codex-3") == 6 and broker.count("default") == 0
+
+        # With it (imported from the working directory): each task where the app routes it now.
+        moved = self._drain(project, broker_url, tmp_path, "--app", "myproj_celery:app")
+        assert moved.returncode == 0, moved.stderr
+        report = json.loads(moved.stdout)
+        assert {t["task_id"]: t["to"] for t in report["tasks"]} == expected and report["left"] == 0
+        assert broker.count("default") == 0 and broker.count("celery") == 0
+        assert {q: broker.count(q) for q in ADOPTER_QUEUES} == {q: Counter(expected.values()).get(q, 0) for q in ADOPTER_QUEUES}
+        assert task_ids_in(broker_url, ADOPTER_QUEUES) == Counter(list(expected))  # every id exactly once
+
+    def test_unprotected_variant_guesses_and_lands_in_default(self, broker_url: str, tmp_path: Path) -> None:
+        """The old classification (no app: a task without ``affinity_key`` or a pin is not a Codex task)
+        sends the adopter's phases to ``default``, where no Codex worker runs them (then stops at the
+        pinned one, whose dead pin it cannot reroute without the task's affinity argument)."""
+        project = tmp_path / "project"
+        project.mkdir()
+        (project / "myproj_celery.py").write_text(ADOPTER_APP)
+        broker = BrokerView(broker_url, queues=ADOPTER_QUEUES)
+        broker.purge()
+        expected = self._publish(project, broker_url)
+        report = drain(broker_url, "codex-3", shards=3, state_dir=tmp_path)  # kinds guessed, default queue 'default'
+        phases = list(expected)[:4]  # published first, handed out first
+        assert [m.task_id for m in report.moves] == phases
+        assert {m.to for m in report.moves} == {"default"} and all(expected[i].startswith("codex-") for i in phases)
+        assert broker.count("default") == 4
+        assert report.error is not None and report.error.code == "CODEX-E060"
+
+
+def task_ids_in(broker_url: str, queues: tuple[str, ...]) -> Counter[str]:
+    """Every task id waiting in ``queues`` (consumes them)."""
+    seen: Counter[str] = Counter()
+    with Connection(broker_url, connect_timeout=5) as connection:
+        for name in queues:
+            queue = Queue(name, durable=True)(connection.default_channel)
+            while (message := queue.get(no_ack=True)) is not None:
+                seen[message.headers["id"]] += 1
+    return seen

@@ -55,3 +55,39 @@ class TestTargetQueue:
         """Only queues without a shard any more can be drained."""
         assert Topology(3).live_queues() == {"codex-0", "codex-1", "codex-2", "default"}
         assert Topology(2, "single").live_queues() == {"codex", "codex-0", "codex-1", "default"}
+
+
+class TestWithTheAppsRegistry:
+    """``codex-agent drain --app``: the app's own tasks, affinity arguments and default queue."""
+
+    def _app(self) -> Any:
+        from celery import Celery
+
+        from agent.preflight import CodexTask
+
+        app = Celery("myproj")
+        app.conf.task_default_queue = "myproj-default"
+
+        @app.task(base=CodexTask, bind=True, name="myproj.review_pr", affinity_arg="repo", shared=False)
+        def review_pr(self: Any, repo: str, codex_shard: int | None = None) -> None: ...
+
+        @app.task(name="myproj.notify", shared=False)
+        def notify(text: str) -> None: ...
+
+        return app
+
+    def test_routes_by_the_tasks_affinity_argument_and_the_apps_default_queue(self) -> None:
+        from agent.drain import task_kinds_from_app
+
+        kinds = task_kinds_from_app(self._app())
+        assert target_queue("myproj.review_pr", {"repo": "r1"}, shards=3, kinds=kinds) == by_key("r1", 3)
+        assert target_queue("myproj.notify", {"text": "x"}, shards=3, kinds=kinds, default_queue="myproj-default") == "myproj-default"
+
+    def test_a_task_the_app_does_not_know_is_not_guessed(self) -> None:
+        """Unknown to the app: UnknownTask (the drain's CODEX-E051), not the default queue."""
+        from agent.drain import UnknownTask, task_kinds_from_app
+
+        kinds = task_kinds_from_app(self._app())
+        with pytest.raises(UnknownTask) as info:
+            target_queue("otherproj.phase", {"affinity_key": "k"}, shards=3, kinds=kinds)
+        assert (info.value.task, info.value.app) == ("otherproj.phase", "myproj")
