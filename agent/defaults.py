@@ -30,6 +30,13 @@ __all__ = [
     "JOB_IMAGE",
     "PHASE_TIMEOUT",
     "ARTIFACTS_ROOT",
+    "JOB_MEMORY",
+    "JOB_PIDS_LIMIT",
+    "JOB_TMP_SIZE",
+    "JOB_RETRIES",
+    "JOB_RETRY_BACKOFF",
+    "GUARD_SOCKET_DIR",
+    "GUARD_UPSTREAM",
 ]
 
 SHARDS = 3
@@ -113,3 +120,24 @@ PHASE_TIMEOUT = 3600.0
 
 ARTIFACTS_ROOT = "/var/artifacts/spec_workflows"
 """Where each run keeps its artifacts: ``<root>/<run_id>/<phase>/`` (events, final message, outcome)."""
+
+JOB_MEMORY = 4 * 1024**3
+"""Memory limit of a job container (``CODEX_JOB_MEMORY``)."""
+
+JOB_PIDS_LIMIT = 1024
+"""Processes and threads a job container may hold (``CODEX_JOB_PIDS_LIMIT``)."""
+
+JOB_TMP_SIZE = 512 * 1024**2
+"""Size of a job's private ``/tmp`` tmpfs (``CODEX_JOB_TMP_SIZE``), counted against its memory."""
+
+JOB_RETRIES = 2
+"""Retries of a failed Codex job (CODEX-E042) on the same shard (``CODEX_JOB_RETRIES``)."""
+
+JOB_RETRY_BACKOFF = 30.0
+"""Seconds before the first retry of a failed job, doubled each time (``CODEX_JOB_RETRY_BACKOFF``)."""
+
+GUARD_SOCKET_DIR = "/run/codex-guard"
+"""Directory of the Docker API guard's per-shard endpoints (``CODEX_GUARD_SOCKET_DIR``)."""
+
+GUARD_UPSTREAM = "/var/run/docker.sock"
+"""The real engine's socket, which only the guard holds (``CODEX_GUARD_UPSTREAM``)."""

@@ -214,7 +214,7 @@ class CodexTask(Task):
                 raise self.retry(exc=e, countdown=delay, max_retries=ENGINE_RETRIES) from e
             except JobFailedError as e:
                 # Codex failed (CODEX-E042): again on this shard's own queue, with backoff.
-                policy = retry_policy()
+                policy = retry_policy(self.agent.config)
                 delay = policy.countdown(self.request.retries)
                 if self.request.retries < policy.retries:
                     log.error("codex.run.retrying", task=self.name, code=e.code, retry=self.request.retries + 1,

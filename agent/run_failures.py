@@ -13,12 +13,11 @@ callback ``codex.run_failed`` logs (``codex.run.failed``) and returns: ids and t
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from agent.config import _int_at_least, _parse, _positive_seconds
+from agent import defaults
+from agent.config import AgentConfig
 
 __all__ = ["RetryPolicy", "retry_policy", "FailureKind", "failure_kind", "failure_report", "RUN_FAILED"]
 
@@ -43,27 +42,17 @@ _LOGIN_PREFIXES = ("CODEX-E01", "CODEX-E02", "CODEX-E03")
 class RetryPolicy:
     """Retries of a failed job: how many, and the first pause (doubled each time)."""
 
-    retries: int = 2
-    backoff_s: float = 30.0
+    retries: int = defaults.JOB_RETRIES
+    backoff_s: float = defaults.JOB_RETRY_BACKOFF
 
     def countdown(self, attempt: int) -> float:
         """Seconds before retry number ``attempt`` (0 for the first retry)."""
         return float(self.backoff_s * (2 ** max(attempt, 0)))
 
 
-def retry_policy(environ: Mapping[str, str] | None = None) -> RetryPolicy:
-    """``CODEX_JOB_RETRIES`` and ``CODEX_JOB_RETRY_BACKOFF`` from the environment.
-
-    Raises:
-        ConfigError: CODEX-E001 naming the variable and what is accepted.
-    """
-    env = os.environ if environ is None else environ
-    default = RetryPolicy()
-    return RetryPolicy(
-        retries=_parse(env, "CODEX_JOB_RETRIES", _int_at_least(0), "an integer >= 0", default.retries),
-        backoff_s=_parse(env, "CODEX_JOB_RETRY_BACKOFF", _positive_seconds, "a positive number of seconds",
-                         default.backoff_s),
-    )
+def retry_policy(config: AgentConfig) -> RetryPolicy:
+    """``CODEX_JOB_RETRIES`` and ``CODEX_JOB_RETRY_BACKOFF``, as the configuration read them at start."""
+    return RetryPolicy(retries=config.job_retries, backoff_s=config.job_retry_backoff)
 
 
 def failure_kind(code: str | None) -> FailureKind:

@@ -38,7 +38,6 @@ from agent.lease import lease_for
 from agent.preflight import Preflight
 from agent.reconcile import JobReconciler
 from agent.router import add_router
-from agent.run_failures import retry_policy
 from agent.state import AgentState, write_state
 from agent.watch import VolumeWatcher
 from agent.worker_settings import apply_worker_settings
@@ -280,7 +279,6 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
         return existing
     config = config or config_mod.load()
     if config.is_codex_worker:  # before anything is connected: an unsafe app never starts (CODEX-E003)
-        retry_policy()  # CODEX_JOB_RETRIES / _BACKOFF: CODEX-E001 now, not at the first failed job
         settings = apply_worker_settings(app, config)
         log.info("codex.settings.applied", app=app.main, **{k: v for k, v in settings.items() if k != "broker_transport_options"},
                  visibility_timeout=settings["broker_transport_options"]["visibility_timeout"])

@@ -21,11 +21,10 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from docker.utils import parse_bytes
-
-from agent.errors import ConfigError
+from agent import defaults, variables
 
 __all__ = [
     "MEMORY_ENV",
@@ -51,9 +50,6 @@ READ_ONLY_ENV = "CODEX_JOB_READ_ONLY"
 TMP_SIZE_ENV = "CODEX_JOB_TMP_SIZE"
 """Size of the job's private ``/tmp`` tmpfs (counted against its memory); default 512m."""
 
-DEFAULT_MEMORY = 4 * 1024**3
-DEFAULT_PIDS = 1024
-DEFAULT_TMP_SIZE = 512 * 1024**2
 TMP_PATH = "/tmp"
 NO_NEW_PRIVILEGES = "no-new-privileges"
 
@@ -78,11 +74,11 @@ JOB_OPTIONS = frozenset(
 class Sandbox:
     """The secure defaults of every job container."""
 
-    memory: int = DEFAULT_MEMORY
+    memory: int = defaults.JOB_MEMORY
     nano_cpus: int = 2_000_000_000
-    pids_limit: int = DEFAULT_PIDS
+    pids_limit: int = defaults.JOB_PIDS_LIMIT
     read_only: bool = True
-    tmp_size: int = DEFAULT_TMP_SIZE
+    tmp_size: int = defaults.JOB_TMP_SIZE
     cpu_shares: int = 1024
     """Ceiling of a job's CPU weight: Docker's default, so no job outweighs its neighbours."""
 
@@ -116,61 +112,18 @@ class Sandbox:
         }
 
 
-def _bytes(raw: str) -> int:
-    try:
-        value = int(parse_bytes(raw.lower()))
-    except Exception as e:  # docker.errors.DockerException for "4x", "g"…
-        raise ValueError(str(e) or "not a size") from None
-    if value < 6 * 1024**2:
-        raise ValueError("below Docker's minimum of 6m")
-    return value
-
-
-def _cpus(raw: str) -> int:
-    value = float(raw)
-    if not value > 0 or value != value or value > 1024:
-        raise ValueError("must be a positive number of CPUs")
-    return int(value * 1e9)
-
-
-def _pids(raw: str) -> int:
-    value = int(raw)
-    if value < 16:
-        raise ValueError("must be at least 16 (Codex and its shell need a few)")
-    return value
-
-
-def _flag(raw: str) -> bool:
-    lowered = raw.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError("not a boolean")
-
-
-def _read(environ: Mapping[str, str], name: str, convert: Any, accepted: str, default: Any) -> Any:
-    raw = (environ.get(name) or "").strip()
-    if not raw:
-        return default
-    try:
-        return convert(raw)
-    except (ValueError, TypeError, OverflowError) as e:
-        raise ConfigError(variable=name, value=raw, cause=str(e) or "bad value", accepted=accepted) from e
-
-
 def load_sandbox(environ: Mapping[str, str] | None = None) -> Sandbox:
-    """The sandbox from the environment (``os.environ`` by default).
+    """The sandbox from the environment (``os.environ`` by default), through :mod:`agent.variables`.
 
     Raises:
         ConfigError: CODEX-E001, a variable has a value outside what is accepted.
     """
     env = os.environ if environ is None else environ
-    default_cpus = int(min(2, os.cpu_count() or 1) * 1e9)
+    read = partial(variables.read, env)
     return Sandbox(
-        memory=_read(env, MEMORY_ENV, _bytes, "a size of at least 6m, e.g. 512m or 4g", DEFAULT_MEMORY),
-        nano_cpus=_read(env, CPUS_ENV, _cpus, "a positive number of CPUs, e.g. 1.5", default_cpus),
-        pids_limit=_read(env, PIDS_ENV, _pids, "an integer >= 16", DEFAULT_PIDS),
-        read_only=_read(env, READ_ONLY_ENV, _flag, "1 or 0 (also true/false, yes/no, on/off)", True),
-        tmp_size=_read(env, TMP_SIZE_ENV, _bytes, "a size of at least 6m, e.g. 512m", DEFAULT_TMP_SIZE),
+        memory=read(MEMORY_ENV),
+        nano_cpus=read(CPUS_ENV, default=int(min(2, os.cpu_count() or 1) * 1e9)),
+        pids_limit=read(PIDS_ENV),
+        read_only=read(READ_ONLY_ENV),
+        tmp_size=read(TMP_SIZE_ENV),
     )

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 
 import structlog
 
+from agent import variables
 from agent.errors import ConfigError, UnsafeSettingError
 
 if TYPE_CHECKING:
@@ -69,26 +70,6 @@ _REDELIVERING = ("redis", "rediss", "sentinel", "sqs")
 """Brokers that redeliver an unacknowledged task after ``visibility_timeout`` (AMQP never does)."""
 
 
-def visibility_timeout(raw: str) -> float:
-    """``CELERY_VISIBILITY_TIMEOUT`` in seconds (empty: :data:`VISIBILITY_TIMEOUT`).
-
-    Raises:
-        ConfigError: not a positive, finite number (CODEX-E001 naming the variable).
-    """
-    if not raw.strip():
-        return VISIBILITY_TIMEOUT
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(
-            variable="CELERY_VISIBILITY_TIMEOUT", value=raw, cause="not a positive number of seconds",
-            accepted="a positive number of seconds, longer than the longest phase",
-        )
-    return value
-
-
 def default_visibility(config: AgentConfig) -> float:
     """Six hours, or twice ``CODEX_PHASE_TIMEOUT`` when that is longer."""
     return max(VISIBILITY_TIMEOUT, 2 * config.phase_timeout)
@@ -107,9 +88,9 @@ def transport_options(config: AgentConfig, environ: Mapping[str, str] | None = N
     """
     env = os.environ if environ is None else environ
     options = dict(given or {})
-    raw = env.get("CELERY_VISIBILITY_TIMEOUT", "")
-    if raw.strip():
-        options["visibility_timeout"] = visibility_timeout(raw)
+    operator: float | None = variables.read(env, "CELERY_VISIBILITY_TIMEOUT")
+    if operator is not None:
+        options["visibility_timeout"] = operator
     else:
         options.setdefault("visibility_timeout", default_visibility(config))
     options.setdefault("unacked_restore_throttle", 1)
@@ -155,7 +136,7 @@ def apply_worker_settings(app: Any, config: AgentConfig, environ: Mapping[str, s
     own = dict(given.get("broker_transport_options") or {})
     options = transport_options(config, environ, own)
     visibility = options["visibility_timeout"]
-    operator = bool((os.environ if environ is None else environ).get("CELERY_VISIBILITY_TIMEOUT", "").strip())
+    operator = variables.raw(os.environ if environ is None else environ, "CELERY_VISIBILITY_TIMEOUT") is not None
     if _redelivers(app, config) and not (_seconds(visibility) and visibility > config.phase_timeout):
         if not operator:  # the app's own value: refused, it would run a phase twice at once
             raise UnsafeSettingError(

@@ -16,7 +16,6 @@ from agent.config import AgentConfig
 from agent.defaults import DEFAULT_QUEUE
 from agent.router import add_router
 from agent.worker_settings import VISIBILITY_TIMEOUT, transport_options
-from agent.worker_settings import visibility_timeout as _visibility_timeout  # noqa: F401  (tests import it here)
 from worker_entry.settings import WORKER_SETTINGS
 
 __all__ = ["app", "create_app", "VISIBILITY_TIMEOUT"]

@@ -19,6 +19,7 @@ import sys
 import docker
 import docker.errors
 
+from agent import variables
 from agent.audit import configure_logging
 from agent.errors import AgentError, GuardBusyError
 from agent.guard.config import GuardConfig, load_guard_config
@@ -100,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: JSON log lines on stdout, a configuration error as one JSON line and exit 2."""
     args = _parser().parse_args(argv)
-    configure_logging((os.environ.get("AGENT_LOG_LEVEL") or "INFO").upper())
     try:
+        configure_logging(variables.read(os.environ, "AGENT_LOG_LEVEL"))
         config = load_guard_config()
     except AgentError as e:
         print(json.dumps({"event": "codex.guard.config_error", **e.to_dict()}), flush=True)

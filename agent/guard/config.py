@@ -13,10 +13,11 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 from agent import config as agent_config
-from agent import defaults
+from agent import defaults, variables
 from agent.errors import ConfigError
 from agent.guard.policy import ShardPolicy
 
@@ -44,11 +45,6 @@ SOCKET_OWNER_ENV = "CODEX_GUARD_SOCKET_OWNER"
 """``uid:gid`` owning each endpoint socket (mode 0660): the workers' user."""
 SOCKET_NAME = "docker.sock"
 
-DEFAULT_SOCKET_DIR = "/run/codex-guard"
-DEFAULT_UPSTREAM = "/var/run/docker.sock"
-_PAIR = re.compile(r"^(\d+)=([a-zA-Z0-9][a-zA-Z0-9_.-]+)$")
-_PREFIX = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
-_OWNER = re.compile(r"^(\d+):(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -82,51 +78,37 @@ class GuardConfig:
         return self.socket_dir / policy.volume / SOCKET_NAME
 
 
-def _bad(variable: str, value: str, cause: str, accepted: str) -> ConfigError:
-    return ConfigError(variable=variable, value=value, cause=cause, accepted=accepted)
-
-
 def _pairs(raw: str) -> list[tuple[int, str]]:
     pairs = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
-        match = _PAIR.match(item)
-        if not match:
-            raise _bad(SHARDS_ENV, raw, f"{item!r} is not index=volume", "e.g. 0=codex_auth_0,1=codex_auth_1")
-        pairs.append((int(match.group(1)), match.group(2)))
-    if not pairs or len({i for i, _ in pairs}) != len(pairs) or len({v for _, v in pairs}) != len(pairs):
-        raise _bad(SHARDS_ENV, raw, "empty, or an index or volume named twice", "distinct index=volume pairs")
+        index, _, volume = item.partition("=")
+        pairs.append((int(index), volume))
+    if len({i for i, _ in pairs}) != len(pairs) or len({v for _, v in pairs}) != len(pairs):
+        raise ConfigError(variable=SHARDS_ENV, value=raw, cause="an index or volume named twice",
+                          accepted=variables.VARIABLES[SHARDS_ENV].accepted)
     return pairs
 
 
 def load_guard_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
-    """Read and validate the guard's environment.
+    """Read and validate the guard's environment, through :mod:`agent.variables`.
 
     Raises:
         ConfigError: CODEX-E001 naming the variable, the value and what is accepted.
     """
     env = os.environ if environ is None else environ
     shared = agent_config.load({k: v for k, v in env.items() if k not in ("CODEX_SHARD_INDEX", "CODEX_QUEUE")})
-    explicit = (env.get(SHARDS_ENV) or "").strip()
-    prefix = (env.get(VOLUME_PREFIX_ENV) or "").strip() or defaults.VOLUME_TEMPLATE.format(index="")
-    if not _PREFIX.match(prefix):
-        raise _bad(VOLUME_PREFIX_ENV, prefix, "not the start of a Docker volume name", "e.g. codex_auth_")
-    owner_raw = (env.get(SOCKET_OWNER_ENV) or "").strip() or shared.job_user
-    owner = _OWNER.match(owner_raw)
-    if not owner:
-        raise _bad(SOCKET_OWNER_ENV, owner_raw, "not numeric uid:gid", "e.g. 1000:1000 (the workers' user)")
-    socket_dir = (env.get(SOCKET_DIR_ENV) or "").strip() or DEFAULT_SOCKET_DIR
-    if not socket_dir.startswith("/"):
-        raise _bad(SOCKET_DIR_ENV, socket_dir, "not an absolute path", "an absolute directory, e.g. /run/codex-guard")
-    upstream = (env.get(UPSTREAM_ENV) or "").strip().removeprefix("unix://") or DEFAULT_UPSTREAM
-    if not upstream.startswith("/"):
-        raise _bad(UPSTREAM_ENV, upstream, "not a unix socket path", "e.g. /var/run/docker.sock or unix:///var/run/docker.sock")
+    read = partial(variables.read, env)
+    explicit: str | None = read(SHARDS_ENV)
+    prefix: str = read(VOLUME_PREFIX_ENV, default=defaults.VOLUME_TEMPLATE.format(index=""))
+    owner: str = read(SOCKET_OWNER_ENV, default=shared.job_user)
+    uid, gid = owner.split(":")
     template = ShardPolicy(index=0, volume="-", job_home=shared.job_home, job_user=shared.job_user,
                            network=shared.job_network, sandbox=shared.sandbox)
     return GuardConfig(
         static=tuple(replace(template, index=i, volume=v) for i, v in _pairs(explicit)) if explicit else None,
         volume_prefix=prefix,
-        socket_dir=Path(socket_dir),
-        upstream=upstream,
-        owner=(int(owner.group(1)), int(owner.group(2))),
+        socket_dir=Path(read(SOCKET_DIR_ENV)),
+        upstream=read(UPSTREAM_ENV),
+        owner=(int(uid), int(gid)),
         template=template,
     )

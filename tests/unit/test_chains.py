@@ -119,15 +119,15 @@ def test_own_queue_is_the_one_only_this_worker_consumes(env: dict[str, str], que
 
 class TestRunFailures:
     def test_policy_from_the_environment_and_its_backoff(self) -> None:
-        policy = retry_policy({"CODEX_JOB_RETRIES": "3", "CODEX_JOB_RETRY_BACKOFF": "2"})
+        policy = retry_policy(load({"CODEX_JOB_RETRIES": "3", "CODEX_JOB_RETRY_BACKOFF": "2"}))
         assert policy == RetryPolicy(3, 2.0) and [policy.countdown(n) for n in range(3)] == [2.0, 4.0, 8.0]
-        assert retry_policy({}) == RetryPolicy()
+        assert retry_policy(load({})) == RetryPolicy()
 
     @pytest.mark.parametrize(("name", "value"), [("CODEX_JOB_RETRIES", "-1"), ("CODEX_JOB_RETRY_BACKOFF", "0"),
                                                  ("CODEX_JOB_RETRIES", "many")])
     def test_a_bad_value_names_the_variable(self, name: str, value: str) -> None:
         with pytest.raises(ConfigError, match=name):
-            retry_policy({name: value})
+            load({name: value})
 
     @pytest.mark.parametrize(("code", "kind"), [("CODEX-E034", "login"), ("CODEX-E030", "login"), ("CODEX-E011", "login"),
                                                 ("CODEX-E042", "job"), ("CODEX-E043", "limit"), ("CODEX-E044", "request"),

@@ -180,19 +180,26 @@ class TestQuickstart:
 
 
 class TestConfigurationTable:
-    def test_every_variable_the_code_reads_is_in_the_readme_table(self) -> None:
-        """Each environment variable read by agent/ and worker_entry/ has a row in the README table."""
-        sources = [*ROOT.glob("agent/*.py"), *ROOT.glob("worker_entry/*.py")]
-        read = set()
-        for source in sources:
-            text = source.read_text()
-            read |= set(re.findall(r'(?:_get|_parse)\(\s*(?:env|environ)\s*,\s*"([A-Z][A-Z0-9_]+)"', text))
-            read |= set(re.findall(r'environ(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', text))
-            read |= set(re.findall(r'^[A-Z_]+_ENV = "([A-Z][A-Z0-9_]+)"', text, re.M))
-        read -= {"HOME", "PATH"}
+    def test_the_readme_table_is_the_declared_table(self) -> None:
+        """Every variable of agent.variables has a README row, and every row is declared (or handed on)."""
+        from agent.variables import PASSED_THROUGH, VARIABLES
+
         rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", section(README.read_text(), "Configuration"), re.M))
-        assert {"CODEX_SHARD_INDEX", "CELERY_BROKER_URL", "CODEX_LOGIN_CHECK_IMAGE"} <= read
-        assert read <= rows, f"missing from README: {sorted(read - rows)}"
+        declared = set(VARIABLES) - {"HOME"}
+        assert declared <= rows, f"missing from README: {sorted(declared - rows)}"
+        assert rows <= declared | set(PASSED_THROUGH), f"in README, not declared: {sorted(rows - declared - set(PASSED_THROUGH))}"
+
+    def test_no_module_reads_the_environment_past_the_table(self) -> None:
+        """The agent reads no variable of the contract by hand: every read goes through agent.variables
+        (``HOME`` is handed to the Codex CLI's own environment, not read)."""
+        from agent.variables import VARIABLES
+
+        for source in [*ROOT.glob("agent/**/*.py"), *ROOT.glob("worker_entry/*.py")]:
+            if source.name == "variables.py":
+                continue
+            text = source.read_text()
+            hand = set(re.findall(r'\b(?:environ|env)(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', text)) & set(VARIABLES) - {"HOME"}
+            assert not hand, f"{source.relative_to(ROOT)} reads {sorted(hand)} by hand"
 
 
 class TestComposeShards:

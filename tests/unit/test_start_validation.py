@@ -12,21 +12,19 @@ import pytest
 
 from agent.config import load
 from agent.errors import ConfigError
+from agent.variables import VARIABLES
 
 ENTRY = str(Path(sys.executable).parent / "worker-entry")
 
-BAD = [
-    ("CODEX_JOB_RETRIES", "-1"),
-    ("CODEX_JOB_RETRY_BACKOFF", "0"),
-    ("CODEX_JOB_IMAGE", "not an image"),
-    ("CODEX_LOGIN_CHECK_IMAGE", "job:"),
-    ("CODEX_BIN", "bin/codex"),
-]
+BAD = [(v.name, v.invalid) for v in VARIABLES.values() if not v.name.startswith("CODEX_GUARD_")]
+"""Every variable a worker reads, with the invalid example its declaration carries."""
+GUARD_BAD = [(v.name, v.invalid) for v in VARIABLES.values() if v.name.startswith("CODEX_GUARD_")]
 
 
 @pytest.mark.parametrize(("variable", "value"), BAD, ids=[v for v, _ in BAD])
 def test_the_worker_stops_at_start_naming_the_variable(variable: str, value: str, tmp_path: Path) -> None:
-    """worker-entry of a Codex shard: exit 2, CODEX-E001 with the variable, value and what is accepted."""
+    """worker-entry of a Codex shard, for every variable of the table: exit 2, CODEX-E001 with the variable,
+    value and what is accepted."""
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
            "CODEX_SHARD_INDEX": "0", "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
            "AGENT_STATE_DIR": str(tmp_path / "state"), variable: value}
@@ -63,3 +61,15 @@ def test_codex_bin_is_a_command_or_an_absolute_path(value: str, ok: bool) -> Non
     else:
         with pytest.raises(ConfigError, match="CODEX_BIN"):
             load({"CODEX_BIN": value})
+
+
+@pytest.mark.parametrize(("variable", "value"), GUARD_BAD, ids=[v for v, _ in GUARD_BAD])
+def test_the_guard_stops_at_start_naming_the_variable(variable: str, value: str, tmp_path: Path) -> None:
+    """python -m agent.guard: exit 2 and one CODEX-E001 line naming the variable; nothing is served."""
+    env = {"PATH": os.environ["PATH"], "PYTHONPATH": os.environ.get("PYTHONPATH", ""),
+           "CODEX_GUARD_SOCKET_DIR": str(tmp_path / "sockets"), variable: value}
+    done = subprocess.run([sys.executable, "-m", "agent.guard"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, (done.stdout[-2000:], done.stderr)
+    line = json.loads(done.stdout.strip().splitlines()[-1])
+    assert line["code"] == "CODEX-E001" and f"{variable}=" in line["message"], line
+    assert not (tmp_path / "sockets").exists() or variable == "CODEX_GUARD_SOCKET_DIR"
