@@ -7,6 +7,11 @@ so a redelivered message, or the same run published again, finds the phase compl
 nothing (a phase cut off mid-run has no outcome and runs again: at least once, at most one
 completed execution). ``session.json`` names the run's newest Codex session, which a later phase
 of the run resumes from the shard's ``CODEX_HOME``.
+
+``pending.json`` is written just before a phase's job is launched: it ties the job's task id to
+its phase, so that a job which finished while its worker was away can be harvested into the
+phase's outcome (:mod:`agent.harvest`). ``attempts.jsonl`` lists harvested jobs that did not
+complete the phase (non-zero exit, cut off).
 """
 
 from __future__ import annotations
@@ -20,12 +25,15 @@ from typing import Any
 from agent.atomic import write_json_atomically
 from agent.errors import PhaseRequestError
 
-__all__ = ["RunArtifacts", "checked_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE"]
+__all__ = ["RunArtifacts", "checked_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE",
+           "PENDING_FILE", "ATTEMPTS_FILE"]
 
 EVENTS_FILE = "events.jsonl"
 MESSAGE_FILE = "last_message.txt"
 OUTCOME_FILE = "outcome.json"
 SESSION_FILE = "session.json"
+PENDING_FILE = "pending.json"
+ATTEMPTS_FILE = "attempts.jsonl"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
@@ -91,3 +99,28 @@ class RunArtifacts:
             write_json_atomically(self.directory / SESSION_FILE, {"session_id": session, "phase": phase})
         write_json_atomically(directory / OUTCOME_FILE, outcome, mode=0o644)
         return directory
+
+    def begin(self, phase: str, pending: dict[str, Any]) -> None:
+        """Note the phase's job about to launch (task id, session): what a harvest needs to find it."""
+        directory = self.phase_dir(phase)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(directory / PENDING_FILE, pending, mode=0o644)
+
+    def pending(self, task_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The phase whose job ``task_id`` launched, with its pending record, or None."""
+        try:
+            phases = sorted(p for p in self.directory.iterdir() if p.is_dir())
+        except OSError:
+            return None
+        for directory in phases:
+            record = _read_json(directory / PENDING_FILE)
+            if record is not None and record.get("task_id") == task_id and record.get("phase") == directory.name:
+                return directory.name, record
+        return None
+
+    def note_attempt(self, phase: str, attempt: dict[str, Any]) -> None:
+        """Append a harvested job that did not complete the phase (it runs again)."""
+        directory = self.phase_dir(phase)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ATTEMPTS_FILE, "a", encoding="utf-8") as out:
+            out.write(json.dumps(attempt, sort_keys=True) + "\n")
