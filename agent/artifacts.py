@@ -25,7 +25,7 @@ from typing import Any
 from agent.atomic import write_json_atomically
 from agent.errors import PhaseRequestError
 
-__all__ = ["RunArtifacts", "checked_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE",
+__all__ = ["RunArtifacts", "checked_name", "is_safe_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE",
            "PENDING_FILE", "ATTEMPTS_FILE"]
 
 EVENTS_FILE = "events.jsonl"
@@ -40,14 +40,19 @@ NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter o
 """What a run id or phase name may be: each becomes a directory (and a volume) name."""
 
 
+def is_safe_name(value: Any) -> bool:
+    """Whether ``value`` may be a run id or phase name (:data:`NAME_RULE`)."""
+    return isinstance(value, str) and bool(_NAME.match(value)) and ".." not in value
+
+
 def checked_name(field: str, value: Any, facts: dict[str, Any]) -> str:
     """``value`` if it is a safe path component, else CODEX-E044 naming the field.
 
     Raises:
         PhaseRequestError: not a string of :data:`NAME_RULE`, or a '..'-style name.
     """
-    if isinstance(value, str) and _NAME.match(value) and ".." not in value:
-        return value
+    if is_safe_name(value):
+        return str(value)
     cause = "not a string" if not isinstance(value, str) else "not a safe directory name"
     raise PhaseRequestError(**facts, field=field, value=value if isinstance(value, str) else type(value).__name__,
                             cause=cause, accepted=NAME_RULE)

@@ -32,10 +32,9 @@ import requests
 import structlog
 
 from agent import reconcile
-from agent.artifacts import RunArtifacts, checked_name
+from agent.artifacts import RunArtifacts, is_safe_name
 from agent.config import AgentConfig
 from agent.dockerrun import DOCKER_FAILURES
-from agent.errors import PhaseRequestError
 from agent.jobs import OUTPUT_LIMIT
 from agent.redact import scrub
 
@@ -63,11 +62,7 @@ class Harvest:
 def locate(config: AgentConfig, job: reconcile.JobContainer) -> tuple[RunArtifacts, str, dict[str, Any]] | None:
     """The run artifacts, phase and pending record of a Codex phase's job, or None for any other job."""
     run_id, task_id = job.audit.get("run_id"), job.audit.get("task_id")
-    if not isinstance(run_id, str) or not isinstance(task_id, str):
-        return None
-    try:
-        checked_name("run_id", run_id, {})
-    except PhaseRequestError:
+    if not isinstance(run_id, str) or not isinstance(task_id, str) or not is_safe_name(run_id):
         return None
     artifacts = RunArtifacts(config.artifacts_root, run_id)
     found = artifacts.pending(task_id)

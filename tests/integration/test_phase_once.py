@@ -15,9 +15,11 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from celery import Celery
 from testkit.phases import ARTIFACTS_IN_WORKER, PhaseLab
+from testkit.private_brokers import PrivateRabbitMQ
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import keys_for_shard, wait_until
 
+from agent.acklog import ACK_LOST
 from agent.config import load
 from openai_standin import Behaviour, StandIn
 from worker_entry.app import create_app
@@ -52,6 +54,66 @@ def test_a_broker_outage_after_the_phase_ran_does_not_run_it_again(
     assert len(worker.events("codex.job.finished", run_id="cwa-once-outage")) == 1
 
 
+CELERY_ACK_SITE = """\
+# The unprotected variant of tests/integration/test_phase_once.py: Codex tasks acknowledged by
+# Celery's own Request.acknowledge (kombu's critical lost-ack line with its traceback).
+import agent.preflight
+import celery.worker.request
+agent.preflight.CodexRequest.acknowledge = celery.worker.request.Request.acknowledge
+"""
+
+
+def _site(lab: PhaseLab, name: str, text: str) -> dict[str, str]:
+    """Worker environment loading ``text`` as sitecustomize (an unprotected variant)."""
+    site = lab.artifacts / name
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(text)
+    return {"PYTHONPATH": f"{ARTIFACTS_IN_WORKER}/{name}"}
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["agent-warning", "without-it-celerys-critical-traceback"])
+def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_traceback(
+    lab: PhaseLab, standin: StandIn, backend_url: str, quiet: bool,
+) -> None:
+    """A RabbitMQ of the test's own restarts while a phase runs: the task's ack is lost with the
+    connection. The worker's log holds one codex.ack.lost warning naming the task (and that the
+    redelivery is skipped by the completion record), no critical "Couldn't ack" and no traceback.
+    Without the agent's ack (the unprotected variant) Celery's critical line and traceback are there."""
+    import worker_entry.tasks  # noqa: F401
+
+    broker = PrivateRabbitMQ()
+    broker.start()
+    try:
+        publisher = create_app(load({"CELERY_BROKER_URL": broker.url}), result_backend=backend_url)
+        env = {} if quiet else _site(lab, "celery-ack-site", CELERY_ACK_SITE)
+        worker = lab.ready_worker(lab.shard(2), broker.url, backend_url, **env)
+        run_id = f"cwa-once-ack-lost-{'on' if quiet else 'off'}"
+        standin.script.push(Behaviour("delay", seconds=8))
+        result = send_phase(publisher, 2, run_id)
+        worker.wait_for("codex.job.started", timeout=60, run_id=run_id)
+        broker.stop()
+        broker.start()
+
+        worker.wait_for("codex.phase.skipped", timeout=120, run_id=run_id)
+        assert result.get(timeout=60)["job"]["status"] == "completed"  # type: ignore[attr-defined]
+        assert len(standin.script.calls()) == 1
+        lines = worker.lines()
+        celerys = [line for line in lines if "Couldn't ack" in str(line.get("event"))]
+        tracebacks = [line for line in lines if "Traceback" in json.dumps(line)]
+        if not quiet:
+            assert celerys and celerys[0]["level"] == "critical" and tracebacks, "the ack was not lost: no scenario"
+            assert not worker.events(ACK_LOST)
+            return
+        lost = worker.events(ACK_LOST)
+        assert len(lost) == 1 and lost[0]["task_id"] == result.id  # type: ignore[attr-defined]
+        assert (lost[0]["level"], lost[0]["shard"], lost[0]["phase"], lost[0]["run_id"]) == ("warning", 2, "plan", run_id)
+        assert lost[0]["next"] == "redelivery, skipped by the completion record (codex.phase.skipped)"
+        assert "ConnectionError" in lost[0]["reason"]
+        assert not celerys and not tracebacks, "a traceback in the worker's log"
+    finally:
+        broker.close()
+
+
 UNHARVESTED_SITE = """\
 # The unprotected variant of tests/integration/test_phase_once.py: a worker that harvests no job of a
 # Codex phase (agent.reconcile and agent.phase call these names of agent.harvest at call time).
@@ -79,10 +141,7 @@ def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
     name = f"cwa_test_harvest_{'on' if harvest else 'off'}"
     env = {"AGENT_WORKER_NAME": name}
     if not harvest:
-        site = lab.artifacts / "unharvested-site"
-        site.mkdir()
-        (site / "sitecustomize.py").write_text(UNHARVESTED_SITE)
-        env["PYTHONPATH"] = f"{ARTIFACTS_IN_WORKER}/unharvested-site"
+        env.update(_site(lab, "unharvested-site", UNHARVESTED_SITE))
     run_id = f"cwa-once-exited-{'on' if harvest else 'off'}"
     first = lab.ready_worker(shard, rabbitmq_vhost, backend_url, **env)
     standin.script.push(Behaviour("delay", seconds=6))
