@@ -129,3 +129,11 @@ class RunArtifacts:
         directory.mkdir(parents=True, exist_ok=True)
         with open(directory / ATTEMPTS_FILE, "a", encoding="utf-8") as out:
             out.write(json.dumps(attempt, sort_keys=True) + "\n")
+
+    def attempted(self, phase: str, container_id: str) -> bool:
+        """Whether a harvested attempt of ``container_id`` is noted already."""
+        try:
+            lines = (self.phase_dir(phase) / ATTEMPTS_FILE).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return False
+        return any(f'"container_id": "{container_id}"' in line for line in lines)

@@ -23,8 +23,12 @@ before the container is removed, so whoever comes second finds it.
 
 from __future__ import annotations
 
+import fcntl
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import docker.errors
@@ -122,16 +126,36 @@ def harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, *, by
         by: who harvests (``reconcile`` or ``redelivery``), kept in the record.
         cut_off: the job was killed at its limit (or with its worker).
     """
-    from agent.phase import summarize  # the phase module launches jobs and harvests earlier ones
-
     located = locate(config, job)
     if located is None:
         return None
     artifacts, phase, pending = located
+    with _exclusive(artifacts.phase_dir(phase)):  # one harvester writes; the other finds its record
+        return _harvest(client, config, job, artifacts, phase, pending, by=by, cut_off=cut_off)
+
+
+@contextmanager
+def _exclusive(directory: Path) -> Iterator[None]:
+    """An exclusive lock on the phase (the sweep and a redelivered task may harvest one job at once)."""
+    with open(directory / ".harvest.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, artifacts: RunArtifacts, phase: str,
+             pending: dict[str, Any], *, by: str, cut_off: bool) -> Harvest:
+    from agent.phase import summarize  # the phase module launches jobs and harvests earlier ones
+
     facts = {"run_id": artifacts.run_id, "phase": phase, "task_id": pending.get("task_id"),
              "container_id": job.container_id, "shard": config.shard_index, "harvested_by": by}
-    if artifacts.outcome(phase) is not None:
-        return Harvest("recorded_earlier", phase, {})
+    done = artifacts.outcome(phase)
+    if done is not None or artifacts.attempted(phase, job.container_id):
+        # A Codex run all the same (its finished line counts it): say what the record says.
+        return Harvest("recorded_earlier", phase, {"codex_session": (done or {}).get("session_id"),
+                                                    "usage": (done or {}).get("usage"), "codex_events": None})
     if cut_off or job.exit_code is None or job.exit_code != 0:
         result = "cut_off" if cut_off or job.exit_code is None else "failed"
         artifacts.note_attempt(phase, {**facts, "status": result, "exit_code": job.exit_code,
@@ -170,7 +194,10 @@ def harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, *, by
 def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: str | None) -> None:
     """Before a phase launches a job: harvest a job its task launched in an earlier life (waiting
     for it while it runs), so that a completed one is not run again. Never raises: on an engine
-    failure the phase runs as it would have. Removal is the reconciler's (it logs the job's end).
+    failure the phase runs as it would have. A job of an earlier life of this worker is then
+    removed with its reconciled ``codex.job.finished`` (``trigger="redelivery"``), unless the sweep
+    was first; one made during this worker's life (a concurrent delivery, a dead pool child) is only
+    recorded: its launcher, or the next sweep, removes it.
     """
     if not task_id:
         return
@@ -180,7 +207,7 @@ def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: s
             job = reconcile.JobContainer.from_inspect(client.api.inspect_container(summary["Id"]))
             if locate(config, job) is None:
                 continue
-            cut_off = False
+            cut_off, found_status = False, job.status
             if job.status not in ("exited", "dead", "created"):
                 log.info("codex.phase.awaiting", run_id=run_id, task_id=task_id, container_id=job.container_id,
                          shard=config.shard_index, reason="its earlier job still runs")
@@ -188,7 +215,12 @@ def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: s
                 if ended is None:
                     continue
                 job = ended
-            harvest(client, config, job, by="redelivery", cut_off=cut_off)
+            started = reconcile.worker_started()
+            if started is not None and job.created is not None and job.created >= started:
+                # Made during this worker's life: its launcher may still be reading it; record only.
+                harvest(client, config, job, by="redelivery", cut_off=cut_off)
+            else:
+                reconcile.settle(client, config, job, "redelivery", found_status=found_status, cut_off=cut_off)
     except docker.errors.NotFound:
         return  # removed meanwhile by the reconciler, which harvested it first
     except DOCKER_FAILURES as e:

@@ -41,7 +41,7 @@ from agent.config import AgentConfig
 from agent.dockerenv import optional_client
 from agent.dockerrun import DOCKER_FAILURES
 
-__all__ = ["ORPHAN_REASON", "JobContainer", "JobReconciler", "docker_time", "is_orphan", "task_is_active"]
+__all__ = ["ORPHAN_REASON", "JobContainer", "JobReconciler", "docker_time", "is_orphan", "settle", "task_is_active", "worker_started"]
 
 log = structlog.get_logger(__name__)
 
@@ -102,6 +102,15 @@ class JobContainer:
         )
 
 
+_WORKER_START: dict[str, float] = {}
+"""When this worker's main process started (set by the first reconciler, before the pool forks)."""
+
+
+def worker_started() -> float | None:
+    """When this worker's main process started, as the reconciler saw it; None before it did."""
+    return _WORKER_START.get("main")
+
+
 def task_is_active(task_id: str) -> bool:
     """Whether this worker process holds the task (reserved or running), per Celery's state."""
     return task_id in worker_state.requests
@@ -135,6 +144,7 @@ class JobReconciler:
         self.active = active
         self.client_factory = client_factory
         self.process_start = psutil.Process().create_time()
+        _WORKER_START.setdefault("main", self.process_start)
         self._lock = threading.Lock()
         self._awaited: set[str] = set()
         self._awaited_lock = threading.Lock()
@@ -185,23 +195,7 @@ class JobReconciler:
 
     def _settle(self, client: Any, job: JobContainer, trigger: str, *, found_status: str | None = None,
                 cut_off: bool = False) -> JobContainer | None:
-        """Harvest (a phase's job), kill (anything else still running), remove and log one orphan."""
-        found_status = found_status or job.status
-        killed = job.status not in ("created", "exited", "dead")
-        if killed:
-            job = self._kill(client, job)
-        harvested = harvest.harvest(client, self.config, job, by="reconcile", cut_off=cut_off or killed)
-        try:
-            client.api.remove_container(job.container_id, force=True, v=False)
-        except docker.errors.NotFound:
-            return None  # its own launcher removed it after all
-        extra = {} if harvested is None else {"harvested": harvested.result, "phase": harvested.phase, **harvested.fields}
-        log.warning(
-            JOB_FINISHED, **job.audit, container_id=job.container_id, image=job.image,
-            exit_code=job.exit_code, duration_s=job.duration_s, reason=ORPHAN_REASON, reconciled=True,
-            found_status=found_status, killed=killed or cut_off, trigger=trigger, **extra,
-        )
-        return job
+        return settle(client, self.config, job, trigger, found_status=found_status, cut_off=cut_off)
 
     def _await(self, job: JobContainer, trigger: str) -> int:
         """Wait for a running phase job on a thread of its own (once), then settle it; 1 if started."""
@@ -239,11 +233,41 @@ class JobReconciler:
         except docker.errors.NotFound:
             return None
 
-    def _kill(self, client: Any, job: JobContainer) -> JobContainer:
-        """Stop a still-running orphan (it holds the shard's login) and read how it ended."""
-        try:
-            client.api.kill(job.container_id)
-            client.api.wait(job.container_id, timeout=_KILL_WAIT)
-        except DOCKER_FAILURES:
-            return job  # already gone, or slow to die: the forced remove below finishes it
-        return self._inspect(client, job.container_id) or job
+
+def _kill(client: Any, job: JobContainer) -> JobContainer:
+    """Stop a still-running orphan (it holds the shard's login) and read how it ended."""
+    try:
+        client.api.kill(job.container_id)
+        client.api.wait(job.container_id, timeout=_KILL_WAIT)
+    except DOCKER_FAILURES:
+        return job  # already gone, or slow to die: the forced remove below finishes it
+    return JobReconciler._inspect(client, job.container_id) or job
+
+
+def settle(client: Any, config: AgentConfig, job: JobContainer, trigger: str, *, found_status: str | None = None,
+           cut_off: bool = False) -> JobContainer | None:
+    """Harvest (a phase's job), kill (anything else still running), remove and log one orphan.
+
+    Whoever removes the container logs its reconciled ``codex.job.finished`` line (the sweep, or a
+    redelivered task that settled its own earlier job), so each gets one.
+
+    Returns:
+        The job as it ended, or None when someone else removed it first.
+    """
+    found_status = found_status or job.status
+    killed = job.status not in ("created", "exited", "dead")
+    if killed:
+        job = _kill(client, job)
+    by = "redelivery" if trigger == "redelivery" else "reconcile"
+    harvested = harvest.harvest(client, config, job, by=by, cut_off=cut_off or killed)
+    try:
+        client.api.remove_container(job.container_id, force=True, v=False)
+    except docker.errors.NotFound:
+        return None  # its own launcher (or another harvester) removed it after all
+    extra = {} if harvested is None else {"harvested": harvested.result, "phase": harvested.phase, **harvested.fields}
+    log.warning(
+        JOB_FINISHED, **job.audit, container_id=job.container_id, image=job.image,
+        exit_code=job.exit_code, duration_s=job.duration_s, reason=ORPHAN_REASON, reconciled=True,
+        found_status=found_status, killed=killed or cut_off, trigger=trigger, **extra,
+    )
+    return job
