@@ -42,7 +42,7 @@ from agent.dockerrun import DOCKER_FAILURES
 from agent.jobs import OUTPUT_LIMIT
 from agent.redact import scrub
 
-__all__ = ["HARVESTED", "Harvest", "locate", "await_exit", "harvest", "settle_earlier_job"]
+__all__ = ["HARVESTED", "Harvest", "await_exit", "harvest", "locate", "settle_earlier_job"]
 
 log = structlog.get_logger(__name__)
 
@@ -147,7 +147,9 @@ def _exclusive(directory: Path) -> Iterator[None]:
 
 def _harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, artifacts: RunArtifacts, phase: str,
              pending: dict[str, Any], *, by: str, cut_off: bool) -> Harvest:
-    from agent.phase import summarize  # the phase module launches jobs and harvests earlier ones
+    from agent.phase import (
+        summarize,  # the phase module launches jobs and harvests earlier ones
+    )
 
     facts = {"run_id": artifacts.run_id, "phase": phase, "task_id": pending.get("task_id"),
              "container_id": job.container_id, "shard": config.shard_index, "harvested_by": by}

@@ -19,13 +19,13 @@ from typing import Any
 import docker
 import docker.errors
 import pytest
-from testkit import DockerCleanup, Images
-from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 from agent import config as config_mod
 from agent.artifacts import ATTEMPTS_FILE, RunArtifacts
 from agent.jobs import JobLauncher, job_create_args
 from agent.reconcile import ORPHAN_REASON, JobReconciler
+from testkit import DockerCleanup, Images
+from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 

@@ -14,14 +14,14 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 from celery import Celery
-from testkit.phases import ARTIFACTS_IN_WORKER, PhaseLab
-from testkit.private_brokers import PrivateRabbitMQ
-from testkit.rabbit import rabbitmqctl
-from testkit.workers import keys_for_shard, wait_until
 
 from agent.acklog import ACK_LOST
 from agent.config import load
 from openai_standin import Behaviour, StandIn
+from testkit.phases import UNHARVESTED_SITE, PhaseLab
+from testkit.private_brokers import PrivateRabbitMQ
+from testkit.rabbit import rabbitmqctl
+from testkit.workers import keys_for_shard, wait_until
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker, pytest.mark.timeout(300)]
@@ -63,14 +63,6 @@ agent.preflight.CodexRequest.acknowledge = celery.worker.request.Request.acknowl
 """
 
 
-def _site(lab: PhaseLab, name: str, text: str) -> dict[str, str]:
-    """Worker environment loading ``text`` as sitecustomize (an unprotected variant)."""
-    site = lab.artifacts / name
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(text)
-    return {"PYTHONPATH": f"{ARTIFACTS_IN_WORKER}/{name}"}
-
-
 @pytest.mark.parametrize("quiet", [True, False], ids=["agent-warning", "without-it-celerys-critical-traceback"])
 def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_traceback(
     lab: PhaseLab, standin: StandIn, backend_url: str, quiet: bool,
@@ -85,7 +77,7 @@ def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_tracebac
     broker.start()
     try:
         publisher = create_app(load({"CELERY_BROKER_URL": broker.url}), result_backend=backend_url)
-        env = {} if quiet else _site(lab, "celery-ack-site", CELERY_ACK_SITE)
+        env = {} if quiet else lab.site("celery-ack-site", CELERY_ACK_SITE)
         worker = lab.ready_worker(lab.shard(2), broker.url, backend_url, **env)
         run_id = f"cwa-once-ack-lost-{'on' if quiet else 'off'}"
         standin.script.push(Behaviour("delay", seconds=8))
@@ -114,13 +106,6 @@ def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_tracebac
         broker.close()
 
 
-UNHARVESTED_SITE = """\
-# The unprotected variant of tests/integration/test_phase_once.py: a worker that harvests no job of a
-# Codex phase (agent.reconcile and agent.phase call these names of agent.harvest at call time).
-import agent.harvest
-agent.harvest.locate = lambda config, job: None
-agent.harvest.settle_earlier_job = lambda *args, **kwargs: None
-"""
 
 
 def _job_state(docker_client: object, container_id: str) -> dict[str, object]:
@@ -141,7 +126,7 @@ def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
     name = f"cwa_test_harvest_{'on' if harvest else 'off'}"
     env = {"AGENT_WORKER_NAME": name}
     if not harvest:
-        env.update(_site(lab, "unharvested-site", UNHARVESTED_SITE))
+        env.update(lab.site("unharvested-site", UNHARVESTED_SITE))
     run_id = f"cwa-once-exited-{'on' if harvest else 'off'}"
     first = lab.ready_worker(shard, rabbitmq_vhost, backend_url, **env)
     standin.script.push(Behaviour("delay", seconds=6))

@@ -7,8 +7,8 @@ import json
 import logging
 from pathlib import Path
 
-from kombu.exceptions import OperationalError
 from amqp.exceptions import RecoverableConnectionError
+from kombu.exceptions import OperationalError
 
 from agent.acklog import ACK_LOST, LostAckLog, next_step
 from agent.artifacts import RunArtifacts
