@@ -147,9 +147,8 @@ def _exclusive(directory: Path) -> Iterator[None]:
 
 def _harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, artifacts: RunArtifacts, phase: str,
              pending: dict[str, Any], *, by: str, cut_off: bool) -> Harvest:
-    from agent.phase import (
-        summarize,  # the phase module launches jobs and harvests earlier ones
-    )
+    # agent.phase launches jobs and settles earlier ones through this module: imported when used
+    from agent.phase import summarize
 
     facts = {"run_id": artifacts.run_id, "phase": phase, "task_id": pending.get("task_id"),
              "container_id": job.container_id, "shard": config.shard_index, "harvested_by": by}
