@@ -21,7 +21,7 @@ from openai_standin import Behaviour, StandIn
 from testkit.phases import UNHARVESTED_SITE, PhaseLab
 from testkit.private_brokers import PrivateRabbitMQ
 from testkit.rabbit import rabbitmqctl
-from testkit.workers import keys_for_shard, wait_until
+from testkit.workers import BrokerView, keys_for_shard, wait_until
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker, pytest.mark.timeout(300)]
@@ -112,23 +112,29 @@ def _job_state(docker_client: object, container_id: str) -> dict[str, object]:
     return docker_client.containers.get(container_id).attrs["State"]  # type: ignore[attr-defined, no-any-return]
 
 
-@pytest.mark.parametrize("harvest", [True, False], ids=["harvested", "without-the-harvest-runs-twice"])
+@pytest.mark.parametrize(("kind", "harvest"), [("rabbitmq", True), ("redis", True), ("rabbitmq", False)],
+                         ids=["harvested-rabbitmq", "harvested-redis", "without-the-harvest-runs-twice"])
 def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
-    lab: PhaseLab, standin: StandIn, rabbitmq_vhost: str, backend_url: str, docker_client: object, harvest: bool,
+    lab: PhaseLab, standin: StandIn, backend_url: str, docker_client: object, kind: str, harvest: bool,
+    request: pytest.FixtureRequest,
 ) -> None:
     """The worker is killed (SIGKILL) mid-job; the job exits 0 while it is down; the restarted worker
-    harvests it: one Codex run, and the redelivered task returns the first run's result. Without the
-    harvest (the unprotected variant) the redelivered task runs Codex a second time."""
+    harvests it: one Codex run, and the redelivered task returns the first run's result (RabbitMQ
+    redelivers at the kill, Redis after the visibility timeout). Without the harvest (the unprotected
+    variant) the redelivered task runs Codex a second time."""
     import worker_entry.tasks  # noqa: F401
 
-    publisher = create_app(load({"CELERY_BROKER_URL": rabbitmq_vhost}), result_backend=backend_url)
+    url: str = request.getfixturevalue("rabbitmq_vhost" if kind == "rabbitmq" else "redis_url")
+    if kind == "redis":
+        BrokerView(url).purge()
+    publisher = create_app(load({"CELERY_BROKER_URL": url}), result_backend=backend_url)
     shard = lab.shard(1)
-    name = f"cwa_test_harvest_{'on' if harvest else 'off'}"
-    env = {"AGENT_WORKER_NAME": name}
+    name = f"cwa_test_harvest_{kind}_{'on' if harvest else 'off'}"
+    env = {"AGENT_WORKER_NAME": name, "CELERY_VISIBILITY_TIMEOUT": "10"}
     if not harvest:
         env.update(lab.site("unharvested-site", UNHARVESTED_SITE))
-    run_id = f"cwa-once-exited-{'on' if harvest else 'off'}"
-    first = lab.ready_worker(shard, rabbitmq_vhost, backend_url, **env)
+    run_id = f"cwa-once-exited-{kind}-{'on' if harvest else 'off'}"
+    first = lab.ready_worker(shard, url, backend_url, **env)
     standin.script.push(Behaviour("delay", seconds=6))
     result = send_phase(publisher, 1, run_id)
     started = first.wait_for("codex.job.started", timeout=60, run_id=run_id)[0]
@@ -137,9 +143,11 @@ def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
                what="the job to exit while its worker is dead")
     assert _job_state(docker_client, started["container_id"])["ExitCode"] == 0
 
-    second = lab.ready_worker(shard, rabbitmq_vhost, backend_url, **env)
+    second = lab.ready_worker(shard, url, backend_url, **env)
     outcome = result.get(timeout=180)["job"]  # type: ignore[attr-defined]
     recorded = json.loads((lab.artifacts / run_id / "plan" / "outcome.json").read_text())
+    if kind == "redis":
+        BrokerView(url).purge()
     if not harvest:
         assert len(standin.script.calls()) == 2, "the unprotected variant must run Codex again"
         assert outcome["container_id"] != started["container_id"] and not outcome.get("skipped")
