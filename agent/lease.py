@@ -17,6 +17,10 @@ holds one of its own earlier logins again (a fingerprint of its set that is no c
 are dropped from the set and the next round leases the rest. Nothing else changes: the restored
 login is leased like any other, so a login held elsewhere is still refused, and a fingerprint this
 volume once held is never dropped this way (a copy of *its* old login elsewhere stays refused).
+One narrow case the lease cannot tell from a mistaken copy: this volume's own Codex refreshes, and
+a copy of the new file is leased elsewhere before this volume's next round (its watcher re-checks
+within a second of the write); an operator who then restores an *older* auth.json of this volume
+gets it through beside the copy. That older token was rotated away, so its first refresh fails.
 
 Fingerprints are leased in sorted order and a round stops at the first one held elsewhere: two
 copies started together cannot each win half. A lease whose record names this same volume on
