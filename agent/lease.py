@@ -20,7 +20,8 @@ volume once held is never dropped this way (a copy of *its* old login elsewhere 
 One narrow case the lease cannot tell from a mistaken copy: this volume's own Codex refreshes, and
 a copy of the new file is leased elsewhere before this volume's next round (its watcher re-checks
 within a second of the write); an operator who then restores an *older* auth.json of this volume
-gets it through beside the copy. That older token was rotated away, so its first refresh fails.
+gets it through beside the copy; that older token was rotated away, so its first refresh is a reuse
+that revokes the family (the copy's login with it).
 
 Fingerprints are leased in sorted order and a round stops at the first one held elsewhere: two
 copies started together cannot each win half. A lease whose record names this same volume on
