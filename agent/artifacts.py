@@ -7,6 +7,11 @@ so a redelivered message, or the same run published again, finds the phase compl
 nothing (a phase cut off mid-run has no outcome and runs again: at least once, at most one
 completed execution). ``session.json`` names the run's newest Codex session, which a later phase
 of the run resumes from the shard's ``CODEX_HOME``.
+
+``pending.json`` is written just before a phase's job is launched: it ties the job's task id to
+its phase, so that a job which finished while its worker was away can be harvested into the
+phase's outcome (:mod:`agent.harvest`). ``attempts.jsonl`` lists harvested jobs that did not
+complete the phase (non-zero exit, cut off).
 """
 
 from __future__ import annotations
@@ -20,16 +25,24 @@ from typing import Any
 from agent.atomic import write_json_atomically
 from agent.errors import PhaseRequestError
 
-__all__ = ["RunArtifacts", "checked_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE"]
+__all__ = ["RunArtifacts", "checked_name", "is_safe_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE",
+           "PENDING_FILE", "ATTEMPTS_FILE"]
 
 EVENTS_FILE = "events.jsonl"
 MESSAGE_FILE = "last_message.txt"
 OUTCOME_FILE = "outcome.json"
 SESSION_FILE = "session.json"
+PENDING_FILE = "pending.json"
+ATTEMPTS_FILE = "attempts.jsonl"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NAME_RULE = "1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit"
 """What a run id or phase name may be: each becomes a directory (and a volume) name."""
+
+
+def is_safe_name(value: Any) -> bool:
+    """Whether ``value`` may be a run id or phase name (:data:`NAME_RULE`)."""
+    return isinstance(value, str) and bool(_NAME.match(value)) and ".." not in value
 
 
 def checked_name(field: str, value: Any, facts: dict[str, Any]) -> str:
@@ -38,8 +51,8 @@ def checked_name(field: str, value: Any, facts: dict[str, Any]) -> str:
     Raises:
         PhaseRequestError: not a string of :data:`NAME_RULE`, or a '..'-style name.
     """
-    if isinstance(value, str) and _NAME.match(value) and ".." not in value:
-        return value
+    if is_safe_name(value):
+        return str(value)
     cause = "not a string" if not isinstance(value, str) else "not a safe directory name"
     raise PhaseRequestError(**facts, field=field, value=value if isinstance(value, str) else type(value).__name__,
                             cause=cause, accepted=NAME_RULE)
@@ -91,3 +104,36 @@ class RunArtifacts:
             write_json_atomically(self.directory / SESSION_FILE, {"session_id": session, "phase": phase})
         write_json_atomically(directory / OUTCOME_FILE, outcome, mode=0o644)
         return directory
+
+    def begin(self, phase: str, pending: dict[str, Any]) -> None:
+        """Note the phase's job about to launch (task id, session): what a harvest needs to find it."""
+        directory = self.phase_dir(phase)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_json_atomically(directory / PENDING_FILE, pending, mode=0o644)
+
+    def pending(self, task_id: str) -> tuple[str, dict[str, Any]] | None:
+        """The phase whose job ``task_id`` launched, with its pending record, or None."""
+        try:
+            phases = sorted(p for p in self.directory.iterdir() if p.is_dir())
+        except OSError:
+            return None
+        for directory in phases:
+            record = _read_json(directory / PENDING_FILE)
+            if record is not None and record.get("task_id") == task_id and record.get("phase") == directory.name:
+                return directory.name, record
+        return None
+
+    def note_attempt(self, phase: str, attempt: dict[str, Any]) -> None:
+        """Append a harvested job that did not complete the phase (it runs again)."""
+        directory = self.phase_dir(phase)
+        directory.mkdir(parents=True, exist_ok=True)
+        with open(directory / ATTEMPTS_FILE, "a", encoding="utf-8") as out:
+            out.write(json.dumps(attempt, sort_keys=True) + "\n")
+
+    def attempted(self, phase: str, container_id: str) -> bool:
+        """Whether a harvested attempt of ``container_id`` is noted already."""
+        try:
+            lines = (self.phase_dir(phase) / ATTEMPTS_FILE).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            return False
+        return any(f'"container_id": "{container_id}"' in line for line in lines)

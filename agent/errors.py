@@ -268,7 +268,9 @@ class FleetDuplicateError(ClaimError):
     )
     remediation_template = (
         "log this volume in afresh with a login of its own: docker compose run --rm login-{shard} "
-        "(the gate reopens by itself); never copy auth.json between volumes or hosts. If this volume "
+        "(the gate reopens by itself), or, if auth.json was copied here by mistake, put back this "
+        "volume's own earlier auth.json (the copied login is forgotten once it is gone; a login held "
+        "elsewhere stays refused); never copy auth.json between volumes or hosts. If this volume "
         "must keep the login instead, stop worker {holder_worker} on host {holder_host} first"
     )
 

@@ -11,6 +11,18 @@ refused. The set is kept in the volume (:data:`HISTORY_FILE`, fingerprints only)
 forgets nothing. A volume that was refused and then gets a new login (the operator logged it in
 afresh) starts a new set, so the fix works.
 
+A mistaken copy can also be undone. A fingerprint refused at its first lease, which this volume
+never held, came from another volume's live lease: the history marks it a *copy*. Once the volume
+holds one of its own earlier logins again (a fingerprint of its set that is no copy), the copies
+are dropped from the set and the next round leases the rest. Nothing else changes: the restored
+login is leased like any other, so a login held elsewhere is still refused, and a fingerprint this
+volume once held is never dropped this way (a copy of *its* old login elsewhere stays refused).
+One narrow case the lease cannot tell from a mistaken copy: this volume's own Codex refreshes, and
+a copy of the new file is leased elsewhere before this volume's next round (its watcher re-checks
+within a second of the write); an operator who then restores an *older* auth.json of this volume
+gets it through beside the copy; that older token was rotated away, so its first refresh is a reuse
+that revokes the family (the copy's login with it).
+
 Fingerprints are leased in sorted order and a round stops at the first one held elsewhere: two
 copies started together cannot each win half. A lease whose record names this same volume on
 this same kernel, under another claim, belongs to a dead worker (we hold the volume's flock) and
@@ -144,42 +156,88 @@ HOLDER_FIELDS: FieldTypes = {
 
 @dataclass
 class FingerprintHistory:
-    """The fingerprints a volume's lease covers, oldest first; pure, saved by the caller."""
+    """The fingerprints a volume's lease covers, oldest first; pure, saved by the caller.
+
+    ``held`` are those whose lease this volume has held (None: an older agent's file, all count
+    as held); ``copies`` those refused without ever being held here (another volume's login).
+    """
 
     fingerprints: list[str] = field(default_factory=list)
     refused: bool = False
     keep: int = LEASE_KEEP
+    held: list[str] | None = None
+    copies: list[str] = field(default_factory=list)
 
     def observe(self, current: str | None) -> list[str]:
         """Take in the volume's current fingerprint; returns the fingerprints dropped.
 
         A new fingerprint joins the set (a refresh, or a login changed while nobody watched),
         except after a refusal: then the volume was logged in afresh, and the old set, which
-        belongs to the other copy, is dropped.
+        belongs to the other copy, is dropped. A refused volume back on one of its own
+        fingerprints (a copy undone) drops the copies only.
         """
-        if current is None or current in self.fingerprints:
+        if current is None:
             return []
+        if current in self.fingerprints:
+            if not (self.refused and self.copies and current not in self.copies):
+                return []
+            dropped = [f for f in self.fingerprints if f in self.copies]
+            self.fingerprints = [f for f in self.fingerprints if f not in self.copies]
+            self.copies = []
+            return dropped
         if self.refused:
             dropped, self.fingerprints = self.fingerprints, [current]
+            self.held, self.copies = [], []
             return dropped
+        if self.held is None:  # an older agent's file: what it had, it held
+            self.held = list(self.fingerprints)
         self.fingerprints.append(current)
         dropped = self.fingerprints[: -self.keep]
         self.fingerprints = self.fingerprints[-self.keep :]
+        self._prune()
         return dropped
+
+    def mark_held(self) -> bool:
+        """Every fingerprint's lease is ours now; returns whether anything changed."""
+        before = (self.held, self.copies)
+        self.held, self.copies = list(self.fingerprints), []
+        return before != (self.held, self.copies)
+
+    def mark_copy(self, fingerprint: str) -> bool:
+        """``fingerprint`` was refused: a copy when this volume never held it; returns whether marked."""
+        held = self.fingerprints if self.held is None else self.held
+        if fingerprint in held or fingerprint in self.copies or fingerprint not in self.fingerprints:
+            return False
+        self.copies.append(fingerprint)
+        return True
+
+    def _prune(self) -> None:
+        if self.held is not None:
+            self.held = [f for f in self.held if f in self.fingerprints]
+        self.copies = [f for f in self.copies if f in self.fingerprints]
 
     def to_dict(self) -> dict[str, Any]:
         """What the history file holds."""
-        return {"fingerprints": list(self.fingerprints), "refused": self.refused}
+        data: dict[str, Any] = {"fingerprints": list(self.fingerprints), "refused": self.refused,
+                                "copies": list(self.copies)}
+        if self.held is not None:
+            data["held"] = list(self.held)
+        return data
 
     @classmethod
     def load(cls, directory: Path, keep: int = LEASE_KEEP) -> FingerprintHistory:
         """The history saved in ``directory``; empty when absent or unreadable."""
-        data = read_record(directory / HISTORY_FILE, {"fingerprints": (list,), "refused": (bool,)},
-                           defaults={"refused": False})
+        data = read_record(directory / HISTORY_FILE,
+                           {"fingerprints": (list,), "refused": (bool,), "held": (list, type(None)), "copies": (list,)},
+                           defaults={"refused": False, "held": None, "copies": []})
         if data is None:
             return cls(keep=keep)
         prints = [f for f in data["fingerprints"] if isinstance(f, str)]
-        return cls(fingerprints=prints[-keep:], refused=data["refused"], keep=keep)
+        held = None if data["held"] is None else [f for f in data["held"] if isinstance(f, str)]
+        history = cls(fingerprints=prints[-keep:], refused=data["refused"], keep=keep, held=held,
+                      copies=[f for f in data["copies"] if isinstance(f, str)])
+        history._prune()
+        return history
 
 
 @dataclass(frozen=True)
@@ -325,7 +383,13 @@ class LoginLease:
         if self._history is None:
             self._history = FingerprintHistory.load(self.codex_home, self.keep)
         before = self._history.to_dict()
-        dropped = self._history.observe(inspect_auth_file(self.codex_home).fingerprint)
+        copies, known = bool(self._history.copies), list(self._history.fingerprints)
+        current = inspect_auth_file(self.codex_home).fingerprint
+        dropped = self._history.observe(current)
+        if copies and dropped and current in known:
+            log.info("codex.lease.copy_undone", volume=self.volume, shard=self.shard, dropped=len(dropped),
+                     fingerprints=len(self._history.fingerprints),
+                     note="the volume holds one of its own earlier logins again; the copied one is forgotten")
         for fingerprint in dropped:
             if fingerprint in self._held:
                 self._held.discard(fingerprint)
@@ -365,12 +429,14 @@ class LoginLease:
                     for mine in taken_now:  # never keep half of a set we could not win
                         self.store.release(mine, record)
                         self._held.discard(mine)
-                    self._refuse(other)
+                    self._refuse(other, fingerprint)
                 if fingerprint not in self._held:
                     taken_now.append(fingerprint)
                     self._held.add(fingerprint)
         except BrokerUnreachable as e:
             return self._unreachable(str(e))
+        if self._history.mark_held():
+            self._save()
         self._judge("held", None)
         return LeaseState("held", True, len(self._held), self.broker)
 
@@ -387,7 +453,7 @@ class LoginLease:
                 other = self.store.peek(fingerprint)
                 holder = LeaseHolder.from_json(other) if other else None
                 if other and other != record and not (holder is not None and holder.is_dead_copy_of(self.record)):
-                    self._refuse(other)
+                    self._refuse(other, fingerprint)
         except BrokerUnreachable as e:
             return self._unreachable(str(e))
         if not self._reachable:
@@ -399,7 +465,13 @@ class LoginLease:
             raise self._refusal  # free now, but the gate stays closed until we hold the lease
         return LeaseState("pending", True, 0, self.broker, "broker back; its previous holder goes first")
 
-    def _refuse(self, other: str) -> NoReturn:
+    def _refuse(self, other: str, fingerprint: str) -> NoReturn:
+        assert self._history is not None
+        if self._history.mark_copy(fingerprint):
+            log.warning("codex.lease.copy_seen", volume=self.volume, shard=self.shard,
+                        note="a login this volume never held, leased elsewhere: forgotten once the volume "
+                             "holds one of its own earlier logins again")
+            self._save()
         self._judge("refused", self.refused(LeaseHolder.from_json(other)))
         assert self._refusal is not None
         raise self._refusal

@@ -139,6 +139,11 @@ class EventMetrics:
             ["shard"], registry=registry,
         )
         self.lease_refused.labels(shard)  # series from 0, so that increase() sees the first event
+        self.acks_lost = Counter(
+            "codex_acks_lost", "Codex task acks lost with the broker connection (codex.ack.lost): redelivered.",
+            ["shard"], registry=registry,
+        )
+        self.acks_lost.labels(shard)
         for outcome in JOB_OUTCOMES:
             self.jobs.labels(shard, outcome)
             self.runs.labels(shard, outcome)
@@ -152,6 +157,7 @@ class EventMetrics:
             "codex.run.retrying": lambda e: self.requeues.labels(self.shard, "job_failed", str(e.get("code") or "")).inc(),
             "codex.login.revoked": lambda e: self.revoked.labels(self.shard, str(e.get("reason") or "unknown")).inc(),
             "codex.lease.refused": lambda e: self.lease_refused.labels(self.shard).inc(),
+            "codex.ack.lost": lambda e: self.acks_lost.labels(self.shard).inc(),
         }
 
     def observe(self, event: Mapping[str, Any]) -> None:

@@ -8,7 +8,8 @@
 * a later phase resumes the run's Codex session (``codex exec resume <id>``), whose files live in the
   shard's ``CODEX_HOME``: the reason every phase of a run is pinned to one shard;
 * the JSONL stream, the final message and the outcome become the run's artifacts
-  (:mod:`agent.artifacts`), and a phase already completed is never run again;
+  (:mod:`agent.artifacts`), and a phase already completed is never run again; nor is one whose
+  job finished while its worker was away (:mod:`agent.harvest`);
 * a run that dies of its login (refresh token reused, expired or revoked; not logged in) is not a
   job failure: the volume is marked revoked (:mod:`agent.revocation`) and CODEX-E034 is raised,
   which the task base turns into a requeue with the gate closed.
@@ -25,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from agent import revocation
+from agent import harvest, revocation
 from agent.artifacts import RunArtifacts, checked_name
 from agent.config import AgentConfig
 from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError
@@ -166,10 +167,14 @@ class CodexPhase:
                                     accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev")
         artifacts = RunArtifacts(self.config.artifacts_root, run_id)
         done = artifacts.outcome(phase)
+        if done is None:  # a job of this task's earlier delivery may have finished (or still run)
+            harvest.settle_earlier_job(self.launcher.client, self.config, run_id, task_id)
+            done = artifacts.outcome(phase)
         if done is not None:
             duplicate = done.get("task_id") == task_id
             log.info("codex.phase.skipped", run_id=run_id, phase=phase, task_id=task_id,
-                     reason="duplicate delivery" if duplicate else "completed earlier", completed_by=done.get("task_id"))
+                     reason="duplicate delivery" if duplicate else "completed earlier", completed_by=done.get("task_id"),
+                     harvested=done.get("harvested"))
             return {**done, "skipped": True}
         session = artifacts.session_id() if resume else None
         if resume and session is None:
@@ -181,6 +186,8 @@ class CodexPhase:
         env = {name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}
         assert self.config.job_image is not None
         started = time.time()
+        artifacts.begin(phase, {"task_id": task_id, "run_id": artifacts.run_id, "phase": phase,
+                                "resumed_session": session, "started_at": started})
         result = self.launcher.run(
             self.config.job_image,
             exec_argv(prompt, session),

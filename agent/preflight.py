@@ -22,6 +22,7 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
+from agent.acklog import LostAckLog
 from agent.audit import RUN_AUDIT, bound
 from agent.binding import agent_for
 from agent.chains import keep_chain_on_shard
@@ -155,6 +156,19 @@ class CodexRequest(Request):
         if isinstance(exc, PreflightRejected) and agent is not None:
             agent.on_preflight_failed(exc.error, self.delivery_info.get("routing_key"))
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+    def acknowledge(self) -> None:
+        """Celery's ack, with the lost-ack line told by :class:`~agent.acklog.LostAckLog` (no traceback)."""
+        if getattr(self, "acknowledged", False):
+            return
+        agent = agent_for(self.task.app)
+        kwargs = self.kwargs if isinstance(self.kwargs, dict) else {}
+        facts = {"task_id": self.id, "task": self.name, "run_id": kwargs.get("run_id"), "phase": kwargs.get("phase"),
+                 "shard": agent.config.shard_index if agent is not None else None,
+                 "queue": (self.delivery_info or {}).get("routing_key")}
+        root = agent.config.artifacts_root if agent is not None else None
+        self._on_ack(LostAckLog(facts, root), self._connection_errors)
+        self.acknowledged = True
 
 
 class CodexTask(Task):

@@ -9,6 +9,11 @@ Each gets a ``codex.job.finished`` line with ``reason="orphaned by a restart"``,
 ``reconciled=true`` and what the engine still knows: exit code, duration, the run and task ids,
 queue and volume from the labels, container id and image.
 
+The job of a Codex phase is harvested first (:mod:`agent.harvest`): one that exited 0 while its
+worker was away becomes the phase's outcome, so its redelivered task skips the phase; one still
+running is waited for (on a thread of its own, within the phase's limit), harvested, then
+removed. Its finished line says so (``harvested``: completed, failed, cut_off, ...).
+
 An orphan is a labelled container that was created before this worker process started (a
 previous life of this worker), or whose task this process neither holds nor runs (its pool child
 died mid-run). A task this process is running keeps its container: the launcher that made it
@@ -30,12 +35,13 @@ import psutil
 import structlog
 from celery.worker import state as worker_state
 
+from agent import harvest
 from agent.audit import AUDIT_FIELDS, JOB_FINISHED
 from agent.config import AgentConfig
 from agent.dockerenv import optional_client
 from agent.dockerrun import DOCKER_FAILURES
 
-__all__ = ["ORPHAN_REASON", "JobContainer", "JobReconciler", "docker_time", "is_orphan", "task_is_active"]
+__all__ = ["ORPHAN_REASON", "JobContainer", "JobReconciler", "docker_time", "is_orphan", "settle", "task_is_active", "worker_started"]
 
 log = structlog.get_logger(__name__)
 
@@ -69,6 +75,8 @@ class JobContainer:
     exit_code: int | None
     duration_s: float | None
     audit: dict[str, Any]
+    started: float | None = None
+    finished: float | None = None
 
     @classmethod
     def from_inspect(cls, data: dict[str, Any]) -> JobContainer:
@@ -89,7 +97,18 @@ class JobContainer:
             exit_code=int(run.get("ExitCode", -1)) if ended else None,
             duration_s=round(finished - started, 3) if ended and finished is not None and started is not None else None,
             audit=audit,
+            started=started,
+            finished=finished if ended else None,
         )
+
+
+_WORKER_START: dict[str, float] = {}
+"""When this worker's main process started (set by the first reconciler, before the pool forks)."""
+
+
+def worker_started() -> float | None:
+    """When this worker's main process started, as the reconciler saw it; None before it did."""
+    return _WORKER_START.get("main")
 
 
 def task_is_active(task_id: str) -> bool:
@@ -125,7 +144,10 @@ class JobReconciler:
         self.active = active
         self.client_factory = client_factory
         self.process_start = psutil.Process().create_time()
+        _WORKER_START.setdefault("main", self.process_start)
         self._lock = threading.Lock()
+        self._awaited: set[str] = set()
+        self._awaited_lock = threading.Lock()
 
     def start(self, trigger: str) -> threading.Thread:
         """Sweep on a daemon thread (sweeps never overlap); returns the thread."""
@@ -156,27 +178,53 @@ class JobReconciler:
         labels = [f"codex.shard={self.config.shard_index}", f"codex.worker={self.config.worker_name}"]
         found = client.api.containers(all=True, filters={"label": labels})
         removed: list[JobContainer] = []
+        awaited = 0
         for summary in found:
             job = self._inspect(client, summary["Id"])
             if job is None or not is_orphan(job, process_start=self.process_start, active=self.active):
                 continue
-            found_status = job.status
-            killed = found_status not in ("created", "exited", "dead")
-            if killed:
-                job = self._kill(client, job)
-            try:
-                client.api.remove_container(job.container_id, force=True, v=False)
-            except docker.errors.NotFound:
-                continue  # its own launcher removed it after all
-            removed.append(job)
-            log.warning(
-                JOB_FINISHED, **job.audit, container_id=job.container_id, image=job.image,
-                exit_code=job.exit_code, duration_s=job.duration_s, reason=ORPHAN_REASON, reconciled=True,
-                found_status=found_status, killed=killed, trigger=trigger,
-            )
+            if job.status not in ("created", "exited", "dead") and harvest.locate(self.config, job) is not None:
+                awaited += self._await(job, trigger)  # a Codex phase still at work: not killed
+                continue
+            settled = self._settle(client, job, trigger)
+            if settled is not None:
+                removed.append(settled)
         log.info("codex.reconcile.done", trigger=trigger, found=len(found), removed=len(removed),
-                 left=len(found) - len(removed))
+                 left=len(found) - len(removed), awaited=awaited)
         return removed
+
+    def _settle(self, client: Any, job: JobContainer, trigger: str, *, found_status: str | None = None,
+                cut_off: bool = False) -> JobContainer | None:
+        return settle(client, self.config, job, trigger, found_status=found_status, cut_off=cut_off)
+
+    def _await(self, job: JobContainer, trigger: str) -> int:
+        """Wait for a running phase job on a thread of its own (once), then settle it; 1 if started."""
+        with self._awaited_lock:
+            if job.container_id in self._awaited:
+                return 0
+            self._awaited.add(job.container_id)
+        log.info("codex.reconcile.awaiting", **job.audit, container_id=job.container_id, trigger=trigger,
+                 reason="a Codex phase still runs: harvested when it ends")
+
+        def wait_then_settle() -> None:
+            client = self.client_factory()
+            try:
+                if client is None:
+                    return
+                ended, cut_off = harvest.await_exit(client, self.config, job)
+                if ended is not None:
+                    self._settle(client, ended, trigger, found_status=job.status, cut_off=cut_off)
+            except DOCKER_FAILURES as e:
+                log.warning("codex.reconcile.failed", trigger=trigger, container_id=job.container_id,
+                            error=f"{type(e).__name__}: {e}"[:300])
+            finally:
+                with self._awaited_lock:
+                    self._awaited.discard(job.container_id)
+                if client is not None:
+                    client.close()
+
+        threading.Thread(target=wait_then_settle, name="codex-agent-harvest", daemon=True).start()
+        return 1
 
     @staticmethod
     def _inspect(client: Any, container_id: str) -> JobContainer | None:
@@ -185,11 +233,41 @@ class JobReconciler:
         except docker.errors.NotFound:
             return None
 
-    def _kill(self, client: Any, job: JobContainer) -> JobContainer:
-        """Stop a still-running orphan (it holds the shard's login) and read how it ended."""
-        try:
-            client.api.kill(job.container_id)
-            client.api.wait(job.container_id, timeout=_KILL_WAIT)
-        except DOCKER_FAILURES:
-            return job  # already gone, or slow to die: the forced remove below finishes it
-        return self._inspect(client, job.container_id) or job
+
+def _kill(client: Any, job: JobContainer) -> JobContainer:
+    """Stop a still-running orphan (it holds the shard's login) and read how it ended."""
+    try:
+        client.api.kill(job.container_id)
+        client.api.wait(job.container_id, timeout=_KILL_WAIT)
+    except DOCKER_FAILURES:
+        return job  # already gone, or slow to die: the forced remove below finishes it
+    return JobReconciler._inspect(client, job.container_id) or job
+
+
+def settle(client: Any, config: AgentConfig, job: JobContainer, trigger: str, *, found_status: str | None = None,
+           cut_off: bool = False) -> JobContainer | None:
+    """Harvest (a phase's job), kill (anything else still running), remove and log one orphan.
+
+    Whoever removes the container logs its reconciled ``codex.job.finished`` line (the sweep, or a
+    redelivered task that settled its own earlier job), so each gets one.
+
+    Returns:
+        The job as it ended, or None when someone else removed it first.
+    """
+    found_status = found_status or job.status
+    killed = job.status not in ("created", "exited", "dead")
+    if killed:
+        job = _kill(client, job)
+    by = "redelivery" if trigger == "redelivery" else "reconcile"
+    harvested = harvest.harvest(client, config, job, by=by, cut_off=cut_off or killed)
+    try:
+        client.api.remove_container(job.container_id, force=True, v=False)
+    except docker.errors.NotFound:
+        return None  # its own launcher (or another harvester) removed it after all
+    extra = {} if harvested is None else {"harvested": harvested.result, "phase": harvested.phase, **harvested.fields}
+    log.warning(
+        JOB_FINISHED, **job.audit, container_id=job.container_id, image=job.image,
+        exit_code=job.exit_code, duration_s=job.duration_s, reason=ORPHAN_REASON, reconciled=True,
+        found_status=found_status, killed=killed or cut_off, trigger=trigger, **extra,
+    )
+    return job

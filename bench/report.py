@@ -103,4 +103,16 @@ def write_markdown(path: Path, run: dict[str, Any], rows: list[Row], findings: s
     )
     if findings:
         lines += ["", findings.strip()]
+    soak = _soak_section(path)  # written by bench/soak.py, a run of its own: kept as it was
+    if soak:
+        lines += ["", soak]
     path.write_text("\n".join(lines) + "\n")
+
+
+def _soak_section(path: Path) -> str | None:
+    from bench.soak import SOAK_BEGIN, SOAK_END
+
+    text = path.read_text() if path.exists() else ""
+    if SOAK_BEGIN not in text or SOAK_END not in text:
+        return None
+    return SOAK_BEGIN + text.split(SOAK_BEGIN, 1)[1].split(SOAK_END, 1)[0] + SOAK_END

@@ -26,11 +26,20 @@ from .dockerkit import TEST_LABEL, TEST_PREFIX
 from .guard import GUARD_DOCKER_HOST, GuardProcess
 from .workers import JsonLog
 
-__all__ = ["APP_UID", "JOB_HOME", "ContainerWorker", "PhaseLab", "PhaseShard"]
+__all__ = ["APP_UID", "JOB_HOME", "UNHARVESTED_SITE", "ContainerWorker", "PhaseLab", "PhaseShard"]
 
 APP_UID = 1000
 JOB_HOME = "/home/app/.codex"
 ARTIFACTS_IN_WORKER = "/var/artifacts/spec_workflows"
+
+UNHARVESTED_SITE = """\
+# The unprotected variant of the harvest (tests/integration/test_phase_once.py, bench/soak.py): a
+# worker that harvests no job of a Codex phase (agent.reconcile and agent.phase call these names
+# of agent.harvest at call time).
+import agent.harvest
+agent.harvest.locate = lambda config, job: None
+agent.harvest.settle_earlier_job = lambda *args, **kwargs: None
+"""
 
 
 @dataclass
@@ -202,6 +211,13 @@ class PhaseLab:
         worker = self.worker(shard, broker_url, backend_url, **options)
         worker.wait_for("codex.agent.ready", timeout=90, gate="open")
         return worker
+
+    def site(self, name: str, text: str) -> dict[str, str]:
+        """Worker environment that loads ``text`` as its sitecustomize (an unprotected variant)."""
+        site = self.artifacts / name
+        site.mkdir(exist_ok=True)
+        (site / "sitecustomize.py").write_text(text)
+        return {"PYTHONPATH": f"{ARTIFACTS_IN_WORKER}/{name}"}
 
     def artifact_dir(self, job: dict[str, Any]) -> Path:
         """Where a phase's artifacts (reported inside the worker) are on the host."""

@@ -1,4 +1,5 @@
-"""A real lease holder for the lease tests: `python leaser.py CODEX_HOME WORKER BROKER_URL [--ttl T] [--keep K]`.
+"""A real lease holder for the lease tests: `python leaser.py CODEX_HOME WORKER BROKER_URL [--ttl T] [--keep K]
+[--without-undo]` (the last: no fingerprint is ever marked a copy, the agent before copies could be undone).
 
 It claims CODEX_HOME (the lease is only ever taken under the volume's claim), then answers one
 JSON line on stdout per command read from stdin:
@@ -19,7 +20,7 @@ from pathlib import Path
 from agent.audit import configure_logging
 from agent.claim import VolumeClaim
 from agent.errors import AgentError
-from agent.lease import LEASE_KEEP, LEASE_TTL, LoginLease
+from agent.lease import LEASE_KEEP, LEASE_TTL, FingerprintHistory, LoginLease
 from agent.lease_store import describe_broker, store_for
 
 
@@ -31,6 +32,8 @@ def main() -> None:
     configure_logging("INFO", stream=sys.stderr)  # stdout is the answer channel
     home, worker, url = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     ttl, keep = _option("--ttl", LEASE_TTL), int(_option("--keep", LEASE_KEEP))
+    if "--without-undo" in sys.argv:
+        FingerprintHistory.mark_copy = lambda self, fingerprint: False  # type: ignore[method-assign]
     claim = VolumeClaim(home, worker=worker, shard=0, volume=home.name)
     holder = claim.acquire()
     lease = LoginLease(store_for(url, ttl=ttl, name=worker), codex_home=home, worker=worker, shard=0,

@@ -7,22 +7,25 @@ exited, created but never started, or still running.
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import docker
 import docker.errors
 import pytest
-from testkit import DockerCleanup, Images
-from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 from agent import config as config_mod
+from agent.artifacts import ATTEMPTS_FILE, RunArtifacts
 from agent.jobs import JobLauncher, job_create_args
 from agent.reconcile import ORPHAN_REASON, JobReconciler
+from testkit import DockerCleanup, Images
+from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 
@@ -183,3 +186,87 @@ class TestLiveTasksAreLeftAlone:
             assert removed == [] and live.status == "running"
         else:
             assert [job.container_id for job in removed] == [live.id] and _gone(docker_client, live)
+
+
+def _jsonl_job(session: str, message: str, code: int, *, sleep_s: float = 0) -> list[str]:
+    """A job printing a codex exec --json stream (session, final message, usage) and exiting ``code``."""
+    events = [
+        {"type": "thread.started", "thread_id": session},
+        {"type": "item.completed", "item": {"type": "agent_message", "text": message}},
+        {"type": "turn.completed", "usage": {"input_tokens": 7, "output_tokens": 3}},
+    ]
+    lines = " ".join(f"'{json.dumps(e)}'" for e in events)
+    return ["sh", "-c", f"sleep {sleep_s}; printf '%s\\n' {lines}; exit {code}"]
+
+
+class TestHarvest:
+    """A Codex phase's job found by the sweep becomes the phase's record (agent.harvest)."""
+
+    @staticmethod
+    def reconciler(name: str, artifacts: Path, **env: str) -> JobReconciler:
+        config = config_mod.load({"CODEX_SHARD_INDEX": "0", "AGENT_WORKER_NAME": name,
+                                  "CODEX_ARTIFACTS_ROOT": str(artifacts), **env})
+        return JobReconciler(config, active=lambda _task_id: False)
+
+    @staticmethod
+    def pending(artifacts: Path, task_id: str) -> RunArtifacts:
+        run = RunArtifacts(artifacts, f"run-{task_id}")
+        run.begin("plan", {"task_id": task_id, "run_id": run.run_id, "phase": "plan", "resumed_session": None,
+                           "started_at": 1.0})
+        return run
+
+    def test_an_exited_phase_job_becomes_the_phase_outcome(
+        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, tmp_path: Path,
+    ) -> None:
+        """Exit 0: outcome.json, events and final message written as a live phase writes them; removed."""
+        _, make = orphans
+        name = f"rw-{uuid.uuid4().hex[:6]}"
+        run = self.pending(tmp_path, "task-done")
+        job = make.make(name, "task-done", _jsonl_job("sess-1", "the plan", 0), exit_wait=True)
+        removed = self.reconciler(name, tmp_path).sweep("startup")
+        assert [j.container_id for j in removed] == [job.id] and _gone(docker_client, job)
+        outcome = run.outcome("plan")
+        assert outcome is not None
+        assert {k: outcome[k] for k in ("status", "phase", "task_id", "container_id", "exit_code", "session_id",
+                                         "usage", "harvested")} == {
+            "status": "completed", "phase": "plan", "task_id": "task-done", "container_id": job.id, "exit_code": 0,
+            "session_id": "sess-1", "usage": {"input_tokens": 7, "output_tokens": 3}, "harvested": "reconcile"}
+        assert (run.phase_dir("plan") / "last_message.txt").read_text() == "the plan"
+        assert len((run.phase_dir("plan") / "events.jsonl").read_text().splitlines()) == 3
+        assert run.session_id() == "sess-1"
+
+    @pytest.mark.parametrize("harvested", [True, False], ids=["phase-job-awaited", "plain-job-killed"])
+    def test_a_running_phase_job_is_awaited_then_harvested(
+        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, tmp_path: Path,
+        harvested: bool,
+    ) -> None:
+        """A still-running phase job is not killed: it ends, then is harvested and removed. The same job
+        without its pending record (no Codex phase, as before the harvest) is killed and nothing recorded."""
+        _, make = orphans
+        name = f"rw-{uuid.uuid4().hex[:6]}"
+        run = self.pending(tmp_path, "task-busy") if harvested else RunArtifacts(tmp_path, "run-task-busy")
+        job = make.make(name, "task-busy", _jsonl_job("sess-2", "built", 0, sleep_s=4))
+        removed = self.reconciler(name, tmp_path).sweep("startup")
+        if not harvested:
+            assert [j.exit_code for j in removed] == [137] and run.outcome("plan") is None
+            return
+        assert removed == []
+        wait_until(lambda: _gone(docker_client, job), 60, what="the awaited job removed")
+        outcome = run.outcome("plan")
+        assert outcome is not None and (outcome["container_id"], outcome["session_id"]) == (job.id, "sess-2")
+
+    @pytest.mark.parametrize("cut_off", [False, True], ids=["non-zero", "cut-off-at-the-limit"])
+    def test_a_failed_or_cut_off_phase_job_is_noted_and_the_phase_runs_again(
+        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, tmp_path: Path, cut_off: bool,
+    ) -> None:
+        """Non-zero, or killed past CODEX_PHASE_TIMEOUT: an attempt line, no outcome (the phase runs again)."""
+        _, make = orphans
+        name = f"rw-{uuid.uuid4().hex[:6]}"
+        run = self.pending(tmp_path, "task-bad")
+        command = ["sleep", "300"] if cut_off else _jsonl_job("sess-3", "half", 2)
+        job = make.make(name, "task-bad", command, exit_wait=not cut_off)
+        self.reconciler(name, tmp_path, CODEX_PHASE_TIMEOUT="2").sweep("startup")
+        wait_until(lambda: _gone(docker_client, job), 60, what="the job removed")
+        assert run.outcome("plan") is None
+        attempts = [json.loads(line) for line in (run.phase_dir("plan") / ATTEMPTS_FILE).read_text().splitlines()]
+        assert [(a["status"], a["container_id"]) for a in attempts] == [("cut_off" if cut_off else "failed", job.id)]

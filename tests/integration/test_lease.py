@@ -210,6 +210,65 @@ class TestRefreshedOriginal:
         assert first.check()["status"] == "held"
 
 
+class TestUndoneCopy:
+    """An operator copies another volume's live login over this volume's own by mistake (E013), then
+    restores this volume's own earlier auth.json: the gate reopens; a live copy never does."""
+
+    @staticmethod
+    def _own_then_copy(leasers: Callable[..., Leaser], url: str, tmp_path: Path, *extra: str) -> tuple[Leaser, Leaser, bytes]:
+        first, _ = _holder_and_copy(leasers, url, tmp_path)
+        own = tmp_path / "vol-b"
+        write_chatgpt_login(own, account="acct-b")  # vol-b's login of its own
+        second = leasers(own, "holder-b", url, *extra)
+        assert second.check()["status"] == "held"
+        earlier = (own / AUTH_FILE).read_bytes()
+        copy_login(tmp_path / "vol-a", own)  # the mistake
+        _refused_by(second.check(), first, "vol-a")
+        return first, second, earlier
+
+    @pytest.mark.parametrize("undo", [True, False], ids=["reopens", "without-the-undo-stays-refused"])
+    def test_restoring_the_volumes_own_earlier_login_reopens_it(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path, undo: bool,
+    ) -> None:
+        first, second, earlier = self._own_then_copy(leasers, broker_url, tmp_path, *([] if undo else ["--without-undo"]))
+        restore(tmp_path / "vol-b", earlier)
+        answer = second.check()
+        if not undo:
+            _refused_by(answer, first, "vol-a")  # the stale E013 of the soak: only a new login reopened it
+            return
+        assert answer == {"status": "held", "reachable": True, "fingerprints": 1}
+        assert second.events("codex.lease.copy_seen") and second.events("codex.lease.copy_undone")
+        assert first.check()["status"] == "held"
+        history = json.loads((tmp_path / "vol-b" / HISTORY_FILE).read_text())
+        assert (len(history["fingerprints"]), history["copies"], history["refused"]) == (1, [], False)
+
+    def test_a_live_copy_is_still_refused(
+        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path,
+    ) -> None:
+        """While the copy stays, after its undo when it comes back, and a copy of the holder's older
+        (refreshed-away) login: each is refused, naming the holder."""
+        first, second, earlier = self._own_then_copy(leasers, broker_url, tmp_path)
+        _refused_by(second.check(), first, "vol-a")  # the copy still in place: no reopening
+        restore(tmp_path / "vol-b", earlier)
+        assert second.check()["status"] == "held"
+        copy_login(tmp_path / "vol-a", tmp_path / "vol-b")  # copied again
+        _refused_by(second.check(), first, "vol-a")
+        older = (tmp_path / "vol-a" / AUTH_FILE).read_bytes()
+        write_chatgpt_login(tmp_path / "vol-a")  # the holder refreshes; its older login is still leased
+        assert first.check()["fingerprints"] == 2
+        restore(tmp_path / "vol-b", older)  # "restoring" the holder's older login is no undo
+        _refused_by(second.check(), first, "vol-a")
+        restore(tmp_path / "vol-b", earlier)  # vol-b's own login was forgotten after the refused new one
+        assert second.check()["status"] == "held"
+
+
+def restore(home: Path, content: bytes) -> None:
+    """Put an earlier auth.json back, as an operator restoring a backup would (temp file, rename)."""
+    staged = home / f".{AUTH_FILE}.restore"
+    staged.write_bytes(content)
+    os.chmod(staged, 0o600)
+    os.replace(staged, home / AUTH_FILE)
+
 class TestKilledHolder:
     def test_kill_9_frees_the_lease_and_a_new_holder_wins(
         self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path

@@ -44,6 +44,43 @@ class TestFingerprintHistory:
             assert FingerprintHistory.load(tmp_path).fingerprints in ([], ["x"])
 
 
+class TestUndoneCopy:
+    """A fingerprint refused without ever being held here is a copy, forgotten when the copy is gone."""
+
+    def test_the_volumes_own_earlier_login_drops_the_copy(self) -> None:
+        history = FingerprintHistory(["b1"], held=["b1"])
+        assert history.observe("f0") == [] and history.fingerprints == ["b1", "f0"]
+        assert history.mark_copy("f0") is True
+        history.refused = True
+        assert history.observe("f0") == [] and history.fingerprints == ["b1", "f0"]  # the copy still there
+        assert history.observe("b1") == ["f0"]
+        assert (history.fingerprints, history.copies) == (["b1"], [])
+
+    def test_a_fingerprint_this_volume_held_is_never_a_copy(self) -> None:
+        """Its old login leased elsewhere (a copy of *it*): stays in the set, the refusal stands."""
+        history = FingerprintHistory(["b1", "b2"], held=["b1", "b2"], refused=True)
+        assert history.mark_copy("b1") is False
+        assert history.observe("b2") == [] and history.fingerprints == ["b1", "b2"]
+
+    def test_an_older_agents_file_counts_every_fingerprint_as_held(self) -> None:
+        history = FingerprintHistory(["b1"])
+        assert history.mark_copy("b1") is False
+        history.observe("f0")
+        assert history.held == ["b1"] and history.mark_copy("f0") is True
+
+    def test_a_round_held_clears_the_copies(self) -> None:
+        history = FingerprintHistory(["b1", "f0"], held=["b1"], copies=["f0"])
+        assert history.mark_held() is True and (history.held, history.copies) == (["b1", "f0"], [])
+        assert history.mark_held() is False
+
+    def test_held_and_copies_round_trip(self, tmp_path: Path) -> None:
+        saved = FingerprintHistory(["b1", "f0"], refused=True, held=["b1"], copies=["f0", "gone"])
+        (tmp_path / HISTORY_FILE).write_text(json.dumps(saved.to_dict()))
+        loaded = FingerprintHistory.load(tmp_path)
+        assert (loaded.fingerprints, loaded.refused, loaded.held, loaded.copies) == (["b1", "f0"], True, ["b1"], ["f0"])
+        (tmp_path / HISTORY_FILE).write_text(json.dumps({"fingerprints": ["a"], "refused": False}))
+        assert FingerprintHistory.load(tmp_path).held is None
+
 class TestLeaseHolder:
     def _holder(self, **changes: object) -> LeaseHolder:
         fields: dict[str, object] = dict(

@@ -81,6 +81,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     log.error("codex.check.failed", check="login", code="CODEX-E030", repeated=True)  # a reminder: not counted
     log.info("codex.check.passed")
     log.warning("codex.lease.refused")
+    log.warning("codex.ack.lost", task_id="t-1")
     log.info("codex.unrelated.event", exit_code=0)
 
     def value(name: str, **labels: str) -> float | None:
@@ -104,6 +105,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     assert value("codex_check_outcomes_total", outcome="failed", check="login", code="CODEX-E030") == 1
     assert value("codex_check_outcomes_total", outcome="passed", check="-", code="") == 1
     assert value("codex_lease_refused_total") == 1
+    assert value("codex_acks_lost_total") == 1
 
 
 def test_a_phase_ended_by_the_wall_clock_limit_is_counted_as_a_run(events: tuple[EventMetrics, CollectorRegistry]) -> None:
