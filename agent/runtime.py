@@ -29,7 +29,7 @@ from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
-from agent.errors import AgentError
+from agent.errors import AgentError, ConfigError
 from agent.fleet import publisher_for
 from agent.gate import Gate, GateStep
 from agent.homestat import stat_home
@@ -257,6 +257,24 @@ class Agent:
         configure_logging(self.config.log_level)
 
 
+def _check_worker_user(config: AgentConfig, uid: int | None = None) -> None:
+    """A worker that is not root must run as ``CODEX_JOB_USER``: its volume is private (0700) to the
+    worker's uid, and its jobs read the login as the job user. A root worker (tests, some dev setups)
+    is only warned, by the mount check (CODEX-W002).
+
+    Raises:
+        ConfigError: CODEX-E001 naming ``CODEX_JOB_USER`` and the worker's uid.
+    """
+    uid = os.getuid() if uid is None else uid
+    if config.job_image is None or uid in (0, config.job_uid):
+        return
+    raise ConfigError(
+        variable="CODEX_JOB_USER", value=config.job_user,
+        cause=f"this worker runs as uid {uid}, so its 0700 volume is unreadable to jobs running as {config.job_user}",
+        accepted=f"the worker's own uid:gid ({uid}:{os.getgid()}), or run the worker as uid {config.job_uid}",
+    )
+
+
 def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any = None) -> Agent:
     """Connect the agent to a Celery app: worker settings, signals, gate bootstep and router. Idempotent.
 
@@ -271,7 +289,7 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
             when omitted (None outside a container or when there is no engine).
 
     Raises:
-        ConfigError: the environment is invalid.
+        ConfigError: the environment is invalid, or a non-root worker does not run as ``CODEX_JOB_USER``.
         UnsafeSettingError: the app explicitly sets one of those settings to a breaking value (CODEX-E003).
     """
     existing = agent_for(app)
@@ -279,6 +297,7 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
         return existing
     config = config or config_mod.load()
     if config.is_codex_worker:  # before anything is connected: an unsafe app never starts (CODEX-E003)
+        _check_worker_user(config)
         settings = apply_worker_settings(app, config)
         log.info("codex.settings.applied", app=app.main, **{k: v for k, v in settings.items() if k != "broker_transport_options"},
                  visibility_timeout=settings["broker_transport_options"]["visibility_timeout"])

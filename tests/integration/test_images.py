@@ -52,6 +52,23 @@ class TestWorkerImage:
         assert (code, output.split("\n", 1)) == (0, ["1000", "1000 1000 700\n"])
 
 
+    def test_a_worker_of_another_uid_than_the_job_user_is_refused_at_start(
+        self, docker_client: docker.DockerClient, images: Images, docker_cleanup: DockerCleanup,
+    ) -> None:
+        """uid 1001 with CODEX_JOB_USER=1000:1000 stops at start with CODEX-E001; with the matching
+        CODEX_JOB_USER the same worker gets past that check (it stops later: no broker)."""
+        argv = ["sh", "-c", "CODEX_SHARD_INDEX=0 CELERY_BROKER_URL=amqp://guest:guest@127.0.0.1:1// "
+                "AGENT_STATE_DIR=/tmp/s AGENT_FAIL_FAST=1 HOME=/tmp worker-entry 2>&1; echo exit=$?"]
+        code, output = run_once(docker_client, docker_cleanup, images.worker, argv[1:], entrypoint=argv[:1],
+                                user="1001:1001")
+        assert "error CODEX-E001: CODEX_JOB_USER='1000:1000' is invalid" in output and "uid 1001" in output, output
+        assert output.strip().endswith("exit=2")
+        argv[2] = "CODEX_JOB_USER=1001:1001 " + argv[2]
+        code, output = run_once(docker_client, docker_cleanup, images.worker, argv[1:], entrypoint=argv[:1],
+                                user="1001:1001")
+        assert "CODEX_JOB_USER" not in output, output
+
+
 class TestJobImage:
     """codex-worker-agent/job:dev."""
 
