@@ -23,6 +23,7 @@ import structlog
 from celery import signals
 
 from agent import config as config_mod
+from agent import usage
 from agent.audit import configure_logging
 from agent.binding import agent_for, bind
 from agent.checks import Checker, CheckReport, local_login_check
@@ -75,7 +76,8 @@ class Agent:
         self._check_lock = threading.Lock()
         lease = self.checker.lease
         self.watcher = VolumeWatcher(
-            config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None
+            config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None,
+            due=self._limit_reopen_at,
         )
         self.reconciler = JobReconciler(config)
         self.fleet = publisher_for(config)
@@ -123,6 +125,26 @@ class Agent:
         self.preflight.forget()
         self.publish()
 
+    # -- usage limits ---------------------------------------------------------------------
+
+    def _limit_reopen_at(self) -> float | None:
+        """The watcher's due time: a usage limit's reset (plus margin), so the gate reopens then."""
+        limit = usage.read(self.config.codex_home)
+        return limit.reopen_at if limit is not None else None
+
+    def usage_view(self) -> dict[str, Any] | None:
+        """The login's headroom (newest snapshot) and limit, for the state; None off a Codex worker."""
+        if not self.config.is_codex_worker:
+            return None
+        return usage.view(usage.read_headroom(self.config.codex_home), usage.read(self.config.codex_home))
+
+    def after_job(self) -> None:
+        """A Codex task ended (any outcome): publish the login's newest headroom. Never raises."""
+        try:
+            self.publish()
+        except Exception:  # the consumer thread must survive anything
+            log.exception("codex.state.error")
+
     # -- published state ------------------------------------------------------------------
 
     def publish(self, stopped: bool = False) -> None:
@@ -145,6 +167,7 @@ class Agent:
             claim={"holder": holder.describe(), "claim_id": holder.claim_id, "since": holder.claimed_at}
             if holder is not None
             else None,
+            usage=self.usage_view(),
         )
         try:
             write_state(self.config.state_dir, state)
