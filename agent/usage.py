@@ -57,6 +57,7 @@ __all__ = [
     "limit_for",
     "record",
     "read",
+    "parse_marker",
     "clear",
     "utc",
     "view",
@@ -459,7 +460,12 @@ def read(codex_home: Path, *, now: float | None = None) -> UsageLimit | None:
         return _damaged(e.modified if e.modified is not None else now)
     if found is None:
         return None
-    raw, modified = found
+    return parse_marker(*found, now=now)
+
+
+def parse_marker(raw: bytes, modified: float, *, now: float | None = None) -> UsageLimit:
+    """A marker's content as a limit (any bytes: a damaged one is the short fallback, see :func:`read`)."""
+    now = time.time() if now is None else now
     try:
         fields = parse_record(raw, _MARKER_FIELDS)
     except ValueError:
