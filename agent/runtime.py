@@ -23,6 +23,7 @@ import structlog
 from celery import signals
 
 from agent import config as config_mod
+from agent import defaults as routing_defaults
 from agent import usage
 from agent.audit import configure_logging
 from agent.binding import agent_for, bind
@@ -75,6 +76,9 @@ class Agent:
         """The running Celery consumer (GateStep hands it over), for gate changes; None between runs."""
         self._check_lock = threading.Lock()
         lease = self.checker.lease
+        self.drain_thresholds = usage.drain_thresholds()
+        self.draining_until: float | None = None
+        """Single mode: while set, the shared ``codex`` queue is not consumed (a login near its limit)."""
         self.watcher = VolumeWatcher(
             config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None,
             due=self._limit_reopen_at,
@@ -128,15 +132,34 @@ class Agent:
     # -- usage limits ---------------------------------------------------------------------
 
     def _limit_reopen_at(self) -> float | None:
-        """The watcher's due time: a usage limit's reset (plus margin), so the gate reopens then."""
+        """The watcher's due time: a usage limit's reset (plus margin), so the gate reopens then, or
+        the end of a drain, so the shared queue is consumed again."""
         limit = usage.read(self.config.codex_home)
-        return limit.reopen_at if limit is not None else None
+        dues = [t for t in (limit.reopen_at if limit is not None else None, self.draining_until) if t is not None]
+        return min(dues) if dues else None
 
     def usage_view(self) -> dict[str, Any] | None:
-        """The login's headroom (newest snapshot) and limit, for the state; None off a Codex worker."""
+        """The login's headroom (newest snapshot) and limit, for the state; None off a Codex worker.
+
+        Also drains before the wall: in single mode a login at its thresholds stops taking new runs
+        from the shared queue until the window resets; its own ``codex-N`` keeps its runs flowing.
+        """
         if not self.config.is_codex_worker:
             return None
-        return usage.view(usage.read_headroom(self.config.codex_home), usage.read(self.config.codex_home))
+        headroom = usage.read_headroom(self.config.codex_home)
+        view = usage.view(headroom, usage.read(self.config.codex_home))
+        self._drain(self.drain_thresholds.until(headroom))
+        view["draining_until"] = self.draining_until
+        return view
+
+    def _drain(self, until: float | None) -> None:
+        shared = routing_defaults.SINGLE_QUEUE
+        if self.gate is None or self.config.queue_mode != "single" or shared not in self.gate.queues:
+            return
+        self.draining_until = until
+        if self.gate.drain(frozenset({shared}) if until is not None else frozenset(), consumer=self.consumer):
+            log.warning("codex.usage.draining" if until is not None else "codex.usage.drain_ended",
+                        queue=shared, until=until, shard=self.config.shard_index, volume=self.volume_name)
 
     def after_job(self) -> None:
         """A Codex task ended (any outcome): publish the login's newest headroom. Never raises."""

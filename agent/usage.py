@@ -36,6 +36,7 @@ from typing import Any, Literal
 import structlog
 
 from agent.atomic import write_json_atomically
+from agent.config import _parse
 from agent.records import parse_record
 from agent.smallfile import UnreadableFile, read_small_file
 
@@ -61,6 +62,8 @@ __all__ = [
     "clear",
     "utc",
     "view",
+    "DrainThresholds",
+    "drain_thresholds",
 ]
 
 log = structlog.get_logger(__name__)
@@ -509,3 +512,53 @@ def view(headroom: Headroom | None, limit: UsageLimit | None, *, now: float | No
         found[f"{name}_used_percent"] = window.used_percent if window is not None else None
         found[f"{name}_resets_at"] = window.resets_at if window is not None else None
     return found
+
+
+# -- drain before the wall -------------------------------------------------------------------
+
+DRAIN_5H_PERCENT = 85.0
+"""Default ``CODEX_DRAIN_5H_PERCENT``: at or above it a single-mode shard takes no new runs (codex-lb's)."""
+DRAIN_WEEKLY_PERCENT = 95.0
+"""Default ``CODEX_DRAIN_WEEKLY_PERCENT``."""
+
+
+@dataclass(frozen=True)
+class DrainThresholds:
+    """Percent of each window at which a shard stops taking new runs (finishing the ones it holds)."""
+
+    five_hour: float = DRAIN_5H_PERCENT
+    weekly: float = DRAIN_WEEKLY_PERCENT
+
+    def until(self, headroom: Headroom | None, now: float | None = None) -> float | None:
+        """Until when to drain: the latest reset of a window at or above its threshold; None: not.
+
+        A window without a reset time never drains (nothing would say when to resume).
+        """
+        if headroom is None:
+            return None
+        now = time.time() if now is None else now
+        limits = {"5h": self.five_hour, "weekly": self.weekly}
+        resets = [w.resets_at for w in headroom.windows
+                  if w.name in limits and w.used_percent >= limits[w.name] and w.resets_at is not None and w.resets_at > now]
+        return max(resets) if resets else None
+
+
+def drain_thresholds(environ: Any = None) -> DrainThresholds:
+    """``CODEX_DRAIN_5H_PERCENT`` and ``CODEX_DRAIN_WEEKLY_PERCENT`` (100 turns draining off for a window).
+
+    Raises:
+        ConfigError: CODEX-E001 naming the variable and what is accepted.
+    """
+    env = os.environ if environ is None else environ
+
+    def percent(raw: str) -> float:
+        value = float(raw)
+        if not (math.isfinite(value) and 0 < value <= 100):
+            raise ValueError(raw)
+        return value
+
+    accepted = "a percent above 0 and at most 100"
+    return DrainThresholds(
+        _parse(env, "CODEX_DRAIN_5H_PERCENT", percent, accepted, DRAIN_5H_PERCENT),
+        _parse(env, "CODEX_DRAIN_WEEKLY_PERCENT", percent, accepted, DRAIN_WEEKLY_PERCENT),
+    )

@@ -10,6 +10,8 @@ containers, the real engine and broker; the OpenAI stand-in answers shard 1's lo
 * Unprotected: the same with a worker whose classifier is replaced (``sitecustomize``): the limit is
   an ordinary job failure (CODEX-E042), retried against the exhausted login and failed: every run
   fails and calls its ``link_error``.
+* Drain before the wall (single mode): a login at 90 % of its 5-hour window (threshold 85 %) stops
+  taking new runs from the shared queue, and still runs the pinned later phases of the run it holds.
 
 RabbitMQ only: the hold waits for a real reset time, and the gate mechanics it relies on (requeue
 before the gate closes) are the ones the E034 tests already run on both brokers.
@@ -154,4 +156,67 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     assert sorted(f["run_id"] for f in failed) == sorted(bare_runs) and {f["code"] for f in failed} == {"CODEX-E042"}
     assert not bare.events("codex.usage.limited") and bare.status()["state"]["gate"] == "open"
     standin.usage.clear(families[1])
+    broker.purge()
+
+
+SINGLE = {"CODEX_QUEUE_MODE": "single", "CODEX_SHARDS": "2"}
+
+
+@pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
+def test_single_mode_a_login_near_its_limit_takes_no_new_runs_but_finishes_the_ones_it_holds(
+    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+) -> None:
+    """Drain before the wall: shard 0's login reports 90 % of its 5-hour window (threshold 85 %).
+
+    Run A starts on shard 0 (pinned); after its first phase shard 0 stops consuming the shared
+    ``codex`` queue, yet A's later phases, pinned through ``codex-0``, still run there. Four new runs
+    published to ``codex`` all go to shard 1. The unprotected variant (draining turned off with the
+    threshold at 100 %) takes new runs on shard 0 again.
+    """
+    from agent.config import load
+    from worker_entry.app import create_app
+
+    publisher = create_app(load({"CELERY_BROKER_URL": broker_url, **SINGLE}), result_backend=backend_url)
+    shards = [lab.shard(0), lab.shard(1)]
+    workers = [lab.worker(s, broker_url, backend_url, **SINGLE) for s in shards]
+    for worker in workers:
+        worker.wait_for("codex.agent.ready", timeout=90, gate="open")
+    standin.usage.used(shards[0].tokens.family, 90.0, 10.0)  # type: ignore[union-attr]
+    tag = uuid.uuid4().hex[:6]
+
+    def run(run_id: str, **extra: Any) -> Any:
+        kwargs = {"affinity_key": run_id, "run_id": run_id, "phase": "plan", "prompt": f"Plan {run_id}.", **extra}
+        return publisher.send_task("codex.phase", kwargs=kwargs)
+
+    held = f"cwa-drain-{tag}-held"
+    run(held, codex_shard=0, next_phases=["build", "review"]).get(timeout=120)
+    drained = workers[0].wait_for("codex.usage.draining", timeout=60)[0]
+    assert drained["queue"] == "codex" and drained["until"] > time.time()
+    state = workers[0].status()["state"]
+    assert state["gate"] == "open" and state["usage"]["draining_until"] == drained["until"]
+    assert state["usage"]["5h_used_percent"] == 90.0
+
+    new_runs = [f"cwa-drain-{tag}-new{i}" for i in range(4)]
+    results = [run(r).get(timeout=180) for r in [*new_runs]]
+    assert [r["shard"] for r in results] == [1] * 4, "a new run went to the draining shard"
+
+    def review_done() -> bool:
+        return (lab.artifacts / held / "review" / "outcome.json").exists()
+
+    wait_until(review_done, 120, what="the held run's pinned later phases")
+    later = [json.loads((lab.artifacts / held / p / "outcome.json").read_text()) for p in ("build", "review")]
+    assert [o["shard"] for o in later] == [0, 0] and later[1]["resumed_session"]
+    audits = workers[0].events("codex.run.audit", run_id=held)
+    assert len(audits) == 3 and all(a["queue"] == "codex-0" for a in audits[1:])
+    assert workers[0].status()["state"]["usage"]["draining_until"] == drained["until"]
+    assert not any(workers[0].events("codex.run.audit", run_id=r) for r in new_runs)
+
+    # Unprotected: the same login with draining off; new runs reach shard 0 again.
+    workers[0].container.stop(timeout=30)
+    bare = lab.ready_worker(shards[0], broker_url, backend_url, CODEX_DRAIN_5H_PERCENT="100", **SINGLE)
+    more = [f"cwa-drain-{tag}-bare{i}" for i in range(6)]
+    pending = [run(r) for r in more]
+    shards_taken = [p.get(timeout=180)["shard"] for p in pending]
+    print(f"drain off: new runs on shards {shards_taken}")
+    assert 0 in shards_taken and not bare.events("codex.usage.draining")
     broker.purge()

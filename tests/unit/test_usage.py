@@ -305,3 +305,29 @@ class TestGauges:
         assert f'codex_usage_resets_at_timestamp_seconds{{shard="2",volume="codex_auth_2",window="5h"}} 1.7961601e+09' in text
         idle = exposition(usage_families("codex_auth_0", "0", usage.view(None, None, now=NOW)))
         assert 'codex_usage_limited{shard="0",volume="codex_auth_0"} 0.0' in idle and "codex_usage_used_percent{" not in idle
+
+
+class TestDrainThresholds:
+    @pytest.mark.parametrize(
+        ("windows", "until"),
+        [
+            ((Window(90.0, 300, NOW + 100), Window(10.0, 10080, NOW + 900)), NOW + 100),
+            ((Window(84.9, 300, NOW + 100), Window(94.9, 10080, NOW + 900)), None),
+            ((Window(10.0, 300, NOW + 100), Window(95.0, 10080, NOW + 900)), NOW + 900),
+            ((Window(99.0, 300, NOW + 100), Window(99.0, 10080, NOW + 900)), NOW + 900),
+            ((Window(99.0, 10080, NOW + 900),), NOW + 900),  # the weekly window alone, as primary
+            ((Window(90.0, 300, NOW - 1),), None),  # already reset
+            ((Window(90.0, 300, None),), None),  # no reset time: nothing would say when to resume
+        ],
+        ids=["5h", "below", "weekly", "both-latest", "weekly-primary", "past", "no-reset"],
+    )
+    def test_a_window_at_its_threshold_drains_until_its_reset(self, windows: tuple[Window, ...], until: float | None) -> None:
+        assert usage.DrainThresholds().until(Headroom(windows, NOW), now=NOW) == until
+
+    @pytest.mark.parametrize("raw", ["0", "-5", "101", "nan", "inf", "many"])
+    def test_a_bad_threshold_is_a_config_error_naming_the_variable(self, raw: str) -> None:
+        from agent.errors import ConfigError
+
+        with pytest.raises(ConfigError, match="CODEX_DRAIN_5H_PERCENT"):
+            usage.drain_thresholds({"CODEX_DRAIN_5H_PERCENT": raw})
+        assert usage.drain_thresholds({"CODEX_DRAIN_WEEKLY_PERCENT": "90"}) == usage.DrainThresholds(85.0, 90.0)
