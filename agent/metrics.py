@@ -350,22 +350,26 @@ def exposition(families: list[Metric]) -> str:
 
 
 def volumes_exposition(report: VolumesReport, now: float | None = None) -> str:
-    """``codex-agent volumes --prometheus``: every volume's credential numbers, its login verdict
-    and how many volumes hold its refresh token (more than 1: a forked login, CODEX-W031)."""
+    """``codex-agent volumes --prometheus``: every volume's credential numbers, its login verdict,
+    how many volumes hold its refresh token (more than 1: a forked login, CODEX-W031) and whether a
+    usage limit holds it (CODEX-E036)."""
     copies = Counter_(v.auth.fingerprint for v in report.volumes if _refreshes(v.auth))
     labels = ["volume", "shard"]
     ok = GaugeMetricFamily("codex_login_ok", "1 when codex login status passed on the volume.", labels=labels)
     shared = GaugeMetricFamily("codex_login_copies",
                                "Volumes holding this volume's refresh token (1 is normal; more is a forked login).",
                                labels=labels)
+    limited = GaugeMetricFamily("codex_usage_limited",
+                                "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.", labels=labels)
     facts = []
     for volume in report.volumes:
         shard = volume.labels.get("codex.shard") or _suffix_shard(volume.name)
         facts.append(VolumeFacts(volume.name, shard, volume.auth, volume.revoked is not None))
         ok.add_metric([volume.name, shard], 1.0 if volume.logged_in else 0.0)
+        limited.add_metric([volume.name, shard], 1.0 if volume.limited is not None else 0.0)
         if _refreshes(volume.auth):
             shared.add_metric([volume.name, shard], float(copies[volume.auth.fingerprint]))
-    return exposition([*credential_families(facts, now), ok, shared])
+    return exposition([*credential_families(facts, now), ok, shared, limited])
 
 
 def _refreshes(auth: AuthFacts) -> bool:

@@ -331,3 +331,15 @@ class TestDrainThresholds:
         with pytest.raises(ConfigError, match="CODEX_DRAIN_5H_PERCENT"):
             usage.drain_thresholds({"CODEX_DRAIN_5H_PERCENT": raw})
         assert usage.drain_thresholds({"CODEX_DRAIN_WEEKLY_PERCENT": "90"}) == usage.DrainThresholds(85.0, 90.0)
+
+    def test_volumes_prometheus_says_which_volume_a_limit_holds(self) -> None:
+        from agent.login import AuthFacts
+        from agent.metrics import volumes_exposition
+        from agent.volumes import VolumeStatus, VolumesReport
+
+        limit = usage.view(None, usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time()))
+        held = VolumeStatus("codex_auth_1", {}, {"ok": True}, AuthFacts(present=False), None, limited=limit["limit"])
+        free = VolumeStatus("codex_auth_2", {}, {"ok": True}, AuthFacts(present=False), None)
+        text = volumes_exposition(VolumesReport(volumes=(held, free)))
+        assert 'codex_usage_limited{shard="1",volume="codex_auth_1"} 1.0' in text
+        assert 'codex_usage_limited{shard="2",volume="codex_auth_2"} 0.0' in text
