@@ -31,7 +31,7 @@ from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
-from agent.errors import AgentError
+from agent.errors import AgentError, UsageLimitError
 from agent.fleet import publisher_for
 from agent.gate import Gate, GateStep
 from agent.homestat import stat_home
@@ -259,7 +259,9 @@ class Agent:
             log.info("codex.agent.ready", codex_worker=False, worker=self.config.worker_name)
             return
         report = self.run_checks()
-        if not report.ok and self.config.fail_fast:
+        # A usage limit ends by itself at its reset: fail-fast waits for it instead of a restart loop.
+        held = all(f.code == UsageLimitError.code for f in report.failures)
+        if not report.ok and self.config.fail_fast and not held:
             failure = report.failures[0]
             log.critical("codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation)
             self._release()

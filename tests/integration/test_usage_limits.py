@@ -222,3 +222,27 @@ def test_single_mode_a_login_near_its_limit_takes_no_new_runs_but_finishes_the_o
     assert shards_taken == [0, 0, 0] and not bare.events("codex.usage.draining")
     assert bare.status()["state"]["usage"]["5h_used_percent"] == 90.0
     broker.purge()
+
+
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_a_worker_started_on_a_limited_login_waits_even_with_fail_fast_and_opens_at_the_reset(
+    workers: Any, shard_homes: Any, codex_bin: str, broker: BrokerView,
+) -> None:
+    """The marker lives in the volume (a restart does not forget the limit); with re-checks only every
+    60 s the gate still opens at the reset time (the watcher's due time), and fail-fast does not exit."""
+    from testkit import make_api_key_login
+
+    home = shard_homes()
+    make_api_key_login(codex_bin, home.codex_home)
+    reset = time.time() + 10
+    usage.record(home.codex_home, usage.UsageLimit("usage", "usage_limit_reached", reset, True, 10080, time.time()))
+    code_root = str(Path(usage.__file__).resolve().parents[1])  # the checkout under test, not the venv's install
+    worker = workers(shard=0, home=home, AGENT_FAIL_FAST="1", AGENT_RECHECK_INTERVAL="60", PYTHONPATH=code_root)
+    ready = worker.wait_for("codex.agent.ready", timeout=60)[0]
+    assert ready["gate"] == "closed" and not worker.events("codex.agent.fail_fast")
+    failed = worker.events("codex.check.failed", code="CODEX-E036")
+    assert failed and "weekly" in failed[0]["error"] and usage.utc(reset) in failed[0]["error"]
+    opened = worker.wait_for("codex.gate.opened", timeout=60)[0]
+    assert worker.events("codex.watch.due") and worker.events("codex.usage.reset")
+    assert opened["timestamp"] >= usage.utc(reset + usage.REOPEN_MARGIN_S).rstrip("Z"), "opened before the reset"
+    assert worker.process is not None and worker.process.poll() is None
