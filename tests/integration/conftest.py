@@ -104,6 +104,8 @@ def workers(
             "CODEX_BIN": codex_bin,
             "CODEX_LOGIN_TIMEOUT": "10",
             "CODEX_JOB_IMAGE": "none",  # the gate tests run no job containers (see tests/e2e)
+            # The checkout under test: the venv's editable install may point at another checkout.
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
             **env,
         }
         if shard is not None:

@@ -236,8 +236,7 @@ def test_a_worker_started_on_a_limited_login_waits_even_with_fail_fast_and_opens
     make_api_key_login(codex_bin, home.codex_home)
     reset = time.time() + 10
     usage.record(home.codex_home, usage.UsageLimit("usage", "usage_limit_reached", reset, True, 10080, time.time()))
-    code_root = str(Path(usage.__file__).resolve().parents[1])  # the checkout under test, not the venv's install
-    worker = workers(shard=0, home=home, AGENT_FAIL_FAST="1", AGENT_RECHECK_INTERVAL="60", PYTHONPATH=code_root)
+    worker = workers(shard=0, home=home, AGENT_FAIL_FAST="1", AGENT_RECHECK_INTERVAL="60")
     ready = worker.wait_for("codex.agent.ready", timeout=60)[0]
     assert ready["gate"] == "closed" and not worker.events("codex.agent.fail_fast")
     failed = worker.events("codex.check.failed", code="CODEX-E036")
