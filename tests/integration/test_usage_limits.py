@@ -106,10 +106,10 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     other_state = wait_until(lambda: (s := other.status()["state"])["usage"]["headroom"] and s, 30, what="shard 0's headroom")
     assert (other_state["usage"]["5h_used_percent"], other_state["usage"]["weekly_used_percent"]) == (42.5, 91.0)
     board = codex_agent("fleet", "--broker", broker_url, "--shards", "2")
-    entries = {row["shard"]: row["workers"] for row in board["shards"]}
-    assert [(e["used_5h"], e["used_weekly"], e["limited_until"]) for e in entries[0]] == [(42.5, 91.0, None)]
-    assert [(e["limited_until"], e["codes"]) for e in entries[1]] == [(int(reset), ["CODEX-E036"])]
-    assert board["earliest_reset"] == int(reset) and not board["all_limited"]
+    mine = {e["worker"]: e for row in board["shards"] for e in row["workers"]}  # the board may hold other tests' workers
+    assert (mine[other.name]["used_5h"], mine[other.name]["used_weekly"], mine[other.name]["limited_until"]) == (42.5, 91.0, None)
+    assert (mine[limited.name]["limited_until"], mine[limited.name]["codes"]) == (int(reset), ["CODEX-E036"])
+    assert board["earliest_reset"] is not None and board["earliest_reset"] <= int(reset) and not board["all_limited"]
     samples = scrape(port)
     volume_labels = (("shard", "1"), ("volume", shards[1].volume))
     assert samples[("codex_usage_limited", volume_labels)] == 1.0
