@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from agent import login as login_mod
-from agent import revocation
+from agent import revocation, usage
 from agent import mount as mount_mod
 from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
 from agent.config import AgentConfig
@@ -24,7 +24,15 @@ from agent.lease import LoginLease
 from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
 from agent.codex_cli import version_warning
 from agent.credstore import check_credentials_store
-from agent.errors import JOB_USER_DIFFERS, STALE_CREDENTIAL, AgentError, ClaimError, LoginRevokedError, Problem
+from agent.errors import (
+    JOB_USER_DIFFERS,
+    STALE_CREDENTIAL,
+    AgentError,
+    ClaimError,
+    LoginRevokedError,
+    Problem,
+    UsageLimitError,
+)
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
@@ -258,6 +266,7 @@ class Checker:
             check_credentials_store(self.config.codex_home, self.facts())
             login_mod.require_readable(facts, self.facts())  # never an open gate on credentials nobody can read
             self._check_not_revoked(facts)
+            self.check_not_limited()
             status = self.login_check(self.config, self.facts())
         except AgentError as e:
             return _failed("login", e, started, **facts.to_dict())
@@ -287,6 +296,18 @@ class Checker:
         if revocation.still_revoked(marker, facts):
             raise LoginRevokedError(**self.facts(), cause=marker.reason)
         revocation.clear(self.config.codex_home)
+
+    def check_not_limited(self) -> None:
+        """CODEX-E036 until the reset time a run found (the marker in the volume); then clear it.
+
+        The login is fine, only spent: ``codex login status`` passes, so only the clock reopens the gate.
+        """
+        limit = usage.read(self.config.codex_home)
+        if limit is None:
+            return
+        if time.time() < limit.reopen_at:
+            raise UsageLimitError(**self.facts(), **limit.facts())
+        usage.clear(self.config.codex_home)
 
     def run(self) -> CheckReport:
         """Run every check once, in order, and log the outcome."""

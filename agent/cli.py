@@ -17,13 +17,13 @@ import click
 
 from agent import config as config_mod
 from agent import drain as drain_mod
-from agent import routing
+from agent import routing, usage
 from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.drain import DrainReport
-from agent.fleet import FleetReport, read_fleet
+from agent.fleet import FleetEntry, FleetReport, read_fleet
 from agent.login_move import export_login, import_login
 from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
 from agent import __version__
@@ -106,6 +106,8 @@ def status(ctx: click.Context, as_json: bool, probe: bool) -> None:
         click.echo(f"  gate {state.gate} since {since}  queue {state.queue}  shard {state.shard}  volume {state.volume}")
         if state.claim:
             click.echo(f"  claim {state.claim['holder']}")
+        if state.usage:
+            click.echo(f"  usage {_usage_line(state.usage)}")
         for reason in state.reason:
             click.echo(f"  {reason.get('code')} {reason.get('message')}")
             if reason.get("remediation"):
@@ -176,6 +178,9 @@ def _echo_volumes(report: VolumesReport) -> None:
             click.echo(f"  {volume.login.get('message')}")
         elif volume.revoked is not None:
             click.echo(f"  revoked during run {volume.revoked.get('run_id')} ({volume.revoked.get('reason')}); log this volume in again")
+        if volume.limited is not None:
+            click.echo(f"  CODEX-E036 {volume.limited.get('window')} usage limit until {volume.limited.get('resets_at_utc')}; "
+                       "the gate reopens by itself then")
     for warning in report.warnings:
         click.echo(f"warn {warning.code} {warning.message}")
         click.echo(f"  fix: {warning.remediation}")
@@ -272,12 +277,37 @@ def _echo_fleet(report: FleetReport) -> None:
             why = ", ".join(e.codes) if e.codes else "-"
             click.echo(
                 f"{row.shard:<6} {row.status:<8} {e.worker:<24} {e.host:<20} {e.gate:<8} "
-                f"{now - e.gate_since:>6.0f}s {now - e.posted_at:>4.0f}s  {e.volume or '-'} / {why}"
+                f"{now - e.gate_since:>6.0f}s {now - e.posted_at:>4.0f}s  {e.volume or '-'} / {why}{_usage_text(e)}"
             )
     for e in report.others:
         click.echo(f"{'-':<6} {'-':<8} {e.worker:<24} {e.host:<20} {e.gate:<8} (not a Codex worker)")
     opened = sum(row.status == "open" for row in report.rows)
     click.echo(f"{opened} of {len(report.rows)} shard(s) open (broker {report.broker})")
+    if report.earliest_reset is not None:
+        who = "every login is limited" if report.all_limited else "some logins are limited"
+        click.echo(f"{who} (CODEX-E036); the earliest resets at {usage.utc(report.earliest_reset)}")
+
+
+def _usage_line(view: dict[str, Any]) -> str:
+    """``5h 42% (resets ...) weekly 91% (resets ...)``, and the limit of a limited login."""
+    parts = []
+    for name in ("5h", "weekly"):
+        used, resets = view.get(f"{name}_used_percent"), view.get(f"{name}_resets_at")
+        if isinstance(used, (int, float)):
+            stamp = usage.utc(resets) if isinstance(resets, (int, float)) else "unknown"
+            parts.append(f"{name} {used:.0f}% (resets {stamp})")
+    limit = view.get("limit")
+    if view.get("limited") and isinstance(limit, dict):
+        parts.append(f"LIMITED until {limit.get('resets_at_utc')} (CODEX-E036)")
+    return " ".join(parts) or "no snapshot yet"
+
+
+def _usage_text(entry: FleetEntry) -> str:
+    """`` / 5h 42% weekly 91%`` and the reset time of a limited login; empty when nothing is known."""
+    parts = [f"{name} {value:.0f}%" for name, value in (("5h", entry.used_5h), ("weekly", entry.used_weekly)) if value is not None]
+    if entry.limited_until is not None:
+        parts.append(f"limited until {usage.utc(entry.limited_until)}")
+    return f" / {' '.join(parts)}" if parts else ""
 
 
 @cli.command()

@@ -37,6 +37,8 @@ __all__ = [
     "JOB_RETRY_BACKOFF",
     "GUARD_SOCKET_DIR",
     "GUARD_UPSTREAM",
+    "DRAIN_5H_PERCENT",
+    "DRAIN_WEEKLY_PERCENT",
 ]
 
 SHARDS = 3
@@ -141,3 +143,9 @@ GUARD_SOCKET_DIR = "/run/codex-guard"
 
 GUARD_UPSTREAM = "/var/run/docker.sock"
 """The real engine's socket, which only the guard holds (``CODEX_GUARD_UPSTREAM``)."""
+
+DRAIN_5H_PERCENT = 85.0
+"""``CODEX_DRAIN_5H_PERCENT``: at or above it a single-mode shard takes no new runs (codex-lb's)."""
+
+DRAIN_WEEKLY_PERCENT = 95.0
+"""``CODEX_DRAIN_WEEKLY_PERCENT``: the same for the weekly window."""

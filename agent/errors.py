@@ -22,7 +22,8 @@ Hierarchy::
      │    ├── LoginTimeoutError     CODEX-E032  ``codex login status`` did not answer in time
      │    ├── LoginCheckError       CODEX-E033  any other failure of the login check
      │    ├── LoginRevokedError     CODEX-E034  a run found the login revoked (reused, expired…)
-     │    └── CredentialStoreError  CODEX-E035  config.toml moves the login out of auth.json
+     │    ├── CredentialStoreError  CODEX-E035  config.toml moves the login out of auth.json
+     │    └── UsageLimitError       CODEX-E036  the login reached its usage limit; wait for the reset
      ├── InfrastructureError
      │    ├── DockerUnavailableError CODEX-E040 the Docker engine cannot be reached or failed
      │    ├── JobRejectedError      CODEX-E041  task code asked for a forbidden container setup
@@ -71,6 +72,7 @@ __all__ = [
     "LoginCheckError",
     "LoginRevokedError",
     "CredentialStoreError",
+    "UsageLimitError",
     "InfrastructureError",
     "DockerUnavailableError",
     "JobRejectedError",
@@ -391,6 +393,23 @@ class CredentialStoreError(LoginError):
     remediation_template = (
         "edit {config_file}: remove cli_auth_credentials_store, or set cli_auth_credentials_store = \"file\" "
         "(the agent never rewrites it for you); the gate reopens by itself"
+    )
+
+
+class UsageLimitError(LoginError):
+    """A state of the login, not a failure: a LoginError, so the phase is requeued untouched and the
+    gate closes; the marker in the volume keeps it closed until the reset time (:mod:`agent.usage`)."""
+
+    code = "CODEX-E036"
+    title = "usage limit reached"
+    template = (
+        "shard {shard}: the login in volume {volume} reached its {window} usage limit ({limit}) and resets at "
+        "{resets_at}; the phase went back to its queue untouched and the gate stays closed until then"
+    )
+    remediation_template = (
+        "nothing to do: the gate reopens by itself at the reset time and the queued phases run; to resume "
+        "sooner add credits to this ChatGPT account (https://chatgpt.com/settings/usage); for more capacity "
+        "add a shard with a login of its own (runbook: Deploying more shards); who else is limited: codex-agent fleet"
     )
 
 

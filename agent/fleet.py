@@ -62,14 +62,27 @@ class FleetEntry:
     volume: str | None
     codes: list[str] = field(default_factory=list)
     posted_at: float = 0.0
+    used_5h: float | None = None
+    used_weekly: float | None = None
+    limited_until: float | None = None
+    """The login's headroom (percent used per window) and, while it is held at its usage limit
+    (CODEX-E036), its reset time."""
 
     @classmethod
     def from_state(cls, state: AgentState, host: str) -> FleetEntry:
         """The entry for a published state (the reasons reduced to their codes)."""
+        view = state.usage or {}
+        limit = view.get("limit") if view.get("limited") else None
+
+        def number(value: Any) -> float | None:
+            return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
         return cls(
             worker=state.worker, host=host, pid=state.pid, codex_worker=state.codex_worker, gate=state.gate,
             gate_since=state.gate_since, shard=state.shard, queue=state.queue, volume=state.volume,
             codes=[str(r.get("code") or "?") for r in state.reason],
+            used_5h=number(view.get("5h_used_percent")), used_weekly=number(view.get("weekly_used_percent")),
+            limited_until=number(limit.get("resets_at")) if isinstance(limit, dict) else None,
         )
 
     @property
@@ -87,7 +100,8 @@ class FleetEntry:
     def from_json(cls, text: bytes | str) -> FleetEntry | None:
         """Parse a posted record, any bytes; None when it is not one of ours."""
         try:
-            fields = parse_record(text, ENTRY_FIELDS, defaults={"codes": [], "posted_at": 0.0})
+            fields = parse_record(text, ENTRY_FIELDS, defaults={"codes": [], "posted_at": 0.0, "used_5h": None,
+                                                                "used_weekly": None, "limited_until": None})
         except ValueError:
             return None
         return cls(**fields) if all(isinstance(code, str) for code in fields["codes"]) else None
@@ -109,6 +123,9 @@ ENTRY_FIELDS: FieldTypes = {
     "volume": (str, type(None)),
     "codes": (list,),
     "posted_at": (int, float),
+    "used_5h": (int, float, type(None)),
+    "used_weekly": (int, float, type(None)),
+    "limited_until": (int, float, type(None)),
 }
 """What each field of a posted entry may hold (the broker is shared: anything may post)."""
 
@@ -261,6 +278,21 @@ class FleetReport:
         """Every shard is consumed by a live worker with an open gate."""
         return all(row.status == "open" for row in self.rows)
 
+    def _live(self) -> list[FleetEntry]:
+        return [e for e in self.entries if e.shard is not None and e.gate != "stopped"]
+
+    @property
+    def all_limited(self) -> bool:
+        """Every live Codex worker's login is held at its usage limit (CODEX-E036)."""
+        live = self._live()
+        return bool(live) and all(e.limited_until is not None for e in live)
+
+    @property
+    def earliest_reset(self) -> float | None:
+        """The soonest reset time of a limited login, None when none is limited."""
+        resets = [e.limited_until for e in self._live() if e.limited_until is not None]
+        return min(resets) if resets else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view."""
         return {
@@ -269,6 +301,8 @@ class FleetReport:
             "shards": [row.to_dict() for row in self.rows],
             "others": [e.to_dict() for e in self.others],
             "read_at": self.read_at,
+            "all_limited": self.all_limited,
+            "earliest_reset": self.earliest_reset,
         }
 
 

@@ -46,6 +46,9 @@ class Gate:
         self._decided = False
         self.since = time.time()
         self.reason: list[Problem] = []
+        self.drained: frozenset[str] = frozenset()
+        """Guarded queues not consumed even while open: the shared ``codex`` queue of a login near its
+        usage limit (drain before the wall: no new runs, the shard's own queue keeps its runs)."""
         self._lock = threading.Lock()
 
     @property
@@ -88,11 +91,32 @@ class Gate:
             consumer.call_soon(self.apply, consumer)
         return True
 
+    def wanted(self, name: str) -> bool:
+        """Whether guarded queue ``name`` is to be consumed now: open and not drained."""
+        return self.is_open and name not in self.drained
+
+    def drain(self, queues: frozenset[str], *, consumer: Any = None) -> bool:
+        """Stop (or resume) consuming ``queues`` while the gate is open; returns whether it changed.
+
+        Safe from any thread: the consumer change is scheduled on the consumer's thread.
+        """
+        queues = frozenset(q for q in queues if q in self.queues)
+        with self._lock:
+            if queues == self.drained:
+                return False
+            self.drained = queues
+        log.info("codex.gate.drained" if queues else "codex.gate.undrained", queue=self.queue, drained=sorted(queues))
+        if consumer is None:
+            self._select()
+        else:
+            consumer.call_soon(self.apply, consumer)
+        return True
+
     def _select(self) -> None:
         """Make the queue selection match the decision, for the next consumer start."""
         declared = self.app.amqp.queues
         for name in self.queues:
-            if not self.is_open:
+            if not self.wanted(name):
                 declared.deselect(name)
             elif name in declared:
                 declared.select_add(declared[name])
@@ -106,10 +130,10 @@ class Gate:
             return
         for name in self.queues:
             consuming = task_consumer.consuming_from(name)
-            if self.is_open and not consuming:
+            if self.wanted(name) and not consuming:
                 consumer.add_task_queue(name)
                 log.info("codex.gate.consuming", queue=name)
-            elif not self.is_open and consuming:
+            elif not self.wanted(name) and consuming:
                 consumer.cancel_task_queue(name)
                 log.info("codex.gate.cancelled", queue=name)
         self._select()  # celery#7733: keep the queues selected (or not) for reconnects
@@ -119,10 +143,12 @@ class Gate:
         self._select()
         if task_consumer is None:
             return
+        task_consumer.queues = [q for q in task_consumer.queues if q.name not in self.queues or self.wanted(q.name)]
         if not self.is_open:
-            task_consumer.queues = [q for q in task_consumer.queues if q.name not in self.queues]
             return
         for name in self.queues:
+            if not self.wanted(name):
+                continue
             if not any(q.name == name for q in task_consumer.queues) and name in self.app.amqp.queues:
                 task_consumer.add_queue(self.app.amqp.queues[name])
             log.info("codex.gate.consuming", queue=name)

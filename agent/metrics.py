@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent import revocation
+from agent import revocation, usage
 from agent.audit import JOB_FINISHED, RUN_AUDIT, observe_events
 from agent.errors import ConfigError
 from agent.login import AuthFacts, inspect_auth_file
@@ -52,6 +52,8 @@ __all__ = [
     "EventMetrics",
     "GateCollector",
     "CredentialCollector",
+    "UsageCollector",
+    "usage_families",
     "VolumeFacts",
     "credential_families",
     "exposition",
@@ -134,6 +136,10 @@ class EventMetrics:
             "codex_login_revoked", "Logins found dead during a run (CODEX-E034), by reason.",
             ["shard", "reason"], registry=registry,
         )
+        self.limited = Counter(
+            "codex_usage_limited", "Runs that met their login's usage limit (CODEX-E036), by window and 429 type.",
+            ["shard", "window", "limit"], registry=registry,
+        )
         self.lease_refused = Counter(
             "codex_lease_refused", "Fleet lease refusals: this login is held elsewhere (CODEX-E013).",
             ["shard"], registry=registry,
@@ -158,6 +164,8 @@ class EventMetrics:
             "codex.login.revoked": lambda e: self.revoked.labels(self.shard, str(e.get("reason") or "unknown")).inc(),
             "codex.lease.refused": lambda e: self.lease_refused.labels(self.shard).inc(),
             "codex.ack.lost": lambda e: self.acks_lost.labels(self.shard).inc(),
+            "codex.usage.limited": lambda e: self.limited.labels(
+                self.shard, str(e.get("window") or "unknown"), str(e.get("limit") or "unknown")).inc(),
         }
 
     def observe(self, event: Mapping[str, Any]) -> None:
@@ -184,6 +192,8 @@ class EventMetrics:
 
     def _requeued(self, event: Mapping[str, Any]) -> None:
         reason = "engine_unavailable" if "retry_in_s" in event else "login"
+        if event.get("code") == "CODEX-E036":
+            reason = "usage_limit"
         self.requeues.labels(self.shard, reason, str(event.get("code") or "")).inc()
 
 
@@ -285,6 +295,49 @@ class CredentialCollector(Collector):
         yield from credential_families([VolumeFacts(self.volume, self.shard, auth, revoked)])
 
 
+def usage_families(volume: str, shard: str, view: Mapping[str, Any]) -> list[Metric]:
+    """Per-volume gauges of a login's headroom (:func:`agent.usage.view`): numbers only."""
+    labels = ["volume", "shard", "window"]
+    used = GaugeMetricFamily("codex_usage_used_percent",
+                             "Percent of the login's usage window used (newest snapshot in the volume's sessions).",
+                             labels=labels)
+    resets = GaugeMetricFamily("codex_usage_resets_at_timestamp_seconds", "When the login's usage window resets.",
+                               labels=labels)
+    limited = GaugeMetricFamily("codex_usage_limited",
+                                "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.",
+                                labels=["volume", "shard"])
+    reopen = GaugeMetricFamily("codex_usage_limit_reopen_timestamp_seconds",
+                               "When the gate of a limited login reopens by itself (reset time plus margin).",
+                               labels=["volume", "shard"])
+    headroom = view.get("headroom")
+    for window in headroom.get("windows", []) if isinstance(headroom, dict) else []:
+        percent, stamp = _number(window.get("used_percent")), _number(window.get("resets_at"))
+        key = [volume, shard, str(window.get("window"))]
+        if percent is not None:
+            used.add_metric(key, percent)
+        if stamp is not None:
+            resets.add_metric(key, stamp)
+    limit = view.get("limit")
+    limited.add_metric([volume, shard], 1.0 if view.get("limited") else 0.0)
+    stamp = _number(limit.get("resets_at")) if isinstance(limit, dict) else None
+    if stamp is not None:
+        reopen.add_metric([volume, shard], stamp + usage.REOPEN_MARGIN_S)
+    return [used, resets, limited, reopen]
+
+
+class UsageCollector(Collector):
+    """This worker's login headroom, read from the newest session rollout at each scrape (a bounded read)."""
+
+    def __init__(self, codex_home: Path, volume: str, shard: str) -> None:
+        self.codex_home = Path(codex_home)
+        self.volume = volume
+        self.shard = shard
+
+    def collect(self) -> Iterator[Metric]:
+        view = usage.view(usage.read_headroom(self.codex_home), usage.read(self.codex_home))
+        yield from usage_families(self.volume, self.shard, view)
+
+
 class _Families(Collector):
     def __init__(self, families: list[Metric]) -> None:
         self.families = families
@@ -303,22 +356,26 @@ def exposition(families: list[Metric]) -> str:
 
 
 def volumes_exposition(report: VolumesReport, now: float | None = None) -> str:
-    """``codex-agent volumes --prometheus``: every volume's credential numbers, its login verdict
-    and how many volumes hold its refresh token (more than 1: a forked login, CODEX-W031)."""
+    """``codex-agent volumes --prometheus``: every volume's credential numbers, its login verdict,
+    how many volumes hold its refresh token (more than 1: a forked login, CODEX-W031) and whether a
+    usage limit holds it (CODEX-E036)."""
     copies = Counter_(v.auth.fingerprint for v in report.volumes if _refreshes(v.auth))
     labels = ["volume", "shard"]
     ok = GaugeMetricFamily("codex_login_ok", "1 when codex login status passed on the volume.", labels=labels)
     shared = GaugeMetricFamily("codex_login_copies",
                                "Volumes holding this volume's refresh token (1 is normal; more is a forked login).",
                                labels=labels)
+    limited = GaugeMetricFamily("codex_usage_limited",
+                                "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.", labels=labels)
     facts = []
     for volume in report.volumes:
         shard = volume.labels.get("codex.shard") or _suffix_shard(volume.name)
         facts.append(VolumeFacts(volume.name, shard, volume.auth, volume.revoked is not None))
         ok.add_metric([volume.name, shard], 1.0 if volume.logged_in else 0.0)
+        limited.add_metric([volume.name, shard], 1.0 if volume.limited is not None else 0.0)
         if _refreshes(volume.auth):
             shared.add_metric([volume.name, shard], float(copies[volume.auth.fingerprint]))
-    return exposition([*credential_families(facts, now), ok, shared])
+    return exposition([*credential_families(facts, now), ok, shared, limited])
 
 
 def _refreshes(auth: AuthFacts) -> bool:
@@ -384,6 +441,7 @@ def enable(
     gate = GateCollector(shard)
     registry.register(gate)
     registry.register(CredentialCollector(codex_home, volume, shard))
+    registry.register(UsageCollector(codex_home, volume, shard))
     server = MetricsServer(port, directory, registry, EventMetrics(shard), gate)
     try:
         start_http_server(port, addr=addr, registry=registry)

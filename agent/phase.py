@@ -12,7 +12,9 @@
   job finished while its worker was away (:mod:`agent.harvest`);
 * a run that dies of its login (refresh token reused, expired or revoked; not logged in) is not a
   job failure: the volume is marked revoked (:mod:`agent.revocation`) and CODEX-E034 is raised,
-  which the task base turns into a requeue with the gate closed.
+  which the task base turns into a requeue with the gate closed;
+* a run that meets the login's usage limit is not a job failure either: the volume is marked
+  limited until the reset time (:mod:`agent.usage`) and CODEX-E036 is raised, requeued the same way.
 """
 
 from __future__ import annotations
@@ -26,10 +28,10 @@ from typing import Any
 
 import structlog
 
-from agent import harvest, revocation
+from agent import harvest, revocation, usage
 from agent.artifacts import RunArtifacts, checked_name
 from agent.config import AgentConfig
-from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError
+from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError, UsageLimitError
 from agent.job_policy import workspace_name
 from agent.jobs import WORKSPACE_PATH, JobLauncher
 from agent.login import inspect_auth_file
@@ -152,6 +154,7 @@ class CodexPhase:
         Raises:
             PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, or nothing to resume.
             LoginRevokedError: CODEX-E034, the run found the login dead (the volume is marked).
+            UsageLimitError: CODEX-E036, the run met the login's usage limit (the volume is marked).
             JobFailedError: CODEX-E042, Codex failed for another reason.
             JobTimeoutError: CODEX-E043, the wall-clock limit was reached.
             DockerUnavailableError, JobRejectedError: CODEX-E040, CODEX-E041.
@@ -198,7 +201,11 @@ class CodexPhase:
             describe=lambda output: summarize(output).audit_fields(),
         )  # the launcher's policy gives the job CODEX_JOB_NETWORK
         summary = summarize(result.output)
+        headroom = usage.read_headroom(self.config.codex_home)
+        if headroom is not None:
+            log.info("codex.usage.snapshot", run_id=artifacts.run_id, task_id=task_id, **headroom.to_dict(), **self._facts())
         if not result.ok:
+            self._raise_limit(summary, result.output, headroom, started, task_id, artifacts.run_id)
             self._raise_failure(result.output, result.exit_code, result.container_id, task_id, artifacts.run_id)
         outcome = {
             "status": "completed",
@@ -220,6 +227,22 @@ class CodexPhase:
         events = "".join(f"{line}\n" for line in result.output.splitlines() if line.startswith("{"))
         outcome["artifacts"] = str(artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome))
         return outcome
+
+    def _raise_limit(self, summary: StreamSummary, output: str, headroom: usage.Headroom | None, started: float,
+                     task_id: str | None, run_id: str) -> None:
+        """CODEX-E036 when the run met a usage limit (and its login is not dead): mark the volume first."""
+        if auth_failure(output) is not None:
+            return
+        other_lines = "\n".join(line for line in output.splitlines() if not line.startswith("{"))
+        hit = usage.classify(summary.failure, other_lines, headroom, started=started)
+        if hit is None:
+            return
+        limit = usage.limit_for(hit, headroom, run_id=run_id, task_id=task_id, worker=self.config.worker_name)
+        usage.record(self.config.codex_home, limit)
+        facts = self._facts()
+        log.error("codex.usage.limited", run_id=run_id, task_id=task_id, kind=limit.kind, limit=limit.error_type,
+                  window=limit.window, resets_at=limit.resets_at, reset_known=limit.reset_known, **facts)
+        raise UsageLimitError(**facts, **limit.facts())
 
     def _raise_failure(self, output: str, exit_code: int, container_id: str, task_id: str | None, run_id: str) -> None:
         reason = auth_failure(output)

@@ -23,6 +23,7 @@ from celery.exceptions import Reject
 from celery.worker.request import Request
 
 from agent.acklog import LostAckLog
+from agent import usage
 from agent.audit import RUN_AUDIT, bound
 from agent.binding import agent_for
 from agent.chains import keep_chain_on_shard
@@ -31,6 +32,7 @@ from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import (
     AgentError, ClaimLostError, DockerUnavailableError, JobFailedError, LoginError, NotCodexWorkerError, NotLoggedInError,
+    UsageLimitError,
 )
 from agent.homestat import VolumeGuard
 from agent.jobs import JobLauncher
@@ -140,21 +142,32 @@ class Preflight:
         self.login_check(self.config, self.config.facts())
         self._login_ok_at, self._login_signature = now, signature
 
+    def check_limit(self) -> None:
+        """Raise UsageLimitError while the volume's usage-limit marker stands (a small file read):
+        the phases prefetched before the gate closed go back untouched, without a Codex run."""
+        limit = usage.read(self.config.codex_home)
+        if limit is not None and time.time() < limit.reopen_at:
+            raise UsageLimitError(**self.config.facts(), **limit.facts())
+
     def run(self) -> None:
-        """Volume, claim and login; raises the first AgentError."""
+        """Volume, claim, usage limit and login; raises the first AgentError."""
         self.volume.check()
         self.check_claim()
+        self.check_limit()
         self.check_login()
 
 
 class CodexRequest(Request):
-    """Worker-side request of Codex tasks: a failed pre-flight closes the gate first."""
+    """Worker-side request of Codex tasks: a failed pre-flight closes the gate first; every end of a
+    task publishes the login's newest headroom (:meth:`agent.runtime.Agent.after_job`)."""
 
     def on_failure(self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False) -> None:
         exc = getattr(exc_info.exception, "exc", exc_info.exception)
         agent = agent_for(self.task.app)
         if isinstance(exc, PreflightRejected) and agent is not None:
             agent.on_preflight_failed(exc.error, self.delivery_info.get("routing_key"))
+        elif agent is not None:
+            agent.after_job()
         super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
 
     def acknowledge(self) -> None:
@@ -169,6 +182,11 @@ class CodexRequest(Request):
         root = agent.config.artifacts_root if agent is not None else None
         self._on_ack(LostAckLog(facts, root), self._connection_errors)
         self.acknowledged = True
+    def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> None:
+        agent = agent_for(self.task.app)
+        if agent is not None and not failed__retval__runtime[0]:  # a failure goes on to on_failure
+            agent.after_job()
+        super().on_success(failed__retval__runtime, **kwargs)
 
 
 class CodexTask(Task):

@@ -23,13 +23,15 @@ import structlog
 from celery import signals
 
 from agent import config as config_mod
+from agent import defaults as routing_defaults
+from agent import usage
 from agent.audit import configure_logging
 from agent.binding import agent_for, bind
 from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError, ConfigError, UsageLimitError
 from agent.fleet import publisher_for
 from agent.gate import Gate, GateStep
 from agent.homestat import stat_home
@@ -75,8 +77,12 @@ class Agent:
         """The running Celery consumer (GateStep hands it over), for gate changes; None between runs."""
         self._check_lock = threading.Lock()
         lease = self.checker.lease
+        self.drain_thresholds = usage.drain_thresholds()
+        self.draining_until: float | None = None
+        """Single mode: while set, the shared ``codex`` queue is not consumed (a login near its limit)."""
         self.watcher = VolumeWatcher(
-            config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None
+            config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None,
+            due=self._limit_reopen_at,
         )
         self.reconciler = JobReconciler(config)
         self.fleet = publisher_for(config)
@@ -124,6 +130,45 @@ class Agent:
         self.preflight.forget()
         self.publish()
 
+    # -- usage limits ---------------------------------------------------------------------
+
+    def _limit_reopen_at(self) -> float | None:
+        """The watcher's due time: a usage limit's reset (plus margin), so the gate reopens then, or
+        the end of a drain, so the shared queue is consumed again."""
+        limit = usage.read(self.config.codex_home)
+        dues = [t for t in (limit.reopen_at if limit is not None else None, self.draining_until) if t is not None]
+        return min(dues) if dues else None
+
+    def usage_view(self) -> dict[str, Any] | None:
+        """The login's headroom (newest snapshot) and limit, for the state; None off a Codex worker.
+
+        Also drains before the wall: in single mode a login at its thresholds stops taking new runs
+        from the shared queue until the window resets; its own ``codex-N`` keeps its runs flowing.
+        """
+        if not self.config.is_codex_worker:
+            return None
+        headroom = usage.read_headroom(self.config.codex_home)
+        view = usage.view(headroom, usage.read(self.config.codex_home))
+        self._drain(self.drain_thresholds.until(headroom))
+        view["draining_until"] = self.draining_until
+        return view
+
+    def _drain(self, until: float | None) -> None:
+        shared = routing_defaults.SINGLE_QUEUE
+        if self.gate is None or self.config.queue_mode != "single" or shared not in self.gate.queues:
+            return
+        self.draining_until = until
+        if self.gate.drain(frozenset({shared}) if until is not None else frozenset(), consumer=self.consumer):
+            log.warning("codex.usage.draining" if until is not None else "codex.usage.drain_ended",
+                        queue=shared, until=until, shard=self.config.shard_index, volume=self.volume_name)
+
+    def after_job(self) -> None:
+        """A Codex task ended (any outcome): publish the login's newest headroom. Never raises."""
+        try:
+            self.publish()
+        except Exception:  # the consumer thread must survive anything
+            log.exception("codex.state.error")
+
     # -- published state ------------------------------------------------------------------
 
     def publish(self, stopped: bool = False) -> None:
@@ -146,6 +191,7 @@ class Agent:
             claim={"holder": holder.describe(), "claim_id": holder.claim_id, "since": holder.claimed_at}
             if holder is not None
             else None,
+            usage=self.usage_view(),
         )
         try:
             write_state(self.config.state_dir, state)
@@ -214,7 +260,9 @@ class Agent:
             log.info("codex.agent.ready", codex_worker=False, worker=self.config.worker_name)
             return
         report = self.run_checks()
-        if not report.ok and self.config.fail_fast:
+        # A usage limit ends by itself at its reset: fail-fast waits for it instead of a restart loop.
+        held = all(f.code == UsageLimitError.code for f in report.failures)
+        if not report.ok and self.config.fail_fast and not held:
             failure = report.failures[0]
             log.critical("codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation)
             self._release()

@@ -40,6 +40,8 @@ class AgentState:
     checks: dict[str, Any] | None = None
     claim: dict[str, Any] | None = None
     updated_at: float = field(default_factory=time.time)
+    usage: dict[str, Any] | None = None
+    """The login's headroom and usage limit (:func:`agent.usage.view`); None off a Codex worker."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view."""
@@ -69,13 +71,14 @@ STATE_FIELDS: FieldTypes = {
     "checks": (dict, type(None)),
     "claim": (dict, type(None)),
     "updated_at": _NUMBER,
+    "usage": (dict, type(None)),
 }
 """What each field of a published state may hold; anything else makes the file unreadable."""
 
 
 def read_state(state_dir: Path) -> AgentState | None:
     """The published state, or None when there is none or it is unreadable (any bytes, any shape)."""
-    record = read_record(state_dir / STATE_FILE, STATE_FIELDS)
+    record = read_record(state_dir / STATE_FILE, STATE_FIELDS, defaults={"usage": None})
     if record is None or record["pid"] <= 0 or not all(isinstance(r, dict) for r in record["reason"]):
         return None
     return AgentState(**record)

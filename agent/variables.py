@@ -182,6 +182,13 @@ def _cpus(text: str) -> int:
     return int(value * 1e9)
 
 
+def _percent(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and 0 < value <= 100):
+        raise ValueError("must be above 0 and at most 100")
+    return value
+
+
 _NAME = r"[a-zA-Z0-9][a-zA-Z0-9_.-]+"
 _SECONDS = "a positive number of seconds"
 _FLAG = "0 or 1 (also true/false, yes/no, on/off)"
@@ -260,6 +267,12 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "broker (RabbitMQ or Redis)", "ftp://broker"),
     Variable("CELERY_VISIBILITY_TIMEOUT", positive_seconds, "a positive number of seconds, longer than the longest "
              "phase", None, "Redis: seconds before an unacknowledged task is delivered again", "never"),
+    # -- usage limits
+    Variable("CODEX_DRAIN_5H_PERCENT", _percent, "a percent above 0 and at most 100", defaults.DRAIN_5H_PERCENT,
+             "single mode: at or above this percent of its 5-hour window a shard takes no new runs (100: never)",
+             "150"),
+    Variable("CODEX_DRAIN_WEEKLY_PERCENT", _percent, "a percent above 0 and at most 100",
+             defaults.DRAIN_WEEKLY_PERCENT, "the same for the weekly window", "0"),
     # -- the Docker API guard
     Variable("CODEX_GUARD_SOCKET_DIR", absolute_path, "an absolute directory, e.g. /run/codex-guard",
              defaults.GUARD_SOCKET_DIR, "directory of the per-shard endpoints", "run"),

@@ -24,6 +24,7 @@ from typing import Any
 
 import docker.errors
 
+from agent import usage
 from agent.claim import MARKER_FILE, Holder
 from agent.config import AgentConfig
 from agent.discovery import AuthVolume, find_auth_volumes
@@ -59,6 +60,8 @@ class VolumeStatus:
     users: tuple[str, ...] = ()
     revoked: dict[str, Any] | None = None
     """The revocation a run recorded, while auth.json still holds that dead credential (CODEX-E034)."""
+    limited: dict[str, Any] | None = None
+    """The usage limit a run met, until its reset time (CODEX-E036): window, type, resets_at."""
 
     @property
     def logged_in(self) -> bool:
@@ -76,6 +79,7 @@ class VolumeStatus:
             "used_by": list(self.users),
             "labels": self.labels,
             "revoked": self.revoked,
+            "limited": self.limited,
         }
 
 
@@ -166,6 +170,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
     facts = {"shard": _shard_of(volume), "volume": volume.name}
     auth_path, marker_path = f"{config.job_home}/{AUTH_FILE}", f"{config.job_home}/{MARKER_FILE}"
     revoked_path = f"{config.job_home}/{REVOKED_FILE}"
+    limited_path = f"{config.job_home}/{usage.LIMIT_FILE}"
     try:
         run = status_in_container(
             client,
@@ -175,7 +180,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
             user=config.job_user,
             timeout=config.login_timeout,
             facts=facts,
-            read_files=(auth_path, marker_path, revoked_path),
+            read_files=(auth_path, marker_path, revoked_path, limited_path),
             purpose="inspect",
         )
     except AgentError as e:
@@ -186,6 +191,8 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
     dead = run.files.get(revoked_path)
     auth_facts = facts_from_text(auth[0], auth[1]) if auth else AuthFacts(present=False)
     revocation = parse_revocation(*dead) if dead else None
+    spent = run.files.get(limited_path)
+    limit = usage.parse_marker(spent[0], spent[1] or time.time()) if spent else None
     return VolumeStatus(
         name=volume.name,
         labels=volume.labels,
@@ -194,6 +201,7 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
         holder=holder_view(marker[0] if marker else None, config.claim_stale_after),
         users=_users(client, volume.name),
         revoked=revocation.to_dict() if revocation and still_revoked(revocation, auth_facts) else None,
+        limited=usage.view(None, limit)["limit"],
     )
 
 

@@ -219,6 +219,8 @@ class VolumeWatcher:
         is_open: whether the gate is open now (open gates re-check less often).
         extra: more state to compare, outside the volume (e.g. the fleet lease's change
             counter); nothing wakes the thread on it, so it is read on the 0.5 s timer.
+        due: when a re-check is due whatever else happens (epoch seconds, or None): a usage
+            limit's reset time, so the gate reopens at that moment and not a re-check period later.
     """
 
     def __init__(
@@ -227,11 +229,13 @@ class VolumeWatcher:
         recheck: Callable[[], object],
         is_open: Callable[[], bool],
         extra: Callable[[], object] | None = None,
+        due: Callable[[], float | None] | None = None,
     ) -> None:
         self.config = config
         self._recheck = recheck
         self._is_open = is_open
         self._extra = extra
+        self._due = due
         self.mode = config.watch_mode
         self._sources: _EventSources | None = None
         self._mount: MountEntry | None = None
@@ -304,18 +308,37 @@ class VolumeWatcher:
             if sources is not None:
                 sources.close()
 
+    def _due_after(self, checked_at: float) -> float | None:
+        """The next due time later than the last check (one already checked never wakes us again)."""
+        try:
+            due = self._due() if self._due is not None else None
+        except Exception:  # the watcher must survive anything
+            log.exception("codex.watch.error")
+            return None
+        return due if due is not None and due > checked_at else None
+
     def _loop(self, seen: Snapshot) -> None:
         last_check = time.monotonic()
+        checked_at = time.time()
         while not self._stop.is_set():
-            wake = self._wait(max(0.0, last_check + self._interval() - time.monotonic()))
+            timeout = max(0.0, last_check + self._interval() - time.monotonic())
+            due = self._due_after(checked_at)
+            if due is not None:
+                timeout = min(timeout, max(0.0, due - time.time()))
+            wake = self._wait(timeout)
             if wake.stop:
                 return
             current = self._snapshot()
-            if current == seen and time.monotonic() - last_check < self._interval():
+            due = self._due_after(checked_at)
+            is_due = due is not None and time.time() >= due
+            if current == seen and time.monotonic() - last_check < self._interval() and not is_due:
                 continue
             if current != seen:
                 log.info("codex.watch.changed", what=seen.changes(current), mode=self.mode)
+            elif is_due:
+                log.info("codex.watch.due", due_at=due, mode=self.mode)
             seen = current  # taken before the check: a change during it is seen next round
+            checked_at = time.time()
             try:
                 self._recheck()
             except Exception:  # the watcher must survive anything; the next round retries

@@ -20,6 +20,7 @@ from bench.machine import machine_details
 from bench.metrics import bench_events, bench_metrics
 from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
+from bench.usage import bench_usage
 from bench.watch import bench_watch
 from bench.workers import bench_heal, bench_refusal, bench_startup
 
@@ -45,6 +46,7 @@ SUITES: tuple[Suite, ...] = (
     ("events", bench_events, (("12d", "Celery task events on, per task"),)),
     ("guard", bench_guard, (("13", "Job launch through the Docker API guard"),
                             ("13b", "Job launch through the guard while another shard floods it"))),
+    ("usage", bench_usage, (("14a", "Usage snapshot read per job"), ("14b", "Usage reset time, to the re-check"))),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 

@@ -7,7 +7,11 @@ Routes:
 * ``POST /oauth/revoke``: logout (``CODEX_REVOKE_TOKEN_URL_OVERRIDE``);
 * ``/_standin/...``: control for processes that do not share memory with the server (staging,
   benchmarks): ``POST logins`` mints a login, ``GET stats`` gives the counts per family,
-  ``POST families/<id>/revoke`` kills a family, ``POST script`` queues behaviours.
+  ``POST families/<id>/revoke`` kills a family, ``POST script`` queues behaviours,
+  ``POST families/<id>/usage`` scripts the family's usage limits (:mod:`openai_standin.limits`).
+
+Every model answer carries the family's rate-limit headers (``x-codex-primary-used-percent`` and
+kin); a family over its limit is answered 429 ``usage_limit_reached``.
 
 Anything else answers 404 and is counted in :attr:`StandIn.unknown_paths`, so a test can see Codex
 trying to reach a backend the stand-in does not play.
@@ -22,6 +26,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
+from openai_standin.limits import UsageBook, usage_from_json
 from openai_standin.responses import Behaviour, ResponseScript, sse_events
 from openai_standin.tokens import RefreshRefused, TokenAuthority
 
@@ -50,6 +55,8 @@ class StandIn:
     ) -> None:
         self.authority = authority or TokenAuthority()
         self.script = script or ResponseScript()
+        self.usage = UsageBook()
+        """Usage limits per token family: the headers of every answer, and 429 refusals."""
         self.unknown_paths: list[str] = []
         self.released = threading.Event()
         self._server = ThreadingHTTPServer((host, port), _handler_for(self))
@@ -108,9 +115,11 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 return {}
             return data if isinstance(data, dict) else {}
 
-        def _json(self, status: int, data: Any) -> None:
+        def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
             body = json.dumps(data).encode()
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -168,11 +177,19 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
             if family is None:
                 self._json(401, {"error": {"code": "invalid_token", "message": "access token is not valid"}})
                 return
+            usage = standin.usage.get(family)
+            limits = usage.headers()
+            if usage.refused():
+                standin.usage.refuse(family)
+                self._json(429, usage.refusal(), limits)
+                return
             call, behaviour = standin.script.next(family, body)
             if behaviour.kind == "fail":
-                self._json(behaviour.status, {"error": {"message": f"scripted failure {behaviour.status}"}})
+                self._json(behaviour.status, {"error": {"message": f"scripted failure {behaviour.status}"}}, limits)
                 return
             self.send_response(200)
+            for name, value in limits.items():
+                self.send_header(name, value)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("Cache-Control", "no-cache")
             self.send_header("Connection", "close")
@@ -206,6 +223,15 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                     self._json(404, {"error": {"message": f"no family {name}"}})
                     return
                 self._json(200, {"revoked": name})
+            elif action.startswith("families/") and action.endswith("/usage"):
+                name = action.removeprefix("families/").removesuffix("/usage")
+                try:
+                    usage = usage_from_json(body, standin.usage.get(name))
+                except (KeyError, TypeError, ValueError) as e:
+                    self._json(400, {"error": {"message": f"bad usage: {e}"}})
+                    return
+                standin.usage.set(name, usage)
+                self._json(200, {"family": name, "headers": usage.headers()})
             elif action == "script":
                 raw = body.get("behaviours")
                 items: list[Any] = raw if isinstance(raw, list) else []

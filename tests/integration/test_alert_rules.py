@@ -16,7 +16,8 @@ import yaml
 from testkit.monitoring import binary_or_skip
 
 from agent.login import AuthFacts
-from agent.metrics import EventMetrics, GateCollector, volumes_exposition
+from agent import usage
+from agent.metrics import EventMetrics, GateCollector, exposition, usage_families, volumes_exposition
 from agent.volumes import VolumeStatus, VolumesReport
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -38,7 +39,7 @@ def _run_rule_tests(promtool: str, directory: Path) -> subprocess.CompletedProce
 def test_promtool_checks_and_tests_the_rules(promtool: str) -> None:
     check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 10 rules found" in check.stdout
     run = _run_rule_tests(promtool, RULES.parent)
     assert run.returncode == 0 and "SUCCESS" in run.stdout, run.stdout + run.stderr
 
@@ -63,7 +64,7 @@ def test_promtool_accepts_the_shipped_scrape_config_and_its_rules(promtool: str,
     config = ROOT / "monitoring" / "prometheus.yml"
     check = subprocess.run([promtool, "check", "config", str(config)], capture_output=True, text=True, timeout=60)
     assert check.returncode == 0, check.stdout + check.stderr
-    assert "SUCCESS: 1 rule files found" in check.stdout and "SUCCESS: 7 rules found" in check.stdout
+    assert "SUCCESS: 1 rule files found" in check.stdout and "SUCCESS: 10 rules found" in check.stdout
     (tmp_path / "alerts.yml").write_text(RULES.read_text())
     (tmp_path / "prometheus.yml").write_text(config.read_text().replace("refresh_interval:", "refresh_intervall:"))
     broken = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
@@ -74,7 +75,7 @@ def test_promtool_accepts_the_shipped_scrape_config_and_its_rules(promtool: str,
 def test_every_alert_links_to_a_runbook_section() -> None:
     anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", (ROOT / "runbook.md").read_text(), re.M)}
     rules = [r for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"]]
-    assert len(rules) == 7
+    assert len(rules) == 10
     for rule in rules:
         page, _, anchor = rule["annotations"]["runbook_url"].partition("#")
         assert page == "runbook.md" and anchor in anchors, rule["alert"]
@@ -89,7 +90,11 @@ def test_rules_name_only_series_the_agent_exposes() -> None:
     auth = AuthFacts(present=True, auth_mode="chatgpt", access_token_expires_at=time.time(), last_refresh=time.time(),
                      fingerprint="0123456789abcdef")
     volume = VolumeStatus("codex_auth_0", {}, {"ok": True}, auth, None)
-    exposed = generate_latest(registry).decode() + volumes_exposition(VolumesReport(volumes=(volume,)))
+    snapshot = usage.Headroom((usage.Window(42.0, 300, time.time() + 60), usage.Window(91.0, 10080, time.time() + 600)),
+                              time.time())
+    limit = usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time())
+    exposed = (generate_latest(registry).decode() + volumes_exposition(VolumesReport(volumes=(volume,)))
+               + exposition(usage_families("codex_auth_0", "0", usage.view(snapshot, limit))))
     names = set(re.findall(r"^# TYPE (\w+) ", exposed, re.M))
     expressions = " ".join(r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"])
     used = set(re.findall(r"\b(codex_[a-z_]+)", expressions))

@@ -55,3 +55,27 @@ class TestShards:
         assert [(r.shard, r.status) for r in report.rows] == [(0, "open"), (4, "stopped")]
         assert not report.ok
         assert FleetReport("b", 1, 0.0, [entry("b", 0)]).to_dict()["ok"] is True
+
+
+class TestUsage:
+    def test_the_board_says_when_every_login_is_limited_and_the_earliest_reset(self) -> None:
+        limited = [FleetEntry(**{**entry(f"w{n}", n, "closed", codes=["CODEX-E036"]).to_dict(), "limited_until": 500.0 + n,
+                                 "used_5h": 100.0}) for n in range(2)]
+        report = FleetReport("b", 2, 0.0, limited)
+        assert report.all_limited and report.earliest_reset == 500.0
+        assert report.to_dict()["all_limited"] is True
+        mixed = FleetReport("b", 2, 0.0, [limited[0], entry("w1", 1)])
+        assert not mixed.all_limited and mixed.earliest_reset == 500.0
+        assert FleetEntry.from_json(limited[0].to_json()) == limited[0]
+
+    @pytest.mark.parametrize("value", ["90", True, [1], {"a": 1}])
+    def test_a_usage_field_of_the_wrong_type_is_not_ours(self, value: object) -> None:
+        record = json.loads(entry("a", 0).to_json())
+        assert FleetEntry.from_json(json.dumps({**record, "used_weekly": value})) is None
+        assert FleetEntry.from_json(json.dumps({**record, "used_weekly": 95.5})) is not None
+
+    def test_an_older_agents_record_has_no_usage(self) -> None:
+        record = json.loads(entry("a", 0).to_json())
+        for name in ("used_5h", "used_weekly", "limited_until"):
+            del record[name]
+        assert FleetEntry.from_json(json.dumps(record)) == entry("a", 0)

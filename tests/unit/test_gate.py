@@ -131,3 +131,31 @@ class TestRestartingConsumer:
     def test_a_gate_needs_a_queue(self) -> None:
         with pytest.raises(ValueError):
             Gate(app(), ())
+
+
+class TestDrain:
+    def test_a_drained_queue_is_left_while_open_and_the_shards_own_queue_kept(self) -> None:
+        """Drain before the wall: stop taking new runs from ``codex``, keep ``codex-1``; then resume."""
+        gate = Gate(app(), QUEUES)
+        gate.set(True)
+        running = consumer(QUEUES)
+        assert gate.drain(frozenset({"codex"}), consumer=running) is True
+        assert running.calls == [] and len(running.soon) == 1  # always on the consumer's thread
+        running.soon.pop()()
+        assert running.calls == [("cancel", "codex")] and selected(gate) == {"codex-1"}
+        assert gate.drain(frozenset({"codex"}), consumer=running) is False
+        gate.set(False, consumer=running, on_consumer_thread=True)
+        gate.set(True, consumer=running, on_consumer_thread=True)  # reopening keeps the drain
+        assert running.calls[-1] == ("add", "codex-1") and not running.task_consumer.consuming_from("codex")
+        gate.drain(frozenset(), consumer=running)
+        running.soon.pop()()
+        assert running.calls[-1] == ("add", "codex") and selected(gate) == set(QUEUES)
+
+    def test_a_reconnect_while_drained_does_not_consume_the_drained_queue(self) -> None:
+        gate = Gate(app(), QUEUES)
+        gate.set(True)
+        gate.drain(frozenset({"codex", "not-guarded"}))
+        assert gate.drained == frozenset({"codex"})
+        restarting = consumer(QUEUES, looping=False)
+        gate.apply(restarting)
+        assert sorted(q.name for q in restarting.task_consumer.queues) == ["codex-1", "default"]

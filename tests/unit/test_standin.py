@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 
 from openai_standin import Behaviour, StandIn, TokenAuthority
+from openai_standin.limits import LIMIT_MESSAGE, WEEK
 from openai_standin.responses import sse_events, texts_of
 from openai_standin.tokens import RefreshRefused
 
@@ -139,3 +141,61 @@ class TestServer:
         with urllib.request.urlopen(f"{server.url}/_standin/stats", timeout=10) as reply:
             stats = json.loads(reply.read())
         assert minted["family"] in stats["families"] and "refresh_token" not in json.dumps(stats)
+
+
+def answer(url: str, token: str) -> tuple[int, dict[str, str], str]:
+    """Status, headers (lower-case names) and body of one Responses request."""
+    request = urllib.request.Request(f"{url}/v1/responses", data=b"{}", method="POST",
+                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as reply:
+            return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+
+
+class TestUsageLimits:
+    def test_every_answer_carries_the_rate_limit_headers_of_its_family(self, server: StandIn) -> None:
+        login, other = server.authority.mint(), server.authority.mint()
+        server.usage.used(login.family, 42.5, 91)
+        status, headers, _ = answer(server.url, login.access_token)
+        assert status == 200
+        assert (headers["x-codex-primary-used-percent"], headers["x-codex-primary-window-minutes"]) == ("42.5", "300")
+        assert (headers["x-codex-secondary-used-percent"], headers["x-codex-secondary-window-minutes"]) == ("91", "10080")
+        assert int(headers["x-codex-primary-reset-at"]) > time.time() and "x-codex-credits-has-credits" in headers
+        assert answer(server.url, other.access_token)[1]["x-codex-primary-used-percent"] == "1"
+
+    def test_a_limited_family_gets_429_with_its_reset_time_until_then_and_a_fresh_window_after(self, server: StandIn) -> None:
+        login = server.authority.mint()
+        until = time.time() + 2
+        server.usage.limit(login.family, until)
+        status, headers, body = answer(server.url, login.access_token)
+        error = json.loads(body)["error"]
+        assert status == 429 and (error["type"], error["resets_at"]) == ("usage_limit_reached", int(until))
+        assert (headers["x-codex-primary-used-percent"], headers["x-codex-primary-reset-at"]) == ("100", str(int(until)))
+        assert server.usage.get(login.family, at=until + 1).refused() is False
+        assert server.usage.get(login.family, at=until + 1).primary.used_percent == 0.0  # type: ignore[union-attr]
+        assert server.usage.refusals[login.family] == 1
+
+    def test_a_limit_without_reset_time_has_no_resets_at_and_lasts_until_cleared(self, server: StandIn) -> None:
+        login = server.authority.mint()
+        server.usage.limit_without_reset(login.family, error_type="insufficient_quota")
+        status, _, body = answer(server.url, login.access_token)
+        assert status == 429 and json.loads(body) == {"error": {"type": "insufficient_quota", "message": LIMIT_MESSAGE,
+                                                                 "plan_type": "plus"}}
+        server.usage.clear(login.family)
+        assert answer(server.url, login.access_token)[0] == 200
+
+    def test_the_weekly_window_can_be_primary_alone(self, server: StandIn) -> None:
+        login = server.authority.mint()
+        server.usage.used(login.family, 97, None, primary_minutes=WEEK, secondary_minutes=None)
+        headers = answer(server.url, login.access_token)[1]
+        assert headers["x-codex-primary-window-minutes"] == "10080" and "x-codex-secondary-used-percent" not in headers
+
+    def test_the_control_api_scripts_usage_and_refuses_a_malformed_request(self, server: StandIn) -> None:
+        login = server.authority.mint()
+        url = f"{server.url}/_standin/families/{login.family}/usage"
+        status, reply = post(url, {"limited_until": time.time() + 60})
+        assert status == 200 and isinstance(reply, dict) and reply["headers"]["x-codex-primary-used-percent"] == "1"
+        assert answer(server.url, login.access_token)[0] == 429
+        assert post(url, {"primary": {"used_percent": "many"}})[0] == 400
