@@ -16,23 +16,16 @@ from typing import Any
 import structlog
 
 from agent import login as login_mod
-from agent import revocation, usage
 from agent import mount as mount_mod
+from agent import revocation, usage
 from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
-from agent.config import AgentConfig
-from agent.lease import LoginLease
-from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
 from agent.codex_cli import version_warning
+from agent.config import AgentConfig
 from agent.credstore import check_credentials_store
-from agent.errors import (
-    JOB_USER_DIFFERS,
-    STALE_CREDENTIAL,
-    AgentError,
-    ClaimError,
-    LoginRevokedError,
-    Problem,
-    UsageLimitError,
-)
+from agent.defaults import FAILURE_REMINDER_INTERVAL, STALE_REFRESH_DAYS
+from agent.errors import AgentError, ClaimError, FleetError, LoginRevokedError, UsageLimitError
+from agent.lease import LoginLease
+from agent.problems import JOB_USER_DIFFERS, STALE_CREDENTIAL, Problem
 
 __all__ = ["CheckResult", "CheckReport", "Checker", "LoginCheck", "CHECK_NAMES"]
 
@@ -251,7 +244,7 @@ class Checker:
             return CheckResult(name="lease", ok=True, message=why, duration_s=time.monotonic() - started)
         try:
             state = self.lease.check(holder.claim_id)
-        except ClaimError as e:
+        except FleetError as e:
             return _failed("lease", e, started, broker=self.lease.broker)
         return CheckResult(
             name="lease", ok=True, message=state.describe(), duration_s=time.monotonic() - started,

@@ -15,19 +15,25 @@ from typing import Any, cast
 
 import click
 
+from agent import __version__, routing, usage
 from agent import config as config_mod
 from agent import drain as drain_mod
-from agent import routing, usage
 from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport
+from agent.clickext import (
+    VERSION_MESSAGE,
+    AgentClickException,
+    AgentGroup,
+    import_app,
+    json_option,
+    mode_option,
+    shards_option,
+)
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
 from agent.drain import DrainReport
 from agent.fleet import FleetEntry, FleetReport, read_fleet
 from agent.login_move import export_login, import_login
-from agent.clickext import AgentClickException, AgentGroup, import_app, json_option, mode_option, shards_option
-from agent import __version__
-from agent.clickext import VERSION_MESSAGE
 from agent.state import judge_health, read_state
 from agent.volumes import VolumesReport, list_volumes
 

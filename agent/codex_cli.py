@@ -17,7 +17,7 @@ import subprocess
 from importlib import resources
 from typing import Any
 
-from agent.errors import CODEX_VERSION_DIFFERS, Problem
+from agent.problems import CODEX_VERSION_DIFFERS, Problem
 
 __all__ = ["SUPPORTED_VERSION", "installed_version", "version_warning"]
 

@@ -9,8 +9,10 @@ Hierarchy::
      ├── ClaimError
      │    ├── VolumeClaimedError    CODEX-E010  another worker holds this volume
      │    ├── ClaimLostError        CODEX-E011  our claim marker was replaced or removed
-     │    ├── ClaimIOError          CODEX-E012  the claim files cannot be written
-     │    └── FleetDuplicateError   CODEX-E013  another worker in the fleet holds this login
+     │    └── ClaimIOError          CODEX-E012  the claim files cannot be written
+     ├── FleetError
+     │    ├── FleetDuplicateError   CODEX-E013  another worker in the fleet holds this login
+     │    └── FleetUnreadableError  CODEX-E070  the fleet's state cannot be read from the broker
      ├── MountError
      │    ├── NotMountedError       CODEX-E020  CODEX_HOME is not a mount (ephemeral layer)
      │    ├── WrongVolumeError      CODEX-E021  another volume is mounted at CODEX_HOME
@@ -34,9 +36,11 @@ Hierarchy::
      │    └── GuardBusyError        CODEX-E046  another guard already serves this socket directory
      ├── RoutingError               CODEX-E050  a routing input is unusable
      ├── UnplaceableTaskError       CODEX-E051  drain met a task its app does not know
-     └── DrainError                 CODEX-E060  queued tasks could not be moved
+     ├── DrainError                 CODEX-E060  queued tasks could not be moved
+     └── LoginMoveError             CODEX-E071  a login export or import was refused
 
-Warnings (never close the gate) have ``W`` codes and live in :data:`WARNINGS`.
+Warnings (never close the gate) have ``W`` codes and live in :mod:`agent.problems`. A test keeps
+this tree, ``__all__`` and the classes in step.
 
 Messages and remediations are formatted from keyword facts (shard, volume, holder, cause…);
 callers must never pass a secret as a fact.
@@ -44,13 +48,12 @@ callers must never pass a secret as a fact.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
 from string import Formatter
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
+
+from agent.problems import WARNINGS, Facts, Problem
 
 __all__ = [
-    "Problem",
-    "Severity",
     "AgentError",
     "ConfigError",
     "NotCodexWorkerError",
@@ -59,7 +62,9 @@ __all__ = [
     "VolumeClaimedError",
     "ClaimLostError",
     "ClaimIOError",
+    "FleetError",
     "FleetDuplicateError",
+    "FleetUnreadableError",
     "MountError",
     "NotMountedError",
     "WrongVolumeError",
@@ -84,55 +89,10 @@ __all__ = [
     "RoutingError",
     "UnplaceableTaskError",
     "DrainError",
-    "Warning_",
-    "WARNINGS",
-    "STALE_CREDENTIAL",
-    "FORKED_LOGIN",
-    "CODEX_VERSION_DIFFERS",
-    "JOB_USER_DIFFERS",
+    "LoginMoveError",
     "ERRORS",
     "all_codes",
 ]
-
-
-Severity = Literal["error", "warning"]
-
-
-@dataclass(frozen=True)
-class Problem:
-    """One thing an operator must read, in every report: errors, warnings, check results, gate
-    reasons, the published state and the volume table all carry this value.
-
-    Attributes:
-        code: the stable code (``CODEX-E030``, ``CODEX-W031``).
-        title: a few words naming the kind of problem.
-        message: the one line naming shard, volume and cause.
-        remediation: the exact command that fixes it.
-        severity: ``error`` closes the gate; ``warning`` never does.
-        check: which check (or step) found it, when one did.
-    """
-
-    code: str
-    title: str
-    message: str
-    remediation: str
-    severity: Severity = "error"
-    check: str | None = None
-
-    def found_by(self, check: str) -> Problem:
-        """The same problem, attributed to ``check``."""
-        return replace(self, check=check)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-safe view (holds no secret: facts never carry one)."""
-        return asdict(self)
-
-
-class _Facts(dict[str, Any]):
-    """Format mapping that leaves unknown placeholders visible instead of raising."""
-
-    def __missing__(self, key: str) -> str:
-        return "{" + key + "}"
 
 
 def _placeholders(*templates: str) -> frozenset[str]:
@@ -178,8 +138,8 @@ class AgentError(Exception):
         if restored:  # rebuilt from its text: unpickling, or Celery's result backend
             self.message = restored[0].removeprefix(f"{self.code} ")
         else:
-            self.message = self.template.format_map(_Facts(facts))
-        self.remediation: str = self.remediation_template.format_map(_Facts(facts))
+            self.message = self.template.format_map(Facts(facts))
+        self.remediation: str = self.remediation_template.format_map(Facts(facts))
         super().__init__(f"{self.code} {self.message}")
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -261,7 +221,11 @@ class ClaimIOError(ClaimError):
     )
 
 
-class FleetDuplicateError(ClaimError):
+class FleetError(AgentError):
+    """The fleet seen through the broker: leases of logins, the board of workers."""
+
+
+class FleetDuplicateError(FleetError):
     code = "CODEX-E013"
     title = "login already in use elsewhere in the fleet"
     template = (
@@ -516,7 +480,7 @@ class DrainError(AgentError):
     remediation_template = "fix the cause and run the same command again: codex-agent drain {queue}"
 
 
-class FleetUnreadableError(AgentError):
+class FleetUnreadableError(FleetError):
     code = "CODEX-E070"
     title = "fleet state unreadable"
     template = "could not read the fleet's state from the {broker} broker ({cause})"
@@ -539,79 +503,6 @@ def _rebuild(cls: type[AgentError], facts: dict[str, Any]) -> AgentError:
     """Unpickle an AgentError from its facts (pool children send errors to the main process)."""
     return cls(**facts)
 
-
-@dataclass(frozen=True)
-class Warning_:
-    """A condition worth an operator's attention that does not close the gate."""
-
-    code: str
-    title: str
-    template: str
-    remediation_template: str
-
-    def problem(self, **facts: Any) -> Problem:
-        """The warning, its facts filled in, as a :class:`Problem` of severity ``warning``."""
-        return Problem(
-            self.code,
-            self.title,
-            self.template.format_map(_Facts(facts)),
-            self.remediation_template.format_map(_Facts(facts)),
-            "warning",
-        )
-
-
-STALE_CREDENTIAL = Warning_(
-    code="CODEX-W030",
-    title="credential may be stale",
-    template=(
-        "shard {shard}: the access token on volume {volume} expired and the login was last "
-        "refreshed {age_days} days ago; the next run must refresh it"
-    ),
-    remediation_template=(
-        "if runs fail with refresh_token_reused or 401, log in again once: "
-        "docker compose run --rm login-{shard}"
-    ),
-)
-
-FORKED_LOGIN = Warning_(
-    code="CODEX-W031",
-    title="login copied into several volumes",
-    template=(
-        "volumes {volumes} hold the same ChatGPT login (refresh-token fingerprint {fingerprint}); "
-        "the first refresh kills every other copy"
-    ),
-    remediation_template=(
-        "keep one, and log the others in afresh: docker compose run --rm login-<shard> for each"
-    ),
-)
-
-CODEX_VERSION_DIFFERS = Warning_(
-    code="CODEX-W001",
-    title="Codex CLI version differs from the supported one",
-    template=(
-        "shard {shard}: {codex_bin} is Codex CLI {installed}, this agent supports {supported} "
-        "(agent/CODEX_CLI_VERSION); the messages it matches may differ"
-    ),
-    remediation_template=(
-        "install Codex CLI {supported} (npm install @openai/codex@{supported}, or images/build.sh from a "
-        "provisioned checkout), or run an agent release that supports {installed}"
-    ),
-)
-
-JOB_USER_DIFFERS = Warning_(
-    code="CODEX-W002",
-    title="worker and job containers run as different users",
-    template=(
-        "shard {shard}: the worker runs as uid {uid} and owns volume {volume} (mode 0700), but its job "
-        "containers run as CODEX_JOB_USER={job_user}: every Codex phase will fail to read the login"
-    ),
-    remediation_template=(
-        "run the worker as uid {job_uid} (USER in the image, user: in compose) and chown the volume to it, "
-        "or set CODEX_JOB_USER to the worker's uid:gid (never root), then restart the worker"
-    ),
-)
-
-WARNINGS: tuple[Warning_, ...] = (STALE_CREDENTIAL, FORKED_LOGIN, CODEX_VERSION_DIFFERS, JOB_USER_DIFFERS)
 
 ERRORS: tuple[type[AgentError], ...] = tuple(_REGISTRY)
 """Every error class with a code, in definition order (registered by ``__init_subclass__``)."""

@@ -19,10 +19,10 @@ from typing import Any
 
 import structlog
 
+from agent.broker_link import BrokerUnreachable
 from agent.config import AgentConfig
 from agent.errors import FleetUnreadableError
 from agent.fleet_board import Board, board_for, supports
-from agent.broker_link import BrokerUnreachable
 from agent.lease_store import describe_broker
 from agent.records import FieldTypes, parse_record
 from agent.state import AgentState

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import structlog
 from celery import bootsteps
 
-from agent.errors import Problem
+from agent.problems import Problem
 
 __all__ = ["ConsumerOwner", "Gate", "GateStep"]
 

@@ -22,8 +22,8 @@ from celery import Task
 from celery.exceptions import Reject
 from celery.worker.request import Request
 
-from agent.acklog import LostAckLog
 from agent import usage
+from agent.acklog import LostAckLog
 from agent.audit import RUN_AUDIT, bound
 from agent.binding import agent_for
 from agent.chains import keep_chain_on_shard
@@ -31,7 +31,13 @@ from agent.claim import marker_problem, read_marker
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
 from agent.errors import (
-    AgentError, ClaimLostError, DockerUnavailableError, JobFailedError, LoginError, NotCodexWorkerError, NotLoggedInError,
+    AgentError,
+    ClaimLostError,
+    DockerUnavailableError,
+    JobFailedError,
+    LoginError,
+    NotCodexWorkerError,
+    NotLoggedInError,
     UsageLimitError,
 )
 from agent.homestat import VolumeGuard

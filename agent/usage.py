@@ -35,8 +35,8 @@ from typing import Any, Literal
 
 import structlog
 
-from agent.atomic import write_json_atomically
 from agent import defaults, variables
+from agent.atomic import write_json_atomically
 from agent.records import parse_record
 from agent.smallfile import UnreadableFile, read_small_file
 

@@ -29,9 +29,10 @@ from agent.claim import MARKER_FILE, Holder
 from agent.config import AgentConfig
 from agent.discovery import AuthVolume, find_auth_volumes
 from agent.dockerrun import DOCKER_FAILURES, translate_docker_errors
-from agent.errors import FORKED_LOGIN, AgentError, Problem
+from agent.errors import AgentError
 from agent.login import AUTH_FILE, AuthFacts, facts_from_text, judge_status_output
 from agent.login_container import status_in_container
+from agent.problems import FORKED_LOGIN, Problem
 from agent.revocation import REVOKED_FILE, still_revoked
 from agent.revocation import parse as parse_revocation
 

@@ -58,6 +58,7 @@ FINDINGS = Path(__file__).with_name("FINDINGS.md")
 def _components(broker: str, backend: str) -> dict[str, str]:
     """Find the Codex CLI, the brokers and the images, or exit naming what is absent."""
     import docker
+
     from testkit import find_codex_bin, require_port
 
     codex = find_codex_bin()

@@ -202,6 +202,7 @@ class Bench:
         busybox_image: str,
     ) -> None:
         import docker
+
         from testkit import DockerCleanup
 
         self.settings = settings

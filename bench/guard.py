@@ -31,11 +31,10 @@ COMMAND = ["codex", "login", "status"]
 
 def bench_guard(bench: Bench) -> list[Row]:
     """Sides alternated so drift hits both alike; run 0 of each side warms up and is dropped."""
-    from testkit import VolumeFactory, make_api_key_login_in_volume
-    from testkit.guard import GuardProcess
-
     from agent.config import load
     from agent.jobs import JobLauncher
+    from testkit import VolumeFactory, make_api_key_login_in_volume
+    from testkit.guard import GuardProcess
 
     volumes = VolumeFactory(bench.docker, bench.cleanup, bench.busybox_image)
     volume = volumes("bench_guard").name

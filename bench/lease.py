@@ -22,14 +22,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from testkit import make_api_key_login
-
 from agent.claim import VolumeClaim
 from agent.lease import LEASE_TTL, LoginLease
 from agent.lease_store import describe_broker, store_for
 from agent.state import STATE_FILE
 from bench.core import REPO_ROOT, Bench, Row, median
 from bench.workers import STARTUP_FLAGS, VENV_BIN, Spawned, _Workers, stamp
+from testkit import make_api_key_login
 
 __all__ = ["bench_lease"]
 

@@ -45,13 +45,12 @@ def _raw_phase(client: Any, image: str, volume: str, workspace: str, refresh_url
 
 def bench_phases(bench: Bench) -> list[Row]:
     """Both rows; every volume, workspace and container is removed afterwards."""
-    from testkit import VolumeFactory
-
     from agent.config import load
-    from agent.jobs import JobLauncher
     from agent.job_policy import workspace_name
+    from agent.jobs import JobLauncher
     from agent.phase import CodexPhase
     from openai_standin import StandIn, login_files
+    from testkit import VolumeFactory
 
     artifacts = tempfile.mkdtemp(prefix="bench-artifacts-")
     make_volume = VolumeFactory(bench.docker, bench.cleanup, bench.busybox_image)

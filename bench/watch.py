@@ -17,10 +17,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from testkit import make_api_key_login
-
 from bench.core import Bench, Row, p95
 from bench.workers import Spawned, _Workers, stamp
+from testkit import make_api_key_login
 
 __all__ = ["RECHECK", "bench_watch"]
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from testkit import make_api_key_login
-from testkit.workers import WorkerProcess
 
 from bench.core import REPO_ROOT, Bench, Row, env_path, median, p95
+from testkit import make_api_key_login
+from testkit.workers import WorkerProcess
 
 __all__ = ["STARTUP_FLAGS", "Spawned", "bench_heal", "bench_refusal", "bench_startup"]
 

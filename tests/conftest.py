@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import pytest
-
 import docker
+import pytest
 
 from testkit import (
     RABBITMQ_URL,

@@ -12,9 +12,10 @@ from typing import Any
 
 import click
 import structlog
+
+from agent import __version__
 from agent import config as config_mod
 from agent.audit import configure_logging
-from agent import __version__
 from agent.clickext import VERSION_MESSAGE, AgentClickException, AgentCommand, import_app
 from agent.config import AgentConfig
 from agent.runtime import install

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import structlog
+from celery import current_app, current_task, shared_task
 
 from agent.artifacts import RunArtifacts
 from agent.binding import agent_for
@@ -17,7 +18,6 @@ from agent.phase import CodexPhase
 from agent.preflight import CodexTask
 from agent.router import PIN_ARG
 from agent.run_failures import RUN_FAILED, failure_report
-from celery import current_app, current_task, shared_task
 
 __all__ = ["codex_phase", "codex_step", "run_failed", "housekeeping"]
 

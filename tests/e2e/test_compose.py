@@ -42,13 +42,13 @@ import pytest
 import yaml
 from kombu import Connection
 
+import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from agent import config as config_mod
 from agent.routing import shard_for
 from testkit import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
 from testkit.monitoring import Flower, Prometheus, binary_or_skip
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import keys_for_shard, wait_until
-import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.e2e, pytest.mark.docker, pytest.mark.codex, pytest.mark.broker, pytest.mark.timeout(420)]

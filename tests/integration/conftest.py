@@ -14,13 +14,13 @@ from urllib.parse import quote, urlsplit
 
 import pytest
 from celery import Celery
+
+from agent.config import load
+from openai_standin import StandIn
 from testkit.components import REPO_ROOT
 from testkit.phases import PhaseLab
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess
-
-from agent.config import load
-from openai_standin import StandIn
 from worker_entry.app import create_app
 
 RESULTS_DB = 1  # the Redis database for task results (brokers use db 0)

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit.phases import PhaseLab
-from testkit.workers import BrokerView
 
 import agent
 from agent.routing import shard_for
+from testkit.phases import PhaseLab
+from testkit.workers import BrokerView
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = "## Using the agent with your own Celery app"

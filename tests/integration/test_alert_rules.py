@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from testkit.monitoring import binary_or_skip
-
-from agent.login import AuthFacts
-from agent import usage
-from agent.metrics import EventMetrics, GateCollector, exposition, usage_families, volumes_exposition
-from agent.volumes import VolumeStatus, VolumesReport
 from prometheus_client import CollectorRegistry, generate_latest
+
+from agent import usage
+from agent.login import AuthFacts
+from agent.metrics import EventMetrics, GateCollector, exposition, usage_families, volumes_exposition
+from agent.volumes import VolumesReport, VolumeStatus
+from testkit.monitoring import binary_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "monitoring" / "alerts.yml"

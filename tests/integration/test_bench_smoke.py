@@ -10,9 +10,9 @@ from pathlib import Path
 
 import docker
 import pytest
-from testkit import REPO_ROOT, Images
 
 from bench.cli import _ORDER
+from testkit import REPO_ROOT, Images
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 

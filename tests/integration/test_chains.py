@@ -25,13 +25,13 @@ import pytest
 from celery import Celery, chain, group
 from celery.result import AsyncResult
 from kombu import Connection, Queue
-from testkit.phases import ARTIFACTS_IN_WORKER, ContainerWorker, PhaseLab
-from testkit.postgres import postgres_backend_or_skip, result_rows
-from testkit.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
 
 import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
 from agent.config import load
 from openai_standin import Behaviour, StandIn
+from testkit.phases import ARTIFACTS_IN_WORKER, ContainerWorker, PhaseLab
+from testkit.postgres import postgres_backend_or_skip, result_rows
+from testkit.workers import BrokerView, WorkerFactory, keys_for_shard, wait_until
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]

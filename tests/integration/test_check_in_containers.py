@@ -9,6 +9,7 @@ from typing import Any
 
 import docker
 import pytest
+
 from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
 from testkit.workers import wait_until
 

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from testkit.phases import PhaseLab
-from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 from openai_standin import Behaviour, StandIn
+from testkit.phases import PhaseLab
+from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 

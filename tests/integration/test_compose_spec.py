@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from compose_spec import PyCompose
+
 from testkit import REPO_ROOT
 
 FILES = [["docker-compose.yaml"], ["docker-compose.yaml", "docker-compose.offline.yaml"]]

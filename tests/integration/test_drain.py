@@ -18,13 +18,13 @@ from typing import Any
 
 import pytest
 from kombu import Connection, Queue
-from testkit.rabbit import rabbitmqctl
-from testkit.workers import BrokerView, keys_for_shard
 
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
 from agent.config import load
 from agent.drain import Move, drain, task_kinds_from_app
 from agent.errors import DrainError
+from testkit.rabbit import rabbitmqctl
+from testkit.workers import BrokerView, keys_for_shard
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]

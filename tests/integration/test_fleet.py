@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
-from testkit import make_api_key_login
-from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 from agent.fleet import FLEET_TTL, FleetPublisher
 from agent.fleet_board import board_for
 from agent.state import AgentState
+from testkit import make_api_key_login
+from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
 CODEX_AGENT = Path(sys.executable).parent / "codex-agent"
 

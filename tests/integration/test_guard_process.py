@@ -13,6 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
+
 from testkit import TEST_LABEL, Images, unique_name
 from testkit.guard import GuardProcess
 

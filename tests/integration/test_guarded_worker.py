@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+
 from testkit.phases import PhaseLab
 from testkit.workers import BrokerView, keys_for_shard, wait_until
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+
 from testkit import make_api_key_login
 from testkit.workers import ShardHome, WorkerFactory
 

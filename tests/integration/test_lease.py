@@ -25,12 +25,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from testkit import make_api_key_login
-from testkit.private_brokers import PrivateBroker, PrivateRabbitMQ, PrivateRedis
-from testkit.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
 
 from agent.lease import HISTORY_FILE
 from agent.login import AUTH_FILE
+from testkit import make_api_key_login
+from testkit.private_brokers import PrivateBroker, PrivateRabbitMQ, PrivateRedis
+from testkit.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until
 
 LEASER = Path(__file__).with_name("leaser.py")
 

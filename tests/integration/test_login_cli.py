@@ -11,7 +11,6 @@ from pathlib import Path
 
 import psutil
 import pytest
-from testkit import make_api_key_login
 
 from agent.errors import (
     CodexMissingError,
@@ -20,6 +19,7 @@ from agent.errors import (
     NotLoggedInError,
 )
 from agent.login import inspect_auth_file, run_login_status
+from testkit import make_api_key_login
 
 FACTS = {"shard": 0, "volume": "codex_auth_0", "codex_home": "/x", "uid": 1000}
 

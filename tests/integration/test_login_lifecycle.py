@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from testkit.phases import APP_UID, JOB_HOME, PhaseLab
-from testkit.workers import BrokerView, keys_for_shard
 
 from openai_standin import StandIn
+from testkit.phases import APP_UID, JOB_HOME, PhaseLab
+from testkit.workers import BrokerView, keys_for_shard
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 

@@ -13,11 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testkit import make_api_key_login
-
 from agent.lease import HISTORY_FILE
 from agent.login import AUTH_FILE
 from agent.login_move import MOVED_FILE
+from testkit import make_api_key_login
 
 CODEX_AGENT = Path(sys.executable).parent / "codex-agent"
 CLAIMER = Path(__file__).with_name("claimer.py")

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import pytest
 from celery import Celery
-from testkit.monitoring import Samples, free_port, scrape
-from testkit.phases import ContainerWorker, PhaseLab
-from testkit.workers import keys_for_shard, wait_until
 
 from agent.metrics import JOB_OUTCOMES
 from openai_standin import Behaviour, StandIn
+from testkit.monitoring import Samples, free_port, scrape
+from testkit.phases import ContainerWorker, PhaseLab
+from testkit.workers import keys_for_shard, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker, pytest.mark.timeout(300)]
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+
 from testkit import make_api_key_login
 from testkit.monitoring import Flower, Prometheus, Samples, binary_or_skip, free_port, scrape
 from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, keys_for_shard, wait_until

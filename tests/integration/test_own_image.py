@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit.components import REPO_ROOT
-from testkit.phases import PhaseLab
 
 from agent.codex_cli import SUPPORTED_VERSION
 from agent.routing import shard_for
+from testkit.components import REPO_ROOT
+from testkit.phases import PhaseLab
 
 from .test_adopter_example import publish, rabbit, write_package  # noqa: F401  (rabbit: a fixture)
 

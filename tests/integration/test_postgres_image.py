@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from celery.result import AsyncResult
+
+from agent.config import load
 from testkit import REPO_ROOT
 from testkit.dockerkit import TEST_LABEL, TEST_PREFIX
 from testkit.workers import wait_until
-
-from agent.config import load
 from worker_entry.app import create_app
 
 pytestmark = [pytest.mark.docker, pytest.mark.broker]

@@ -26,12 +26,12 @@ import docker
 import docker.errors
 import pytest
 from structlog.testing import capture_logs
-from testkit import TEST_LABEL, Images, make_api_key_login_in_volume, unique_name
-from testkit.guard import GUARD_DOCKER_HOST, GuardProcess
 
 from agent import config as config_mod
 from agent.errors import DockerUnavailableError, JobRejectedError
 from agent.jobs import JOB_REFUSED, JobLauncher
+from testkit import TEST_LABEL, Images, make_api_key_login_in_volume, unique_name
+from testkit.guard import GUARD_DOCKER_HOST, GuardProcess
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]
 

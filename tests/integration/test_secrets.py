@@ -9,11 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testkit import make_api_key_login
-
 from agent.audit import configure_logging
 from agent.checks import Checker
 from agent.config import load
+from testkit import make_api_key_login
 
 from .test_login_cli import write_chatgpt_auth
 

@@ -9,11 +9,11 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 
 from celery import Celery
-from testkit import make_api_key_login
-from testkit.workers import BrokerView, ShardHome, WorkerFactory, wait_until
 
 import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
 from agent.config import load
+from testkit import make_api_key_login
+from testkit.workers import BrokerView, ShardHome, WorkerFactory, wait_until
 from worker_entry.app import create_app
 
 RUNS = 8

@@ -14,13 +14,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from testkit import make_api_key_login
-from testkit.workers import ShardHome, WorkerFactory, agent_status, wait_until
 
 from agent.checks import local_login_check
 from agent.config import load
 from agent.errors import NotLoggedInError
 from agent.preflight import Preflight
+from testkit import make_api_key_login
+from testkit.workers import ShardHome, WorkerFactory, agent_status, wait_until
 
 GARBAGE = b"\x89PNG\r\n\x1a\n\xff\xfe\x00\x01" + bytes(range(256)) * 4
 """Binary bytes that are not UTF-8, as a disk error or a stray copy leaves them."""

@@ -29,12 +29,12 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from testkit.monitoring import free_port, scrape
-from testkit.phases import ARTIFACTS_IN_WORKER, PhaseLab
-from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 from agent import usage
 from openai_standin import StandIn
+from testkit.monitoring import free_port, scrape
+from testkit.phases import ARTIFACTS_IN_WORKER, PhaseLab
+from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker, pytest.mark.timeout(600)]
 

@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from kombu import Connection, Queue
+
 from testkit import make_api_key_login
 from testkit.workers import BrokerView, ShardHome, WorkerFactory, WorkerProcess, agent_status, wait_until
 

@@ -8,10 +8,10 @@ import docker
 import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
-from testkit import DockerCleanup, Images, VolumeFactory
-from testkit.monitoring import fake_jwt
 
 from agent.cli import cli
+from testkit import DockerCleanup, Images, VolumeFactory
+from testkit.monitoring import fake_jwt
 
 from .test_volumes import AUTH_LABEL, REFRESH, chatgpt_auth, plant
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 from celery import Celery
+
+from agent.routing import shard_for
 from testkit import make_api_key_login
 from testkit.workers import (
     BrokerView,
@@ -22,8 +24,6 @@ from testkit.workers import (
     keys_for_shard,
     wait_until,
 )
-
-from agent.routing import shard_for
 
 ENTRY = str(Path(sys.executable).parent / "worker-entry")
 

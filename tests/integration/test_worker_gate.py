@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+
 from testkit import make_api_key_login
 from testkit.workers import (
     BrokerView,

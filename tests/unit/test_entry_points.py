@@ -12,7 +12,8 @@ import pytest
 
 import agent
 from agent.codex_cli import SUPPORTED_VERSION
-from worker_entry.main import _CELERY_ARGS, cli as worker_entry_cli
+from worker_entry.main import _CELERY_ARGS
+from worker_entry.main import cli as worker_entry_cli
 
 BIN = Path(sys.executable).parent
 COMMANDS = ["codex-agent", "worker-entry", "openai-standin"]

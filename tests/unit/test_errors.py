@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from agent import errors
+from agent import errors, problems
 
 
 class TestCatalogue:
     def test_codes_are_unique(self) -> None:
         """No two error classes or warnings share a code."""
-        codes = [cls.code for cls in errors.ERRORS] + [w.code for w in errors.WARNINGS]
+        codes = [cls.code for cls in errors.ERRORS] + [w.code for w in problems.WARNINGS]
         assert len(codes) == len(set(codes))
 
     @pytest.mark.parametrize("cls", errors.ERRORS, ids=lambda c: c.code)
@@ -43,8 +43,8 @@ class TestCatalogue:
         error = errors.VolumeClaimedError(shard=0, volume="codex_auth_0", stop_this="x")
         assert "{holder}" in error.message and error.missing == ["holder"]
 
-    @pytest.mark.parametrize("warning", errors.WARNINGS, ids=lambda w: w.code)
-    def test_warnings_are_problems_of_severity_warning(self, warning: errors.Warning_) -> None:
+    @pytest.mark.parametrize("warning", problems.WARNINGS, ids=lambda w: w.code)
+    def test_warnings_are_problems_of_severity_warning(self, warning: problems.Warning_) -> None:
         problem = warning.problem(shard=1, volume="v", age_days=9, volumes="a, b", fingerprint="f",
                                   codex_bin="codex", installed="0.1.0", supported="0.169.0",
                                   uid=0, job_user="1000:1000", job_uid=1000)
@@ -66,3 +66,39 @@ class TestTransport:
         error = errors.NotLoggedInError(shard=1, volume="codex_auth_1", cause="x")
         copy = errors.NotLoggedInError(*error.args)
         assert copy.message == error.message and str(copy) == str(error)
+
+
+class TestHierarchy:
+    """The hierarchy drawn in agent/errors.py's docstring is the code's, and __all__ names all of it."""
+
+    @staticmethod
+    def drawn() -> dict[str, tuple[str | None, str | None]]:
+        """Class -> (parent, code) as the docstring's tree draws them."""
+        import re
+
+        tree: dict[str, tuple[str | None, str | None]] = {}
+        stack: list[tuple[int, str]] = []
+        for line in (errors.__doc__ or "").splitlines():
+            match = re.match(r"^\s+(?:[│ ]*[├└]── )?(\w+Error)\b\s*(CODEX-E\d{3})?", line)
+            if not match or "Error" not in match.group(1):
+                continue
+            depth = line.index(match.group(1))
+            while stack and stack[-1][0] >= depth:
+                stack.pop()
+            tree[match.group(1)] = (stack[-1][1] if stack else None, match.group(2))
+            stack.append((depth, match.group(1)))
+        return tree
+
+    def test_every_registered_error_is_drawn_under_its_base(self) -> None:
+        """Each class with a code stands in the tree, with its code, under the class it derives from."""
+        tree = self.drawn()
+        for cls in errors.ERRORS:
+            assert cls.__name__ in tree, f"{cls.__name__} is not drawn"
+            parent, code = tree[cls.__name__]
+            assert code == cls.code and parent == cls.__bases__[0].__name__, (cls.__name__, parent, code)
+
+    def test_nothing_is_drawn_that_does_not_exist_and_all_names_everything(self) -> None:
+        """No stale row; every drawn class is exported."""
+        tree = self.drawn()
+        assert set(tree) <= set(errors.__all__) and all(hasattr(errors, name) for name in tree)
+        assert {cls.__name__ for cls in errors.ERRORS} <= set(errors.__all__)

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
+
+from agent import variables
+from agent.config import AgentConfig, load
+from agent.errors import ConfigError
 from testkit import REPO_ROOT
 from testkit.fuzz import any_text, budget
-
-from agent.config import AgentConfig, load
-from agent import variables
-from agent.errors import ConfigError
 from worker_entry.app import create_app
 
 VARIABLES = sorted(name for name in variables.VARIABLES if not name.startswith("CODEX_GUARD_")

@@ -17,16 +17,16 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from testkit.fuzz import any_bytes, any_text, budget, is_strict_json, json_fields, json_values
 
 from agent.claim import MARKER_FILE, Holder, marker_problem, read_marker
 from agent.credstore import CONFIG_FILE, SETTING, check_credentials_store, credentials_store
+from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.errors import CredentialStoreError
 from agent.login import AUTH_FILE, inspect_auth_file
 from agent.smallfile import UnreadableFile, read_small_file
-from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.state import STATE_FILE, AgentState, judge_health, read_state
 from agent.volumes import holder_view
+from testkit.fuzz import any_bytes, any_text, budget, is_strict_json, json_fields, json_values
 
 _HOLDER_FIELDS = tuple(Holder.__dataclass_fields__)
 

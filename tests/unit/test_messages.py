@@ -12,13 +12,13 @@ import re
 from pathlib import Path
 
 import pytest
-from testkit import REPO_ROOT
 
 from agent import errors
-from agent.claim import MARKER_FILE, MARKER_FIELDS, Holder, VolumeClaim, marker_problem
+from agent.claim import MARKER_FIELDS, MARKER_FILE, Holder, VolumeClaim, marker_problem
 from agent.login import AuthFacts
 from agent.state import STATE_FIELDS, AgentState
 from agent.volumes import VolumeStatus, forked_logins
+from testkit import REPO_ROOT
 
 HOLDER_ID = "f" * 64
 

@@ -17,8 +17,6 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from testkit.monitoring import fake_jwt
-
 from agent.audit import configure_logging, observe_events
 from agent.jobs import described
 from agent.login import facts_from_text, inspect_auth_file
@@ -32,6 +30,7 @@ from agent.metrics import (
     job_outcome,
 )
 from agent.phase import summarize
+from testkit.monitoring import fake_jwt
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET_REFRESH = "rt-secret-never-shown-0123456789"

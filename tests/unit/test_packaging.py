@@ -14,7 +14,7 @@ import pytest
 
 import agent
 from agent import codex_cli
-from agent.errors import CODEX_VERSION_DIFFERS
+from agent.problems import CODEX_VERSION_DIFFERS
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,10 +99,9 @@ class TestDocsInTheRepository:
 
 class TestCheckWarnsOnAnotherRelease:
     def _checker(self, tmp_path: Path, codex_bin: str) -> Any:
-        from testkit import make_api_key_login
-
         from agent.checks import Checker
         from agent.config import load
+        from testkit import make_api_key_login
 
         home = tmp_path / ".codex"
         make_api_key_login(codex_bin, home)

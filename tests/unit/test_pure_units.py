@@ -11,7 +11,6 @@ from typing import Any
 
 import psutil
 import pytest
-from testkit import make_api_key_login
 
 from agent.checks import local_login_check
 from agent.config import load
@@ -20,6 +19,7 @@ from agent.login import AuthFacts, judge_status_output
 from agent.preflight import Preflight
 from agent.state import AgentState, judge_health
 from agent.volumes import VolumeStatus, forked_logins, holder_view
+from testkit import make_api_key_login
 
 FACTS = {"shard": 1, "volume": "codex_auth_1"}
 

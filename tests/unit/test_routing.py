@@ -6,9 +6,9 @@ import statistics
 import subprocess
 import sys
 from collections import Counter
+from typing import Any
 
 import pytest
-from typing import Any
 
 from agent.errors import RoutingError
 from agent.routing import Topology, jump_hash, key_digest, reshard_plan, shard_for

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from testkit.workers import wait_until
 
 from agent import usage
 from agent.checks import Checker
@@ -20,6 +19,7 @@ from agent.errors import AgentError, LoginError, UsageLimitError
 from agent.preflight import Preflight
 from agent.usage import Headroom, LimitHit, Window
 from agent.watch import VolumeWatcher
+from testkit.workers import wait_until
 
 NOW = 1_796_160_000.0
 LIMITED_TEXT = ("You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
@@ -335,7 +335,7 @@ class TestDrainThresholds:
     def test_volumes_prometheus_says_which_volume_a_limit_holds(self) -> None:
         from agent.login import AuthFacts
         from agent.metrics import volumes_exposition
-        from agent.volumes import VolumeStatus, VolumesReport
+        from agent.volumes import VolumesReport, VolumeStatus
 
         limit = usage.view(None, usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time()))
         held = VolumeStatus("codex_auth_1", {}, {"ok": True}, AuthFacts(present=False), None, limited=limit["limit"])

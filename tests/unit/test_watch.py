@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from testkit.workers import wait_until
 
 from agent.claim import VolumeClaim
 from agent.config import load
 from agent.watch import Snapshot, VolumeWatcher
+from testkit.workers import wait_until
 
 QUIET_S = 1.5
 """How long a change that must not run the checks is given (3x the poll interval)."""
