@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError
 from agent.job_policy import workspace_name
 from agent.jobs import WORKSPACE_PATH, JobLauncher
 from agent.login import inspect_auth_file
+from agent.phase_options import PhaseOptions, hide_values, phase_options
 
 __all__ = [
     "PASSTHROUGH_ENV",
@@ -122,10 +123,18 @@ def auth_failure(output: str) -> str | None:
     return None
 
 
-def exec_argv(prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH) -> list[str]:
-    """``codex exec --json`` for a new session, or resuming ``session_id``."""
+def exec_argv(prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH,
+              options: Sequence[str] = ()) -> list[str]:
+    """``codex exec --json`` for a new session, or resuming ``session_id``.
+
+    ``options`` (checked by :mod:`agent.phase_options`) go right before the positionals, after
+    ``resume`` when resuming; ``--`` ends the options, so a prompt that looks like a flag
+    (``--dangerously-bypass-approvals-and-sandbox``) stays a prompt.
+    """
     argv = ["codex", "exec", "--json", "--skip-git-repo-check", "-C", workdir]
-    return [*argv, "resume", session_id, prompt] if session_id else [*argv, prompt]
+    if session_id:
+        return [*argv, "resume", *options, "--", session_id, prompt]
+    return [*argv, *options, "--", prompt]
 
 
 class CodexPhase:
@@ -145,11 +154,24 @@ class CodexPhase:
     def _facts(self) -> dict[str, Any]:
         return {"shard": self.config.shard_index, "volume": self.launcher.volume_name, "worker": self.config.worker_name}
 
-    def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None) -> dict[str, Any]:
+    def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None,
+            model: str | None = None, codex_args: Sequence[str] | None = None,
+            env: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Run (or find completed) one phase; returns its outcome.
 
+        The outcome carries ``final_message`` (Codex's last agent message), ``usage`` and
+        ``session_id``, besides the artifacts directory on the worker.
+
+        Args:
+            model: the model (``codex exec -m``); None: the login's config decides.
+            codex_args: extra Codex arguments from the allow-list of :mod:`agent.phase_options`
+                (the model, the reasoning effort).
+            env: extra environment of the job (names on that module's allow-list); the values
+                never reach a log, an error, an artifact or the outcome.
+
         Raises:
-            PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, or nothing to resume.
+            PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, model, Codex argument or
+                env name, or nothing to resume.
             LoginRevokedError: CODEX-E034, the run found the login dead (the volume is marked).
             JobFailedError: CODEX-E042, Codex failed for another reason.
             JobTimeoutError: CODEX-E043, the wall-clock limit was reached.
@@ -161,6 +183,7 @@ class CodexPhase:
         if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROMPT_LIMIT:
             raise PhaseRequestError(**facts, field="prompt", value=str(prompt)[:40], cause="empty, not text, or too long",
                                     accepted=f"non-empty text of at most {PROMPT_LIMIT} characters")
+        options = phase_options(facts, model=model, codex_args=codex_args, env=env)
         if self.config.job_image is None:
             raise PhaseRequestError(**facts, field="CODEX_JOB_IMAGE", value="none", cause="no job image to run Codex in",
                                     accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev")
@@ -175,24 +198,26 @@ class CodexPhase:
         if resume and session is None:
             raise PhaseRequestError(**facts, field="resume", value="true", cause=f"run {run_id} has no earlier Codex session on this shard",
                                     accepted="false for a run's first phase")
-        return self._execute(artifacts, phase, prompt, session, task_id)
+        return self._execute(artifacts, phase, prompt, session, task_id, options)
 
-    def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None) -> dict[str, Any]:
-        env = {name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}
+    def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None,
+                 options: PhaseOptions = PhaseOptions()) -> dict[str, Any]:
+        env = {**options.env, **{name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}}
         assert self.config.job_image is not None
         started = time.time()
         result = self.launcher.run(
             self.config.job_image,
-            exec_argv(prompt, session),
+            exec_argv(prompt, session, options=options.argv()),
             environment=env,
             workspace=workspace_name(self.launcher.volume_name or "", artifacts.run_id),
             timeout=self.config.phase_timeout,
             check=False,
             describe=lambda output: summarize(output).audit_fields(),
         )  # the launcher's policy gives the job CODEX_JOB_NETWORK
-        summary = summarize(result.output)
+        output = hide_values(result.output, options.env)  # a task's token echoed by Codex stays out
+        summary = summarize(output)
         if not result.ok:
-            self._raise_failure(result.output, result.exit_code, result.container_id, task_id, artifacts.run_id)
+            self._raise_failure(output, result.exit_code, result.container_id, task_id, artifacts.run_id)
         outcome = {
             "status": "completed",
             "run_id": artifacts.run_id,
@@ -206,11 +231,13 @@ class CodexPhase:
             "session_id": summary.session_id,
             "resumed_session": session,
             "usage": summary.usage,
+            "final_message": summary.final_message,
+            **options.summary(),
             "duration_s": round(result.duration_s, 3),
             "started_at": started,
             "completed_at": time.time(),
         }
-        events = "".join(f"{line}\n" for line in result.output.splitlines() if line.startswith("{"))
+        events = "".join(f"{line}\n" for line in output.splitlines() if line.startswith("{"))
         outcome["artifacts"] = str(artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome))
         return outcome
 

@@ -161,3 +161,41 @@ class TestWallClockLimit:
         assert docker_client.containers.list(all=True, filters={"label": "codex.run_id=cwa-run-e"}) == []
         assert result.state == "FAILURE" and worker.status()["state"]["gate"] == "open"
         assert not (lab.artifacts / "cwa-run-e" / "plan" / "outcome.json").exists()
+
+
+SECRET = "ghp_cwa-integration-s3cret-9f3e"
+
+
+class TestShapedPhase:
+    def test_model_effort_and_env_shape_the_phase_and_the_result_holds_the_final_message(
+        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        publisher: Celery,
+    ) -> None:
+        """The model and the reasoning effort reach the model call; the result has the final message,
+        usage and session; the env value is in no log line, result or artifact; a refused argument is E044."""
+        shard = lab.shard(0)
+        worker = lab.ready_worker(shard, broker_url, backend_url)
+        key = keys_for_shard(0, 1)[0]
+        task = publisher.tasks["codex.phase"]
+        result = task.apply_async(kwargs={
+            "affinity_key": key, "run_id": "cwa-run-f", "phase": "plan", "prompt": "Shape me. MARKER-F",
+            "model": "standin-model-b", "codex_args": ["-c", "model_reasoning_effort=high"],
+            "env": {"CWA_GIT_TOKEN": SECRET},
+        }).get(timeout=PHASE_TIMEOUT_S)
+
+        job = result["job"]
+        assert job["final_message"] == "stand-in reply 1" and job["session_id"] and job["usage"]["output_tokens"] >= 1
+        assert (job["model"], job["reasoning_effort"], job["env_names"]) == ("standin-model-b", "high", ["CWA_GIT_TOKEN"])
+        (call,) = standin.script.calls()
+        assert call.model == "standin-model-b" and call.reasoning_effort == "high" and "MARKER-F" in call.texts[-1]
+        worker.wait_for("codex.job.finished", run_id="cwa-run-f")
+        kept = "".join(p.read_text() for p in (lab.artifacts / "cwa-run-f").rglob("*") if p.is_file())
+        assert SECRET not in json.dumps(result) and SECRET not in worker.log_text() and SECRET not in kept
+
+        refused = task.apply_async(kwargs={
+            "affinity_key": key, "run_id": "cwa-run-f", "phase": "two", "prompt": "x",
+            "codex_args": ["--dangerously-bypass-approvals-and-sandbox"],
+        })
+        with pytest.raises(Exception, match="CODEX-E044") as failure:
+            refused.get(timeout=PHASE_TIMEOUT_S)
+        assert "codex_args" in str(failure.value) and len(standin.script.calls()) == 1
