@@ -67,6 +67,8 @@ class AgentConfig:
     job_network: str | None = None
     phase_timeout: float = defaults.PHASE_TIMEOUT
     artifacts_root: Path = Path(defaults.ARTIFACTS_ROOT)
+    seed_root: Path | None = None
+    """``CODEX_SEED_ROOT``: the directory phases may seed their workspace from; None: no seeding."""
     codex_queues: tuple[str, ...] = ()
     """Every Codex queue this worker consumes (``codex_queue`` first): ``CODEX_QUEUE`` alone when set,
     else the topology's (its own ``codex-N``, and the shared ``codex`` in single mode)."""
@@ -362,6 +364,8 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         artifacts_root=Path(
             _parse(env, "CODEX_ARTIFACTS_ROOT", _absolute_path, "an absolute path", defaults.ARTIFACTS_ROOT)
         ),
+        seed_root=_parse(env, "CODEX_SEED_ROOT", lambda raw: Path(_absolute_path(raw)),
+                         "an absolute path, or unset for no workspace seeds", None),
         sandbox=load_sandbox(env),
         metrics_port=_parse(env, "AGENT_METRICS_PORT", _port, "a TCP port (1-65535), or unset for no metrics", None),
     )

@@ -21,18 +21,20 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from agent import revocation
-from agent.artifacts import RunArtifacts, checked_name
+from agent.artifacts import OUTCOME_FILE, RunArtifacts, checked_name
 from agent.config import AgentConfig
 from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError
 from agent.job_policy import workspace_name
 from agent.jobs import WORKSPACE_PATH, JobLauncher
 from agent.login import inspect_auth_file
 from agent.phase_options import PhaseOptions, hide_values, phase_options
+from agent.seed import seed_path, seed_workspace
 
 __all__ = [
     "PASSTHROUGH_ENV",
@@ -156,7 +158,7 @@ class CodexPhase:
 
     def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None,
             model: str | None = None, codex_args: Sequence[str] | None = None,
-            env: Mapping[str, str] | None = None) -> dict[str, Any]:
+            env: Mapping[str, str] | None = None, seed: str | None = None) -> dict[str, Any]:
         """Run (or find completed) one phase; returns its outcome.
 
         The outcome carries ``final_message`` (Codex's last agent message), ``usage`` and
@@ -168,6 +170,8 @@ class CodexPhase:
                 (the model, the reasoning effort).
             env: extra environment of the job (names on that module's allow-list); the values
                 never reach a log, an error, an artifact or the outcome.
+            seed: a directory or tar file under ``CODEX_SEED_ROOT`` unpacked into the run's
+                workspace before this phase, when the workspace is new (:mod:`agent.seed`).
 
         Raises:
             PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, model, Codex argument or
@@ -184,6 +188,7 @@ class CodexPhase:
             raise PhaseRequestError(**facts, field="prompt", value=str(prompt)[:40], cause="empty, not text, or too long",
                                     accepted=f"non-empty text of at most {PROMPT_LIMIT} characters")
         options = phase_options(facts, model=model, codex_args=codex_args, env=env)
+        seed_from = seed_path(self.config.seed_root, seed, facts) if seed is not None else None
         if self.config.job_image is None:
             raise PhaseRequestError(**facts, field="CODEX_JOB_IMAGE", value="none", cause="no job image to run Codex in",
                                     accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev")
@@ -198,18 +203,23 @@ class CodexPhase:
         if resume and session is None:
             raise PhaseRequestError(**facts, field="resume", value="true", cause=f"run {run_id} has no earlier Codex session on this shard",
                                     accepted="false for a run's first phase")
-        return self._execute(artifacts, phase, prompt, session, task_id, options)
+        return self._execute(artifacts, phase, prompt, session, task_id, options, seed_from)
 
     def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None,
-                 options: PhaseOptions = PhaseOptions()) -> dict[str, Any]:
+                 options: PhaseOptions = PhaseOptions(), seed_from: Path | None = None) -> dict[str, Any]:
         env = {**options.env, **{name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}}
         assert self.config.job_image is not None
+        workspace = workspace_name(self.launcher.volume_name or "", artifacts.run_id)
+        seeded = None
+        if seed_from is not None and not any(artifacts.directory.glob(f"*/{OUTCOME_FILE}")):  # a new workspace
+            seeded = seed_workspace(self.launcher, self.config.job_image, artifacts.directory, seed_from, workspace,
+                                    self.config.phase_timeout, self._facts())
         started = time.time()
         result = self.launcher.run(
             self.config.job_image,
             exec_argv(prompt, session, options=options.argv()),
             environment=env,
-            workspace=workspace_name(self.launcher.volume_name or "", artifacts.run_id),
+            workspace=workspace,
             timeout=self.config.phase_timeout,
             check=False,
             describe=lambda output: summarize(output).audit_fields(),
@@ -233,6 +243,7 @@ class CodexPhase:
             "usage": summary.usage,
             "final_message": summary.final_message,
             **options.summary(),
+            "seed": seeded,
             "duration_s": round(result.duration_s, 3),
             "started_at": started,
             "completed_at": time.time(),

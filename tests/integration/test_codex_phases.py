@@ -16,10 +16,11 @@ from typing import Any
 
 import pytest
 from celery import Celery
+
+from agent.job_policy import workspace_name
+from openai_standin import Behaviour, StandIn
 from testkit.phases import PhaseLab
 from testkit.workers import BrokerView, keys_for_shard, wait_until
-
-from openai_standin import Behaviour, StandIn
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 
@@ -199,3 +200,36 @@ class TestShapedPhase:
         with pytest.raises(Exception, match="CODEX-E044") as failure:
             refused.get(timeout=PHASE_TIMEOUT_S)
         assert "codex_args" in str(failure.value) and len(standin.script.calls()) == 1
+
+    def test_a_seed_under_the_root_fills_the_new_workspace_once_and_one_outside_is_refused(
+        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        publisher: Celery, docker_client: Any,
+    ) -> None:
+        """The seed job unpacks the directory into the run's workspace before the first phase; a later
+        phase does not seed again; a path out of CODEX_SEED_ROOT is E044 before anything runs."""
+        seeds = lab.base / "seeds"
+        (seeds / "repo" / "src").mkdir(parents=True)
+        (seeds / "repo" / "src" / "main.py").write_text("print('seeded')\n")
+        (seeds / "repo" / "link").symlink_to("/home/app/.codex/auth.json")
+        for path in (seeds, *seeds.rglob("*")):
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        shard = lab.shard(0)
+        worker = lab.ready_worker(shard, broker_url, backend_url, CODEX_SEED_ROOT="/var/seeds",
+                                  mounts={str(seeds): {"bind": "/var/seeds", "mode": "ro"}})
+        key = keys_for_shard(0, 1)[0]
+        first = phase(publisher, key, "cwa-run-g", "one", "Read the seed", seed="repo").get(timeout=PHASE_TIMEOUT_S)
+        assert first["job"]["status"] == "completed" and first["job"]["seed"]["files"] == 1
+        second = phase(publisher, key, "cwa-run-g", "two", "Again", seed="repo", resume=True).get(timeout=PHASE_TIMEOUT_S)
+        assert second["job"]["seed"] is None
+        assert len(worker.events("codex.workspace.seeded", run_id="cwa-run-g")) == 1
+
+        workspace = docker_client.volumes.get(workspace_name(shard.volume, "cwa-run-g"))
+        tree = Path(workspace.attrs["Mountpoint"])
+        assert (tree / "src" / "main.py").read_text() == "print('seeded')\n" and not (tree / "link").exists()
+        assert (tree / "src" / "main.py").stat().st_uid == 1000
+
+        outside = phase(publisher, key, "cwa-run-h", "one", "x", seed="../../etc")
+        with pytest.raises(Exception, match="CODEX-E044"):
+            outside.get(timeout=PHASE_TIMEOUT_S)
+        assert not worker.events("codex.job.started", run_id="cwa-run-h")
