@@ -93,6 +93,9 @@ class TestSessionResume:
         assert "MARKER-ONE" in first.texts[-1]
         assert any("MARKER-ONE" in text for text in second.texts[:-1]), "phase two did not carry phase one's turn"
         assert "stand-in reply 1" in second.texts, "phase two did not carry phase one's reply"
+        # The outcome is written just after the job's finished line: wait for it, not for the line.
+        wait_until(lambda: (lab.artifacts / "cwa-run-c" / "two" / "outcome.json").exists(), PHASE_TIMEOUT_S,
+                   what="phase two's outcome")
         one = json.loads((lab.artifacts / "cwa-run-c" / "one" / "outcome.json").read_text())
         two = json.loads((lab.artifacts / "cwa-run-c" / "two" / "outcome.json").read_text())
         assert two["resumed_session"] == one["session_id"] and one["shard"] == two["shard"] == 1
@@ -192,6 +195,7 @@ class TestShapedPhase:
         worker.wait_for("codex.job.finished", run_id="cwa-run-f")
         kept = "".join(p.read_text() for p in (lab.artifacts / "cwa-run-f").rglob("*") if p.is_file())
         assert SECRET not in json.dumps(result) and SECRET not in worker.log_text() and SECRET not in kept
+        assert lab.guards and all(SECRET not in guard.log_text() for guard in lab.guards)
 
         refused = task.apply_async(kwargs={
             "affinity_key": key, "run_id": "cwa-run-f", "phase": "two", "prompt": "x",
