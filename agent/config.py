@@ -54,6 +54,8 @@ class AgentConfig:
     job_network: str | None = None
     phase_timeout: float = defaults.PHASE_TIMEOUT
     artifacts_root: Path = Path(defaults.ARTIFACTS_ROOT)
+    seed_root: Path | None = None
+    """``CODEX_SEED_ROOT``: the directory phases may seed their workspace from; None: no seeding."""
     codex_queues: tuple[str, ...] = ()
     """Every Codex queue this worker consumes (``codex_queue`` first): ``CODEX_QUEUE`` alone when set,
     else the topology's (its own ``codex-N``, and the shared ``codex`` in single mode)."""
@@ -160,6 +162,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         job_network=read("CODEX_JOB_NETWORK"),
         phase_timeout=read("CODEX_PHASE_TIMEOUT"),
         artifacts_root=Path(read("CODEX_ARTIFACTS_ROOT")),
+        seed_root=read("CODEX_SEED_ROOT"),
         sandbox=load_sandbox(env),
         metrics_port=read("AGENT_METRICS_PORT"),
         job_retries=read("CODEX_JOB_RETRIES"),

@@ -10,6 +10,7 @@ and removed like every other.
 from __future__ import annotations
 
 import io
+import socket
 import tarfile
 import time
 from collections.abc import Callable, Iterator
@@ -216,6 +217,16 @@ def _past_limit(container: Any, timeout: float, cause: BaseException) -> int:
     return int(container.wait(timeout=5).get("StatusCode", -1))
 
 
+def _write_stdin(attached: Any, data: bytes) -> None:
+    """Write ``data`` to an attach socket and close it: with ``StdinOnce`` the container's stdin ends."""
+    raw = getattr(attached, "_sock", attached)
+    try:
+        raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)
+    finally:
+        attached.close()
+
+
 def run_container(
     client: docker.DockerClient,
     create_args: dict[str, Any] | EngineCreate,
@@ -225,6 +236,7 @@ def run_container(
     timeout: float | None = None,
     on_started: Callable[[str], None] | None = None,
     read_files: tuple[str, ...] = (),
+    stdin: bytes | None = None,
 ) -> ContainerRun:
     """Create, start and wait for a container, collect its output, then remove it.
 
@@ -236,6 +248,8 @@ def run_container(
         timeout: seconds before the container is killed; None waits forever.
         on_started: called with the container id once it started (for audit lines).
         read_files: paths whose content and mtime to read from the exited container.
+        stdin: bytes for a container created with ``OpenStdin``/``StdinOnce``: written through an
+            attach made before the start, then the attach is closed (the container's stdin ends).
 
     Returns:
         The finished run; the container is already removed.
@@ -253,7 +267,10 @@ def run_container(
                 container = client.containers.get(created["Id"])
             else:
                 container = client.containers.create(**create_args)
+            attached = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1}) if stdin is not None else None
             _reconnecting(container.start, RECONNECT_FOR)
+            if attached is not None:
+                _write_stdin(attached, stdin or b"")
             started = time.monotonic()
             if on_started is not None:
                 on_started(container.id or "?")

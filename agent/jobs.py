@@ -184,6 +184,7 @@ def job_create_args(
     workspace: str | None = None,
     workspace_path: str = WORKSPACE_PATH,
     options: Mapping[str, Any] | None = None,
+    stdin: bool = False,
 ) -> EngineCreate:
     """Translate a job request into the Engine create body the one job policy approved.
 
@@ -202,6 +203,7 @@ def job_create_args(
         workspace_path: where the workspace goes; also the default working directory.
         options: other ``containers.run`` options from :data:`agent.sandbox.JOB_OPTIONS`
             (``volumes``, ``mounts``, ``tmpfs``, ``labels``, ``user``, limits…).
+        stdin: the job reads a stream the launcher writes once (its stdin closes at the end).
 
     Raises:
         JobRejectedError: an option off the allow-list, or a request the job policy refuses (a mount
@@ -239,6 +241,8 @@ def job_create_args(
         "labels": {**{str(k): str(v) for k, v in task_labels.items()}, **policy.labels},
     }
     engine = _engine_body(args)
+    if stdin:
+        engine.body.update({"AttachStdin": True, "OpenStdin": True, "StdinOnce": True})
     try:
         plan = create_request(policy.shard_policy(), engine.body)
     except Refusal as e:
@@ -323,6 +327,7 @@ class JobLauncher:
         timeout: float | None = None,
         check: bool = True,
         describe: Callable[[str], Mapping[str, Any]] | None = None,
+        stdin: bytes | None = None,
         **kwargs: Any,
     ) -> JobResult:
         """Run a job container to completion, log it, keep its output, remove it.
@@ -337,6 +342,7 @@ class JobLauncher:
             check: raise JobFailedError on a non-zero exit (default); False returns it.
             describe: extra ``codex.job.finished`` fields read from the (scrubbed) output, such
                 as the Codex session and token usage; numbers and ids only, never secrets.
+            stdin: bytes written once to the job's stdin, then closed (a workspace seed's tar).
             **kwargs: other ``containers.run`` options, validated by :func:`job_create_args`.
 
         Returns:
@@ -354,7 +360,7 @@ class JobLauncher:
         try:
             args = job_create_args(
                 policy, image, command, environment=environment, workspace=workspace,
-                workspace_path=workspace_path, options=kwargs,
+                workspace_path=workspace_path, options=kwargs, stdin=stdin is not None,
             )
         except JobRejectedError as e:
             self._refused(audit, e)
@@ -368,7 +374,7 @@ class JobLauncher:
         try:
             run = run_container(
                 self.client, args, operation="job container", facts=self._facts(),
-                timeout=timeout, on_started=on_started,
+                timeout=timeout, on_started=on_started, stdin=stdin,
             )
         except ContainerTimeout as e:
             log.error(JOB_FINISHED, **audit, container_id=e.container_id, exit_code=None, duration_s=timeout, timed_out=True,

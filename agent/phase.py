@@ -22,19 +22,22 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
 
 from agent import harvest, revocation, usage
-from agent.artifacts import RunArtifacts, checked_name
+from agent.artifacts import OUTCOME_FILE, RunArtifacts, checked_name
 from agent.config import AgentConfig
 from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError, UsageLimitError
 from agent.job_policy import workspace_name
 from agent.jobs import WORKSPACE_PATH, JobLauncher
 from agent.login import inspect_auth_file
+from agent.phase_options import PhaseOptions, hide_values, phase_options
+from agent.seed import seed_path, seed_workspace
 
 __all__ = [
     "PASSTHROUGH_ENV",
@@ -125,10 +128,18 @@ def auth_failure(output: str) -> str | None:
     return None
 
 
-def exec_argv(prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH) -> list[str]:
-    """``codex exec --json`` for a new session, or resuming ``session_id``."""
+def exec_argv(prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH,
+              options: Sequence[str] = ()) -> list[str]:
+    """``codex exec --json`` for a new session, or resuming ``session_id``.
+
+    ``options`` (checked by :mod:`agent.phase_options`) go right before the positionals, after
+    ``resume`` when resuming; ``--`` ends the options, so a prompt that looks like a flag
+    (``--dangerously-bypass-approvals-and-sandbox``) stays a prompt.
+    """
     argv = ["codex", "exec", "--json", "--skip-git-repo-check", "-C", workdir]
-    return [*argv, "resume", session_id, prompt] if session_id else [*argv, prompt]
+    if session_id:
+        return [*argv, "resume", *options, "--", session_id, prompt]
+    return [*argv, *options, "--", prompt]
 
 
 class CodexPhase:
@@ -148,11 +159,26 @@ class CodexPhase:
     def _facts(self) -> dict[str, Any]:
         return {"shard": self.config.shard_index, "volume": self.launcher.volume_name, "worker": self.config.worker_name}
 
-    def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None) -> dict[str, Any]:
+    def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None,
+            model: str | None = None, codex_args: Sequence[str] | None = None,
+            env: Mapping[str, str] | None = None, seed: str | None = None) -> dict[str, Any]:
         """Run (or find completed) one phase; returns its outcome.
 
+        The outcome carries ``final_message`` (Codex's last agent message), ``usage`` and
+        ``session_id``, besides the artifacts directory on the worker.
+
+        Args:
+            model: the model (``codex exec -m``); None: the login's config decides.
+            codex_args: extra Codex arguments from the allow-list of :mod:`agent.phase_options`
+                (the model, the reasoning effort).
+            env: extra environment of the job (names on that module's allow-list); the values
+                never reach a log, an error, an artifact or the outcome.
+            seed: a directory or tar file under ``CODEX_SEED_ROOT`` unpacked into the run's
+                workspace before this phase, when the workspace is new (:mod:`agent.seed`).
+
         Raises:
-            PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, or nothing to resume.
+            PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, model, Codex argument or
+                env name, or nothing to resume.
             LoginRevokedError: CODEX-E034, the run found the login dead (the volume is marked).
             UsageLimitError: CODEX-E036, the run met the login's usage limit (the volume is marked).
             JobFailedError: CODEX-E042, Codex failed for another reason.
@@ -165,6 +191,8 @@ class CodexPhase:
         if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROMPT_LIMIT:
             raise PhaseRequestError(**facts, field="prompt", value=str(prompt)[:40], cause="empty, not text, or too long",
                                     accepted=f"non-empty text of at most {PROMPT_LIMIT} characters")
+        options = phase_options(facts, model=model, codex_args=codex_args, env=env)
+        seed_from = seed_path(self.config.seed_root, seed, facts) if seed is not None else None
         if self.config.job_image is None:
             raise PhaseRequestError(**facts, field="CODEX_JOB_IMAGE", value="none", cause="no job image to run Codex in",
                                     accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev")
@@ -183,30 +211,37 @@ class CodexPhase:
         if resume and session is None:
             raise PhaseRequestError(**facts, field="resume", value="true", cause=f"run {run_id} has no earlier Codex session on this shard",
                                     accepted="false for a run's first phase")
-        return self._execute(artifacts, phase, prompt, session, task_id)
+        return self._execute(artifacts, phase, prompt, session, task_id, options, seed_from)
 
-    def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None) -> dict[str, Any]:
-        env = {name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}
+    def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None,
+                 options: PhaseOptions = PhaseOptions(), seed_from: Path | None = None) -> dict[str, Any]:
+        env = {**options.env, **{name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}}
         assert self.config.job_image is not None
+        workspace = workspace_name(self.launcher.volume_name or "", artifacts.run_id)
+        seeded = None
+        if seed_from is not None and not any(artifacts.directory.glob(f"*/{OUTCOME_FILE}")):  # a new workspace
+            seeded = seed_workspace(self.launcher, self.config.job_image, artifacts.directory, seed_from, workspace,
+                                    self.config.phase_timeout, self._facts())
         started = time.time()
         artifacts.begin(phase, {"task_id": task_id, "run_id": artifacts.run_id, "phase": phase,
                                 "resumed_session": session, "started_at": started})
         result = self.launcher.run(
             self.config.job_image,
-            exec_argv(prompt, session),
+            exec_argv(prompt, session, options=options.argv()),
             environment=env,
-            workspace=workspace_name(self.launcher.volume_name or "", artifacts.run_id),
+            workspace=workspace,
             timeout=self.config.phase_timeout,
             check=False,
             describe=lambda output: summarize(output).audit_fields(),
         )  # the launcher's policy gives the job CODEX_JOB_NETWORK
-        summary = summarize(result.output)
+        output = hide_values(result.output, options.env)  # a task's token echoed by Codex stays out
+        summary = summarize(output)
         headroom = usage.read_headroom(self.config.codex_home)
         if headroom is not None:
             log.info("codex.usage.snapshot", run_id=artifacts.run_id, task_id=task_id, **headroom.to_dict(), **self._facts())
         if not result.ok:
-            self._raise_limit(summary, result.output, headroom, started, task_id, artifacts.run_id)
-            self._raise_failure(result.output, result.exit_code, result.container_id, task_id, artifacts.run_id)
+            self._raise_limit(summary, output, headroom, started, task_id, artifacts.run_id)
+            self._raise_failure(output, result.exit_code, result.container_id, task_id, artifacts.run_id)
         outcome = {
             "status": "completed",
             "run_id": artifacts.run_id,
@@ -220,11 +255,14 @@ class CodexPhase:
             "session_id": summary.session_id,
             "resumed_session": session,
             "usage": summary.usage,
+            "final_message": summary.final_message,
+            **options.summary(),
+            "seed": seeded,
             "duration_s": round(result.duration_s, 3),
             "started_at": started,
             "completed_at": time.time(),
         }
-        events = "".join(f"{line}\n" for line in result.output.splitlines() if line.startswith("{"))
+        events = "".join(f"{line}\n" for line in output.splitlines() if line.startswith("{"))
         outcome["artifacts"] = str(artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome))
         return outcome
 

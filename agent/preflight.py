@@ -210,7 +210,13 @@ class CodexTask(Task):
     affinity_arg = DEFAULT_AFFINITY_ARG
 
     def apply_async(self, args: Any = None, kwargs: Any = None, **options: Any) -> Any:
-        """Publish to the run's shard queue, whichever app publishes it (never to ``celery``)."""
+        """Publish to the run's shard queue, whichever app publishes it (never to ``celery``).
+
+        An ``env`` keyword's values are withheld from ``kwargsrepr``, what Celery's events, Flower
+        and worker logs show of the message (the message itself carries them to the worker).
+        """
+        if isinstance(kwargs, dict) and isinstance(kwargs.get("env"), dict) and "kwargsrepr" not in options:
+            options["kwargsrepr"] = repr({**kwargs, "env": {str(k): "<withheld>" for k in kwargs["env"]}})
         return super().apply_async(args, kwargs, **routed_options(self, args, kwargs, options))
 
     @property

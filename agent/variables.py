@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -237,6 +238,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "wall-clock seconds a Codex phase may run (CODEX-E043)", "soon"),
     Variable("CODEX_ARTIFACTS_ROOT", absolute_path, _PATH, defaults.ARTIFACTS_ROOT,
              "where each run keeps its artifacts and completion records", "artifacts"),
+    Variable("CODEX_SEED_ROOT", lambda text: Path(absolute_path(text)), "an absolute path, or unset for no "
+             "workspace seeds", None, "the directory a phase's seed= may name (a directory or a tar under it)",
+             "seeds"),
     # -- the login check
     Variable("CODEX_LOGIN_CHECK", choice("local", "container"), "local or container", defaults.LOGIN_CHECK,
              "local (codex login status in the worker) or container (a throwaway container)", "remote"),

@@ -47,6 +47,10 @@ class ModelCall:
     number: int
     family: str | None
     texts: tuple[str, ...]
+    model: str | None = None
+    """The request's ``model``: what ``codex exec -m`` (or the login's config) chose."""
+    reasoning_effort: str | None = None
+    """The request's ``reasoning.effort``, when Codex sent one."""
 
 
 def texts_of(body: dict[str, Any]) -> tuple[str, ...]:
@@ -111,7 +115,11 @@ class ResponseScript:
     def next(self, family: str | None, body: dict[str, Any]) -> tuple[ModelCall, Behaviour]:
         """Record a request and choose its behaviour."""
         with self._lock:
-            call = ModelCall(len(self._calls) + 1, family, texts_of(body))
+            reasoning = body.get("reasoning")
+            effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+            model = body.get("model")
+            call = ModelCall(len(self._calls) + 1, family, texts_of(body), model if isinstance(model, str) else None,
+                             effort if isinstance(effort, str) else None)
             self._calls.append(call)
             behaviour = self._queue.popleft() if self._queue else self.default
         return call, behaviour

@@ -38,6 +38,10 @@ def codex_phase(
     next_phases: list[str] | None = None,
     hold_s: float = 0.0,
     codex_shard: int | None = None,
+    model: str | None = None,
+    codex_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    seed: str | None = None,
 ) -> dict[str, Any]:
     """One phase of a Codex run; enqueues the run's next phase pinned to this shard.
 
@@ -47,7 +51,9 @@ def codex_phase(
     Codex session, and a phase already completed is not run again. A login that dies during the
     run requeues the task and closes the gate (CODEX-E034). Without a prompt the job only runs
     ``codex login status``. ``CODEX_JOB_IMAGE=none`` runs no container; ``hold_s`` keeps the phase
-    busy for that long (used to test redelivery).
+    busy for that long (used to test redelivery). ``model``, ``codex_args`` and ``env`` shape the
+    phase (:mod:`agent.phase_options`: allow-lists, CODEX-E044) and carry over to the next phases;
+    ``seed`` (under ``CODEX_SEED_ROOT``) fills the run's new workspace first (:mod:`agent.seed`).
     """
     context = self.codex_context()
     image = self.agent.config.job_image
@@ -58,7 +64,8 @@ def codex_phase(
             result = launcher.run(image, PROBE_COMMAND)
             job = {"container_id": result.container_id, "exit_code": result.exit_code, "image": image}
         else:
-            job = CodexPhase(launcher).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"])
+            job = CodexPhase(launcher).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"],
+                                           model=model, codex_args=codex_args, env=env, seed=seed)
     if hold_s:
         time.sleep(hold_s)
     if next_phases:
@@ -71,6 +78,7 @@ def codex_phase(
                 "prompt": None if prompt is None else f"{prompt}\n\nNext phase: {next_phases[0]}",
                 "resume": prompt is not None,
                 PIN_ARG: context["shard"],
+                **{k: v for k, v in (("model", model), ("codex_args", codex_args), ("env", env)) if v is not None},
             }
         )
     return {**context, "phase": phase, "affinity_key": affinity_key, "job": job}
@@ -88,6 +96,10 @@ def codex_step(
     resume: bool | None = None,
     hold_s: float = 0.0,
     codex_shard: int | None = None,
+    model: str | None = None,
+    codex_args: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    seed: str | None = None,
 ) -> dict[str, Any]:
     """One phase of a run written as a Celery chain: ``chain(codex_step.si(...), codex_step.s(...))``.
 
@@ -96,12 +108,14 @@ def codex_step(
     shard has one (every phase after the first), ``True`` requires it, ``False`` starts a new one.
     The chain's later steps follow the first Codex step's shard (:mod:`agent.chains`); a phase
     completed earlier is skipped (``codex.phase.skipped``), so a re-submitted run starts at the
-    phase that failed. ``hold_s`` keeps the task busy after its phase ran (tests).
+    phase that failed. ``hold_s`` keeps the task busy after its phase ran (tests). ``model``,
+    ``codex_args``, ``env`` and ``seed`` shape the phase as in ``codex.phase``.
     """
     context = self.codex_context()
     if resume is None:
         resume = RunArtifacts(self.agent.config.artifacts_root, run_id).session_id() is not None
-    job = CodexPhase(self.jobs).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"])
+    job = CodexPhase(self.jobs).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"],
+                                    model=model, codex_args=codex_args, env=env, seed=seed)
     if hold_s and not job.get("skipped"):
         time.sleep(hold_s)
     after = previous.get("phase") if isinstance(previous, dict) else None

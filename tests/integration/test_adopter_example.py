@@ -139,6 +139,7 @@ def test_the_example_runs_a_codex_phase_on_a_real_worker(
     assert (answer["queue"], answer["shard"], answer["repo"], answer["pr"]) == (f"codex-{shard.index}", shard.index, "github.com/org/repo", 7)
     job = answer["job"]
     assert job["status"] == "completed" and job["exit_code"] == 0 and job["session_id"]
+    assert job["final_message"] == "stand-in reply 1" and job["usage"]["output_tokens"] >= 1
     assert (lab.artifact_dir(job) / "last_message.txt").read_text() == "stand-in reply 1"
     assert worker.events("codex.run.audit", task="myproj.review_pr", run_id="pr-7")
     assert worker.wait_for("codex.job.finished", run_id="pr-7")[0]["exit_code"] == 0

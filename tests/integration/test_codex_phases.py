@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
+from agent.job_policy import workspace_name
 from openai_standin import Behaviour, StandIn
 from testkit.phases import PhaseLab
 from testkit.workers import BrokerView, keys_for_shard, wait_until
@@ -92,6 +93,9 @@ class TestSessionResume:
         assert "MARKER-ONE" in first.texts[-1]
         assert any("MARKER-ONE" in text for text in second.texts[:-1]), "phase two did not carry phase one's turn"
         assert "stand-in reply 1" in second.texts, "phase two did not carry phase one's reply"
+        # The outcome is written just after the job's finished line: wait for it, not for the line.
+        wait_until(lambda: (lab.artifacts / "cwa-run-c" / "two" / "outcome.json").exists(), PHASE_TIMEOUT_S,
+                   what="phase two's outcome")
         one = json.loads((lab.artifacts / "cwa-run-c" / "one" / "outcome.json").read_text())
         two = json.loads((lab.artifacts / "cwa-run-c" / "two" / "outcome.json").read_text())
         assert two["resumed_session"] == one["session_id"] and one["shard"] == two["shard"] == 1
@@ -161,3 +165,75 @@ class TestWallClockLimit:
         assert docker_client.containers.list(all=True, filters={"label": "codex.run_id=cwa-run-e"}) == []
         assert result.state == "FAILURE" and worker.status()["state"]["gate"] == "open"
         assert not (lab.artifacts / "cwa-run-e" / "plan" / "outcome.json").exists()
+
+
+SECRET = "ghp_cwa-integration-s3cret-9f3e"
+
+
+class TestShapedPhase:
+    def test_model_effort_and_env_shape_the_phase_and_the_result_holds_the_final_message(
+        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        publisher: Celery,
+    ) -> None:
+        """The model and the reasoning effort reach the model call; the result has the final message,
+        usage and session; the env value is in no log line, result or artifact; a refused argument is E044."""
+        shard = lab.shard(0)
+        worker = lab.ready_worker(shard, broker_url, backend_url)
+        key = keys_for_shard(0, 1)[0]
+        task = publisher.tasks["codex.phase"]
+        result = task.apply_async(kwargs={
+            "affinity_key": key, "run_id": "cwa-run-f", "phase": "plan", "prompt": "Shape me. MARKER-F",
+            "model": "standin-model-b", "codex_args": ["-c", "model_reasoning_effort=high"],
+            "env": {"CWA_GIT_TOKEN": SECRET},
+        }).get(timeout=PHASE_TIMEOUT_S)
+
+        job = result["job"]
+        assert job["final_message"] == "stand-in reply 1" and job["session_id"] and job["usage"]["output_tokens"] >= 1
+        assert (job["model"], job["reasoning_effort"], job["env_names"]) == ("standin-model-b", "high", ["CWA_GIT_TOKEN"])
+        (call,) = standin.script.calls()
+        assert call.model == "standin-model-b" and call.reasoning_effort == "high" and "MARKER-F" in call.texts[-1]
+        worker.wait_for("codex.job.finished", run_id="cwa-run-f")
+        kept = "".join(p.read_text() for p in (lab.artifacts / "cwa-run-f").rglob("*") if p.is_file())
+        assert SECRET not in json.dumps(result) and SECRET not in worker.log_text() and SECRET not in kept
+        assert lab.guards and all(SECRET not in guard.log_text() for guard in lab.guards)
+
+        refused = task.apply_async(kwargs={
+            "affinity_key": key, "run_id": "cwa-run-f", "phase": "two", "prompt": "x",
+            "codex_args": ["--dangerously-bypass-approvals-and-sandbox"],
+        })
+        with pytest.raises(Exception, match="CODEX-E044") as failure:
+            refused.get(timeout=PHASE_TIMEOUT_S)
+        assert "codex_args" in str(failure.value) and len(standin.script.calls()) == 1
+
+    def test_a_seed_under_the_root_fills_the_new_workspace_once_and_one_outside_is_refused(
+        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        publisher: Celery, docker_client: Any,
+    ) -> None:
+        """The seed job unpacks the directory into the run's workspace before the first phase; a later
+        phase does not seed again; a path out of CODEX_SEED_ROOT is E044 before anything runs."""
+        seeds = lab.base / "seeds"
+        (seeds / "repo" / "src").mkdir(parents=True)
+        (seeds / "repo" / "src" / "main.py").write_text("print('seeded')\n")
+        (seeds / "repo" / "link").symlink_to("/home/app/.codex/auth.json")
+        for path in (seeds, *seeds.rglob("*")):
+            if not path.is_symlink():
+                path.chmod(0o755 if path.is_dir() else 0o644)
+        shard = lab.shard(0)
+        worker = lab.ready_worker(shard, broker_url, backend_url, CODEX_SEED_ROOT="/var/seeds",
+                                  mounts={str(seeds): {"bind": "/var/seeds", "mode": "ro"}})
+        key = keys_for_shard(0, 1)[0]
+        first = phase(publisher, key, "cwa-run-g", "one", "Read the seed", seed="repo").get(timeout=PHASE_TIMEOUT_S)
+        assert first["job"]["status"] == "completed" and first["job"]["seed"]["files"] == 1
+        second = phase(publisher, key, "cwa-run-g", "two", "Again", seed="repo", resume=True).get(timeout=PHASE_TIMEOUT_S)
+        assert second["job"]["seed"] is None
+        assert len(worker.events("codex.workspace.seeded", run_id="cwa-run-g")) == 1
+
+        workspace = docker_client.volumes.get(workspace_name(shard.volume, "cwa-run-g"))
+        tree = Path(workspace.attrs["Mountpoint"])
+        assert (tree / "src" / "main.py").read_text() == "print('seeded')\n" and not (tree / "link").exists()
+        assert (tree / "src" / "main.py").stat().st_uid == 1000
+
+        outside = phase(publisher, key, "cwa-run-h", "one", "x", seed="../../etc")
+        with pytest.raises(Exception, match="CODEX-E044"):
+            outside.get(timeout=PHASE_TIMEOUT_S)
+        assert not worker.events("codex.job.started", run_id="cwa-run-h")

@@ -64,6 +64,17 @@ class TestComposeFile:
             assert _mounts(one["services"][name]) == _mounts(two["services"][name]), name
             assert _environment(one["services"][name]) == _environment(two["services"][name]), name
 
+    def test_each_shard_keeps_its_artifacts_in_a_named_volume(self, version: str) -> None:
+        """CODEX_ARTIFACTS_ROOT of every shard's worker is its own named volume, which outlives the
+        container (outcomes, final messages and session ids survive a recreation)."""
+        rendered = _render(version, ["docker-compose.yaml"], {"PATH": PATH})
+        for n in range(3):
+            service = rendered["services"][f"codex-worker-{n}"]
+            root = _environment(service)["CODEX_ARTIFACTS_ROOT"]
+            sources = {source for source, target in _mounts(service) if target == root}
+            assert len(sources) == 1 and next(iter(sources)).endswith(f"codex_artifacts_{n}"), sources
+            assert f"codex_artifacts_{n}" in rendered["volumes"]
+
 
 def _mounts(service: dict[str, Any]) -> set[tuple[str, str]]:
     """(source, target) of each volume; v1 prints short strings, v2 long mappings."""

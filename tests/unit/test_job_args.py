@@ -145,3 +145,14 @@ class TestRefused:
     def test_codex_home_equal_to_job_home_is_accepted(self) -> None:
         """Passing CODEX_HOME that already matches CODEX_JOB_HOME is harmless."""
         assert build(environment={"CODEX_HOME": HOME + "/"})["Env"] == [f"CODEX_HOME={HOME}"]
+
+
+class TestStdin:
+    def test_a_job_fed_on_stdin_keeps_it_open_once_and_nothing_else_changes(self) -> None:
+        """A seed job's body asks for stdin once (it ends when the launcher closes its attach)."""
+        fed = job_create_args(POLICY, "job:dev", ["tar", "-x"], workspace="codex_ws_x_r1", stdin=True).body
+        plain = job_create_args(POLICY, "job:dev", ["tar", "-x"], workspace="codex_ws_x_r1").body
+        assert (fed["AttachStdin"], fed["OpenStdin"], fed["StdinOnce"]) == (True, True, True)
+        assert not plain.get("OpenStdin") and not plain.get("StdinOnce")
+        assert {k: v for k, v in fed.items() if k not in ("AttachStdin", "OpenStdin", "StdinOnce")} == {
+            k: v for k, v in plain.items() if k not in ("AttachStdin", "OpenStdin", "StdinOnce")}

@@ -66,10 +66,19 @@ class TestAuthFailure:
 
 class TestExecArgv:
     def test_a_new_session(self) -> None:
-        assert exec_argv("do it") == ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/workspace", "do it"]
+        assert exec_argv("do it") == ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/workspace", "--", "do it"]
 
     def test_a_resumed_session(self) -> None:
-        assert exec_argv("next", "sess-1")[-3:] == ["resume", "sess-1", "next"]
+        assert exec_argv("next", "sess-1")[-4:] == ["resume", "--", "sess-1", "next"]
+
+    def test_options_go_before_the_positionals_of_exec_and_of_resume(self) -> None:
+        assert exec_argv("p", options=["-m", "m1"])[-4:] == ["-m", "m1", "--", "p"]
+        assert exec_argv("p", "s", options=["-m", "m1"])[-6:] == ["resume", "-m", "m1", "--", "s", "p"]
+
+    def test_a_prompt_that_looks_like_a_flag_stays_a_prompt(self) -> None:
+        """``--`` ends the options: the flag-like prompt comes after it (without it, Codex would parse it)."""
+        argv = exec_argv("--dangerously-bypass-approvals-and-sandbox")
+        assert argv.index("--") == len(argv) - 2
 
 
 class TestNames:
