@@ -69,7 +69,7 @@ _AUTH_FAILURES: tuple[tuple[str, str], ...] = (
     ("please log out and sign in again", "sign_in_again"),
     ("401 unauthorized", "unauthorized"),
 )
-"""Phrases of ``codex exec`` (0.169) that mean the login itself is dead, mapped to a reason."""
+"""Phrases of ``codex exec`` (0.169, 0.171) that mean the login itself is dead, mapped to a reason."""
 
 
 @dataclass(frozen=True)

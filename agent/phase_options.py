@@ -43,7 +43,7 @@ _MODEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 MODEL_RULE = "1 to 128 letters, digits, '.', '_', ':', '/' or '-', starting with a letter or digit"
 
 REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
-"""Codex's ``model_reasoning_effort`` levels (0.169)."""
+"""Codex's ``model_reasoning_effort`` levels (0.169, 0.171)."""
 
 _EFFORT_KEY = "model_reasoning_effort"
 CODEX_ARGS_RULE = (

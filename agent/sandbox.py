@@ -7,7 +7,7 @@ in :mod:`agent.guard`), gets the same :class:`Sandbox`:
 * no capabilities (``cap_drop=ALL``), ``no-new-privileges``, an init process as pid 1;
 * pid, memory and CPU limits (``CODEX_JOB_PIDS_LIMIT``, ``CODEX_JOB_MEMORY``, ``CODEX_JOB_CPUS``);
 * a read-only root filesystem with a private ``/tmp`` tmpfs (``CODEX_JOB_READ_ONLY``,
-  ``CODEX_JOB_TMP_SIZE``): ``codex exec`` 0.169 completes and resumes turns with it, since it
+  ``CODEX_JOB_TMP_SIZE``): ``codex exec`` 0.169 and 0.171 complete and resumes turns with it, since it
   writes only to ``CODEX_HOME`` and the workspace, both volumes.
 
 Task code may pass only the options in :data:`JOB_OPTIONS` (docker-py names, modelled on its

@@ -8,7 +8,7 @@ type ``token_count`` with ``rate_limits`` in the session rollout
 * reads the newest snapshot (:func:`read_headroom`): the newest rollout file only, its tail only,
   every field checked, so any bytes give a :class:`Headroom` or None, never a traceback;
 * tells a usage limit from the output of a failed ``codex exec`` (:func:`classify`): the stream's
-  error text (Codex 0.169 prints "You’ve hit your usage limit…", typographic apostrophe), a 429 body
+  error text (Codex 0.169 and 0.171 print "You’ve hit your usage limit…", typographic apostrophe), a 429 body
   type, or a snapshot of this run at 100 %;
 * decides until when the login is limited (:func:`limit_for`): the limited window's reset time
   from the snapshot, else a bounded fallback cool-down (30 s for a rate limit, 1 h for a quota),
@@ -316,7 +316,7 @@ _PHRASES: tuple[tuple[str, LimitKind, str], ...] = (
     ("rate_limit_exceeded", "rate", "rate_limit_exceeded"),
     ("last status: 429", "rate", "rate_limit_exceeded"),
 )
-"""What ``codex exec`` (0.169) prints for each 429 (seen against the stand-in), and the body types."""
+"""What ``codex exec`` (0.169, 0.171) prints for each 429 (seen against the stand-in), and the body types."""
 
 _RESETS_AT = re.compile(r'"resets_at"\s*:\s*(\d{1,12})')
 _RESETS_IN = re.compile(r'"resets_in_seconds"\s*:\s*(\d{1,9})')

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -89,3 +90,34 @@ def test_a_successful_run_records_the_headers_in_the_rollout_by_window_length(co
         assert snapshot is not None and snapshot.window("5h") is None
         weekly = snapshot.window("weekly")
         assert weekly is not None and weekly.used_percent == 97.0
+
+
+LoginScript = Callable[[StandIn, Any], None]
+LOGIN_CASES: dict[str, tuple[float | None, LoginScript, set[str]]] = {
+    "refresh_token_reused": (0.0, lambda s, t: s.authority.refresh(t.refresh_token), {"refresh_token_reused"}),
+    "refresh_token_expired": (0.0, lambda s, t: s.authority.expire(t.family), {"refresh_token_expired"}),
+    "refresh_token_invalidated": (0.0, lambda s, t: s.authority.revoke(t.family), {"refresh_token_invalidated"}),
+    "unauthorized": (None, lambda s, t: s.authority.revoke(t.family),
+                     {"unauthorized", "refresh_token_invalidated", "sign_in_again"}),
+}
+"""Stand-in script (with the access token's lifetime: 0 makes the CLI refresh first) -> the reasons
+agent.phase.auth_failure may name. A 401 on a dead family may make the CLI refresh, which the family
+then refuses: either reason is a dead login."""
+
+
+@pytest.mark.parametrize("case", list(LOGIN_CASES))
+def test_each_dead_login_is_classified_from_what_the_cli_prints(codex_bin: str, tmp_path: Path, case: str) -> None:
+    """Reused, expired and invalidated refresh tokens and a 401: the real CLI's words name the reason."""
+    from agent.phase import auth_failure
+
+    ttl, script, reasons = LOGIN_CASES[case]
+    with StandIn() as standin:
+        tokens = standin.authority.mint(access_ttl=ttl) if ttl is not None else standin.authority.mint()
+        home = tmp_path / ".codex"
+        login_files(tokens, standin.url).write(home)
+        script(standin, tokens)
+        code, output = run_codex(codex_bin, standin, home)
+    # 0.171 goes on with a still-accepted access token after an expired refresh (exit 0): what matters
+    # is that its words, whenever a run does fail, name the reason.
+    assert code != 0 or case == "refresh_token_expired", output[-2000:]
+    assert auth_failure(output) in reasons, output[-2000:]
