@@ -58,8 +58,13 @@ class LostAckLog:
             _CELERY_LOGGER.critical(msg, *args, **_kwargs)
             return
         tag, error = args[0], args[1]
-        log.warning(ACK_LOST, **self.facts, delivery_tag=tag, reason=f"{type(error).__name__}: {error}"[:300],
-                    next=next_step(self.artifacts_root, self.facts.get("run_id"), self.facts.get("phase")))
+        log.warning(
+            ACK_LOST,
+            **self.facts,
+            delivery_tag=tag,
+            reason=f"{type(error).__name__}: {error}"[:300],
+            next=next_step(self.artifacts_root, self.facts.get("run_id"), self.facts.get("phase")),
+        )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(_CELERY_LOGGER, name)

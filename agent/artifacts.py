@@ -25,8 +25,18 @@ from typing import Any
 from agent.atomic import write_json_atomically
 from agent.errors import PhaseRequestError
 
-__all__ = ["RunArtifacts", "checked_name", "is_safe_name", "NAME_RULE", "EVENTS_FILE", "MESSAGE_FILE", "OUTCOME_FILE", "SESSION_FILE",
-           "PENDING_FILE", "ATTEMPTS_FILE"]
+__all__ = [
+    "RunArtifacts",
+    "checked_name",
+    "is_safe_name",
+    "NAME_RULE",
+    "EVENTS_FILE",
+    "MESSAGE_FILE",
+    "OUTCOME_FILE",
+    "SESSION_FILE",
+    "PENDING_FILE",
+    "ATTEMPTS_FILE",
+]
 
 EVENTS_FILE = "events.jsonl"
 MESSAGE_FILE = "last_message.txt"
@@ -54,8 +64,13 @@ def checked_name(field: str, value: Any, facts: dict[str, Any]) -> str:
     if is_safe_name(value):
         return str(value)
     cause = "not a string" if not isinstance(value, str) else "not a safe directory name"
-    raise PhaseRequestError(**facts, field=field, value=value if isinstance(value, str) else type(value).__name__,
-                            cause=cause, accepted=NAME_RULE)
+    raise PhaseRequestError(
+        **facts,
+        field=field,
+        value=value if isinstance(value, str) else type(value).__name__,
+        cause=cause,
+        accepted=NAME_RULE,
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -221,8 +221,11 @@ class Checker:
         self.mounted_volume = observation.volume
         warnings: tuple[Problem, ...] = ()
         if self.config.job_image is not None and os.getuid() != self.config.job_uid:  # jobs cannot read a 0700 volume
-            warnings = (JOB_USER_DIFFERS.problem(**self.facts(), job_user=self.config.job_user,
-                                                 job_uid=self.config.job_uid).found_by("mount"),)
+            warnings = (
+                JOB_USER_DIFFERS.problem(
+                    **self.facts(), job_user=self.config.job_user, job_uid=self.config.job_uid
+                ).found_by("mount"),
+            )
         return CheckResult(
             name="mount",
             ok=True,
@@ -247,7 +250,10 @@ class Checker:
         except FleetError as e:
             return _failed("lease", e, started, broker=self.lease.broker)
         return CheckResult(
-            name="lease", ok=True, message=state.describe(), duration_s=time.monotonic() - started,
+            name="lease",
+            ok=True,
+            message=state.describe(),
+            duration_s=time.monotonic() - started,
             details=state.to_dict(),
         )
 

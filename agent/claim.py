@@ -205,7 +205,11 @@ class VolumeClaim:
         """
         mine = own_container_id()
         stop_this = f"docker stop {mine[:12]}" if mine else f"stop process {os.getpid()} on {socket.gethostname()}"
-        who = holder.describe() if holder is not None else f"a process that holds its lock ({marker_problem(self.directory)})"
+        who = (
+            holder.describe()
+            if holder is not None
+            else f"a process that holds its lock ({marker_problem(self.directory)})"
+        )
         return VolumeClaimedError(**self._facts(holder=who, stop_this=stop_this))
 
     def try_acquire(self) -> tuple[bool, Holder | None]:

@@ -53,9 +53,7 @@ def _answer(report: Any, as_json: bool, echo_text: Any) -> None:
 
 
 def _echo_report(report: CheckReport) -> None:
-    click.echo(
-        f"shard {report.shard}  volume {report.volume}  queue {report.queue}  codex_home {report.codex_home}"
-    )
+    click.echo(f"shard {report.shard}  volume {report.volume}  queue {report.queue}  codex_home {report.codex_home}")
     for result in report.results:
         mark = "ok  " if result.ok else "FAIL"
         code = f" {result.code}" if result.code else ""
@@ -68,9 +66,12 @@ def _echo_report(report: CheckReport) -> None:
     click.echo("healthy" if report.ok else "UNHEALTHY")
 
 
-@click.group(cls=AgentGroup, context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Exit codes: 0 done or healthy, 1 a failure the agent detected or unhealthy, "
-                    "2 bad usage or configuration (CODEX-E001).")
+@click.group(
+    cls=AgentGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 done or healthy, 1 a failure the agent detected or unhealthy, "
+    "2 bad usage or configuration (CODEX-E001).",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="codex-agent", message=VERSION_MESSAGE)
 def cli() -> None:
     """Codex worker agent: one login per volume, claimed, verified and gated."""
@@ -109,7 +110,9 @@ def status(ctx: click.Context, as_json: bool, probe: bool) -> None:
     else:
         click.echo(health.summary)
         since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(state.gate_since))
-        click.echo(f"  gate {state.gate} since {since}  queue {state.queue}  shard {state.shard}  volume {state.volume}")
+        click.echo(
+            f"  gate {state.gate} since {since}  queue {state.queue}  shard {state.shard}  volume {state.volume}"
+        )
         if state.claim:
             click.echo(f"  claim {state.claim['holder']}")
         if state.usage:
@@ -142,7 +145,13 @@ def route(key: str, shards: int | None, mode: str | None) -> None:
     default=None,
     help="File of affinity keys, one per line; lists each key that moves.",
 )
-@click.option("--sample", type=click.IntRange(min=1), default=10000, show_default=True, help="Synthetic keys when --keys is absent.")
+@click.option(
+    "--sample",
+    type=click.IntRange(min=1),
+    default=10000,
+    show_default=True,
+    help="Synthetic keys when --keys is absent.",
+)
 @json_option("plan")
 def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_json: bool) -> None:
     """Say how many keys move, and which, when the shard count changes."""
@@ -156,8 +165,7 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
         return
     source = str(keys_file) if keys_file else f"{sample} synthetic keys"
     click.echo(
-        f"{old} -> {new} shards: {len(plan.moves)} of {plan.total} keys move "
-        f"({plan.moved_fraction:.1%}) [{source}]"
+        f"{old} -> {new} shards: {len(plan.moves)} of {plan.total} keys move ({plan.moved_fraction:.1%}) [{source}]"
     )
     if keys_file:
         topology = routing.Topology(max(old, new))
@@ -183,10 +191,14 @@ def _echo_volumes(report: VolumesReport) -> None:
         if not volume.logged_in:
             click.echo(f"  {volume.login.get('message')}")
         elif volume.revoked is not None:
-            click.echo(f"  revoked during run {volume.revoked.get('run_id')} ({volume.revoked.get('reason')}); log this volume in again")
+            click.echo(
+                f"  revoked during run {volume.revoked.get('run_id')} ({volume.revoked.get('reason')}); log this volume in again"
+            )
         if volume.limited is not None:
-            click.echo(f"  CODEX-E036 {volume.limited.get('window')} usage limit until {volume.limited.get('resets_at_utc')}; "
-                       "the gate reopens by itself then")
+            click.echo(
+                f"  CODEX-E036 {volume.limited.get('window')} usage limit until {volume.limited.get('resets_at_utc')}; "
+                "the gate reopens by itself then"
+            )
     for warning in report.warnings:
         click.echo(f"warn {warning.code} {warning.message}")
         click.echo(f"  fix: {warning.remediation}")
@@ -195,8 +207,12 @@ def _echo_volumes(report: VolumesReport) -> None:
 @cli.command()
 @click.argument("names", nargs=-1)
 @json_option()
-@click.option("--prometheus", "as_prometheus", is_flag=True,
-              help="Print the per-volume numbers in the Prometheus text format (for a textfile collector).")
+@click.option(
+    "--prometheus",
+    "as_prometheus",
+    is_flag=True,
+    help="Print the per-volume numbers in the Prometheus text format (for a textfile collector).",
+)
 @click.option("--image", default=None, help="Image of the inspection containers (default CODEX_LOGIN_CHECK_IMAGE).")
 def volumes(names: tuple[str, ...], as_json: bool, as_prometheus: bool, image: str | None) -> None:
     """List every Codex auth volume (or only NAMES): login, claim holder, credential age."""
@@ -215,7 +231,9 @@ def volumes(names: tuple[str, ...], as_json: bool, as_prometheus: bool, image: s
 
 def _echo_drain(report: DrainReport) -> None:
     verb = "would move" if report.dry_run else "moved"
-    click.echo(f"{report.queue} -> {report.shards} shards: {verb} {len(report.moves)} task(s), {report.left} left in {report.queue}")
+    click.echo(
+        f"{report.queue} -> {report.shards} shards: {verb} {len(report.moves)} task(s), {report.left} left in {report.queue}"
+    )
     for queue, count in report.counts().items():
         click.echo(f"  {count:>6}  -> {queue}")
     if report.already_moved:
@@ -234,7 +252,7 @@ def _echo_drain(report: DrainReport) -> None:
     default="worker_entry.app:app",
     show_default=True,
     help="Celery app (module:attr, imported from the current directory too) whose tasks, affinity "
-         "arguments and task_default_queue place each task; a task it does not know stays queued (CODEX-E051).",
+    "arguments and task_default_queue place each task; a task it does not know stays queued (CODEX-E051).",
 )
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="Move at most this many tasks, then stop.")
 @click.option("--dry-run", is_flag=True, help="Only say where each task would go; move nothing.")
@@ -275,7 +293,9 @@ def drain(
 
 def _echo_fleet(report: FleetReport) -> None:
     now = report.read_at
-    click.echo(f"{'SHARD':<6} {'STATUS':<8} {'WORKER':<24} {'HOST':<20} {'GATE':<8} {'SINCE':>7} {'SEEN':>5}  VOLUME / WHY")
+    click.echo(
+        f"{'SHARD':<6} {'STATUS':<8} {'WORKER':<24} {'HOST':<20} {'GATE':<8} {'SINCE':>7} {'SEEN':>5}  VOLUME / WHY"
+    )
     for row in report.rows:
         if not row.entries:
             click.echo(f"{row.shard:<6} {row.status:<8} -")
@@ -310,7 +330,11 @@ def _usage_line(view: dict[str, Any]) -> str:
 
 def _usage_text(entry: FleetEntry) -> str:
     """`` / 5h 42% weekly 91%`` and the reset time of a limited login; empty when nothing is known."""
-    parts = [f"{name} {value:.0f}%" for name, value in (("5h", entry.used_5h), ("weekly", entry.used_weekly)) if value is not None]
+    parts = [
+        f"{name} {value:.0f}%"
+        for name, value in (("5h", entry.used_5h), ("weekly", entry.used_weekly))
+        if value is not None
+    ]
     if entry.limited_until is not None:
         parts.append(f"limited until {usage.utc(entry.limited_until)}")
     return f" / {' '.join(parts)}" if parts else ""
@@ -342,16 +366,19 @@ def _login_move(name: str, move: Any, help_text: str, done: str) -> None:
 
 
 _login_move(
-    "login-export", export_login,
+    "login-export",
+    export_login,
     "Move this volume's login into BUNDLE (mode 0600) and out of the volume; the worker must be stopped.",
     "moved the login of volume {volume} (fingerprint {fingerprint}) into {bundle}; the volume holds no login now: "
     "import it with codex-agent login-import on the target",
 )
 _login_move(
-    "login-import", import_login,
+    "login-import",
+    import_login,
     "Move the login in BUNDLE into this (empty) volume, then delete BUNDLE.",
     "moved the login (fingerprint {fingerprint}) into volume {volume}; {bundle} is deleted",
 )
+
 
 def main() -> None:
     """Console-script entry point."""

@@ -81,13 +81,17 @@ def _remember_json(ctx: click.Context, _param: click.Parameter, value: bool) -> 
 
 def json_option(what: str = "report") -> Callable[[F], F]:
     """``--json``: print the answer (and any error) as JSON."""
-    return click.option("--json", "as_json", is_flag=True, callback=_remember_json, is_eager=True,
-                        help=f"Print the {what} as JSON.")
+    return click.option(
+        "--json", "as_json", is_flag=True, callback=_remember_json, is_eager=True, help=f"Print the {what} as JSON."
+    )
 
 
-shards_option = click.option("--shards", type=click.IntRange(min=1), default=None, help="Shard count (default CODEX_SHARDS).")
-mode_option = click.option("--mode", type=click.Choice(["sharded", "single"]), default=None,
-                           help="Queue mode (default CODEX_QUEUE_MODE).")
+shards_option = click.option(
+    "--shards", type=click.IntRange(min=1), default=None, help="Shard count (default CODEX_SHARDS)."
+)
+mode_option = click.option(
+    "--mode", type=click.Choice(["sharded", "single"]), default=None, help="Queue mode (default CODEX_QUEUE_MODE)."
+)
 
 
 VERSION_MESSAGE = f"%(prog)s %(version)s (codex-worker-agent, Codex CLI {SUPPORTED_VERSION})"

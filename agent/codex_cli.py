@@ -41,8 +41,14 @@ def installed_version(codex_bin: str, timeout: float = 10.0) -> str | None:
     key = (path, st.st_ino, st.st_mtime_ns)
     if key not in _seen:
         try:
-            done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=timeout, check=False,
-                                  env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_COLOR": "1"})
+            done = subprocess.run(
+                [path, "--version"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "NO_COLOR": "1"},
+            )
             match = _VERSION.search(done.stdout) if done.returncode == 0 else None
             _seen[key] = match.group(1) if match else None
         except (OSError, subprocess.SubprocessError):

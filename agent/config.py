@@ -25,6 +25,7 @@ __all__ = ["AgentConfig", "load"]
 LoginCheckMode = Literal["local", "container"]
 WatchMode = Literal["events", "poll"]
 
+
 @dataclass(frozen=True)
 class AgentConfig:
     """Everything the agent needs to know about this worker, validated."""
@@ -141,8 +142,10 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         queue_mode=mode,
         codex_queue=queues[0] if queues else None,
         codex_queues=queues,
-        volume_name=read("CODEX_VOLUME_NAME", default=None if shard_index is None
-                         else defaults.VOLUME_TEMPLATE.format(index=shard_index)),
+        volume_name=read(
+            "CODEX_VOLUME_NAME",
+            default=None if shard_index is None else defaults.VOLUME_TEMPLATE.format(index=shard_index),
+        ),
         codex_home=Path(codex_home),
         job_home=read("CODEX_JOB_HOME"),
         job_user=read("CODEX_JOB_USER"),

@@ -67,5 +67,5 @@ def check_credentials_store(codex_home: Path, facts: dict[str, Any]) -> None:
         raise CredentialStoreError(**facts, config_file=config_file, cause=problem)
     if value is not None and value not in ACCEPTED:
         raise CredentialStoreError(
-            **facts, config_file=config_file, cause=f"sets {SETTING} = {value!r} (accepted: unset or \"file\")"
+            **facts, config_file=config_file, cause=f'sets {SETTING} = {value!r} (accepted: unset or "file")'
         )

@@ -267,7 +267,9 @@ def run_container(
                 container = client.containers.get(created["Id"])
             else:
                 container = client.containers.create(**create_args)
-            attached = client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1}) if stdin is not None else None
+            attached = (
+                client.api.attach_socket(container.id, params={"stdin": 1, "stream": 1}) if stdin is not None else None
+            )
             _reconnecting(container.start, RECONNECT_FOR)
             if attached is not None:
                 _write_stdin(attached, stdin or b"")

@@ -313,7 +313,9 @@ class _Mover:
                 if not report.dry_run:
                     message.requeue()  # back where it was; nothing after it is touched
                 if isinstance(e, UnknownTask):  # never guessed to a default queue: it stays queued
-                    report.error = UnplaceableTaskError(queue=report.queue, task=e.task, task_id=task_id or "?", app=e.app)
+                    report.error = UnplaceableTaskError(
+                        queue=report.queue, task=e.task, task_id=task_id or "?", app=e.app
+                    )
                     return
                 cause = e.message if isinstance(e, AgentError) else f"{type(e).__name__}: {e}"
                 report.error = DrainError(queue=report.queue, cause=f"task {task_id or '?'} not moved: {cause}")

@@ -206,8 +206,7 @@ class ClaimLostError(ClaimError):
     title = "claim lost"
     template = "shard {shard}: the claim on volume {volume} is no longer ours ({cause})"
     remediation_template = (
-        "find who else writes to the volume: codex-agent volumes; "
-        "then restart this worker: docker restart {worker}"
+        "find who else writes to the volume: codex-agent volumes; then restart this worker: docker restart {worker}"
     )
 
 
@@ -286,8 +285,7 @@ class PermissionsError(MountError):
         "expected mode 0700 owned by uid {uid}"
     )
     remediation_template = (
-        "docker run --rm -u 0 -v {volume}:/v codex-worker-agent/job:dev "
-        "sh -c 'chown {uid}:{uid} /v && chmod 0700 /v'"
+        "docker run --rm -u 0 -v {volume}:/v codex-worker-agent/job:dev sh -c 'chown {uid}:{uid} /v && chmod 0700 /v'"
     )
 
 
@@ -312,17 +310,13 @@ class CodexMissingError(LoginError):
     code = "CODEX-E031"
     title = "Codex CLI missing"
     template = "shard {shard}: the Codex CLI {binary!r} cannot be run ({cause})"
-    remediation_template = (
-        "install the pinned CLI in the image (npm install -g @openai/codex) or put `codex` on PATH"
-    )
+    remediation_template = "install the pinned CLI in the image (npm install -g @openai/codex) or put `codex` on PATH"
 
 
 class LoginTimeoutError(LoginError):
     code = "CODEX-E032"
     title = "login check timed out"
-    template = (
-        "shard {shard}: `codex login status` on volume {volume} did not answer within {timeout}s"
-    )
+    template = "shard {shard}: `codex login status` on volume {volume} did not answer within {timeout}s"
     remediation_template = (
         "check the volume's storage and the CLI: time codex login status; "
         "raise CODEX_LOGIN_TIMEOUT if the storage is slow"
@@ -353,9 +347,11 @@ class LoginRevokedError(LoginError):
 class CredentialStoreError(LoginError):
     code = "CODEX-E035"
     title = "login not kept in auth.json"
-    template = "shard {shard}: {config_file} on volume {volume} {cause}; the agent can only guard a login kept in auth.json"
+    template = (
+        "shard {shard}: {config_file} on volume {volume} {cause}; the agent can only guard a login kept in auth.json"
+    )
     remediation_template = (
-        "edit {config_file}: remove cli_auth_credentials_store, or set cli_auth_credentials_store = \"file\" "
+        'edit {config_file}: remove cli_auth_credentials_store, or set cli_auth_credentials_store = "file" '
         "(the agent never rewrites it for you); the gate reopens by itself"
     )
 
@@ -397,8 +393,7 @@ class JobRejectedError(InfrastructureError):
     title = "job container request rejected"
     template = "shard {shard}: refused to create a job container: {cause}"
     remediation_template = (
-        "let the agent mount the auth volume and pick the user: drop {offending} from the "
-        "containers.run() call"
+        "let the agent mount the auth volume and pick the user: drop {offending} from the containers.run() call"
     )
 
 
@@ -417,7 +412,7 @@ class JobTimeoutError(InfrastructureError):
         "{timeout}s limit; it was killed and removed"
     )
     remediation_template = (
-        "read what the phase was doing: docker logs {worker} | jq 'select(.event==\"codex.job.finished\" "
+        'read what the phase was doing: docker logs {worker} | jq \'select(.event=="codex.job.finished" '
         "and .timed_out)'; raise CODEX_PHASE_TIMEOUT if the phase needs longer, or fix the model endpoint"
     )
 

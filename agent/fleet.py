@@ -78,10 +78,18 @@ class FleetEntry:
             return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
         return cls(
-            worker=state.worker, host=host, pid=state.pid, codex_worker=state.codex_worker, gate=state.gate,
-            gate_since=state.gate_since, shard=state.shard, queue=state.queue, volume=state.volume,
+            worker=state.worker,
+            host=host,
+            pid=state.pid,
+            codex_worker=state.codex_worker,
+            gate=state.gate,
+            gate_since=state.gate_since,
+            shard=state.shard,
+            queue=state.queue,
+            volume=state.volume,
             codes=[str(r.get("code") or "?") for r in state.reason],
-            used_5h=number(view.get("5h_used_percent")), used_weekly=number(view.get("weekly_used_percent")),
+            used_5h=number(view.get("5h_used_percent")),
+            used_weekly=number(view.get("weekly_used_percent")),
             limited_until=number(limit.get("resets_at")) if isinstance(limit, dict) else None,
         )
 
@@ -100,8 +108,11 @@ class FleetEntry:
     def from_json(cls, text: bytes | str) -> FleetEntry | None:
         """Parse a posted record, any bytes; None when it is not one of ours."""
         try:
-            fields = parse_record(text, ENTRY_FIELDS, defaults={"codes": [], "posted_at": 0.0, "used_5h": None,
-                                                                "used_weekly": None, "limited_until": None})
+            fields = parse_record(
+                text,
+                ENTRY_FIELDS,
+                defaults={"codes": [], "posted_at": 0.0, "used_5h": None, "used_weekly": None, "limited_until": None},
+            )
         except ValueError:
             return None
         return cls(**fields) if all(isinstance(code, str) for code in fields["codes"]) else None

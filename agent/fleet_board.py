@@ -164,7 +164,9 @@ class AmqpBoard:
     def post(self, worker: str, record: str, ttl: float) -> None:
         def publish(channel: Any) -> None:
             message = channel.prepare_message(
-                record.encode(), content_type="application/json", content_encoding="utf-8",
+                record.encode(),
+                content_type="application/json",
+                content_encoding="utf-8",
                 properties={"expiration": str(max(1, int(ttl * 1000)))},
             )
             channel.basic_publish(message, exchange="", routing_key=QUEUE)

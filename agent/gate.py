@@ -81,8 +81,12 @@ class Gate:
         if is_open:
             log.info("codex.gate.opened", queue=self.queue, queues=list(self.queues))
         else:
-            log.warning("codex.gate.closed", queue=self.queue, queues=list(self.queues),
-                        reason=[p.to_dict() for p in self.reason])
+            log.warning(
+                "codex.gate.closed",
+                queue=self.queue,
+                queues=list(self.queues),
+                reason=[p.to_dict() for p in self.reason],
+            )
         if consumer is None:
             self._select()
         elif on_consumer_thread:
@@ -152,6 +156,7 @@ class Gate:
             if not any(q.name == name for q in task_consumer.queues) and name in self.app.amqp.queues:
                 task_consumer.add_queue(self.app.amqp.queues[name])
             log.info("codex.gate.consuming", queue=name)
+
 
 class ConsumerOwner(Protocol):
     """Who owns the running consumer: the agent, handed to the gate step at install."""

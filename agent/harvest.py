@@ -80,7 +80,9 @@ def _inspect(client: Any, job: reconcile.JobContainer) -> reconcile.JobContainer
         return None
 
 
-def await_exit(client: Any, config: AgentConfig, job: reconcile.JobContainer) -> tuple[reconcile.JobContainer | None, bool]:
+def await_exit(
+    client: Any, config: AgentConfig, job: reconcile.JobContainer
+) -> tuple[reconcile.JobContainer | None, bool]:
     """Wait for a running phase job within what is left of its limit; kill it past the limit.
 
     Returns:
@@ -118,7 +120,9 @@ def _output(client: Any, container_id: str) -> str | None:
     return scrub(bytes(raw).decode("utf-8", "replace"))[-OUTPUT_LIMIT:]
 
 
-def harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, *, by: str, cut_off: bool = False) -> Harvest | None:
+def harvest(
+    client: Any, config: AgentConfig, job: reconcile.JobContainer, *, by: str, cut_off: bool = False
+) -> Harvest | None:
     """Turn an ended job of a Codex phase into the phase's record; None when it is no phase's job.
 
     Args:
@@ -145,22 +149,48 @@ def _exclusive(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, artifacts: RunArtifacts, phase: str,
-             pending: dict[str, Any], *, by: str, cut_off: bool) -> Harvest:
+def _harvest(
+    client: Any,
+    config: AgentConfig,
+    job: reconcile.JobContainer,
+    artifacts: RunArtifacts,
+    phase: str,
+    pending: dict[str, Any],
+    *,
+    by: str,
+    cut_off: bool,
+) -> Harvest:
     # agent.phase launches jobs and settles earlier ones through this module: imported when used
     from agent.phase import summarize
 
-    facts = {"run_id": artifacts.run_id, "phase": phase, "task_id": pending.get("task_id"),
-             "container_id": job.container_id, "shard": config.shard_index, "harvested_by": by}
+    facts = {
+        "run_id": artifacts.run_id,
+        "phase": phase,
+        "task_id": pending.get("task_id"),
+        "container_id": job.container_id,
+        "shard": config.shard_index,
+        "harvested_by": by,
+    }
     done = artifacts.outcome(phase)
     if done is not None or artifacts.attempted(phase, job.container_id):
         # A Codex run all the same (its finished line counts it): say what the record says.
-        return Harvest("recorded_earlier", phase, {"codex_session": (done or {}).get("session_id"),
-                                                    "usage": (done or {}).get("usage"), "codex_events": None})
+        return Harvest(
+            "recorded_earlier",
+            phase,
+            {"codex_session": (done or {}).get("session_id"), "usage": (done or {}).get("usage"), "codex_events": None},
+        )
     if cut_off or job.exit_code is None or job.exit_code != 0:
         result = "cut_off" if cut_off or job.exit_code is None else "failed"
-        artifacts.note_attempt(phase, {**facts, "status": result, "exit_code": job.exit_code,
-                                       "duration_s": job.duration_s, "noted_at": time.time()})
+        artifacts.note_attempt(
+            phase,
+            {
+                **facts,
+                "status": result,
+                "exit_code": job.exit_code,
+                "duration_s": job.duration_s,
+                "noted_at": time.time(),
+            },
+        )
         log.warning(HARVESTED, **facts, result=result, exit_code=job.exit_code, next="the phase runs again")
         return Harvest(result, phase, {"codex_session": None, "usage": None, "codex_events": 0})
     output = _output(client, job.container_id)
@@ -186,9 +216,17 @@ def _harvest(client: Any, config: AgentConfig, job: reconcile.JobContainer, arti
         "harvested": by,
     }
     events = "".join(f"{line}\n" for line in output.splitlines() if line.startswith("{"))
-    outcome["artifacts"] = str(artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome))
-    log.info(HARVESTED, **facts, result="completed", exit_code=0, codex_session=summary.session_id,
-             next="a redelivery skips the phase")
+    outcome["artifacts"] = str(
+        artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome)
+    )
+    log.info(
+        HARVESTED,
+        **facts,
+        result="completed",
+        exit_code=0,
+        codex_session=summary.session_id,
+        next="a redelivery skips the phase",
+    )
     return Harvest("completed", phase, summary.audit_fields())
 
 
@@ -210,8 +248,14 @@ def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: s
                 continue
             cut_off, found_status = False, job.status
             if job.status not in ("exited", "dead", "created"):
-                log.info("codex.phase.awaiting", run_id=run_id, task_id=task_id, container_id=job.container_id,
-                         shard=config.shard_index, reason="its earlier job still runs")
+                log.info(
+                    "codex.phase.awaiting",
+                    run_id=run_id,
+                    task_id=task_id,
+                    container_id=job.container_id,
+                    shard=config.shard_index,
+                    reason="its earlier job still runs",
+                )
                 ended, cut_off = await_exit(client, config, job)
                 if ended is None:
                     continue
@@ -225,5 +269,10 @@ def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: s
     except docker.errors.NotFound:
         return  # removed meanwhile by the reconciler, which harvested it first
     except DOCKER_FAILURES as e:
-        log.warning("codex.phase.harvest_failed", run_id=run_id, task_id=task_id, shard=config.shard_index,
-                    error=f"{type(e).__name__}: {e}"[:300])
+        log.warning(
+            "codex.phase.harvest_failed",
+            run_id=run_id,
+            task_id=task_id,
+            shard=config.shard_index,
+            error=f"{type(e).__name__}: {e}"[:300],
+        )

@@ -86,32 +86,122 @@ _INT64 = 2**63
 
 # -- the Engine's field names (API 1.41), per struct ----------------------------------------------
 
-CONFIG_FIELDS = frozenset({
-    "Hostname", "Domainname", "User", "AttachStdin", "AttachStdout", "AttachStderr", "ExposedPorts", "Tty",
-    "OpenStdin", "StdinOnce", "Env", "Cmd", "Healthcheck", "ArgsEscaped", "Image", "Volumes", "WorkingDir",
-    "Entrypoint", "NetworkDisabled", "MacAddress", "OnBuild", "Labels", "StopSignal", "StopTimeout", "Shell",
-    "HostConfig", "NetworkingConfig",
-})
-HOST_FIELDS = frozenset({
-    "Binds", "ContainerIDFile", "LogConfig", "NetworkMode", "PortBindings", "RestartPolicy", "AutoRemove",
-    "VolumeDriver", "VolumesFrom", "CapAdd", "CapDrop", "CgroupnsMode", "Dns", "DnsOptions", "DnsSearch",
-    "ExtraHosts", "GroupAdd", "IpcMode", "Cgroup", "Links", "OomScoreAdj", "PidMode", "Privileged",
-    "PublishAllPorts", "ReadonlyRootfs", "SecurityOpt", "StorageOpt", "Tmpfs", "UTSMode", "UsernsMode", "ShmSize",
-    "Sysctls", "Runtime", "ConsoleSize", "Isolation", "CpuShares", "Memory", "NanoCpus", "CgroupParent",
-    "BlkioWeight", "BlkioWeightDevice", "BlkioDeviceReadBps", "BlkioDeviceWriteBps", "BlkioDeviceReadIOps",
-    "BlkioDeviceWriteIOps", "CpuPeriod", "CpuQuota", "CpuRealtimePeriod", "CpuRealtimeRuntime", "CpusetCpus",
-    "CpusetMems", "Devices", "DeviceCgroupRules", "DeviceRequests", "KernelMemory", "KernelMemoryTCP",
-    "MemoryReservation", "MemorySwap", "MemorySwappiness", "OomKillDisable", "PidsLimit", "Ulimits", "CpuCount",
-    "CpuPercent", "IOMaximumIOps", "IOMaximumBandwidth", "Mounts", "MaskedPaths", "ReadonlyPaths", "Init",
-})
-MOUNT_FIELDS = frozenset({"Type", "Source", "Target", "ReadOnly", "Consistency", "BindOptions", "VolumeOptions",
-                          "TmpfsOptions"})
+CONFIG_FIELDS = frozenset(
+    {
+        "Hostname",
+        "Domainname",
+        "User",
+        "AttachStdin",
+        "AttachStdout",
+        "AttachStderr",
+        "ExposedPorts",
+        "Tty",
+        "OpenStdin",
+        "StdinOnce",
+        "Env",
+        "Cmd",
+        "Healthcheck",
+        "ArgsEscaped",
+        "Image",
+        "Volumes",
+        "WorkingDir",
+        "Entrypoint",
+        "NetworkDisabled",
+        "MacAddress",
+        "OnBuild",
+        "Labels",
+        "StopSignal",
+        "StopTimeout",
+        "Shell",
+        "HostConfig",
+        "NetworkingConfig",
+    }
+)
+HOST_FIELDS = frozenset(
+    {
+        "Binds",
+        "ContainerIDFile",
+        "LogConfig",
+        "NetworkMode",
+        "PortBindings",
+        "RestartPolicy",
+        "AutoRemove",
+        "VolumeDriver",
+        "VolumesFrom",
+        "CapAdd",
+        "CapDrop",
+        "CgroupnsMode",
+        "Dns",
+        "DnsOptions",
+        "DnsSearch",
+        "ExtraHosts",
+        "GroupAdd",
+        "IpcMode",
+        "Cgroup",
+        "Links",
+        "OomScoreAdj",
+        "PidMode",
+        "Privileged",
+        "PublishAllPorts",
+        "ReadonlyRootfs",
+        "SecurityOpt",
+        "StorageOpt",
+        "Tmpfs",
+        "UTSMode",
+        "UsernsMode",
+        "ShmSize",
+        "Sysctls",
+        "Runtime",
+        "ConsoleSize",
+        "Isolation",
+        "CpuShares",
+        "Memory",
+        "NanoCpus",
+        "CgroupParent",
+        "BlkioWeight",
+        "BlkioWeightDevice",
+        "BlkioDeviceReadBps",
+        "BlkioDeviceWriteBps",
+        "BlkioDeviceReadIOps",
+        "BlkioDeviceWriteIOps",
+        "CpuPeriod",
+        "CpuQuota",
+        "CpuRealtimePeriod",
+        "CpuRealtimeRuntime",
+        "CpusetCpus",
+        "CpusetMems",
+        "Devices",
+        "DeviceCgroupRules",
+        "DeviceRequests",
+        "KernelMemory",
+        "KernelMemoryTCP",
+        "MemoryReservation",
+        "MemorySwap",
+        "MemorySwappiness",
+        "OomKillDisable",
+        "PidsLimit",
+        "Ulimits",
+        "CpuCount",
+        "CpuPercent",
+        "IOMaximumIOps",
+        "IOMaximumBandwidth",
+        "Mounts",
+        "MaskedPaths",
+        "ReadonlyPaths",
+        "Init",
+    }
+)
+MOUNT_FIELDS = frozenset(
+    {"Type", "Source", "Target", "ReadOnly", "Consistency", "BindOptions", "VolumeOptions", "TmpfsOptions"}
+)
 VOLUME_OPTION_FIELDS = frozenset({"NoCopy", "Labels", "DriverConfig"})
 TMPFS_OPTION_FIELDS = frozenset({"SizeBytes", "Mode"})
 NETWORKING_FIELDS = frozenset({"EndpointsConfig"})
 
 _HARMLESS: dict[str, tuple[Any, ...]] = {
-    "NetworkMode": ("default",), "MemorySwappiness": (-1,), "Isolation": ("default",),
+    "NetworkMode": ("default",),
+    "MemorySwappiness": (-1,),
+    "Isolation": ("default",),
 }
 """Non-zero values the docker CLI sends that mean Docker's default (dropped like zero values)."""
 _NULL_ONLY = {"MaskedPaths", "ReadonlyPaths"}
@@ -153,8 +243,14 @@ class Refusal(Exception):
 
     def body(self) -> bytes:
         """The 403 JSON body; ``message`` is what the docker CLI and SDK show."""
-        return json.dumps({"message": str(self.error), "code": self.error.code, "rule": self.rule,
-                           "remediation": self.error.remediation}).encode()
+        return json.dumps(
+            {
+                "message": str(self.error),
+                "code": self.error.code,
+                "rule": self.rule,
+                "remediation": self.error.remediation,
+            }
+        ).encode()
 
 
 def job_refusal(policy: ShardPolicy, rule: str, cause: str, offending: str) -> Refusal:
@@ -250,9 +346,14 @@ def _struct(policy: ShardPolicy, value: Any, known: frozenset[str], where: str) 
             continue
         canonical = folded.get(key.lower()) if key.isascii() else None
         if canonical is not None or not key.isascii():
-            raise job_refusal(policy, "ambiguous-key", f"key {key!r} in {where or 'the body'} is not a field name, "
-                              "but the Engine would read it as one (field names are matched ignoring case); use "
-                              f"the exact name{' ' + repr(canonical) if canonical else ''}", f"{where}{key}")
+            raise job_refusal(
+                policy,
+                "ambiguous-key",
+                f"key {key!r} in {where or 'the body'} is not a field name, "
+                "but the Engine would read it as one (field names are matched ignoring case); use "
+                f"the exact name{' ' + repr(canonical) if canonical else ''}",
+                f"{where}{key}",
+            )
     return value
 
 
@@ -278,9 +379,14 @@ def _refuse_unknown(policy: ShardPolicy, fields: Mapping[str, Any], allowed: Ite
     allowed = set(allowed)
     for key in sorted(fields):
         if key not in allowed and not _unset(key, fields[key]):
-            raise job_refusal(policy, "create-option", f"{where}{key}={json.dumps(fields[key])[:80]} is not on the "
-                              "allow-list of job options (image, command, environment, working dir, workspaces, "
-                              "limits, the network)", f"{where}{key}")
+            raise job_refusal(
+                policy,
+                "create-option",
+                f"{where}{key}={json.dumps(fields[key])[:80]} is not on the "
+                "allow-list of job options (image, command, environment, working dir, workspaces, "
+                "limits, the network)",
+                f"{where}{key}",
+            )
 
 
 def _string(policy: ShardPolicy, value: Any, where: str, pattern: re.Pattern[str] | None = None) -> str:
@@ -353,8 +459,13 @@ def _check_target(policy: ShardPolicy, target: str, what: str) -> str:
     if not target.startswith("/") or any(ord(c) < 0x20 for c in target):
         raise job_refusal(policy, "create-option", f"{what} target {target!r} is not an absolute path", what)
     if _at_home(policy, target):
-        raise job_refusal(policy, "job-home", f"{what} puts a mount at {target}, inside CODEX_JOB_HOME "
-                          f"{policy.job_home} where the agent mounts {policy.volume}", what)
+        raise job_refusal(
+            policy,
+            "job-home",
+            f"{what} puts a mount at {target}, inside CODEX_JOB_HOME "
+            f"{policy.job_home} where the agent mounts {policy.volume}",
+            what,
+        )
     return _normal(target)
 
 
@@ -363,12 +474,17 @@ def _named_source(policy: ShardPolicy, source: str, target: str, what: str, plan
     if source == policy.volume:
         if target.startswith("/") and _normal(target) == policy.job_home:
             return True
-        raise job_refusal(policy, "auth-volume", f"{what} mounts the login volume {source} at {target}; the agent "
-                          f"mounts it at {policy.job_home} only", what)
+        raise job_refusal(
+            policy,
+            "auth-volume",
+            f"{what} mounts the login volume {source} at {target}; the agent mounts it at {policy.job_home} only",
+            what,
+        )
     _check_target(policy, target, what)
     if source.startswith("/"):
-        raise job_refusal(policy, "host-bind", f"{what} binds host path {source}; jobs mount named workspace "
-                          "volumes only", what)
+        raise job_refusal(
+            policy, "host-bind", f"{what} binds host path {source}; jobs mount named workspace volumes only", what
+        )
     if source and not _VOLUME_NAME.fullmatch(source):
         raise job_refusal(policy, "create-option", f"{what} source {source!r} is not a volume name", what)
     if source and (is_auth_volume(source) or source in policy.auth_volumes):
@@ -384,13 +500,18 @@ def _binds(policy: ShardPolicy, binds: Any, plan: CreatePlan) -> tuple[list[str]
     for bind in _strings(policy, binds, "HostConfig.Binds") or ():
         parts = bind.split(":")
         if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
-            raise job_refusal(policy, "create-option", f"HostConfig.Binds entry {bind!r} is not source:target[:mode]",
-                              "Binds")
+            raise job_refusal(
+                policy, "create-option", f"HostConfig.Binds entry {bind!r} is not source:target[:mode]", "Binds"
+            )
         source, target = parts[0], parts[1]
         modes = set(parts[2].split(",")) - {""} if len(parts) == 3 else set()
         if modes - set(_BIND_MODES):
-            raise job_refusal(policy, "create-option", f"bind options {sorted(modes - set(_BIND_MODES))} "
-                              "(allowed: ro, rw, nocopy)", "Binds")
+            raise job_refusal(
+                policy,
+                "create-option",
+                f"bind options {sorted(modes - set(_BIND_MODES))} (allowed: ro, rw, nocopy)",
+                "Binds",
+            )
         if _named_source(policy, source, target, "HostConfig.Binds", plan):
             continue
         mode = ",".join(m for m in _BIND_MODES if m in modes) or "rw"
@@ -411,25 +532,46 @@ def _mounts(policy: ShardPolicy, mounts: Any, plan: CreatePlan) -> tuple[list[di
         source = _string(policy, mount.get("Source"), "HostConfig.Mounts[].Source")
         target = _string(policy, mount.get("Target"), "HostConfig.Mounts[].Target")
         if kind not in ("volume", "tmpfs"):
-            raise job_refusal(policy, "host-bind", f"HostConfig.Mounts of type {kind} ({source or '?'}); jobs mount "
-                              "named volumes and tmpfs only", "Mounts")
-        options = _struct(policy, mount.get("VolumeOptions"), VOLUME_OPTION_FIELDS, "HostConfig.Mounts[].VolumeOptions.")
+            raise job_refusal(
+                policy,
+                "host-bind",
+                f"HostConfig.Mounts of type {kind} ({source or '?'}); jobs mount named volumes and tmpfs only",
+                "Mounts",
+            )
+        options = _struct(
+            policy, mount.get("VolumeOptions"), VOLUME_OPTION_FIELDS, "HostConfig.Mounts[].VolumeOptions."
+        )
         if not _zero(options.get("DriverConfig")):
-            raise job_refusal(policy, "host-bind", "a volume mount with driver options (a volume driver can bind any "
-                              "host path)", "Mounts")
+            raise job_refusal(
+                policy,
+                "host-bind",
+                "a volume mount with driver options (a volume driver can bind any host path)",
+                "Mounts",
+            )
         _refuse_unknown(policy, options, {"NoCopy"}, "HostConfig.Mounts[].VolumeOptions.")
-        _refuse_unknown(policy, mount, {"Type", "Source", "Target", "ReadOnly", "VolumeOptions", "TmpfsOptions",
-                                        "Consistency"}, "HostConfig.Mounts[].")
-        rebuilt: dict[str, Any] = {"Type": kind, "Target": _check_target(policy, target, "HostConfig.Mounts"),
-                                   "ReadOnly": _bool(policy, mount.get("ReadOnly"), "HostConfig.Mounts[].ReadOnly")}
+        _refuse_unknown(
+            policy,
+            mount,
+            {"Type", "Source", "Target", "ReadOnly", "VolumeOptions", "TmpfsOptions", "Consistency"},
+            "HostConfig.Mounts[].",
+        )
+        rebuilt: dict[str, Any] = {
+            "Type": kind,
+            "Target": _check_target(policy, target, "HostConfig.Mounts"),
+            "ReadOnly": _bool(policy, mount.get("ReadOnly"), "HostConfig.Mounts[].ReadOnly"),
+        }
         if kind == "tmpfs":
             if source:
                 raise job_refusal(policy, "create-option", "a tmpfs mount with a Source", "Mounts")
             tmpfs = _struct(policy, mount.get("TmpfsOptions"), TMPFS_OPTION_FIELDS, "HostConfig.Mounts[].TmpfsOptions.")
             size = _int(policy, tmpfs.get("SizeBytes"), "HostConfig.Mounts[].TmpfsOptions.SizeBytes") or 0
             if not 0 <= size <= policy.sandbox.tmp_size:
-                raise job_refusal(policy, "limit", f"a tmpfs mount of {size} bytes is above CODEX_JOB_TMP_SIZE "
-                                  f"{policy.sandbox.tmp_size}", "Mounts")
+                raise job_refusal(
+                    policy,
+                    "limit",
+                    f"a tmpfs mount of {size} bytes is above CODEX_JOB_TMP_SIZE {policy.sandbox.tmp_size}",
+                    "Mounts",
+                )
             mode = _int(policy, tmpfs.get("Mode"), "HostConfig.Mounts[].TmpfsOptions.Mode")
             rebuilt["TmpfsOptions"] = {"SizeBytes": size or policy.sandbox.tmp_size, **({"Mode": mode} if mode else {})}
         else:
@@ -465,8 +607,9 @@ def _user(policy: ShardPolicy, user: Any) -> str:
     if "root" in (name, group) or "0" in (name, group):
         raise job_refusal(policy, "root-user", f"User {user} is root; job containers never run as root", "User")
     if user not in (policy.job_user, policy.job_user.split(":")[0]):
-        raise job_refusal(policy, "other-user", f"User {user} is not CODEX_JOB_USER={policy.job_user}, the owner of "
-                          "the login", "User")
+        raise job_refusal(
+            policy, "other-user", f"User {user} is not CODEX_JOB_USER={policy.job_user}, the owner of the login", "User"
+        )
     return policy.job_user
 
 
@@ -478,8 +621,9 @@ def _env(policy: ShardPolicy, env: Any) -> list[str]:
             raise job_refusal(policy, "create-option", f"Env entry {name[:40]!r} is not NAME=value", "Env")
         if name == "CODEX_HOME":
             if not value.startswith("/") or _normal(value) != policy.job_home:
-                raise job_refusal(policy, "codex-home", f"Env CODEX_HOME={value} points away from {policy.job_home}",
-                                  "CODEX_HOME")
+                raise job_refusal(
+                    policy, "codex-home", f"Env CODEX_HOME={value} points away from {policy.job_home}", "CODEX_HOME"
+                )
             continue
         kept.append(item)
     return [*kept, f"CODEX_HOME={policy.job_home}"]
@@ -491,19 +635,33 @@ def _labels(policy: ShardPolicy, labels: Any) -> dict[str, str]:
     kept: dict[str, str] = {}
     for key, value in given.items():
         if not _LABEL_KEY.fullmatch(key) or not _LABEL_VALUE.fullmatch(value):
-            raise job_refusal(policy, "create-option", f"label {key[:60]!r} is not a plain printable key and value",
-                              "Labels")
+            raise job_refusal(
+                policy, "create-option", f"label {key[:60]!r} is not a plain printable key and value", "Labels"
+            )
         if key in imposed:
             if value != imposed[key]:
-                raise job_refusal(policy, "forged-label", f"label {key}={value} claims what this shard is not: it is "
-                                  f"shard {policy.index} with volume {policy.volume}", key)
+                raise job_refusal(
+                    policy,
+                    "forged-label",
+                    f"label {key}={value} claims what this shard is not: it is "
+                    f"shard {policy.index} with volume {policy.volume}",
+                    key,
+                )
             continue
         if key == AUTH_LABEL and value == AUTH_LABEL_VALUE:
-            raise job_refusal(policy, "forged-label", f"label {AUTH_LABEL}={AUTH_LABEL_VALUE} marks login volumes, not "
-                              "jobs", AUTH_LABEL)
+            raise job_refusal(
+                policy,
+                "forged-label",
+                f"label {AUTH_LABEL}={AUTH_LABEL_VALUE} marks login volumes, not jobs",
+                AUTH_LABEL,
+            )
         if key.startswith(RESERVED_LABEL_PREFIXES) and key not in WORKER_LABELS:
-            raise job_refusal(policy, "forged-label", f"label {key} is reserved: codex.* and com.docker.compose.* "
-                              "labels are the agent's and compose's", key)
+            raise job_refusal(
+                policy,
+                "forged-label",
+                f"label {key} is reserved: codex.* and com.docker.compose.* labels are the agent's and compose's",
+                key,
+            )
         kept[key] = value
     return {**kept, **imposed}
 
@@ -512,24 +670,43 @@ def _network(policy: ShardPolicy, host: Mapping[str, Any], networking: Any) -> s
     asked = _string(policy, host.get("NetworkMode"), "HostConfig.NetworkMode") or "default"
     configured = policy.network or "default"
     if asked not in ("default", "none", configured):
-        raise job_refusal(policy, "network", f"HostConfig.NetworkMode={asked}; the job network is the operator's "
-                          f"(CODEX_JOB_NETWORK={policy.network or 'unset'}), a job may only ask for none", "NetworkMode")
+        raise job_refusal(
+            policy,
+            "network",
+            f"HostConfig.NetworkMode={asked}; the job network is the operator's "
+            f"(CODEX_JOB_NETWORK={policy.network or 'unset'}), a job may only ask for none",
+            "NetworkMode",
+        )
     effective = configured if asked == "default" else asked
     config = _struct(policy, networking, NETWORKING_FIELDS, "NetworkingConfig.")
     endpoints = config.get("EndpointsConfig") or {}
     if not isinstance(endpoints, dict):
         raise job_refusal(policy, "network", "NetworkingConfig.EndpointsConfig is not an object", "NetworkingConfig")
     if set(endpoints) - {effective}:
-        raise job_refusal(policy, "network", f"NetworkingConfig joins {sorted(set(endpoints) - {effective})}; a job "
-                          f"joins {effective} only", "NetworkingConfig")
+        raise job_refusal(
+            policy,
+            "network",
+            f"NetworkingConfig joins {sorted(set(endpoints) - {effective})}; a job joins {effective} only",
+            "NetworkingConfig",
+        )
     if not all(_zero(settings) for settings in endpoints.values()):
-        raise job_refusal(policy, "network", "NetworkingConfig endpoint settings (aliases, addresses, links); a job "
-                          "gets the network's defaults", "NetworkingConfig")
+        raise job_refusal(
+            policy,
+            "network",
+            "NetworkingConfig endpoint settings (aliases, addresses, links); a job gets the network's defaults",
+            "NetworkingConfig",
+        )
     return effective
 
 
-_LIMITS = {"Memory": "memory", "NanoCpus": "nano_cpus", "PidsLimit": "pids_limit", "ShmSize": "tmp_size",
-           "MemoryReservation": "memory", "CpuShares": "cpu_shares"}
+_LIMITS = {
+    "Memory": "memory",
+    "NanoCpus": "nano_cpus",
+    "PidsLimit": "pids_limit",
+    "ShmSize": "tmp_size",
+    "MemoryReservation": "memory",
+    "CpuShares": "cpu_shares",
+}
 """Limits a create may lower, never raise, with the :class:`~agent.sandbox.Sandbox` field that caps each
 (the shm size is capped like the private ``/tmp``, the CPU weight at Docker's default)."""
 _IMPOSED_LIMITS = ("Memory", "NanoCpus", "PidsLimit")
@@ -543,21 +720,27 @@ def _limits(policy: ShardPolicy, host: Mapping[str, Any]) -> dict[str, Any]:
             continue
         ceiling = getattr(policy.sandbox, attribute)
         if not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= ceiling:
-            raise job_refusal(policy, "limit", f"HostConfig.{key}={value} is above the job limit {ceiling} (or "
-                              "unlimited)", key)
+            raise job_refusal(
+                policy, "limit", f"HostConfig.{key}={value} is above the job limit {ceiling} (or unlimited)", key
+            )
         imposed[key] = value
     security = _strings(policy, host.get("SecurityOpt"), "HostConfig.SecurityOpt") or []
     extra = [opt for opt in security if opt not in _NO_NEW_PRIVILEGES]
     if extra:
-        raise job_refusal(policy, "security-opt", f"HostConfig.SecurityOpt {extra[0]!r}; jobs allow only "
-                          f"{NO_NEW_PRIVILEGES}", "SecurityOpt")
+        raise job_refusal(
+            policy,
+            "security-opt",
+            f"HostConfig.SecurityOpt {extra[0]!r}; jobs allow only {NO_NEW_PRIVILEGES}",
+            "SecurityOpt",
+        )
     if _bool(policy, host.get("ReadonlyRootfs"), "HostConfig.ReadonlyRootfs"):
         imposed["ReadonlyRootfs"] = True  # False is Docker's zero value: the sandbox's choice wins
     for key, accepted in (("CgroupnsMode", ("", "private")), ("IpcMode", ("", "private", "none"))):
         asked = _string(policy, host.get(key), f"HostConfig.{key}")
         if asked not in accepted:
-            raise job_refusal(policy, "create-option", f"HostConfig.{key}={asked}; a job's namespace is private",
-                              f"HostConfig.{key}")
+            raise job_refusal(
+                policy, "create-option", f"HostConfig.{key}={asked}; a job's namespace is private", f"HostConfig.{key}"
+            )
         if asked:
             imposed[key] = asked
     return imposed
@@ -565,10 +748,35 @@ def _limits(policy: ShardPolicy, host: Mapping[str, Any]) -> dict[str, Any]:
 
 _PASSED_STRINGS = {"WorkingDir": None, "Hostname": _HOSTNAME, "Domainname": _HOSTNAME, "StopSignal": _SIGNAL}
 _PASSED_BOOLS = ("AttachStdin", "AttachStdout", "AttachStderr", "Tty", "OpenStdin", "StdinOnce", "NetworkDisabled")
-_HANDLED = {"Image", "Cmd", "Entrypoint", "StopTimeout", "User", "Env", "Labels", "Volumes", "HostConfig",
-            "NetworkingConfig", *_PASSED_STRINGS, *_PASSED_BOOLS}
-_HOST_HANDLED = {"Binds", "Mounts", "Tmpfs", "NetworkMode", "CapDrop", "SecurityOpt", "Init", "ReadonlyRootfs",
-                 "AutoRemove", "ConsoleSize", "CgroupnsMode", "IpcMode", *_LIMITS}
+_HANDLED = {
+    "Image",
+    "Cmd",
+    "Entrypoint",
+    "StopTimeout",
+    "User",
+    "Env",
+    "Labels",
+    "Volumes",
+    "HostConfig",
+    "NetworkingConfig",
+    *_PASSED_STRINGS,
+    *_PASSED_BOOLS,
+}
+_HOST_HANDLED = {
+    "Binds",
+    "Mounts",
+    "Tmpfs",
+    "NetworkMode",
+    "CapDrop",
+    "SecurityOpt",
+    "Init",
+    "ReadonlyRootfs",
+    "AutoRemove",
+    "ConsoleSize",
+    "CgroupnsMode",
+    "IpcMode",
+    *_LIMITS,
+}
 
 
 def _anonymous_volumes(policy: ShardPolicy, volumes: Any, covered: set[str]) -> dict[str, Any]:
@@ -584,8 +792,13 @@ def _anonymous_volumes(policy: ShardPolicy, volumes: Any, covered: set[str]) -> 
         if normal == policy.job_home:
             continue
         if normal not in covered:
-            raise job_refusal(policy, "volume-count", f"Volumes declares {target[:80]!r}, which no bind or mount "
-                              "covers: the Engine would create an anonymous volume", "Volumes")
+            raise job_refusal(
+                policy,
+                "volume-count",
+                f"Volumes declares {target[:80]!r}, which no bind or mount "
+                "covers: the Engine would create an anonymous volume",
+                "Volumes",
+            )
         kept[normal] = {}
     return kept
 
@@ -614,8 +827,12 @@ def create_request(policy: ShardPolicy, body: Any) -> CreatePlan:
     binds, bind_targets = _binds(policy, host.get("Binds"), plan)
     mounts, mount_targets = _mounts(policy, host.get("Mounts"), plan)
     if len(dict.fromkeys(plan.volumes)) > MAX_VOLUMES_PER_CREATE:
-        raise job_refusal(policy, "volume-count", f"a create mounting {len(set(plan.volumes))} named volumes (at most "
-                          f"{MAX_VOLUMES_PER_CREATE})", "Binds")
+        raise job_refusal(
+            policy,
+            "volume-count",
+            f"a create mounting {len(set(plan.volumes))} named volumes (at most {MAX_VOLUMES_PER_CREATE})",
+            "Binds",
+        )
     new_host: dict[str, Any] = {
         **_limits(policy, host),
         "Binds": [f"{policy.volume}:{policy.job_home}:rw", *binds],
@@ -625,8 +842,11 @@ def create_request(policy: ShardPolicy, body: Any) -> CreatePlan:
     }
     console = host.get("ConsoleSize")
     if console is not None:
-        if not (isinstance(console, list) and len(console) == 2 and all(
-                isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536 for v in console)):
+        if not (
+            isinstance(console, list)
+            and len(console) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536 for v in console)
+        ):
             raise job_refusal(policy, "create-option", "HostConfig.ConsoleSize is not [height, width]", "ConsoleSize")
         new_host["ConsoleSize"] = list(console)
     if mounts:
@@ -644,12 +864,14 @@ def create_request(policy: ShardPolicy, body: Any) -> CreatePlan:
     stop_timeout = _int(policy, config.get("StopTimeout"), "StopTimeout")
     if stop_timeout is not None:
         rebuilt["StopTimeout"] = stop_timeout
-    rebuilt.update({
-        "User": _user(policy, config.get("User")),
-        "Env": _env(policy, config.get("Env")),
-        "Labels": _labels(policy, config.get("Labels")),
-        "HostConfig": new_host,
-    })
+    rebuilt.update(
+        {
+            "User": _user(policy, config.get("User")),
+            "Env": _env(policy, config.get("Env")),
+            "Labels": _labels(policy, config.get("Labels")),
+            "HostConfig": new_host,
+        }
+    )
     volumes = _anonymous_volumes(policy, config.get("Volumes"), bind_targets | mount_targets)
     if volumes:
         rebuilt["Volumes"] = volumes
@@ -702,10 +924,20 @@ def judge_volume(policy: ShardPolicy, name: str, attrs: Mapping[str, Any] | None
         raise job_refusal(policy, "auth-volume", f"a mount of Codex auth volume {name}, another shard's login", name)
     if attrs is None:
         if not name.startswith(workspace_prefix(policy.volume)):
-            raise job_refusal(policy, "workspace-name", f"a new volume {name}: shard {policy.index}'s workspaces are "
-                              f"named {workspace_prefix(policy.volume)}<run> (agent.job_policy.workspace_name)", name)
+            raise job_refusal(
+                policy,
+                "workspace-name",
+                f"a new volume {name}: shard {policy.index}'s workspaces are "
+                f"named {workspace_prefix(policy.volume)}<run> (agent.job_policy.workspace_name)",
+                name,
+            )
         return True
     if not own_volume(policy, name, labels):
-        raise job_refusal(policy, "foreign-volume", f"a mount of volume {name}, which shard {policy.index}'s endpoint "
-                          f"did not create ({GUARD_LABEL}={labels.get(GUARD_LABEL, 'unset')})", name)
+        raise job_refusal(
+            policy,
+            "foreign-volume",
+            f"a mount of volume {name}, which shard {policy.index}'s endpoint "
+            f"did not create ({GUARD_LABEL}={labels.get(GUARD_LABEL, 'unset')})",
+            name,
+        )
     return False

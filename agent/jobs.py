@@ -88,8 +88,13 @@ class JobPolicy:
         """The one policy record, as the Docker API guard holds it for this shard."""
         shard = self.facts.get("shard")
         return ShardPolicy(
-            index=shard if isinstance(shard, int) else -1, volume=self.volume, job_home=self.job_home,
-            job_user=self.job_user, network=self.network, sandbox=self.sandbox, auth_volumes=self.auth_volumes,
+            index=shard if isinstance(shard, int) else -1,
+            volume=self.volume,
+            job_home=self.job_home,
+            job_user=self.job_user,
+            network=self.network,
+            sandbox=self.sandbox,
+            auth_volumes=self.auth_volumes,
             facts_extra=tuple((k, v) for k, v in self.facts.items() if k not in ("shard", "volume")),
         )
 
@@ -150,7 +155,8 @@ def _check_options(policy: JobPolicy, rest: Mapping[str, Any]) -> None:
     unknown = sorted(rest.keys() - JOB_OPTIONS)
     if unknown:
         raise _reject(
-            policy, f"option {unknown[0]}= is not on the allow-list of job options ({', '.join(sorted(JOB_OPTIONS))})",
+            policy,
+            f"option {unknown[0]}= is not on the allow-list of job options ({', '.join(sorted(JOB_OPTIONS))})",
             f"{unknown[0]}=",
         )
     # Docker's zero values for these mean "the default", which the body cannot tell from unset:
@@ -162,8 +168,12 @@ def _check_options(policy: JobPolicy, rest: Mapping[str, Any]) -> None:
     labels = rest.get("labels") or {}
     forged = sorted(str(k) for k in labels if str(k).startswith(RESERVED_LABEL_PREFIXES))
     if forged:
-        raise _reject(policy, f"label {forged[0]} is the agent's: codex.* labels name the job's shard and run, "
-                      "com.docker.compose.* labels compose's services", "labels=")
+        raise _reject(
+            policy,
+            f"label {forged[0]} is the agent's: codex.* labels name the job's shard and run, "
+            "com.docker.compose.* labels compose's services",
+            "labels=",
+        )
 
 
 def _engine_body(args: dict[str, Any]) -> EngineCreate:
@@ -213,8 +223,14 @@ def job_create_args(
     rest = dict(options or {})
     _check_options(policy, rest)
     volumes = rest.pop("volumes", None)
-    binds = [f"{source}:{spec['bind']}:{spec.get('mode', 'rw')}" if isinstance(spec, Mapping) else f"{source}:{spec}"
-             for source, spec in volumes.items()] if isinstance(volumes, Mapping) else [str(v) for v in volumes or ()]
+    binds = (
+        [
+            f"{source}:{spec['bind']}:{spec.get('mode', 'rw')}" if isinstance(spec, Mapping) else f"{source}:{spec}"
+            for source, spec in volumes.items()
+        ]
+        if isinstance(volumes, Mapping)
+        else [str(v) for v in volumes or ()]
+    )
     if workspace is not None:
         binds.append(f"{workspace}:{workspace_path}:rw")
         rest.setdefault("working_dir", workspace_path)
@@ -246,8 +262,9 @@ def job_create_args(
     try:
         plan = create_request(policy.shard_policy(), engine.body)
     except Refusal as e:
-        raise _reject(policy, str(e.error.facts.get("cause") or e.error.message), str(e.error.facts.get("offending")
-                                                                                        or e.rule)) from None
+        raise _reject(
+            policy, str(e.error.facts.get("cause") or e.error.message), str(e.error.facts.get("offending") or e.rule)
+        ) from None
     return EngineCreate(plan.body, engine.name)
 
 
@@ -359,8 +376,14 @@ class JobLauncher:
         audit = {**self.context, "volume": self.volume_name, "image": image}
         try:
             args = job_create_args(
-                policy, image, command, environment=environment, workspace=workspace,
-                workspace_path=workspace_path, options=kwargs, stdin=stdin is not None,
+                policy,
+                image,
+                command,
+                environment=environment,
+                workspace=workspace,
+                workspace_path=workspace_path,
+                options=kwargs,
+                stdin=stdin is not None,
             )
         except JobRejectedError as e:
             self._refused(audit, e)
@@ -373,12 +396,24 @@ class JobLauncher:
 
         try:
             run = run_container(
-                self.client, args, operation="job container", facts=self._facts(),
-                timeout=timeout, on_started=on_started, stdin=stdin,
+                self.client,
+                args,
+                operation="job container",
+                facts=self._facts(),
+                timeout=timeout,
+                on_started=on_started,
+                stdin=stdin,
             )
         except ContainerTimeout as e:
-            log.error(JOB_FINISHED, **audit, container_id=e.container_id, exit_code=None, duration_s=timeout, timed_out=True,
-                      **described(describe, ""))
+            log.error(
+                JOB_FINISHED,
+                **audit,
+                container_id=e.container_id,
+                exit_code=None,
+                duration_s=timeout,
+                timed_out=True,
+                **described(describe, ""),
+            )
             raise JobTimeoutError(
                 **self._facts(), container_id=e.container_id[:12], image=image, timeout=timeout
             ) from e
@@ -387,14 +422,25 @@ class JobLauncher:
             raise
         except Exception as e:
             if "id" in started:
-                log.error(JOB_FINISHED, **audit, container_id=started["id"], exit_code=None, error=str(e),
-                          **described(describe, ""))
+                log.error(
+                    JOB_FINISHED,
+                    **audit,
+                    container_id=started["id"],
+                    exit_code=None,
+                    error=str(e),
+                    **described(describe, ""),
+                )
             raise
         output = scrub(run.output)[-OUTPUT_LIMIT:]
         result = JobResult(run.container_id, image, run.exit_code, run.duration_s, output, dict(args.body["Labels"]))
         log.info(
-            JOB_FINISHED, **audit, container_id=run.container_id, exit_code=run.exit_code,
-            duration_s=round(run.duration_s, 3), output_chars=len(output), **described(describe, output),
+            JOB_FINISHED,
+            **audit,
+            container_id=run.container_id,
+            exit_code=run.exit_code,
+            duration_s=round(run.duration_s, 3),
+            output_chars=len(output),
+            **described(describe, output),
         )
         if check and not result.ok:
             raise self._failed(run.container_id, image, run.exit_code, output)
@@ -408,6 +454,9 @@ class JobLauncher:
     def _failed(self, container_id: str, image: str, exit_code: Any, output: str) -> JobFailedError:
         """CODEX-E042; ``facts["exit_code"]`` and ``facts["output_tail"]`` (scrubbed) carry the facts."""
         return JobFailedError(
-            **self._facts(), container_id=container_id[:12], image=image, exit_code=exit_code,
+            **self._facts(),
+            container_id=container_id[:12],
+            image=image,
+            exit_code=exit_code,
             output_tail=output[-_TAIL_CHARS:],
         )

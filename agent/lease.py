@@ -218,8 +218,11 @@ class FingerprintHistory:
 
     def to_dict(self) -> dict[str, Any]:
         """What the history file holds."""
-        data: dict[str, Any] = {"fingerprints": list(self.fingerprints), "refused": self.refused,
-                                "copies": list(self.copies)}
+        data: dict[str, Any] = {
+            "fingerprints": list(self.fingerprints),
+            "refused": self.refused,
+            "copies": list(self.copies),
+        }
         if self.held is not None:
             data["held"] = list(self.held)
         return data
@@ -227,15 +230,22 @@ class FingerprintHistory:
     @classmethod
     def load(cls, directory: Path, keep: int = LEASE_KEEP) -> FingerprintHistory:
         """The history saved in ``directory``; empty when absent or unreadable."""
-        data = read_record(directory / HISTORY_FILE,
-                           {"fingerprints": (list,), "refused": (bool,), "held": (list, type(None)), "copies": (list,)},
-                           defaults={"refused": False, "held": None, "copies": []})
+        data = read_record(
+            directory / HISTORY_FILE,
+            {"fingerprints": (list,), "refused": (bool,), "held": (list, type(None)), "copies": (list,)},
+            defaults={"refused": False, "held": None, "copies": []},
+        )
         if data is None:
             return cls(keep=keep)
         prints = [f for f in data["fingerprints"] if isinstance(f, str)]
         held = None if data["held"] is None else [f for f in data["held"] if isinstance(f, str)]
-        history = cls(fingerprints=prints[-keep:], refused=data["refused"], keep=keep, held=held,
-                      copies=[f for f in data["copies"] if isinstance(f, str)])
+        history = cls(
+            fingerprints=prints[-keep:],
+            refused=data["refused"],
+            keep=keep,
+            held=held,
+            copies=[f for f in data["copies"] if isinstance(f, str)],
+        )
         history._prune()
         return history
 
@@ -320,8 +330,11 @@ class LoginLease:
         """The error naming ``holder`` as the one who has this login."""
         if holder is None:
             return FleetDuplicateError(
-                **self._facts, holder="another worker (its record is unreadable)", holder_worker="<unknown>",
-                holder_host="<unknown>", broker=self.broker,
+                **self._facts,
+                holder="another worker (its record is unreadable)",
+                holder_worker="<unknown>",
+                holder_host="<unknown>",
+                broker=self.broker,
             )
         return FleetDuplicateError(
             **self._facts,
@@ -387,17 +400,26 @@ class LoginLease:
         current = inspect_auth_file(self.codex_home).fingerprint
         dropped = self._history.observe(current)
         if copies and dropped and current in known:
-            log.info("codex.lease.copy_undone", volume=self.volume, shard=self.shard, dropped=len(dropped),
-                     fingerprints=len(self._history.fingerprints),
-                     note="the volume holds one of its own earlier logins again; the copied one is forgotten")
+            log.info(
+                "codex.lease.copy_undone",
+                volume=self.volume,
+                shard=self.shard,
+                dropped=len(dropped),
+                fingerprints=len(self._history.fingerprints),
+                note="the volume holds one of its own earlier logins again; the copied one is forgotten",
+            )
         for fingerprint in dropped:
             if fingerprint in self._held:
                 self._held.discard(fingerprint)
                 self.store.release(fingerprint, self._record_json())
         if dropped or self._history.to_dict() != before:
             if self._verdict == "held" and not dropped:
-                log.info("codex.lease.added", volume=self.volume, shard=self.shard,
-                         fingerprints=len(self._history.fingerprints))
+                log.info(
+                    "codex.lease.added",
+                    volume=self.volume,
+                    shard=self.shard,
+                    fingerprints=len(self._history.fingerprints),
+                )
             self._save()
 
     def _save(self) -> None:
@@ -459,8 +481,13 @@ class LoginLease:
         if not self._reachable:
             self._reachable, self.changes = True, self.changes + 1
             self._defer_until = time.monotonic() + self.ttl * RETURN_GRACE
-            log.info("codex.lease.reachable", broker=self.broker, verdict="waiting", volume=self.volume,
-                     wait_s=round(self.ttl * RETURN_GRACE, 2))
+            log.info(
+                "codex.lease.reachable",
+                broker=self.broker,
+                verdict="waiting",
+                volume=self.volume,
+                wait_s=round(self.ttl * RETURN_GRACE, 2),
+            )
         if self._refusal is not None:
             raise self._refusal  # free now, but the gate stays closed until we hold the lease
         return LeaseState("pending", True, 0, self.broker, "broker back; its previous holder goes first")
@@ -468,9 +495,13 @@ class LoginLease:
     def _refuse(self, other: str, fingerprint: str) -> NoReturn:
         assert self._history is not None
         if self._history.mark_copy(fingerprint):
-            log.warning("codex.lease.copy_seen", volume=self.volume, shard=self.shard,
-                        note="a login this volume never held, leased elsewhere: forgotten once the volume "
-                             "holds one of its own earlier logins again")
+            log.warning(
+                "codex.lease.copy_seen",
+                volume=self.volume,
+                shard=self.shard,
+                note="a login this volume never held, leased elsewhere: forgotten once the volume "
+                "holds one of its own earlier logins again",
+            )
             self._save()
         self._judge("refused", self.refused(LeaseHolder.from_json(other)))
         assert self._refusal is not None
@@ -484,16 +515,19 @@ class LoginLease:
             return other
         now = self.store.take(fingerprint, record, replace=other)
         if not now:
-            log.warning("codex.lease.stale_replaced", volume=self.volume, shard=self.shard,
-                        previous_holder=holder.describe())
+            log.warning(
+                "codex.lease.stale_replaced", volume=self.volume, shard=self.shard, previous_holder=holder.describe()
+            )
         return now
 
     def _judge(self, verdict: Verdict, refusal: FleetDuplicateError | None) -> None:
         """Record a verdict reached through the broker; log and count what changed."""
         assert self._history is not None
         came_back = not self._reachable
-        changed = verdict != self._verdict or came_back or (
-            refusal is not None and self._refusal is not None and refusal.message != self._refusal.message
+        changed = (
+            verdict != self._verdict
+            or came_back
+            or (refusal is not None and self._refusal is not None and refusal.message != self._refusal.message)
         )
         previous, self._verdict, self._refusal, self._reachable = self._verdict, verdict, refusal, True
         refused = verdict == "refused"
@@ -506,19 +540,35 @@ class LoginLease:
         if came_back:
             log.info("codex.lease.reachable", broker=self.broker, verdict=verdict, volume=self.volume)
         if verdict == "held" and previous != "held":
-            log.info("codex.lease.acquired", broker=self.broker, volume=self.volume, shard=self.shard,
-                     fingerprints=len(self._held))
+            log.info(
+                "codex.lease.acquired",
+                broker=self.broker,
+                volume=self.volume,
+                shard=self.shard,
+                fingerprints=len(self._held),
+            )
         elif refusal is not None:
             event = "codex.lease.lost" if previous == "held" else "codex.lease.refused"
-            log.error(event, code=refusal.code, error=refusal.message, remediation=refusal.remediation,
-                      volume=self.volume, shard=self.shard)
+            log.error(
+                event,
+                code=refusal.code,
+                error=refusal.message,
+                remediation=refusal.remediation,
+                volume=self.volume,
+                shard=self.shard,
+            )
 
     def _unreachable(self, cause: str) -> LeaseState:
         """Keep the last verdict; log once that the broker is gone."""
         if self._reachable:
             self._reachable, self.changes = False, self.changes + 1
-            log.warning("codex.lease.unreachable", broker=self.broker, cause=cause, volume=self.volume,
-                        kept="none" if self._verdict is None else self._verdict)
+            log.warning(
+                "codex.lease.unreachable",
+                broker=self.broker,
+                cause=cause,
+                volume=self.volume,
+                kept="none" if self._verdict is None else self._verdict,
+            )
         if self._refusal is not None:
             raise self._refusal
         status: Literal["held", "pending"] = "held" if self._verdict == "held" else "pending"
@@ -553,8 +603,9 @@ class LoginLease:
                 for fingerprint in list(self._held):
                     self.store.release(fingerprint, record)
                 if self._held:
-                    log.info("codex.lease.released", broker=self.broker, volume=self.volume,
-                             fingerprints=len(self._held))
+                    log.info(
+                        "codex.lease.released", broker=self.broker, volume=self.volume, fingerprints=len(self._held)
+                    )
             self._held.clear()
             self._verdict = None
             self.record = None  # a heartbeat already past its wait must not take anything again
@@ -579,8 +630,12 @@ def lease_for(config: AgentConfig) -> LoginLease | None:
         return None
     broker = describe_broker(config.broker_url)
     if not supports(config.broker_url):
-        log.warning("codex.lease.unsupported", broker=broker, volume=config.volume_name,
-                    note="no fleet-wide lease: the claim still guards this host")
+        log.warning(
+            "codex.lease.unsupported",
+            broker=broker,
+            volume=config.volume_name,
+            note="no fleet-wide lease: the claim still guards this host",
+        )
         return None
     return LoginLease(
         store_for(config.broker_url, ttl=LEASE_TTL, name=config.worker_name),

@@ -275,7 +275,10 @@ class AmqpLeaseStore:
             raise BrokerUnreachable(f"declaring {lease}: AMQP reply {code}")
         self._held.add(fingerprint)
         # Best effort: without it a refusal says "unknown holder", the lease itself stands.
-        if self._on_channel(connection, "queue_declare", queue=holder, auto_delete=False, arguments=_HOLDER_ARGS) is None:
+        if (
+            self._on_channel(connection, "queue_declare", queue=holder, auto_delete=False, arguments=_HOLDER_ARGS)
+            is None
+        ):
             message = self._channel.prepare_message(
                 record.encode(), content_type="application/json", content_encoding="utf-8"
             )
@@ -319,7 +322,7 @@ class AmqpLeaseStore:
         self._held.discard(fingerprint)
         # The holder queue first: once the lease is free, that queue is the next holder's.
         for queue in (HOLDER_PREFIX + fingerprint, KEY_PREFIX + fingerprint):
-            _quietly(lambda: self._on_channel(self._connection, "queue_delete", queue=queue))
+            _quietly(lambda queue=queue: self._on_channel(self._connection, "queue_delete", queue=queue))
 
     def close(self) -> None:
         for fingerprint in list(self._held):

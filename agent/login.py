@@ -21,7 +21,7 @@ import subprocess
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +134,7 @@ def _timestamp(value: Any) -> float | None:
     try:
         parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
         if parsed.tzinfo is None:
-            parsed = parsed.replace(tzinfo=timezone.utc)
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     except (ValueError, OverflowError):  # malformed, or an offset pushing it out of datetime's range
         return None
@@ -237,9 +237,7 @@ def status_argv(codex_bin: str) -> list[str]:
     return [codex_bin, "login", "status"]
 
 
-def judge_status_output(
-    returncode: int, stdout: str, stderr: str, *, facts: dict[str, Any]
-) -> str:
+def judge_status_output(returncode: int, stdout: str, stderr: str, *, facts: dict[str, Any]) -> str:
     """Turn ``codex login status``'s result into the login method, or raise.
 
     Raises:
@@ -329,9 +327,6 @@ def run_login_status(
         "NO_COLOR": "1",
     }
     started = time.monotonic()
-    returncode, stdout, stderr = run_status_command(
-        status_argv(codex_bin), env=env, timeout=timeout, facts=facts
-    )
+    returncode, stdout, stderr = run_status_command(status_argv(codex_bin), env=env, timeout=timeout, facts=facts)
     method = judge_status_output(returncode, stdout, stderr, facts=facts)
     return LoginStatus(method=method, duration_s=time.monotonic() - started)
-

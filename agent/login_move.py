@@ -51,8 +51,13 @@ class MoveReceipt:
 
 
 def _claim(config: AgentConfig) -> VolumeClaim:
-    return VolumeClaim(config.codex_home, worker=f"{config.worker_name}-login-move", shard=config.shard_index,
-                       volume=config.volume_name, stale_after=config.claim_stale_after)
+    return VolumeClaim(
+        config.codex_home,
+        worker=f"{config.worker_name}-login-move",
+        shard=config.shard_index,
+        volume=config.volume_name,
+        stale_after=config.claim_stale_after,
+    )
 
 
 def _volume(config: AgentConfig) -> str:
@@ -85,8 +90,11 @@ def export_login(config: AgentConfig, bundle: Path) -> MoveReceipt:
             raise _refuse(config, "export", f"cannot read the login ({type(e).__name__})") from None
         receipt = MoveReceipt("export", _volume(config), str(bundle), facts.fingerprint, time.time())
         try:
-            write_json_atomically(bundle, {"format": BUNDLE_FORMAT, "auth": auth, "lease_history": history,
-                                           **receipt.to_dict()}, mode=0o600)
+            write_json_atomically(
+                bundle,
+                {"format": BUNDLE_FORMAT, "auth": auth, "lease_history": history, **receipt.to_dict()},
+                mode=0o600,
+            )
         except OSError as e:
             raise _refuse(config, "export", f"cannot write {bundle}: {e.strerror}") from None
         # From here the source is unusable: the only copy is the bundle.

@@ -91,8 +91,7 @@ def _number(value: Any) -> float | None:
 FORK_GUARD = threading.RLock()
 """Held by every metric update and gate read, and across each fork of this process, so that no
 thread is inside prometheus_client's (or the gate's) lock when a pool child is forked."""
-os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.release,
-                    after_in_child=FORK_GUARD.release)
+os.register_at_fork(before=FORK_GUARD.acquire, after_in_parent=FORK_GUARD.release, after_in_child=FORK_GUARD.release)
 
 
 class EventMetrics:
@@ -106,48 +105,73 @@ class EventMetrics:
     def __init__(self, shard: str, registry: CollectorRegistry | None = None) -> None:
         self.shard = shard
         self.tasks = Counter(
-            "codex_tasks_started", "Codex tasks that passed pre-flight and started (codex.run.audit).",
-            ["shard"], registry=registry,
+            "codex_tasks_started",
+            "Codex tasks that passed pre-flight and started (codex.run.audit).",
+            ["shard"],
+            registry=registry,
         )
         self.checks = Counter(
-            "codex_check_outcomes", "Check outcome changes by check and code (a repeated reminder line is not counted).",
-            ["shard", "outcome", "check", "code"], registry=registry,
+            "codex_check_outcomes",
+            "Check outcome changes by check and code (a repeated reminder line is not counted).",
+            ["shard", "outcome", "check", "code"],
+            registry=registry,
         )
         self.jobs = Counter(
-            "codex_job_containers", "Job containers finished, by outcome (ok, failed, timed_out, error).",
-            ["shard", "outcome"], registry=registry,
+            "codex_job_containers",
+            "Job containers finished, by outcome (ok, failed, timed_out, error).",
+            ["shard", "outcome"],
+            registry=registry,
         )
         self.job_seconds = Histogram(
-            "codex_job_container_duration_seconds", "Wall-clock seconds of finished job containers.",
-            ["shard", "outcome"], buckets=DURATION_BUCKETS, registry=registry,
+            "codex_job_container_duration_seconds",
+            "Wall-clock seconds of finished job containers.",
+            ["shard", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
         self.runs = Counter(
-            "codex_runs", "Codex phases (codex exec) finished, by outcome.", ["shard", "outcome"], registry=registry,
+            "codex_runs",
+            "Codex phases (codex exec) finished, by outcome.",
+            ["shard", "outcome"],
+            registry=registry,
         )
         self.run_seconds = Histogram(
-            "codex_run_duration_seconds", "Wall-clock seconds of finished Codex phases.",
-            ["shard", "outcome"], buckets=DURATION_BUCKETS, registry=registry,
+            "codex_run_duration_seconds",
+            "Wall-clock seconds of finished Codex phases.",
+            ["shard", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
         )
         self.requeues = Counter(
-            "codex_requeues", "Codex tasks sent back to their shard queue: login, engine_unavailable or job_failed (a retry).",
-            ["shard", "reason", "code"], registry=registry,
+            "codex_requeues",
+            "Codex tasks sent back to their shard queue: login, engine_unavailable or job_failed (a retry).",
+            ["shard", "reason", "code"],
+            registry=registry,
         )
         self.revoked = Counter(
-            "codex_login_revoked", "Logins found dead during a run (CODEX-E034), by reason.",
-            ["shard", "reason"], registry=registry,
+            "codex_login_revoked",
+            "Logins found dead during a run (CODEX-E034), by reason.",
+            ["shard", "reason"],
+            registry=registry,
         )
         self.limited = Counter(
-            "codex_usage_limited", "Runs that met their login's usage limit (CODEX-E036), by window and 429 type.",
-            ["shard", "window", "limit"], registry=registry,
+            "codex_usage_limited",
+            "Runs that met their login's usage limit (CODEX-E036), by window and 429 type.",
+            ["shard", "window", "limit"],
+            registry=registry,
         )
         self.lease_refused = Counter(
-            "codex_lease_refused", "Fleet lease refusals: this login is held elsewhere (CODEX-E013).",
-            ["shard"], registry=registry,
+            "codex_lease_refused",
+            "Fleet lease refusals: this login is held elsewhere (CODEX-E013).",
+            ["shard"],
+            registry=registry,
         )
         self.lease_refused.labels(shard)  # series from 0, so that increase() sees the first event
         self.acks_lost = Counter(
-            "codex_acks_lost", "Codex task acks lost with the broker connection (codex.ack.lost): redelivered.",
-            ["shard"], registry=registry,
+            "codex_acks_lost",
+            "Codex task acks lost with the broker connection (codex.ack.lost): redelivered.",
+            ["shard"],
+            registry=registry,
         )
         self.acks_lost.labels(shard)
         for outcome in JOB_OUTCOMES:
@@ -160,12 +184,15 @@ class EventMetrics:
             "codex.check.passed": lambda e: self._check(e, "passed"),
             JOB_FINISHED: self._job,
             "codex.run.requeued": self._requeued,
-            "codex.run.retrying": lambda e: self.requeues.labels(self.shard, "job_failed", str(e.get("code") or "")).inc(),
+            "codex.run.retrying": lambda e: self.requeues.labels(
+                self.shard, "job_failed", str(e.get("code") or "")
+            ).inc(),
             "codex.login.revoked": lambda e: self.revoked.labels(self.shard, str(e.get("reason") or "unknown")).inc(),
             "codex.lease.refused": lambda e: self.lease_refused.labels(self.shard).inc(),
             "codex.ack.lost": lambda e: self.acks_lost.labels(self.shard).inc(),
             "codex.usage.limited": lambda e: self.limited.labels(
-                self.shard, str(e.get("window") or "unknown"), str(e.get("limit") or "unknown")).inc(),
+                self.shard, str(e.get("window") or "unknown"), str(e.get("limit") or "unknown")
+            ).inc(),
         }
 
     def observe(self, event: Mapping[str, Any]) -> None:
@@ -227,12 +254,19 @@ class GateCollector(Collector):
                     self._gates[queue] = change
 
     def collect(self) -> Iterator[Metric]:
-        state = GaugeMetricFamily("codex_gate_open", "1 when the shard queue's gate is open, 0 when closed.",
-                                  labels=["shard", "queue"])
-        since = GaugeMetricFamily("codex_gate_seconds_since_change", "Seconds since the gate last opened or closed.",
-                                  labels=["shard", "queue"])
-        stamp = GaugeMetricFamily("codex_gate_last_change_timestamp_seconds", "When the gate last opened or closed.",
-                                  labels=["shard", "queue"])
+        state = GaugeMetricFamily(
+            "codex_gate_open", "1 when the shard queue's gate is open, 0 when closed.", labels=["shard", "queue"]
+        )
+        since = GaugeMetricFamily(
+            "codex_gate_seconds_since_change",
+            "Seconds since the gate last opened or closed.",
+            labels=["shard", "queue"],
+        )
+        stamp = GaugeMetricFamily(
+            "codex_gate_last_change_timestamp_seconds",
+            "When the gate last opened or closed.",
+            labels=["shard", "queue"],
+        )
         now = self._clock()
         with FORK_GUARD:
             gates = dict(self._gates)
@@ -258,14 +292,24 @@ def credential_families(volumes: Iterable[VolumeFacts], now: float | None = None
     now = time.time() if now is None else now
     labels = ["volume", "shard"]
     present = GaugeMetricFamily("codex_login_present", "1 when the volume holds a readable login.", labels=labels)
-    age = GaugeMetricFamily("codex_credential_age_seconds",
-                            "Seconds since the login was last written (last_refresh, else auth.json mtime).", labels=labels)
-    refresh = GaugeMetricFamily("codex_last_refresh_age_seconds", "Seconds since the login's last_refresh.", labels=labels)
-    expiry = GaugeMetricFamily("codex_access_token_expiry_seconds",
-                               "Seconds until the access token's exp (negative once expired).", labels=labels)
-    revoked = GaugeMetricFamily("codex_login_revoked_marker",
-                                "1 while a run's revocation marker stands for the credential in auth.json (CODEX-E034).",
-                                labels=labels)
+    age = GaugeMetricFamily(
+        "codex_credential_age_seconds",
+        "Seconds since the login was last written (last_refresh, else auth.json mtime).",
+        labels=labels,
+    )
+    refresh = GaugeMetricFamily(
+        "codex_last_refresh_age_seconds", "Seconds since the login's last_refresh.", labels=labels
+    )
+    expiry = GaugeMetricFamily(
+        "codex_access_token_expiry_seconds",
+        "Seconds until the access token's exp (negative once expired).",
+        labels=labels,
+    )
+    revoked = GaugeMetricFamily(
+        "codex_login_revoked_marker",
+        "1 while a run's revocation marker stands for the credential in auth.json (CODEX-E034).",
+        labels=labels,
+    )
     for facts in volumes:
         key = [facts.volume, facts.shard]
         auth = facts.auth
@@ -298,17 +342,24 @@ class CredentialCollector(Collector):
 def usage_families(volume: str, shard: str, view: Mapping[str, Any]) -> list[Metric]:
     """Per-volume gauges of a login's headroom (:func:`agent.usage.view`): numbers only."""
     labels = ["volume", "shard", "window"]
-    used = GaugeMetricFamily("codex_usage_used_percent",
-                             "Percent of the login's usage window used (newest snapshot in the volume's sessions).",
-                             labels=labels)
-    resets = GaugeMetricFamily("codex_usage_resets_at_timestamp_seconds", "When the login's usage window resets.",
-                               labels=labels)
-    limited = GaugeMetricFamily("codex_usage_limited",
-                                "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.",
-                                labels=["volume", "shard"])
-    reopen = GaugeMetricFamily("codex_usage_limit_reopen_timestamp_seconds",
-                               "When the gate of a limited login reopens by itself (reset time plus margin).",
-                               labels=["volume", "shard"])
+    used = GaugeMetricFamily(
+        "codex_usage_used_percent",
+        "Percent of the login's usage window used (newest snapshot in the volume's sessions).",
+        labels=labels,
+    )
+    resets = GaugeMetricFamily(
+        "codex_usage_resets_at_timestamp_seconds", "When the login's usage window resets.", labels=labels
+    )
+    limited = GaugeMetricFamily(
+        "codex_usage_limited",
+        "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.",
+        labels=["volume", "shard"],
+    )
+    reopen = GaugeMetricFamily(
+        "codex_usage_limit_reopen_timestamp_seconds",
+        "When the gate of a limited login reopens by itself (reset time plus margin).",
+        labels=["volume", "shard"],
+    )
     headroom = view.get("headroom")
     for window in headroom.get("windows", []) if isinstance(headroom, dict) else []:
         percent, stamp = _number(window.get("used_percent")), _number(window.get("resets_at"))
@@ -362,11 +413,14 @@ def volumes_exposition(report: VolumesReport, now: float | None = None) -> str:
     copies = Counter_(v.auth.fingerprint for v in report.volumes if _refreshes(v.auth))
     labels = ["volume", "shard"]
     ok = GaugeMetricFamily("codex_login_ok", "1 when codex login status passed on the volume.", labels=labels)
-    shared = GaugeMetricFamily("codex_login_copies",
-                               "Volumes holding this volume's refresh token (1 is normal; more is a forked login).",
-                               labels=labels)
-    limited = GaugeMetricFamily("codex_usage_limited",
-                                "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.", labels=labels)
+    shared = GaugeMetricFamily(
+        "codex_login_copies",
+        "Volumes holding this volume's refresh token (1 is normal; more is a forked login).",
+        labels=labels,
+    )
+    limited = GaugeMetricFamily(
+        "codex_usage_limited", "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.", labels=labels
+    )
     facts = []
     for volume in report.volumes:
         shard = volume.labels.get("codex.shard") or _suffix_shard(volume.name)
@@ -446,7 +500,11 @@ def enable(
     try:
         start_http_server(port, addr=addr, registry=registry)
     except OSError as e:
-        raise ConfigError(variable="AGENT_METRICS_PORT", value=str(port), cause=f"cannot listen on {addr}:{port} ({e.strerror or e})",
-                          accepted="a free TCP port on this host (or unset for no metrics)") from e
+        raise ConfigError(
+            variable="AGENT_METRICS_PORT",
+            value=str(port),
+            cause=f"cannot listen on {addr}:{port} ({e.strerror or e})",
+            accepted="a free TCP port on this host (or unset for no metrics)",
+        ) from e
     server.stop_observing = observe_events(server.observe)
     return server

@@ -128,8 +128,9 @@ def auth_failure(output: str) -> str | None:
     return None
 
 
-def exec_argv(prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH,
-              options: Sequence[str] = ()) -> list[str]:
+def exec_argv(
+    prompt: str, session_id: str | None = None, workdir: str = WORKSPACE_PATH, options: Sequence[str] = ()
+) -> list[str]:
     """``codex exec --json`` for a new session, or resuming ``session_id``.
 
     ``options`` (checked by :mod:`agent.phase_options`) go right before the positionals, after
@@ -157,11 +158,25 @@ class CodexPhase:
         self.environ = os.environ if environ is None else environ
 
     def _facts(self) -> dict[str, Any]:
-        return {"shard": self.config.shard_index, "volume": self.launcher.volume_name, "worker": self.config.worker_name}
+        return {
+            "shard": self.config.shard_index,
+            "volume": self.launcher.volume_name,
+            "worker": self.config.worker_name,
+        }
 
-    def run(self, *, run_id: str, phase: str, prompt: str, resume: bool = False, task_id: str | None = None,
-            model: str | None = None, codex_args: Sequence[str] | None = None,
-            env: Mapping[str, str] | None = None, seed: str | None = None) -> dict[str, Any]:
+    def run(
+        self,
+        *,
+        run_id: str,
+        phase: str,
+        prompt: str,
+        resume: bool = False,
+        task_id: str | None = None,
+        model: str | None = None,
+        codex_args: Sequence[str] | None = None,
+        env: Mapping[str, str] | None = None,
+        seed: str | None = None,
+    ) -> dict[str, Any]:
         """Run (or find completed) one phase; returns its outcome.
 
         The outcome carries ``final_message`` (Codex's last agent message), ``usage`` and
@@ -189,13 +204,23 @@ class CodexPhase:
         run_id = checked_name("run_id", run_id, facts)
         phase = checked_name("phase", phase, facts)
         if not isinstance(prompt, str) or not prompt.strip() or len(prompt) > PROMPT_LIMIT:
-            raise PhaseRequestError(**facts, field="prompt", value=str(prompt)[:40], cause="empty, not text, or too long",
-                                    accepted=f"non-empty text of at most {PROMPT_LIMIT} characters")
+            raise PhaseRequestError(
+                **facts,
+                field="prompt",
+                value=str(prompt)[:40],
+                cause="empty, not text, or too long",
+                accepted=f"non-empty text of at most {PROMPT_LIMIT} characters",
+            )
         options = phase_options(facts, model=model, codex_args=codex_args, env=env)
         seed_from = seed_path(self.config.seed_root, seed, facts) if seed is not None else None
         if self.config.job_image is None:
-            raise PhaseRequestError(**facts, field="CODEX_JOB_IMAGE", value="none", cause="no job image to run Codex in",
-                                    accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev")
+            raise PhaseRequestError(
+                **facts,
+                field="CODEX_JOB_IMAGE",
+                value="none",
+                cause="no job image to run Codex in",
+                accepted="an image with the Codex CLI, e.g. codex-worker-agent/job:dev",
+            )
         artifacts = RunArtifacts(self.config.artifacts_root, run_id)
         done = artifacts.outcome(phase)
         if done is None:  # a job of this task's earlier delivery may have finished (or still run)
@@ -203,28 +228,63 @@ class CodexPhase:
             done = artifacts.outcome(phase)
         if done is not None:
             duplicate = done.get("task_id") == task_id
-            log.info("codex.phase.skipped", run_id=run_id, phase=phase, task_id=task_id,
-                     reason="duplicate delivery" if duplicate else "completed earlier", completed_by=done.get("task_id"),
-                     harvested=done.get("harvested"))
+            log.info(
+                "codex.phase.skipped",
+                run_id=run_id,
+                phase=phase,
+                task_id=task_id,
+                reason="duplicate delivery" if duplicate else "completed earlier",
+                completed_by=done.get("task_id"),
+                harvested=done.get("harvested"),
+            )
             return {**done, "skipped": True}
         session = artifacts.session_id() if resume else None
         if resume and session is None:
-            raise PhaseRequestError(**facts, field="resume", value="true", cause=f"run {run_id} has no earlier Codex session on this shard",
-                                    accepted="false for a run's first phase")
+            raise PhaseRequestError(
+                **facts,
+                field="resume",
+                value="true",
+                cause=f"run {run_id} has no earlier Codex session on this shard",
+                accepted="false for a run's first phase",
+            )
         return self._execute(artifacts, phase, prompt, session, task_id, options, seed_from)
 
-    def _execute(self, artifacts: RunArtifacts, phase: str, prompt: str, session: str | None, task_id: str | None,
-                 options: PhaseOptions = PhaseOptions(), seed_from: Path | None = None) -> dict[str, Any]:
+    def _execute(
+        self,
+        artifacts: RunArtifacts,
+        phase: str,
+        prompt: str,
+        session: str | None,
+        task_id: str | None,
+        options: PhaseOptions | None = None,
+        seed_from: Path | None = None,
+    ) -> dict[str, Any]:
+        options = options or PhaseOptions()
         env = {**options.env, **{name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}}
         assert self.config.job_image is not None
         workspace = workspace_name(self.launcher.volume_name or "", artifacts.run_id)
         seeded = None
         if seed_from is not None and not any(artifacts.directory.glob(f"*/{OUTCOME_FILE}")):  # a new workspace
-            seeded = seed_workspace(self.launcher, self.config.job_image, artifacts.directory, seed_from, workspace,
-                                    self.config.phase_timeout, self._facts())
+            seeded = seed_workspace(
+                self.launcher,
+                self.config.job_image,
+                artifacts.directory,
+                seed_from,
+                workspace,
+                self.config.phase_timeout,
+                self._facts(),
+            )
         started = time.time()
-        artifacts.begin(phase, {"task_id": task_id, "run_id": artifacts.run_id, "phase": phase,
-                                "resumed_session": session, "started_at": started})
+        artifacts.begin(
+            phase,
+            {
+                "task_id": task_id,
+                "run_id": artifacts.run_id,
+                "phase": phase,
+                "resumed_session": session,
+                "started_at": started,
+            },
+        )
         result = self.launcher.run(
             self.config.job_image,
             exec_argv(prompt, session, options=options.argv()),
@@ -238,7 +298,9 @@ class CodexPhase:
         summary = summarize(output)
         headroom = usage.read_headroom(self.config.codex_home)
         if headroom is not None:
-            log.info("codex.usage.snapshot", run_id=artifacts.run_id, task_id=task_id, **headroom.to_dict(), **self._facts())
+            log.info(
+                "codex.usage.snapshot", run_id=artifacts.run_id, task_id=task_id, **headroom.to_dict(), **self._facts()
+            )
         if not result.ok:
             self._raise_limit(summary, output, headroom, started, task_id, artifacts.run_id)
             self._raise_failure(output, result.exit_code, result.container_id, task_id, artifacts.run_id)
@@ -263,11 +325,20 @@ class CodexPhase:
             "completed_at": time.time(),
         }
         events = "".join(f"{line}\n" for line in output.splitlines() if line.startswith("{"))
-        outcome["artifacts"] = str(artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome))
+        outcome["artifacts"] = str(
+            artifacts.record(phase, events=events, final_message=summary.final_message, outcome=outcome)
+        )
         return outcome
 
-    def _raise_limit(self, summary: StreamSummary, output: str, headroom: usage.Headroom | None, started: float,
-                     task_id: str | None, run_id: str) -> None:
+    def _raise_limit(
+        self,
+        summary: StreamSummary,
+        output: str,
+        headroom: usage.Headroom | None,
+        started: float,
+        task_id: str | None,
+        run_id: str,
+    ) -> None:
         """CODEX-E036 when the run met a usage limit (and its login is not dead): mark the volume first."""
         if auth_failure(output) is not None:
             return
@@ -278,21 +349,36 @@ class CodexPhase:
         limit = usage.limit_for(hit, headroom, run_id=run_id, task_id=task_id, worker=self.config.worker_name)
         usage.record(self.config.codex_home, limit)
         facts = self._facts()
-        log.error("codex.usage.limited", run_id=run_id, task_id=task_id, kind=limit.kind, limit=limit.error_type,
-                  window=limit.window, resets_at=limit.resets_at, reset_known=limit.reset_known, **facts)
+        log.error(
+            "codex.usage.limited",
+            run_id=run_id,
+            task_id=task_id,
+            kind=limit.kind,
+            limit=limit.error_type,
+            window=limit.window,
+            resets_at=limit.resets_at,
+            reset_known=limit.reset_known,
+            **facts,
+        )
         raise UsageLimitError(**facts, **limit.facts())
 
     def _raise_failure(self, output: str, exit_code: int, container_id: str, task_id: str | None, run_id: str) -> None:
         reason = auth_failure(output)
         facts = self._facts()
         if reason is None:
-            raise JobFailedError(**facts, container_id=container_id[:12], image=self.config.job_image,
-                                 exit_code=exit_code, output_tail=output[-2000:])
+            raise JobFailedError(
+                **facts,
+                container_id=container_id[:12],
+                image=self.config.job_image,
+                exit_code=exit_code,
+                output_tail=output[-2000:],
+            )
         auth = inspect_auth_file(self.config.codex_home)
         revocation.record(
             self.config.codex_home,
-            revocation.Revocation(reason, auth.fingerprint, time.time(), run_id=run_id, task_id=task_id,
-                                  worker=self.config.worker_name),
+            revocation.Revocation(
+                reason, auth.fingerprint, time.time(), run_id=run_id, task_id=task_id, worker=self.config.worker_name
+            ),
         )
         log.error("codex.login.revoked", reason=reason, run_id=run_id, task_id=task_id, **facts)
         raise LoginRevokedError(**facts, cause=reason)

@@ -47,18 +47,32 @@ REASONING_EFFORTS = ("minimal", "low", "medium", "high", "xhigh")
 
 _EFFORT_KEY = "model_reasoning_effort"
 CODEX_ARGS_RULE = (
-    "a list of: -m/--model MODEL, -c/--config model_reasoning_effort=" + "|".join(REASONING_EFFORTS)
+    "a list of: -m/--model MODEL, -c/--config model_reasoning_effort="
+    + "|".join(REASONING_EFFORTS)
     + ", --json (always on); nothing that changes the sandbox, approvals, login, home, config or profile"
 )
 
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]{0,63}$")
 ENV_NAME_RULE = "an upper-case name of letters, digits and '_' (at most 64), not reserved"
 
-RESERVED_ENV = frozenset({
-    "HOME", "PATH", "USER", "LOGNAME", "SHELL", "PWD", "TMPDIR",
-    "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "FTP_PROXY",
-    "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE",
-})
+RESERVED_ENV = frozenset(
+    {
+        "HOME",
+        "PATH",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "PWD",
+        "TMPDIR",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "NO_PROXY",
+        "FTP_PROXY",
+        "REQUESTS_CA_BUNDLE",
+        "CURL_CA_BUNDLE",
+    }
+)
 """Names a job's environment never takes from a task: its home, search path, proxies, TLS trust."""
 
 RESERVED_ENV_PREFIXES = ("CODEX_", "OPENAI_", "LD_", "SSL_", "RUST_", "NODE_", "XDG_", "DOCKER_")
@@ -126,11 +140,21 @@ def _codex_args(facts: Mapping[str, Any], args: Any) -> tuple[str | None, str | 
                 key, _, level = value.partition("=")
                 level = level.strip().strip('"').strip("'")
                 if key.strip() != _EFFORT_KEY:
-                    raise _refuse(facts, "codex_args", f"{flag} {key.strip()[:60]}", "only the reasoning effort may be "
-                                  "configured from a task", CODEX_ARGS_RULE)
+                    raise _refuse(
+                        facts,
+                        "codex_args",
+                        f"{flag} {key.strip()[:60]}",
+                        "only the reasoning effort may be configured from a task",
+                        CODEX_ARGS_RULE,
+                    )
                 if level not in REASONING_EFFORTS:
-                    raise _refuse(facts, "codex_args", f"{flag} {_EFFORT_KEY}={level[:20]}", "not a reasoning effort",
-                                  CODEX_ARGS_RULE)
+                    raise _refuse(
+                        facts,
+                        "codex_args",
+                        f"{flag} {_EFFORT_KEY}={level[:20]}",
+                        "not a reasoning effort",
+                        CODEX_ARGS_RULE,
+                    )
                 effort = level
             i += 1
             continue
@@ -149,18 +173,32 @@ def _env(facts: Mapping[str, Any], env: Any) -> dict[str, str]:
         if not isinstance(name, str) or not _ENV_NAME.match(name):
             raise _refuse(facts, "env", shown, "not a variable name", ENV_NAME_RULE)
         if name in RESERVED_ENV or name.startswith(RESERVED_ENV_PREFIXES):
-            raise _refuse(facts, "env", name, "reserved: the agent sets the job's home, login, paths, proxies and TLS",
-                          f"{ENV_NAME_RULE}; reserved: {', '.join(sorted(RESERVED_ENV))} and "
-                          f"{', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)}")
+            raise _refuse(
+                facts,
+                "env",
+                name,
+                "reserved: the agent sets the job's home, login, paths, proxies and TLS",
+                f"{ENV_NAME_RULE}; reserved: {', '.join(sorted(RESERVED_ENV))} and "
+                f"{', '.join(p + '*' for p in RESERVED_ENV_PREFIXES)}",
+            )
         if not isinstance(value, str) or "\x00" in value or len(value) > ENV_VALUE_LIMIT:
-            raise _refuse(facts, f"env[{name}]", _HIDDEN, "the value is not text, holds a NUL, or is too long",
-                          f"text of at most {ENV_VALUE_LIMIT} characters")
+            raise _refuse(
+                facts,
+                f"env[{name}]",
+                _HIDDEN,
+                "the value is not text, holds a NUL, or is too long",
+                f"text of at most {ENV_VALUE_LIMIT} characters",
+            )
         kept[name] = value
     return kept
 
 
 def phase_options(
-    facts: Mapping[str, Any], *, model: Any = None, codex_args: Any = None, env: Any = None,
+    facts: Mapping[str, Any],
+    *,
+    model: Any = None,
+    codex_args: Any = None,
+    env: Any = None,
 ) -> PhaseOptions:
     """Check a phase's ``model``, ``codex_args`` and ``env`` (None: none of them).
 
@@ -171,8 +209,13 @@ def phase_options(
     chosen = _model(facts, "model", model) if model is not None else None
     from_args, effort = _codex_args(facts, codex_args) if codex_args is not None else (None, None)
     if chosen and from_args and chosen != from_args:
-        raise _refuse(facts, "codex_args", f"-m {from_args}", f"disagrees with model={chosen}",
-                      "one model, given once (model= or -m)")
+        raise _refuse(
+            facts,
+            "codex_args",
+            f"-m {from_args}",
+            f"disagrees with model={chosen}",
+            "one model, given once (model= or -m)",
+        )
     return PhaseOptions(chosen or from_args, effort, _env(facts, env) if env is not None else {})
 
 

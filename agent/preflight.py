@@ -137,11 +137,7 @@ class Preflight:
             self.forget()
             raise NotLoggedInError(**self.config.facts(), cause=f"{AUTH_FILE} is missing")
         now = time.monotonic()
-        if (
-            self._login_ok_at is not None
-            and signature == self._login_signature
-            and now - self._login_ok_at < self.ttl
-        ):
+        if self._login_ok_at is not None and signature == self._login_signature and now - self._login_ok_at < self.ttl:
             return
         self.forget()
         require_readable(inspect_auth_file(self.config.codex_home), self.config.facts())
@@ -182,12 +178,18 @@ class CodexRequest(Request):
             return
         agent = agent_for(self.task.app)
         kwargs = self.kwargs if isinstance(self.kwargs, dict) else {}
-        facts = {"task_id": self.id, "task": self.name, "run_id": kwargs.get("run_id"), "phase": kwargs.get("phase"),
-                 "shard": agent.config.shard_index if agent is not None else None,
-                 "queue": (self.delivery_info or {}).get("routing_key")}
+        facts = {
+            "task_id": self.id,
+            "task": self.name,
+            "run_id": kwargs.get("run_id"),
+            "phase": kwargs.get("phase"),
+            "shard": agent.config.shard_index if agent is not None else None,
+            "queue": (self.delivery_info or {}).get("routing_key"),
+        }
         root = agent.config.artifacts_root if agent is not None else None
         self._on_ack(LostAckLog(facts, root), self._connection_errors)
         self.acknowledged = True
+
     def on_success(self, failed__retval__runtime: Any, **kwargs: Any) -> None:
         agent = agent_for(self.task.app)
         if agent is not None and not failed__retval__runtime[0]:  # a failure goes on to on_failure
@@ -261,8 +263,14 @@ class CodexTask(Task):
                 policy = retry_policy(self.agent.config)
                 delay = policy.countdown(self.request.retries)
                 if self.request.retries < policy.retries:
-                    log.error("codex.run.retrying", task=self.name, code=e.code, retry=self.request.retries + 1,
-                              max_retries=policy.retries, retry_in_s=delay)
+                    log.error(
+                        "codex.run.retrying",
+                        task=self.name,
+                        code=e.code,
+                        retry=self.request.retries + 1,
+                        max_retries=policy.retries,
+                        retry_in_s=delay,
+                    )
                 raise self.retry(exc=e, countdown=delay, max_retries=policy.retries, queue=own_queue) from e
 
     def codex_context(self, kwargs: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -89,8 +89,7 @@ STALE_CREDENTIAL = Warning_(
         "refreshed {age_days} days ago; the next run must refresh it"
     ),
     remediation_template=(
-        "if runs fail with refresh_token_reused or 401, log in again once: "
-        "docker compose run --rm login-{shard}"
+        "if runs fail with refresh_token_reused or 401, log in again once: docker compose run --rm login-{shard}"
     ),
 )
 
@@ -101,9 +100,7 @@ FORKED_LOGIN = Warning_(
         "volumes {volumes} hold the same ChatGPT login (refresh-token fingerprint {fingerprint}); "
         "the first refresh kills every other copy"
     ),
-    remediation_template=(
-        "keep one, and log the others in afresh: docker compose run --rm login-<shard> for each"
-    ),
+    remediation_template=("keep one, and log the others in afresh: docker compose run --rm login-<shard> for each"),
 )
 
 CODEX_VERSION_DIFFERS = Warning_(

@@ -41,7 +41,16 @@ from agent.config import AgentConfig
 from agent.dockerenv import optional_client
 from agent.dockerrun import DOCKER_FAILURES
 
-__all__ = ["ORPHAN_REASON", "JobContainer", "JobReconciler", "docker_time", "is_orphan", "settle", "task_is_active", "worker_started"]
+__all__ = [
+    "ORPHAN_REASON",
+    "JobContainer",
+    "JobReconciler",
+    "docker_time",
+    "is_orphan",
+    "settle",
+    "task_is_active",
+    "worker_started",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -189,12 +198,19 @@ class JobReconciler:
             settled = self._settle(client, job, trigger)
             if settled is not None:
                 removed.append(settled)
-        log.info("codex.reconcile.done", trigger=trigger, found=len(found), removed=len(removed),
-                 left=len(found) - len(removed), awaited=awaited)
+        log.info(
+            "codex.reconcile.done",
+            trigger=trigger,
+            found=len(found),
+            removed=len(removed),
+            left=len(found) - len(removed),
+            awaited=awaited,
+        )
         return removed
 
-    def _settle(self, client: Any, job: JobContainer, trigger: str, *, found_status: str | None = None,
-                cut_off: bool = False) -> JobContainer | None:
+    def _settle(
+        self, client: Any, job: JobContainer, trigger: str, *, found_status: str | None = None, cut_off: bool = False
+    ) -> JobContainer | None:
         return settle(client, self.config, job, trigger, found_status=found_status, cut_off=cut_off)
 
     def _await(self, job: JobContainer, trigger: str) -> int:
@@ -203,8 +219,13 @@ class JobReconciler:
             if job.container_id in self._awaited:
                 return 0
             self._awaited.add(job.container_id)
-        log.info("codex.reconcile.awaiting", **job.audit, container_id=job.container_id, trigger=trigger,
-                 reason="a Codex phase still runs: harvested when it ends")
+        log.info(
+            "codex.reconcile.awaiting",
+            **job.audit,
+            container_id=job.container_id,
+            trigger=trigger,
+            reason="a Codex phase still runs: harvested when it ends",
+        )
 
         def wait_then_settle() -> None:
             client = self.client_factory()
@@ -215,8 +236,12 @@ class JobReconciler:
                 if ended is not None:
                     self._settle(client, ended, trigger, found_status=job.status, cut_off=cut_off)
             except DOCKER_FAILURES as e:
-                log.warning("codex.reconcile.failed", trigger=trigger, container_id=job.container_id,
-                            error=f"{type(e).__name__}: {e}"[:300])
+                log.warning(
+                    "codex.reconcile.failed",
+                    trigger=trigger,
+                    container_id=job.container_id,
+                    error=f"{type(e).__name__}: {e}"[:300],
+                )
             finally:
                 with self._awaited_lock:
                     self._awaited.discard(job.container_id)
@@ -244,8 +269,15 @@ def _kill(client: Any, job: JobContainer) -> JobContainer:
     return JobReconciler._inspect(client, job.container_id) or job
 
 
-def settle(client: Any, config: AgentConfig, job: JobContainer, trigger: str, *, found_status: str | None = None,
-           cut_off: bool = False) -> JobContainer | None:
+def settle(
+    client: Any,
+    config: AgentConfig,
+    job: JobContainer,
+    trigger: str,
+    *,
+    found_status: str | None = None,
+    cut_off: bool = False,
+) -> JobContainer | None:
     """Harvest (a phase's job), kill (anything else still running), remove and log one orphan.
 
     Whoever removes the container logs its reconciled ``codex.job.finished`` line (the sweep, or a
@@ -266,8 +298,17 @@ def settle(client: Any, config: AgentConfig, job: JobContainer, trigger: str, *,
         return None  # its own launcher (or another harvester) removed it after all
     extra = {} if harvested is None else {"harvested": harvested.result, "phase": harvested.phase, **harvested.fields}
     log.warning(
-        JOB_FINISHED, **job.audit, container_id=job.container_id, image=job.image,
-        exit_code=job.exit_code, duration_s=job.duration_s, reason=ORPHAN_REASON, reconciled=True,
-        found_status=found_status, killed=killed or cut_off, trigger=trigger, **extra,
+        JOB_FINISHED,
+        **job.audit,
+        container_id=job.container_id,
+        image=job.image,
+        exit_code=job.exit_code,
+        duration_s=job.duration_s,
+        reason=ORPHAN_REASON,
+        reconciled=True,
+        found_status=found_status,
+        killed=killed or cut_off,
+        trigger=trigger,
+        **extra,
     )
     return job

@@ -68,7 +68,9 @@ def parse(raw: bytes, modified: float | None) -> Revocation:
     return Revocation(
         reason=text("reason") or "unknown",
         fingerprint=fingerprint if isinstance(fingerprint, str) else None,
-        detected_at=float(detected) if isinstance(detected, (int, float)) and not isinstance(detected, bool) else (modified or 0.0),
+        detected_at=float(detected)
+        if isinstance(detected, (int, float)) and not isinstance(detected, bool)
+        else (modified or 0.0),
         run_id=text("run_id"),
         task_id=text("task_id"),
         worker=text("worker"),

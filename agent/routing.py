@@ -135,7 +135,9 @@ class Topology:
         """The shard of an affinity key (E050 for an empty or missing key)."""
         return shard_for(key, self.shards)
 
-    def route(self, kwargs: Mapping[str, Any], affinity_arg: str = DEFAULT_AFFINITY_ARG, task: str = "a Codex task") -> str:
+    def route(
+        self, kwargs: Mapping[str, Any], affinity_arg: str = DEFAULT_AFFINITY_ARG, task: str = "a Codex task"
+    ) -> str:
         """Where a Codex task goes: its pinned shard's queue, else by its affinity key.
 
         Raises:

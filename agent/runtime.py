@@ -81,7 +81,10 @@ class Agent:
         self.draining_until: float | None = None
         """Single mode: while set, the shared ``codex`` queue is not consumed (a login near its limit)."""
         self.watcher = VolumeWatcher(
-            config, self.run_checks, self._gate_open, extra=(lambda: lease.changes) if lease is not None else None,
+            config,
+            self.run_checks,
+            self._gate_open,
+            extra=(lambda: lease.changes) if lease is not None else None,
             due=self._limit_reopen_at,
         )
         self.reconciler = JobReconciler(config)
@@ -159,8 +162,13 @@ class Agent:
             return
         self.draining_until = until
         if self.gate.drain(frozenset({shared}) if until is not None else frozenset(), consumer=self.consumer):
-            log.warning("codex.usage.draining" if until is not None else "codex.usage.drain_ended",
-                        queue=shared, until=until, shard=self.config.shard_index, volume=self.volume_name)
+            log.warning(
+                "codex.usage.draining" if until is not None else "codex.usage.drain_ended",
+                queue=shared,
+                until=until,
+                shard=self.config.shard_index,
+                volume=self.volume_name,
+            )
 
     def after_job(self) -> None:
         """A Codex task ended (any outcome): publish the login's newest headroom. Never raises."""
@@ -264,7 +272,9 @@ class Agent:
         held = all(f.code == UsageLimitError.code for f in report.failures)
         if not report.ok and self.config.fail_fast and not held:
             failure = report.failures[0]
-            log.critical("codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation)
+            log.critical(
+                "codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation
+            )
             self._release()
             self.publish(stopped=True)
             raise FailFastExit(1)
@@ -317,7 +327,8 @@ def _check_worker_user(config: AgentConfig, uid: int | None = None) -> None:
     if config.job_image is None or uid in (0, config.job_uid):
         return
     raise ConfigError(
-        variable="CODEX_JOB_USER", value=config.job_user,
+        variable="CODEX_JOB_USER",
+        value=config.job_user,
         cause=f"this worker runs as uid {uid}, so its 0700 volume is unreadable to jobs running as {config.job_user}",
         accepted=f"the worker's own uid:gid ({uid}:{os.getgid()}), or run the worker as uid {config.job_uid}",
     )
@@ -347,8 +358,12 @@ def install(app: Any, config: AgentConfig | None = None, *, docker_client: Any =
     if config.is_codex_worker:  # before anything is connected: an unsafe app never starts (CODEX-E003)
         _check_worker_user(config)
         settings = apply_worker_settings(app, config)
-        log.info("codex.settings.applied", app=app.main, **{k: v for k, v in settings.items() if k != "broker_transport_options"},
-                 visibility_timeout=settings["broker_transport_options"]["visibility_timeout"])
+        log.info(
+            "codex.settings.applied",
+            app=app.main,
+            **{k: v for k, v in settings.items() if k != "broker_transport_options"},
+            visibility_timeout=settings["broker_transport_options"]["visibility_timeout"],
+        )
     if docker_client is None:
         docker_client = client_for_mount_check()
     agent = Agent(app, config, docker_client=docker_client)

@@ -56,18 +56,36 @@ NO_NEW_PRIVILEGES = "no-new-privileges"
 JOB_OPTIONS = frozenset(
     {
         # what the job is and where it works
-        "working_dir", "entrypoint", "labels", "name", "hostname", "stop_signal", "tty", "stdin_open",
+        "working_dir",
+        "entrypoint",
+        "labels",
+        "name",
+        "hostname",
+        "stop_signal",
+        "tty",
+        "stdin_open",
         # declared workspaces and scratch space
-        "volumes", "mounts", "tmpfs",
+        "volumes",
+        "mounts",
+        "tmpfs",
         # who and where: only the job user, only no network
-        "user", "network_mode", "network_disabled",
+        "user",
+        "network_mode",
+        "network_disabled",
         # the sandbox itself may be restated or tightened
-        "cap_drop", "security_opt", "init", "read_only",
-        "mem_limit", "nano_cpus", "pids_limit", "mem_reservation", "shm_size", "cpu_shares",
+        "cap_drop",
+        "security_opt",
+        "init",
+        "read_only",
+        "mem_limit",
+        "nano_cpus",
+        "pids_limit",
+        "mem_reservation",
+        "shm_size",
+        "cpu_shares",
     }
 )
 """``containers.run`` options task code may pass; anything else is CODEX-E041 naming it."""
-
 
 
 @dataclass(frozen=True)

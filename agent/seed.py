@@ -32,8 +32,11 @@ _TARS = (".tar", ".tar.gz", ".tgz")
 
 
 def _refuse(facts: Mapping[str, Any], value: str, cause: str, root: Path | None) -> PhaseRequestError:
-    accepted = (f"a directory or a {'/'.join(_TARS)} file under CODEX_SEED_ROOT={root}" if root is not None
-                else "no seed (CODEX_SEED_ROOT is unset on this worker)")
+    accepted = (
+        f"a directory or a {'/'.join(_TARS)} file under CODEX_SEED_ROOT={root}"
+        if root is not None
+        else "no seed (CODEX_SEED_ROOT is unset on this worker)"
+    )
     return PhaseRequestError(**facts, field="seed", value=value, cause=cause, accepted=accepted)
 
 
@@ -93,8 +96,13 @@ def seed_archive(path: Path, facts: Mapping[str, Any]) -> tuple[bytes, int]:
         info.mode, info.size, info.uid, info.gid = (0o644 | (mode & 0o111)) if data else 0o755, size, 0, 0
         archive.addfile(info, data)
         if out.tell() > SEED_LIMIT:
-            raise PhaseRequestError(**facts, field="seed", value=str(path)[:200], cause="larger than the seed limit",
-                                    accepted=f"a seed of at most {SEED_LIMIT // (1024 * 1024)} MiB")
+            raise PhaseRequestError(
+                **facts,
+                field="seed",
+                value=str(path)[:200],
+                cause="larger than the seed limit",
+                accepted=f"a seed of at most {SEED_LIMIT // (1024 * 1024)} MiB",
+            )
 
     try:
         with tarfile.open(fileobj=out, mode="w") as archive:
@@ -116,13 +124,19 @@ def seed_archive(path: Path, facts: Mapping[str, Any]) -> tuple[bytes, int]:
                         add(archive, plain, member.size if data else 0, member.mode, data)
                         files += 1 if data else 0
     except (OSError, tarfile.TarError) as e:
-        raise PhaseRequestError(**facts, field="seed", value=str(path)[:200], cause=f"unreadable: {type(e).__name__}",
-                                accepted="a readable directory or tar file") from None
+        raise PhaseRequestError(
+            **facts,
+            field="seed",
+            value=str(path)[:200],
+            cause=f"unreadable: {type(e).__name__}",
+            accepted="a readable directory or tar file",
+        ) from None
     return out.getvalue(), files
 
 
-def seed_workspace(launcher: Any, image: str, directory: Path, path: Path, workspace: str, timeout: float,
-                   facts: Mapping[str, Any]) -> dict[str, Any] | None:
+def seed_workspace(
+    launcher: Any, image: str, directory: Path, path: Path, workspace: str, timeout: float, facts: Mapping[str, Any]
+) -> dict[str, Any] | None:
     """Unpack the seed into ``workspace`` with a seed job, once per run; None when already seeded.
 
     ``directory`` is the run's artifacts directory, where :data:`SEED_FILE` records the seed (its

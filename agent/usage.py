@@ -29,7 +29,7 @@ import re
 import stat
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -93,7 +93,7 @@ def utc(epoch: float | None) -> str:
     """``2026-12-01T19:36:00Z``, or ``unknown``."""
     if epoch is None:
         return "unknown"
-    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.fromtimestamp(epoch, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def window_name(minutes: int | None) -> str:
@@ -142,7 +142,9 @@ class Window:
         reset = _finite(data.get("resets_at"))
         if used is None or not 0 <= used <= 1000:
             return None
-        if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, int) or not 0 < minutes <= 525_600):
+        if minutes is not None and (
+            isinstance(minutes, bool) or not isinstance(minutes, int) or not 0 < minutes <= 525_600
+        ):
             return None
         if reset is not None and not 0 < reset <= now + MAX_WAIT_S:
             reset = None
@@ -168,12 +170,20 @@ class Headroom:
 
     def exhausted(self, now: float) -> list[Window]:
         """Windows at 100 % whose reset time is still ahead (or unknown)."""
-        return [w for w in self.windows if w.used_percent >= LIMIT_WINDOW_PERCENT and (w.resets_at is None or w.resets_at > now)]
+        return [
+            w
+            for w in self.windows
+            if w.used_percent >= LIMIT_WINDOW_PERCENT and (w.resets_at is None or w.resets_at > now)
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view (numbers and names only)."""
-        return {"windows": [w.to_dict() for w in self.windows], "observed_at": self.observed_at,
-                "plan_type": self.plan_type, "limit_id": self.limit_id}
+        return {
+            "windows": [w.to_dict() for w in self.windows],
+            "observed_at": self.observed_at,
+            "plan_type": self.plan_type,
+            "limit_id": self.limit_id,
+        }
 
 
 def _timestamp(value: Any) -> float | None:
@@ -184,7 +194,7 @@ def _timestamp(value: Any) -> float | None:
     except ValueError:
         return None
     if stamp.tzinfo is None:
-        stamp = stamp.replace(tzinfo=timezone.utc)
+        stamp = stamp.replace(tzinfo=UTC)
     return stamp.timestamp()
 
 
@@ -331,8 +341,14 @@ class LimitHit:
     resets_at: float | None = None
 
 
-def classify(failure: str | None, other_lines: str = "", snapshot: Headroom | None = None,
-             *, started: float | None = None, now: float | None = None) -> LimitHit | None:
+def classify(
+    failure: str | None,
+    other_lines: str = "",
+    snapshot: Headroom | None = None,
+    *,
+    started: float | None = None,
+    now: float | None = None,
+) -> LimitHit | None:
     """Whether a failed run met a usage or rate limit.
 
     Args:
@@ -392,7 +408,9 @@ class UsageLimit:
         reset = utc(self.resets_at)
         return {
             "window": self.window,
-            "resets_at": reset if self.reset_known else f"{reset} (no reset time given: a {FALLBACK_S.get(self.kind, 30.0):.0f} s cool-down, then a re-check)",
+            "resets_at": reset
+            if self.reset_known
+            else f"{reset} (no reset time given: a {FALLBACK_S.get(self.kind, 30.0):.0f} s cool-down, then a re-check)",
             "limit": self.error_type,
         }
 
@@ -401,8 +419,15 @@ class UsageLimit:
         return asdict(self)
 
 
-def limit_for(hit: LimitHit, snapshot: Headroom | None, *, now: float | None = None, run_id: str | None = None,
-              task_id: str | None = None, worker: str | None = None) -> UsageLimit:
+def limit_for(
+    hit: LimitHit,
+    snapshot: Headroom | None,
+    *,
+    now: float | None = None,
+    run_id: str | None = None,
+    task_id: str | None = None,
+    worker: str | None = None,
+) -> UsageLimit:
     """Until when the login is limited: the exhausted window's reset, the output's, or a fallback.
 
     Every reset time is bounded: in the past or more than :data:`MAX_WAIT_S` away is not believed.
@@ -417,14 +442,17 @@ def limit_for(hit: LimitHit, snapshot: Headroom | None, *, now: float | None = N
     if dated:
         latest = max(dated, key=lambda w: w.resets_at or 0.0)
         assert latest.resets_at is not None
-        return UsageLimit(hit.kind, hit.error_type, latest.resets_at, True, latest.window_minutes, now, run_id, task_id, worker)
+        return UsageLimit(
+            hit.kind, hit.error_type, latest.resets_at, True, latest.window_minutes, now, run_id, task_id, worker
+        )
     if believable(hit.resets_at):
         assert hit.resets_at is not None
         minutes = exhausted[0].window_minutes if exhausted else None
         return UsageLimit(hit.kind, hit.error_type, hit.resets_at, True, minutes, now, run_id, task_id, worker)
     minutes = exhausted[0].window_minutes if exhausted else None
-    return UsageLimit(hit.kind, hit.error_type, now + FALLBACK_S.get(hit.kind, 30.0), False, minutes, now, run_id,
-                      task_id, worker)
+    return UsageLimit(
+        hit.kind, hit.error_type, now + FALLBACK_S.get(hit.kind, 30.0), False, minutes, now, run_id, task_id, worker
+    )
 
 
 # -- the marker in the volume ----------------------------------------------------------------
@@ -504,7 +532,9 @@ def view(headroom: Headroom | None, limit: UsageLimit | None, *, now: float | No
     active = limit if limit is not None and now < limit.reopen_at else None
     found: dict[str, Any] = {
         "limited": active is not None,
-        "limit": {**active.to_dict(), "window": active.window, "resets_at_utc": utc(active.resets_at)} if active else None,
+        "limit": {**active.to_dict(), "window": active.window, "resets_at_utc": utc(active.resets_at)}
+        if active
+        else None,
         "headroom": headroom.to_dict() if headroom is not None else None,
     }
     for name in ("5h", "weekly"):
@@ -536,8 +566,11 @@ class DrainThresholds:
             return None
         now = time.time() if now is None else now
         limits = {"5h": self.five_hour, "weekly": self.weekly}
-        resets = [w.resets_at for w in headroom.windows
-                  if w.name in limits and w.used_percent >= limits[w.name] and w.resets_at is not None and w.resets_at > now]
+        resets = [
+            w.resets_at
+            for w in headroom.windows
+            if w.name in limits and w.used_percent >= limits[w.name] and w.resets_at is not None and w.resets_at > now
+        ]
         return max(resets) if resets else None
 
 
@@ -548,4 +581,6 @@ def drain_thresholds(environ: Any = None) -> DrainThresholds:
         ConfigError: CODEX-E001 naming the variable and what is accepted.
     """
     env = os.environ if environ is None else environ
-    return DrainThresholds(variables.read(env, "CODEX_DRAIN_5H_PERCENT"), variables.read(env, "CODEX_DRAIN_WEEKLY_PERCENT"))
+    return DrainThresholds(
+        variables.read(env, "CODEX_DRAIN_5H_PERCENT"), variables.read(env, "CODEX_DRAIN_WEEKLY_PERCENT")
+    )

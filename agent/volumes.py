@@ -186,7 +186,9 @@ def inspect_volume(client: Any, volume: AuthVolume, config: AgentConfig) -> Volu
         )
     except AgentError as e:
         login = {"ok": False, "method": None, **e.problem(check="login").to_dict()}
-        return VolumeStatus(volume.name, volume.labels, login, AuthFacts(present=False), None, _users(client, volume.name))
+        return VolumeStatus(
+            volume.name, volume.labels, login, AuthFacts(present=False), None, _users(client, volume.name)
+        )
     auth = run.files.get(auth_path)
     marker = run.files.get(marker_path)
     dead = run.files.get(revoked_path)

@@ -49,8 +49,15 @@ log = structlog.get_logger(__name__)
 MOUNTINFO = "/proc/self/mountinfo"
 
 _FILE_EVENTS = (
-    Mask.ATTRIB | Mask.CREATE | Mask.DELETE | Mask.CLOSE_WRITE | Mask.MOVED_FROM | Mask.MOVED_TO
-    | Mask.DELETE_SELF | Mask.MOVE_SELF | Mask.ONLYDIR
+    Mask.ATTRIB
+    | Mask.CREATE
+    | Mask.DELETE
+    | Mask.CLOSE_WRITE
+    | Mask.MOVED_FROM
+    | Mask.MOVED_TO
+    | Mask.DELETE_SELF
+    | Mask.MOVE_SELF
+    | Mask.ONLYDIR
 )
 """Writes land as CLOSE_WRITE (never a half-written file); IN_MODIFY and reads are not wanted."""
 
@@ -97,9 +104,7 @@ class Snapshot:
         return [f.name for f in fields(self) if getattr(self, f.name) != getattr(other, f.name)]
 
 
-def take_snapshot(
-    codex_home: Path, *, deep: bool, mount: MountEntry | None = None, extra: object = None
-) -> Snapshot:
+def take_snapshot(codex_home: Path, *, deep: bool, mount: MountEntry | None = None, extra: object = None) -> Snapshot:
     """auth.json's signature and the marker's claim id; with ``deep``, the directory and mount too."""
     holder = read_marker(codex_home)
     claim_id = holder.claim_id if holder is not None else None
@@ -252,7 +257,8 @@ class VolumeWatcher:
                 self._mount = mount_entry(self.config.codex_home)
             except (OSError, RuntimeError) as e:
                 log.warning(
-                    "codex.watch.polling", cause=f"inotify unavailable: {e}",
+                    "codex.watch.polling",
+                    cause=f"inotify unavailable: {e}",
                     remediation="raise the limit: sysctl fs.inotify.max_user_instances=512",
                 )
         self.mode = "events" if self._sources is not None else "poll"

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from agent import variables
-from agent.errors import ConfigError, UnsafeSettingError
+from agent.errors import UnsafeSettingError
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -31,7 +31,6 @@ __all__ = [
     "apply_worker_settings",
     "explicit_settings",
     "transport_options",
-    "visibility_timeout",
 ]
 
 log = structlog.get_logger(__name__)
@@ -52,14 +51,34 @@ class Setting:
 
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("task_acks_late", True, lambda v: v is True, "True",
-            "a phase is acknowledged after it ran, so a worker killed mid-phase leaves it queued"),
-    Setting("task_reject_on_worker_lost", True, lambda v: v is True, "True",
-            "a phase whose pool process died goes back to its queue instead of being acknowledged"),
-    Setting("worker_prefetch_multiplier", 1, lambda v: v == 1 and not isinstance(v, bool), "1",
-            "a closed gate holds no reserved phases: one login, one Codex task at a time"),
-    Setting("worker_send_task_events", True, lambda v: isinstance(v, bool), "True or False",
-            "Flower and celery-exporter see Codex tasks; off is your choice, it breaks no guarantee"),
+    Setting(
+        "task_acks_late",
+        True,
+        lambda v: v is True,
+        "True",
+        "a phase is acknowledged after it ran, so a worker killed mid-phase leaves it queued",
+    ),
+    Setting(
+        "task_reject_on_worker_lost",
+        True,
+        lambda v: v is True,
+        "True",
+        "a phase whose pool process died goes back to its queue instead of being acknowledged",
+    ),
+    Setting(
+        "worker_prefetch_multiplier",
+        1,
+        lambda v: v == 1 and not isinstance(v, bool),
+        "1",
+        "a closed gate holds no reserved phases: one login, one Codex task at a time",
+    ),
+    Setting(
+        "worker_send_task_events",
+        True,
+        lambda v: isinstance(v, bool),
+        "True or False",
+        "Flower and celery-exporter see Codex tasks; off is your choice, it breaks no guarantee",
+    ),
 )
 """The settings :func:`apply_worker_settings` enforces, in order."""
 
@@ -75,8 +94,9 @@ def default_visibility(config: AgentConfig) -> float:
     return max(VISIBILITY_TIMEOUT, 2 * config.phase_timeout)
 
 
-def transport_options(config: AgentConfig, environ: Mapping[str, str] | None = None,
-                      given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def transport_options(
+    config: AgentConfig, environ: Mapping[str, str] | None = None, given: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """``broker_transport_options`` for a Codex worker: ``given`` plus a safe visibility timeout.
 
     ``CELERY_VISIBILITY_TIMEOUT``, when set, is the operator's and wins; else the app's own value
@@ -128,8 +148,13 @@ def apply_worker_settings(app: Any, config: AgentConfig, environ: Mapping[str, s
     for setting in SETTINGS:
         if setting.name in given:
             if not setting.accepts(given[setting.name]):
-                raise UnsafeSettingError(app=app.main, setting=setting.name, value=given[setting.name],
-                                         accepted=setting.accepted, why=setting.why)
+                raise UnsafeSettingError(
+                    app=app.main,
+                    setting=setting.name,
+                    value=given[setting.name],
+                    accepted=setting.accepted,
+                    why=setting.why,
+                )
             applied[setting.name] = given[setting.name]
         else:
             app.conf[setting.name] = applied[setting.name] = setting.value
@@ -140,11 +165,17 @@ def apply_worker_settings(app: Any, config: AgentConfig, environ: Mapping[str, s
     if _redelivers(app, config) and not (_seconds(visibility) and visibility > config.phase_timeout):
         if not operator:  # the app's own value: refused, it would run a phase twice at once
             raise UnsafeSettingError(
-                app=app.main, setting="broker_transport_options['visibility_timeout']", value=visibility,
+                app=app.main,
+                setting="broker_transport_options['visibility_timeout']",
+                value=visibility,
                 accepted=f"more seconds than CODEX_PHASE_TIMEOUT ({config.phase_timeout:g}), e.g. {default_visibility(config):g}",
                 why="Redis hands an unacknowledged phase to another worker after it, while the first still runs it",
             )
-        log.warning("codex.settings.visibility_short", visibility_timeout=visibility, phase_timeout=config.phase_timeout,
-                    variable="CELERY_VISIBILITY_TIMEOUT")
+        log.warning(
+            "codex.settings.visibility_short",
+            visibility_timeout=visibility,
+            phase_timeout=config.phase_timeout,
+            variable="CELERY_VISIBILITY_TIMEOUT",
+        )
     app.conf.broker_transport_options = applied["broker_transport_options"] = options
     return applied

@@ -32,20 +32,51 @@ SUITES: tuple[Suite, ...] = (
     ("checks", bench_checks, (("1", "All startup checks"),)),
     ("startup", bench_startup, (("2", "Worker start to consuming its shard queue"), ("8", "Resident memory added"))),
     ("preflight", bench_preflight, (("3a", "Per-task pre-flight, cached"), ("3b", "Per-task pre-flight, uncached"))),
-    ("routing", bench_routing, (("4a", "Routing decisions/s"), ("4b", "Shard balance"), ("4c", "Moved fraction 3 -> 4"))),
+    (
+        "routing",
+        bench_routing,
+        (("4a", "Routing decisions/s"), ("4b", "Shard balance"), ("4c", "Moved fraction 3 -> 4")),
+    ),
     ("jobs", bench_jobs, (("5", "Job container through the guarded client"),)),
     ("heal", bench_heal, (("6", "auth.json landing, to the gate open"),)),
     ("refusal", bench_refusal, (("7", "Second worker on a claimed volume, to its refusal"),)),
     ("phases", bench_phases, (("9a", "Codex phase through the agent"), ("9b", "Phases under forced refreshes"))),
-    ("watch", bench_watch, (("10a", "Volume chmod on an open shard, to the gate closed"),
-                            ("10b", "Login landing on a closed shard, to the gate opened"))),
-    ("lease", bench_lease, (("11a", "Fleet duplicate refused"), ("11b", "Lease freed after kill -9, RabbitMQ"),
-                            ("11c", "Lease freed after kill -9, Redis"), ("11d", "Startup with the fleet lease"))),
-    ("metrics", bench_metrics, (("12a", "Per-task metrics overhead"), ("12b", "Metrics scrape latency"),
-                                ("12c", "Resident memory added by the metrics"))),
+    (
+        "watch",
+        bench_watch,
+        (
+            ("10a", "Volume chmod on an open shard, to the gate closed"),
+            ("10b", "Login landing on a closed shard, to the gate opened"),
+        ),
+    ),
+    (
+        "lease",
+        bench_lease,
+        (
+            ("11a", "Fleet duplicate refused"),
+            ("11b", "Lease freed after kill -9, RabbitMQ"),
+            ("11c", "Lease freed after kill -9, Redis"),
+            ("11d", "Startup with the fleet lease"),
+        ),
+    ),
+    (
+        "metrics",
+        bench_metrics,
+        (
+            ("12a", "Per-task metrics overhead"),
+            ("12b", "Metrics scrape latency"),
+            ("12c", "Resident memory added by the metrics"),
+        ),
+    ),
     ("events", bench_events, (("12d", "Celery task events on, per task"),)),
-    ("guard", bench_guard, (("13", "Job launch through the Docker API guard"),
-                            ("13b", "Job launch through the guard while another shard floods it"))),
+    (
+        "guard",
+        bench_guard,
+        (
+            ("13", "Job launch through the Docker API guard"),
+            ("13b", "Job launch through the guard while another shard floods it"),
+        ),
+    ),
     ("usage", bench_usage, (("14a", "Usage snapshot read per job"), ("14b", "Usage reset time, to the re-check"))),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
@@ -93,12 +124,26 @@ def _failed_rows(suite: Suite, error: str) -> list[Row]:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--quick", is_flag=True, help="Tiny counts (seconds, for the smoke test); figures are not meaningful.")
 @click.option("--only", default="", help="Comma-separated suites: " + ",".join(s[0] for s in SUITES) + ".")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path(__file__).parent,
-              show_default=True, help="Where results.json and RESULTS.md go.")
-@click.option("--broker", default=lambda: os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
-              show_default="amqp://guest:guest@localhost:5672//", help="Celery broker (env BENCH_BROKER_URL).")
-@click.option("--backend", default=lambda: os.environ.get("BENCH_BACKEND_URL", "redis://localhost:6379/1"),
-              show_default="redis://localhost:6379/1", help="Result backend (env BENCH_BACKEND_URL).")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path(__file__).parent,
+    show_default=True,
+    help="Where results.json and RESULTS.md go.",
+)
+@click.option(
+    "--broker",
+    default=lambda: os.environ.get("BENCH_BROKER_URL", "amqp://guest:guest@localhost:5672//"),
+    show_default="amqp://guest:guest@localhost:5672//",
+    help="Celery broker (env BENCH_BROKER_URL).",
+)
+@click.option(
+    "--backend",
+    default=lambda: os.environ.get("BENCH_BACKEND_URL", "redis://localhost:6379/1"),
+    show_default="redis://localhost:6379/1",
+    help="Result backend (env BENCH_BACKEND_URL).",
+)
 def cli(quick: bool, only: str, out_dir: Path, broker: str, backend: str) -> None:
     """Run every benchmark of the codex worker agent against its baseline."""
     from agent.audit import configure_logging
@@ -111,8 +156,14 @@ def cli(quick: bool, only: str, out_dir: Path, broker: str, backend: str) -> Non
     devnull = open(os.devnull, "w")  # noqa: SIM115  (the agent's own log lines, in this process)
     configure_logging("INFO", stream=devnull)
     settings = Settings.tiny() if quick else Settings.full()
-    bench = Bench(settings, codex_bin=components["codex_bin"], broker_url=broker, backend_url=backend,
-                  job_image=components["job"], busybox_image=components["busybox"])
+    bench = Bench(
+        settings,
+        codex_bin=components["codex_bin"],
+        broker_url=broker,
+        backend_url=backend,
+        job_image=components["job"],
+        busybox_image=components["busybox"],
+    )
     started = time.monotonic()
     rows: list[Row] = []
     failures = 0

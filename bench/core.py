@@ -249,5 +249,3 @@ class Bench:
 def env_path(codex_bin: str) -> str:
     """PATH for child processes: the venv, the Codex CLI's directory, the system."""
     return f"{Path(sys.executable).parent}:{Path(codex_bin).parent}:/usr/local/bin:/usr/bin:/bin"
-
-

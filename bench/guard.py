@@ -47,8 +47,14 @@ def bench_guard(bench: Bench) -> list[Row]:
         guarded: list[float] = []
         raw: list[float] = []
         for i in range(bench.settings.job_runs + 1):
-            context = {"queue": "codex-1", "shard": 1, "volume": volume, "worker": "bench",
-                       "run_id": f"bench-guard-{bench.run_id}-{i}", "task_id": f"t{i}"}
+            context = {
+                "queue": "codex-1",
+                "shard": 1,
+                "volume": volume,
+                "worker": "bench",
+                "run_id": f"bench-guard-{bench.run_id}-{i}",
+                "task_id": f"t{i}",
+            }
             sides = [("guarded", guarded), ("raw", raw)] if i % 2 == 0 else [("raw", raw), ("guarded", guarded)]
             for side, out in sides:
                 client = guarded_client if side == "guarded" else bench.docker
@@ -57,31 +63,64 @@ def bench_guard(bench: Bench) -> list[Row]:
                 if i:
                     out.append((time.perf_counter() - started) * 1000)
         created = len(guard.events("codex.guard.created"))
-        quiet, flooded, flood_calls = _under_flood(bench, guard.socket(0), lambda i: JobLauncher(
-            guarded_client, config, volume, {"queue": "codex-1", "shard": 1, "volume": volume, "worker": "bench",
-                                             "run_id": f"bench-flood-{bench.run_id}-{i}", "task_id": f"f{i}"},
-        ).run(bench.job_image, COMMAND))
+        quiet, flooded, flood_calls = _under_flood(
+            bench,
+            guard.socket(0),
+            lambda i: JobLauncher(
+                guarded_client,
+                config,
+                volume,
+                {
+                    "queue": "codex-1",
+                    "shard": 1,
+                    "volume": volume,
+                    "worker": "bench",
+                    "run_id": f"bench-flood-{bench.run_id}-{i}",
+                    "task_id": f"f{i}",
+                },
+            ).run(bench.job_image, COMMAND),
+        )
         turned_away = len([e for e in guard.events("codex.guard.refused") if e.get("rule") == "connections"])
     finally:
         guarded_client.close()
         guard.close()
-    paired = sorted(g / r for g, r in zip(guarded, raw))
+    paired = sorted(g / r for g, r in zip(guarded, raw, strict=False))
     added = median(flooded) - median(quiet)
     return [
-        Row(id="13", what="Job launch through the Docker API guard (JobLauncher.run on the shard's endpoint)", unit="ms",
-            samples=guarded, baseline_samples=raw, baseline_label="the same launch, raw docker SDK on the real socket",
-            judged_label="ratio", target="ratio <= 1.05", test=lambda r: r <= 1.05,
+        Row(
+            id="13",
+            what="Job launch through the Docker API guard (JobLauncher.run on the shard's endpoint)",
+            unit="ms",
+            samples=guarded,
+            baseline_samples=raw,
+            baseline_label="the same launch, raw docker SDK on the real socket",
+            judged_label="ratio",
+            target="ratio <= 1.05",
+            test=lambda r: r <= 1.05,
             details={"paired_ratio_median": round(median(paired), 4), "guard_created_lines": created},
             method=f"`{' '.join(COMMAND)}` in {bench.job_image} with a logged-in volume, create to removed, sandbox on "
-            "both sides, sides alternated; the guard is a separate process (python -m agent.guard)."),
-        Row(id="13b", what="Job launch through the guard while another shard floods its own endpoint", unit="ms",
-            samples=flooded, baseline_samples=quiet, baseline_label="the same launch with the flood paused",
-            judged=added, judged_label="added", target="added <= 1000 ms", test=lambda a: a <= 1000,
-            details={"ratio": round(median(flooded) / median(quiet), 4), "flood_requests": flood_calls,
-                     "connections_turned_away_lines": turned_away},
+            "both sides, sides alternated; the guard is a separate process (python -m agent.guard).",
+        ),
+        Row(
+            id="13b",
+            what="Job launch through the guard while another shard floods its own endpoint",
+            unit="ms",
+            samples=flooded,
+            baseline_samples=quiet,
+            baseline_label="the same launch with the flood paused",
+            judged=added,
+            judged_label="added",
+            target="added <= 1000 ms",
+            test=lambda a: a <= 1000,
+            details={
+                "ratio": round(median(flooded) / median(quiet), 4),
+                "flood_requests": flood_calls,
+                "connections_turned_away_lines": turned_away,
+            },
             method="shard 0 holds 100 connections with endless heads; a process of its own sends 1 MB-deep and "
             "1 MB-wide bodies and refused calls in a loop from 3 threads; shard 1 runs the row-13 launch, flood on and "
-            "off alternated."),
+            "off alternated.",
+        ),
     ]
 
 
@@ -127,9 +166,14 @@ def _under_flood(bench: Bench, hostile: Path, launch: Callable[[int], object]) -
         held.append(sock)
     try:
         for i in range(bench.settings.job_runs + 1):
-            for flooding in ((True, False) if i % 2 == 0 else (False, True)):
-                flooder = subprocess.Popen([sys.executable, "-c", FLOOD, str(hostile)], stdout=subprocess.PIPE,
-                                           stderr=subprocess.DEVNULL) if flooding else None
+            for flooding in (True, False) if i % 2 == 0 else (False, True):
+                flooder = (
+                    subprocess.Popen(
+                        [sys.executable, "-c", FLOOD, str(hostile)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+                    )
+                    if flooding
+                    else None
+                )
                 time.sleep(0.5 if flooding else 0)
                 started = time.perf_counter()
                 launch(i)

@@ -41,11 +41,22 @@ def _logged_in_home(bench: Bench) -> Any:
 
 def _cli_alone(bench: Bench, codex_home: str) -> float:
     """Seconds of one ``codex login status`` run as the agent runs it (argv, explicit env)."""
-    env = {"PATH": "/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "CODEX_HOME": codex_home,
-           "LANG": "C.UTF-8", "NO_COLOR": "1"}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": os.environ.get("HOME", "/"),
+        "CODEX_HOME": codex_home,
+        "LANG": "C.UTF-8",
+        "NO_COLOR": "1",
+    }
     started = time.perf_counter()
-    done = subprocess.run([bench.codex_bin, "login", "status"], env=env, capture_output=True, check=False,
-                          stdin=subprocess.DEVNULL, start_new_session=True)
+    done = subprocess.run(
+        [bench.codex_bin, "login", "status"],
+        env=env,
+        capture_output=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     elapsed = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"codex login status exited {done.returncode} on the bench volume")
@@ -128,11 +139,25 @@ def bench_preflight(bench: Bench) -> list[Row]:
         checker.claim.release()
     method = "Preflight.run on a real mount with our claim: the marker read plus the cached or fresh login verdict."
     return [
-        Row(id="3a", what="Per-task pre-flight, cached", unit="ms", samples=cached, target="<= 1 ms",
-            test=lambda v: v <= 1.0, method=method),
-        Row(id="3b", what="Per-task pre-flight, uncached (runs the CLI)", unit="ms", samples=uncached,
-            baseline_samples=cli, baseline_label="`codex login status` alone", target="none (informational)",
-            method=method),
+        Row(
+            id="3a",
+            what="Per-task pre-flight, cached",
+            unit="ms",
+            samples=cached,
+            target="<= 1 ms",
+            test=lambda v: v <= 1.0,
+            method=method,
+        ),
+        Row(
+            id="3b",
+            what="Per-task pre-flight, uncached (runs the CLI)",
+            unit="ms",
+            samples=uncached,
+            baseline_samples=cli,
+            baseline_label="`codex login status` alone",
+            target="none (informational)",
+            method=method,
+        ),
     ]
 
 
@@ -184,20 +209,43 @@ def bench_routing(bench: Bench) -> list[Row]:
             mod4 = [modulo(k, 4) for k in sample]
             balance.append(_balance(jump3, 3))
             modulo_balance.append(_balance(mod3, 3))
-            moved.append(sum(a != b for a, b in zip(jump3, jump4)) / len(sample))
-            modulo_moved.append(sum(a != b for a, b in zip(mod3, mod4)) / len(sample))
+            moved.append(sum(a != b for a, b in zip(jump3, jump4, strict=False)) / len(sample))
+            modulo_moved.append(sum(a != b for a, b in zip(mod3, mod4, strict=False)) / len(sample))
     finally:
         restore()
     keys_note = f"{min(bench.settings.routing_keys, 10_000)} keys per run, a new key set each run"
     return [
-        Row(id="4a", what="Routing: shard_for decisions/s, one core", unit="/s", samples=rates,
-            baseline_samples=modulo_rates, baseline_label="modulo hashing (same digest)",
-            target=">= 200k/s", test=lambda v: v >= 200_000,
-            method=f"{bench.settings.routing_keys} distinct keys routed over 3 shards, process pinned to one CPU."),
-        Row(id="4b", what="Routing: shard balance max/mean, 3 shards", unit="", samples=balance,
-            baseline_samples=modulo_balance, baseline_label="modulo hashing",
-            target="<= 1.05", test=lambda v: v <= 1.05, method=keys_note),
-        Row(id="4c", what="Routing: moved fraction 3 -> 4 shards", unit="", samples=moved,
-            baseline_samples=modulo_moved, baseline_label="modulo hashing",
-            target="<= 0.27 (ideal 0.25)", test=lambda v: v <= 0.27, method=keys_note),
+        Row(
+            id="4a",
+            what="Routing: shard_for decisions/s, one core",
+            unit="/s",
+            samples=rates,
+            baseline_samples=modulo_rates,
+            baseline_label="modulo hashing (same digest)",
+            target=">= 200k/s",
+            test=lambda v: v >= 200_000,
+            method=f"{bench.settings.routing_keys} distinct keys routed over 3 shards, process pinned to one CPU.",
+        ),
+        Row(
+            id="4b",
+            what="Routing: shard balance max/mean, 3 shards",
+            unit="",
+            samples=balance,
+            baseline_samples=modulo_balance,
+            baseline_label="modulo hashing",
+            target="<= 1.05",
+            test=lambda v: v <= 1.05,
+            method=keys_note,
+        ),
+        Row(
+            id="4c",
+            what="Routing: moved fraction 3 -> 4 shards",
+            unit="",
+            samples=moved,
+            baseline_samples=modulo_moved,
+            baseline_label="modulo hashing",
+            target="<= 0.27 (ideal 0.25)",
+            test=lambda v: v <= 0.27,
+            method=keys_note,
+        ),
     ]

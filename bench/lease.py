@@ -82,8 +82,12 @@ def _refusal(bench: Bench, workers: _Workers) -> Row:
     if holder.events("codex.check.failed"):
         raise RuntimeError("the holder lost its lease during the refusal trials")
     return Row(
-        id="11a", what="Second worker on a copy of a running login, to its CODEX-E013 refusal", unit="s",
-        samples=from_first_line, target="<= 1 s after its checks begin", test=lambda v: v <= 1.0,
+        id="11a",
+        what="Second worker on a copy of a running login, to its CODEX-E013 refusal",
+        unit="s",
+        samples=from_first_line,
+        target="<= 1 s after its checks begin",
+        test=lambda v: v <= 1.0,
         details={"claim_acquired_to_refusal_s_median": round(median(from_claim), 4), "broker": "rabbitmq"},
         method="Time from the copy's first log line (codex.agent.starting, before Celery starts and before its "
         "checks) to its codex.check.failed CODEX-E013 line; the claim-to-refusal figure is the lease step alone.",
@@ -102,8 +106,14 @@ def _kill_to_free(bench: Bench, workers: _Workers, broker_url: str, row_id: str,
         holder = _spawn(workers, home, CELERY_BROKER_URL=broker_url)
         holder.wait_for("codex.lease.acquired", timeout=_TIMEOUT)
         claim = VolumeClaim(waiting, worker=f"bench-copy-{trial}", shard=0, volume=waiting.name)
-        lease = LoginLease(store_for(broker_url, ttl=LEASE_TTL, name=f"bench-copy-{trial}"), codex_home=waiting,
-                           worker=f"bench-copy-{trial}", shard=0, volume=waiting.name, broker=describe_broker(broker_url))
+        lease = LoginLease(
+            store_for(broker_url, ttl=LEASE_TTL, name=f"bench-copy-{trial}"),
+            codex_home=waiting,
+            worker=f"bench-copy-{trial}",
+            shard=0,
+            volume=waiting.name,
+            broker=describe_broker(broker_url),
+        )
         try:
             claim_id = claim.acquire().claim_id
             if _holds(lease, claim_id):
@@ -121,8 +131,13 @@ def _kill_to_free(bench: Bench, workers: _Workers, broker_url: str, row_id: str,
             claim.release()
             holder.kill_group()
     row = Row(
-        id=row_id, what=f"Lease freed after kill -9 of its holder ({kind})", unit="s", samples=freed,
-        target="<= 10 s", test=lambda v: v <= 10.0, judged_label="max",
+        id=row_id,
+        what=f"Lease freed after kill -9 of its holder ({kind})",
+        unit="s",
+        samples=freed,
+        target="<= 10 s",
+        test=lambda v: v <= 10.0,
+        judged_label="max",
         details={"lease_ttl_s": LEASE_TTL},
         method="A worker-entry holder's main process is killed with SIGKILL (its pool child lives on); a copy of "
         "the login polls LoginLease.check every 20 ms; time from the kill to the copy holding the lease.",
@@ -158,12 +173,21 @@ def _startup(bench: Bench, workers: _Workers) -> Row:
                     lease_check.append(check)
             proc.stop(timeout=20)
     return Row(
-        id="11d", what="Worker start to consuming its shard queue, fleet lease on", unit="s",
-        samples=sides["on"], baseline_samples=sides["off"], baseline_label="the same with AGENT_FLEET_LEASE=off",
-        judged_label="ratio", target="ratio <= 1.05", test=lambda r: r <= 1.05,
-        details={"lease_check_s_median": round(median(lease_check), 4) if lease_check else None,
-                 "paired_ratio_median": round(median([a / b for a, b in zip(sides["on"], sides["off"])]), 4),
-                 "broker": "rabbitmq", "flags_both_sides": STARTUP_FLAGS},
+        id="11d",
+        what="Worker start to consuming its shard queue, fleet lease on",
+        unit="s",
+        samples=sides["on"],
+        baseline_samples=sides["off"],
+        baseline_label="the same with AGENT_FLEET_LEASE=off",
+        judged_label="ratio",
+        target="ratio <= 1.05",
+        test=lambda r: r <= 1.05,
+        details={
+            "lease_check_s_median": round(median(lease_check), 4) if lease_check else None,
+            "paired_ratio_median": round(median([a / b for a, b in zip(sides["on"], sides["off"], strict=False)]), 4),
+            "broker": "rabbitmq",
+            "flags_both_sides": STARTUP_FLAGS,
+        },
         method="worker-entry spawned on a logged-in volume, time to its codex.gate.consuming line; lease on and "
         "off alternated on one volume; the lease check's own duration is read from the published state.",
     )

@@ -101,8 +101,19 @@ def main() -> None:
         body = urllib.request.urlopen(url, timeout=10).read()
         scrape_ms.append((time.perf_counter() - started) * 1000)
     rss_added = (process.memory_info().rss - rss_before) / MB
-    print(json.dumps({"off_ms": off, "on_ms": on, "observer_ms": observer_ms, "scrape_ms": scrape_ms[1:], "scrape_bytes": len(body),
-                      "rss_added_mb": rss_added, "files": len(list((state / "prometheus").glob("*.db")))}))
+    print(
+        json.dumps(
+            {
+                "off_ms": off,
+                "on_ms": on,
+                "observer_ms": observer_ms,
+                "scrape_ms": scrape_ms[1:],
+                "scrape_bytes": len(body),
+                "rss_added_mb": rss_added,
+                "files": len(list((state / "prometheus").glob("*.db"))),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -46,8 +46,16 @@ __all__ = ["SOAK_BEGIN", "SOAK_END", "main", "run_variant", "soak_section"]
 
 SOAK_BEGIN = "<!-- soak:begin -->"
 SOAK_END = "<!-- soak:end -->"
-PLAN = ("kill-exits-while-down", "broker-restart", "kill-back-while-running", "kill-after-job",
-        "kill-exits-while-down", "kill-back-while-running", "broker-restart", "kill-after-job")
+PLAN = (
+    "kill-exits-while-down",
+    "broker-restart",
+    "kill-back-while-running",
+    "kill-after-job",
+    "kill-exits-while-down",
+    "kill-back-while-running",
+    "broker-restart",
+    "kill-after-job",
+)
 """The chaos of a variant, in order; each kill goes to the next shard in turn."""
 
 
@@ -65,8 +73,9 @@ def _wait(predicate: Any, timeout: float, step: float = 0.2) -> Any:
     return None
 
 
-def run_variant(images: Any, harvest: bool, phases: int, shards: int, delay: float, deadline_s: float,
-                chaos: int = len(PLAN)) -> dict[str, Any]:
+def run_variant(
+    images: Any, harvest: bool, phases: int, shards: int, delay: float, deadline_s: float, chaos: int = len(PLAN)
+) -> dict[str, Any]:
     """One soak run on ``images`` (``testkit.dockerkit.build_images()``); returns its figures and chaos."""
     import docker
 
@@ -97,8 +106,9 @@ def run_variant(images: Any, harvest: bool, phases: int, shards: int, delay: flo
                 names = [f"cwa_soak_{tag}_{i}" for i in range(shards)]
 
                 def start(i: int) -> Any:
-                    return lab.ready_worker(homes[i], broker.url, backend.url, guard=guards[i],
-                                            AGENT_WORKER_NAME=names[i], **env)
+                    return lab.ready_worker(
+                        homes[i], broker.url, backend.url, guard=guards[i], AGENT_WORKER_NAME=names[i], **env
+                    )
 
                 workers = [start(i) for i in range(shards)]
                 publisher = create_app(load({"CELERY_BROKER_URL": broker.url}), result_backend=backend.url)
@@ -106,9 +116,15 @@ def run_variant(images: Any, harvest: bool, phases: int, shards: int, delay: flo
                 results: dict[str, Any] = {}
                 for n in range(phases):
                     run_id = f"cwa-soak-{tag}-{n:03d}"
-                    results[run_id] = publisher.send_task("codex.phase", kwargs={
-                        "affinity_key": keys[n % shards], "run_id": run_id, "phase": "plan",
-                        "prompt": f"soak phase of {run_id}."})
+                    results[run_id] = publisher.send_task(
+                        "codex.phase",
+                        kwargs={
+                            "affinity_key": keys[n % shards],
+                            "run_id": run_id,
+                            "phase": "plan",
+                            "prompt": f"soak phase of {run_id}.",
+                        },
+                    )
                 targeted: set[str] = set()
                 for step, kind in enumerate(PLAN[:chaos]):
                     i = step % shards
@@ -137,18 +153,30 @@ def run_variant(images: Any, harvest: bool, phases: int, shards: int, delay: flo
                         _wait(lambda: (container.reload(), container.status == "exited")[1], 120)
                     workers[i] = start(i)
                     container.reload()
-                    timeline.append({"at_s": at, "event": kind, "shard": i, "job": container.id[:12],
-                                     "job_at_restart": container.status})
+                    timeline.append(
+                        {
+                            "at_s": at,
+                            "event": kind,
+                            "shard": i,
+                            "job": container.id[:12],
+                            "job_at_restart": container.status,
+                        }
+                    )
                 deadline = time.monotonic() + deadline_s
                 outcomes: dict[str, str] = {}
                 for run_id, result in results.items():
                     while not result.ready() and time.monotonic() < deadline:
                         time.sleep(0.5)
-                    outcomes[run_id] = ("lost" if not result.ready() else
-                                        "completed" if result.successful() and result.get()["job"]["status"] == "completed"
-                                        else "failed")
-                left = sum(len(client.containers.list(all=True, filters={"label": f"codex.volume={h.volume}"}))
-                           for h in homes)
+                    outcomes[run_id] = (
+                        "lost"
+                        if not result.ready()
+                        else "completed"
+                        if result.successful() and result.get()["job"]["status"] == "completed"
+                        else "failed"
+                    )
+                left = sum(
+                    len(client.containers.list(all=True, filters={"label": f"codex.volume={h.volume}"})) for h in homes
+                )
                 lines = [line for worker in lab.workers for line in worker.lines()]
                 calls = standin.script.calls()
             finally:
@@ -156,13 +184,23 @@ def run_variant(images: Any, harvest: bool, phases: int, shards: int, delay: flo
     finally:
         broker.close()
         backend.close()
-    return _figures(harvest, phases, shards, delay, outcomes, lines, calls, left, timeline,
-                    round(time.monotonic() - started, 1))
+    return _figures(
+        harvest, phases, shards, delay, outcomes, lines, calls, left, timeline, round(time.monotonic() - started, 1)
+    )
 
 
-def _figures(harvest: bool, phases: int, shards: int, delay: float, outcomes: dict[str, str],
-             lines: list[dict[str, Any]], calls: list[Any], left: int, timeline: list[dict[str, Any]],
-             seconds: float) -> dict[str, Any]:
+def _figures(
+    harvest: bool,
+    phases: int,
+    shards: int,
+    delay: float,
+    outcomes: dict[str, str],
+    lines: list[dict[str, Any]],
+    calls: list[Any],
+    left: int,
+    timeline: list[dict[str, Any]],
+    seconds: float,
+) -> dict[str, Any]:
     def of(event: str) -> list[dict[str, Any]]:
         return [line for line in lines if line.get("event") == event and str(line.get("run_id", "")) in outcomes]
 
@@ -172,13 +210,20 @@ def _figures(harvest: bool, phases: int, shards: int, delay: float, outcomes: di
         if line.get("exit_code") == 0 and line.get("container_id"):
             runs[str(line["run_id"])].add(str(line["container_id"]))
     model_calls = {run_id: sum(1 for c in calls if any(f"{run_id}." in t for t in c.texts)) for run_id in outcomes}
-    harvested = {str(line.get("container_id")) for line in of("codex.phase.harvested") if line.get("result") == "completed"}
+    harvested = {
+        str(line.get("container_id")) for line in of("codex.phase.harvested") if line.get("result") == "completed"
+    }
     kills = [t for t in timeline if t["event"].startswith("kill")]
     tally = Counter(outcomes.values())
     return {
         "variant": "harvest" if harvest else "unharvested",
-        "phases": phases, "shards": shards, "model_delay_s": delay, "seconds": seconds,
-        "completed": tally["completed"], "lost": tally["lost"], "failed": tally["failed"],
+        "phases": phases,
+        "shards": shards,
+        "model_delay_s": delay,
+        "seconds": seconds,
+        "completed": tally["completed"],
+        "lost": tally["lost"],
+        "failed": tally["failed"],
         "redelivered": sum(1 for count in audits.values() if count > 1),
         "skipped_by_record": len({str(line.get("task_id")) for line in of("codex.phase.skipped")}),
         "harvested": len(harvested),
@@ -197,24 +242,52 @@ def _figures(harvest: bool, phases: int, shards: int, delay: float, outcomes: di
 
 def soak_section(results: list[dict[str, Any]], when: str) -> str:
     """The RESULTS.md section of a soak run (a table per variant, then the chaos of each)."""
-    rows = ("phases", "completed", "lost", "failed", "redelivered", "skipped_by_record", "harvested",
-            "codex_runs_completed", "phases_completed_more_than_once", "phases_with_more_than_one_model_call",
-            "model_calls", "acks_lost_lines", "critical_lines", "job_containers_left", "worker_kills",
-            "broker_restarts", "seconds")
+    rows = (
+        "phases",
+        "completed",
+        "lost",
+        "failed",
+        "redelivered",
+        "skipped_by_record",
+        "harvested",
+        "codex_runs_completed",
+        "phases_completed_more_than_once",
+        "phases_with_more_than_one_model_call",
+        "model_calls",
+        "acks_lost_lines",
+        "critical_lines",
+        "job_containers_left",
+        "worker_kills",
+        "broker_restarts",
+        "seconds",
+    )
     head = "| figure | " + " | ".join(r["variant"] for r in results) + " |"
-    lines = [SOAK_BEGIN, "## Chaos soak (`python -m bench.soak`)", "",
-             f"Run {when}: {results[0]['shards']} shards, prompt phases against the stand-in (every model "
-             f"call answered after {results[0]['model_delay_s']} s), private RabbitMQ and Redis. Target: "
-             "0 lost, 0 failed, **0 phases whose Codex run completed more than once** with the harvest; "
-             "the unharvested variant is the test of the protection.", "",
-             head, "|---|" + "---|" * len(results)]
+    lines = [
+        SOAK_BEGIN,
+        "## Chaos soak (`python -m bench.soak`)",
+        "",
+        f"Run {when}: {results[0]['shards']} shards, prompt phases against the stand-in (every model "
+        f"call answered after {results[0]['model_delay_s']} s), private RabbitMQ and Redis. Target: "
+        "0 lost, 0 failed, **0 phases whose Codex run completed more than once** with the harvest; "
+        "the unharvested variant is the test of the protection.",
+        "",
+        head,
+        "|---|" + "---|" * len(results),
+    ]
     lines += [f"| {row} | " + " | ".join(str(r[row]) for r in results) + " |" for row in rows]
     for r in results:
-        lines += ["", f"Chaos of `{r['variant']}`: " + "; ".join(
-            f"{t['at_s']} s {t['event']}" + (f" (shard {t['shard']}" if "shard" in t else "")
-            + (f", job {t['job_at_restart']} at the restart" if "job_at_restart" in t else "")
-            + (f", {t['skipped']}" if "skipped" in t else "") + (")" if "shard" in t else "")
-            for t in r["timeline"])]
+        lines += [
+            "",
+            f"Chaos of `{r['variant']}`: "
+            + "; ".join(
+                f"{t['at_s']} s {t['event']}"
+                + (f" (shard {t['shard']}" if "shard" in t else "")
+                + (f", job {t['job_at_restart']} at the restart" if "job_at_restart" in t else "")
+                + (f", {t['skipped']}" if "skipped" in t else "")
+                + (")" if "shard" in t else "")
+                for t in r["timeline"]
+            ),
+        ]
     lines.append(SOAK_END)
     return "\n".join(lines)
 

@@ -21,11 +21,21 @@ from bench.core import Bench, Row, median
 
 __all__ = ["bench_usage"]
 
-_LINE = json.dumps({
-    "timestamp": "2026-12-01T21:12:05.838Z", "type": "event_msg",
-    "payload": {"type": "token_count", "info": None, "rate_limits": {
-        "limit_id": "codex", "primary": {"used_percent": 42.5, "window_minutes": 300, "resets_at": 1796177521},
-        "secondary": {"used_percent": 91.0, "window_minutes": 10080, "resets_at": 1796764321}}}}).encode()
+_LINE = json.dumps(
+    {
+        "timestamp": "2026-12-01T21:12:05.838Z",
+        "type": "event_msg",
+        "payload": {
+            "type": "token_count",
+            "info": None,
+            "rate_limits": {
+                "limit_id": "codex",
+                "primary": {"used_percent": 42.5, "window_minutes": 300, "resets_at": 1796177521},
+                "secondary": {"used_percent": 91.0, "window_minutes": 10080, "resets_at": 1796764321},
+            },
+        },
+    }
+).encode()
 _FILLER = json.dumps({"type": "response_item", "payload": {"type": "message", "content": "x" * 8000}}).encode()
 
 
@@ -71,8 +81,9 @@ def bench_usage(bench: Bench) -> list[Row]:
         _naive(home)
         naive.append((time.perf_counter() - started) * 1000)
 
-    config = load({"HOME": str(home.parent), "CODEX_HOME": str(home), "CODEX_SHARD_INDEX": "0",
-                   "AGENT_RECHECK_INTERVAL": "300"})
+    config = load(
+        {"HOME": str(home.parent), "CODEX_HOME": str(home), "CODEX_SHARD_INDEX": "0", "AGENT_RECHECK_INTERVAL": "300"}
+    )
     lags: list[float] = []
     for _ in range(3 if bench.settings.quick else 10):
         due = time.time() + 0.3
@@ -92,12 +103,28 @@ def bench_usage(bench: Bench) -> list[Row]:
             watcher.stop()
         lags.append((seen[0] - due) * 1000)
     return [
-        Row(id="14a", what="Usage snapshot read per job (newest rollout's tail)", unit="ms", samples=reads,
-            baseline_samples=naive, baseline_label="the newest rollout read whole, every line parsed",
-            target="<= 5 ms", test=lambda v: v <= 5.0, details={"median_ms": round(median(reads), 3)},
-            method="agent.usage.read_headroom on 60 day folders x 20 rollouts, the newest 4 MiB; baseline in the same run."),
-        Row(id="14b", what="Usage limit's reset time, to the watcher's re-check", unit="ms", samples=lags,
-            judged_label="max", judged=max(lags), target="<= 1000 ms", test=lambda v: v <= 1000.0,
+        Row(
+            id="14a",
+            what="Usage snapshot read per job (newest rollout's tail)",
+            unit="ms",
+            samples=reads,
+            baseline_samples=naive,
+            baseline_label="the newest rollout read whole, every line parsed",
+            target="<= 5 ms",
+            test=lambda v: v <= 5.0,
+            details={"median_ms": round(median(reads), 3)},
+            method="agent.usage.read_headroom on 60 day folders x 20 rollouts, the newest 4 MiB; baseline in the same run.",
+        ),
+        Row(
+            id="14b",
+            what="Usage limit's reset time, to the watcher's re-check",
+            unit="ms",
+            samples=lags,
+            judged_label="max",
+            judged=max(lags),
+            target="<= 1000 ms",
+            test=lambda v: v <= 1000.0,
             method="VolumeWatcher (events mode, re-check interval 300 s) with a due time 0.3 s ahead; from the due "
-            "time to the re-check call."),
+            "time to the re-check call.",
+        ),
     ]

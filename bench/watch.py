@@ -107,20 +107,35 @@ def bench_watch(bench: Bench) -> list[Row]:
         open_poll.append(poll.open_after_login())
     baseline = f"AGENT_WATCH=poll (stat loop; AGENT_RECHECK_INTERVAL={recheck:g} s)"
     close = Row(
-        id="10a", what="Open shard's volume chmod 0755, to the gate closed", unit="ms",
-        samples=[s * 1000 for s in close_events], baseline_samples=[s * 1000 for s in close_poll],
-        baseline_label=baseline, judged_label="p95", target="p95 <= 1 s", test=lambda v: v <= 1000.0,
-        details={"recheck_interval_s": recheck, "open_recheck_every_s": cycle,
-                 "baseline_p95_ms": round(p95(close_poll) * 1000, 1)},
+        id="10a",
+        what="Open shard's volume chmod 0755, to the gate closed",
+        unit="ms",
+        samples=[s * 1000 for s in close_events],
+        baseline_samples=[s * 1000 for s in close_poll],
+        baseline_label=baseline,
+        judged_label="p95",
+        target="p95 <= 1 s",
+        test=lambda v: v <= 1000.0,
+        details={
+            "recheck_interval_s": recheck,
+            "open_recheck_every_s": cycle,
+            "baseline_p95_ms": round(p95(close_poll) * 1000, 1),
+        },
         method=f"chmod 0755 of CODEX_HOME on a real mount of a running worker-entry, to its codex.gate.closed "
         f"line; each trial at a random point of the baseline's {cycle:g} s open-gate re-check cycle (default "
         "settings: 60 s).",
     )
     close.judged = p95(close.samples)
     reopen = Row(
-        id="10b", what="Valid login landing in a closed shard, to the gate opened", unit="ms",
-        samples=[s * 1000 for s in open_events], baseline_samples=[s * 1000 for s in open_poll],
-        baseline_label=baseline, judged_label="p95", target="p95 <= 200 ms", test=lambda v: v <= 200.0,
+        id="10b",
+        what="Valid login landing in a closed shard, to the gate opened",
+        unit="ms",
+        samples=[s * 1000 for s in open_events],
+        baseline_samples=[s * 1000 for s in open_poll],
+        baseline_label=baseline,
+        judged_label="p95",
+        target="p95 <= 200 ms",
+        test=lambda v: v <= 200.0,
         details={"stat_loop_period_s": POLL_INTERVAL, "baseline_p95_ms": round(p95(open_poll) * 1000, 1)},
         method="Atomic rename of a CLI-made auth.json into a logged-out volume (removed before each trial, "
         "the gate closed), to the codex.gate.opened line; includes the full checks (`codex login status`); "

@@ -112,9 +112,22 @@ class _Workers:
         """A plain ``celery worker`` of the same app, with the options worker-entry passes."""
         name = f"plain-{uuid.uuid4().hex[:6]}"
         argv = [
-            str(VENV_BIN / "celery"), "-A", app, "--quiet", "worker", "--loglevel", "INFO",
-            "-Q", self.queue, "--hostname", f"{self.queue}@{name}", "--concurrency", "1",
-            "--prefetch-multiplier", "1", *STARTUP_FLAGS,
+            str(VENV_BIN / "celery"),
+            "-A",
+            app,
+            "--quiet",
+            "worker",
+            "--loglevel",
+            "INFO",
+            "-Q",
+            self.queue,
+            "--hostname",
+            f"{self.queue}@{name}",
+            "--concurrency",
+            "1",
+            "--prefetch-multiplier",
+            "1",
+            *STARTUP_FLAGS,
         ]
         return self._start(name, home, argv, **extra)
 
@@ -176,7 +189,8 @@ def bench_startup(bench: Bench) -> list[Row]:
             workers.purge()
             if kind == "agent":
                 task = publisher.send_task(
-                    "codex.phase", kwargs={"affinity_key": "bench", "run_id": f"bench-{trial}", "phase": "noop"},
+                    "codex.phase",
+                    kwargs={"affinity_key": "bench", "run_id": f"bench-{trial}", "phase": "noop"},
                     queue=workers.queue,
                 )
                 proc = workers.agent(home)
@@ -198,12 +212,19 @@ def bench_startup(bench: Bench) -> list[Row]:
                 child_rss[kind].append(children)
             proc.stop(timeout=20)
     startup = Row(
-        id="2", what="Worker start to its first shard-queue task result, through worker-entry", unit="s",
-        samples=times["agent"], baseline_samples=times["plain"],
+        id="2",
+        what="Worker start to its first shard-queue task result, through worker-entry",
+        unit="s",
+        samples=times["agent"],
+        baseline_samples=times["plain"],
         baseline_label="plain `celery -A worker_entry.app:app worker -Q <shard queue> -c 1`",
-        judged_label="ratio", target="ratio <= 1.2", test=lambda r: r <= 1.2,
+        judged_label="ratio",
+        target="ratio <= 1.2",
+        test=lambda r: r <= 1.2,
         details={
-            "paired_ratio_median": round(median([a / p for a, p in zip(times["agent"], times["plain"])]), 4),
+            "paired_ratio_median": round(
+                median([a / p for a, p in zip(times["agent"], times["plain"], strict=False)]), 4
+            ),
             "spawn_to_gate_consuming_s_median": round(median(consuming), 4),
             "bare_app_worker_s_median": round(median(times["bare"]), 4),
             "flags_both_sides": STARTUP_FLAGS,
@@ -213,9 +234,15 @@ def bench_startup(bench: Bench) -> list[Row]:
         "sides alternated.",
     )
     memory = Row(
-        id="8", what="Resident memory of the worker's main process", unit="MB",
-        samples=rss["agent"], baseline_samples=rss["plain"], baseline_label="plain celery worker main process",
-        judged_label="added", target="<= 20 MB added", test=lambda added: added <= 20.0,
+        id="8",
+        what="Resident memory of the worker's main process",
+        unit="MB",
+        samples=rss["agent"],
+        baseline_samples=rss["plain"],
+        baseline_label="plain celery worker main process",
+        judged_label="added",
+        target="<= 20 MB added",
+        test=lambda added: added <= 20.0,
         details={
             "bare_app_worker_rss_mb_median": round(median(rss["bare"]), 2),
             "added_over_bare_app_mb": round(median(rss["agent"]) - median(rss["bare"]), 2),
@@ -264,8 +291,13 @@ def bench_heal(bench: Bench) -> list[Row]:
         os.unlink(auth)
         proc.wait_for("codex.gate.cancelled", timeout=30, count=trial + 1)
     row = Row(
-        id="6", what="Valid auth.json landing in a logged-out volume, to the gate consuming", unit="s",
-        samples=to_consuming, judged_label="p95", target="p95 <= 2 s", test=lambda v: v <= 2.0,
+        id="6",
+        what="Valid auth.json landing in a logged-out volume, to the gate consuming",
+        unit="s",
+        samples=to_consuming,
+        judged_label="p95",
+        target="p95 <= 2 s",
+        test=lambda v: v <= 2.0,
         details={"to_gate_opened_s_median": round(median(to_opened), 4)},
         method="Atomic rename of a CLI-made auth.json into the mounted volume of a running worker-entry "
         "(defaults); time to its codex.gate.consuming line.",
@@ -297,8 +329,12 @@ def bench_refusal(bench: Bench) -> list[Row]:
         raise RuntimeError("the holder lost its claim during the refusal trials")
     return [
         Row(
-            id="7", what="Second worker on a claimed volume, to its CODEX-E010 refusal", unit="s",
-            samples=from_first_line, target="<= 1 s after its checks begin", test=lambda v: v <= 1.0,
+            id="7",
+            what="Second worker on a claimed volume, to its CODEX-E010 refusal",
+            unit="s",
+            samples=from_first_line,
+            target="<= 1 s after its checks begin",
+            test=lambda v: v <= 1.0,
             details={"spawn_to_refusal_s_median": round(median(from_spawn), 4)},
             method="Time from the intruder's first log line (codex.agent.starting, before Celery starts and "
             "before its checks) to its codex.check.failed CODEX-E010 line: an upper bound of checks-to-refusal.",

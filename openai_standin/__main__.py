@@ -18,8 +18,9 @@ from openai_standin.tokens import DEFAULT_ACCESS_TTL, LoginTokens, TokenAuthorit
 __all__ = ["main"]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]},
-             epilog="Exit codes: 0 done, 1 a failure, 2 bad usage.")
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]}, epilog="Exit codes: 0 done, 1 a failure, 2 bad usage."
+)
 @click.version_option(__version__, "-V", "--version", prog_name="openai-standin", message=VERSION_MESSAGE)
 def main() -> None:
     """Local stand-ins for OpenAI's token endpoint and Responses API (never contacts OpenAI)."""
@@ -28,8 +29,13 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=LOOPBACK, show_default=True, help="Address to bind (loopback, or a test network's).")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--access-ttl", default=DEFAULT_ACCESS_TTL, show_default=True, type=click.FloatRange(min=1),
-              help="Seconds access tokens live (keep above 300: Codex refreshes within 5 minutes of exp).")
+@click.option(
+    "--access-ttl",
+    default=DEFAULT_ACCESS_TTL,
+    show_default=True,
+    type=click.FloatRange(min=1),
+    help="Seconds access tokens live (keep above 300: Codex refreshes within 5 minutes of exp).",
+)
 def serve(host: str, port: int, access_ttl: float) -> None:
     """Serve until interrupted; prints the URLs Codex needs."""
     standin = StandIn(host, port, authority=TokenAuthority(access_ttl))

@@ -83,11 +83,13 @@ class Usage:
             window = getattr(self, name)
             if window is not None:
                 found.update(window.headers(name))
-        found.update({
-            "x-codex-credits-has-credits": "false",
-            "x-codex-credits-unlimited": "false",
-            "x-codex-credits-balance": "0",
-        })
+        found.update(
+            {
+                "x-codex-credits-has-credits": "false",
+                "x-codex-credits-unlimited": "false",
+                "x-codex-credits-balance": "0",
+            }
+        )
         return found
 
     def refusal(self) -> dict[str, Any]:
@@ -128,8 +130,15 @@ class UsageBook:
         with self._lock:
             self._usage[family] = usage
 
-    def used(self, family: str, primary: float | None = None, secondary: float | None = None,
-             *, primary_minutes: int | None = FIVE_HOURS, secondary_minutes: int | None = WEEK) -> Usage:
+    def used(
+        self,
+        family: str,
+        primary: float | None = None,
+        secondary: float | None = None,
+        *,
+        primary_minutes: int | None = FIVE_HOURS,
+        secondary_minutes: int | None = WEEK,
+    ) -> Usage:
         """Report ``primary``/``secondary`` percent used (a window of None minutes is left out)."""
         at = time.time()
 
@@ -140,13 +149,16 @@ class UsageBook:
         self.set(family, usage)
         return usage
 
-    def limit(self, family: str, until: float, *, window: str = "primary", error_type: str = "usage_limit_reached") -> Usage:
+    def limit(
+        self, family: str, until: float, *, window: str = "primary", error_type: str = "usage_limit_reached"
+    ) -> Usage:
         """Answer 429 with ``resets_at=until`` until then; the window shows 100 % and that reset time."""
         current = self.get(family)
         chosen = getattr(current, window) or Window(0.0, FIVE_HOURS if window == "primary" else WEEK, int(until))
         changes: dict[str, Any] = {window: replace(chosen, used_percent=100.0, resets_at=int(until))}
-        limited = replace(current, limited_until=until, limited_window=window, no_reset=False, error_type=error_type,
-                          **changes)
+        limited = replace(
+            current, limited_until=until, limited_window=window, no_reset=False, error_type=error_type, **changes
+        )
         self.set(family, limited)
         return limited
 
@@ -180,10 +192,18 @@ def usage_from_json(data: dict[str, Any], current: Usage) -> Usage:
     for name in ("primary", "secondary"):
         if name in data:
             raw = data[name]
-            changes[name] = None if raw is None else Window(float(raw["used_percent"]), int(raw["window_minutes"]),
-                                                            int(raw["resets_at"]))
-    for name, kind in (("limited_until", float), ("limited_window", str), ("no_reset", bool), ("error_type", str),
-                       ("plan_type", str)):
+            changes[name] = (
+                None
+                if raw is None
+                else Window(float(raw["used_percent"]), int(raw["window_minutes"]), int(raw["resets_at"]))
+            )
+    for name, kind in (
+        ("limited_until", float),
+        ("limited_window", str),
+        ("no_reset", bool),
+        ("error_type", str),
+        ("plan_type", str),
+    ):
         if name in data:
             changes[name] = None if data[name] is None else kind(data[name])
     return replace(current, **changes)

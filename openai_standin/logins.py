@@ -16,7 +16,7 @@ import os
 import tarfile
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ PROVIDER = "standin"
 
 def auth_json(tokens: LoginTokens, last_refresh: float | None = None) -> dict[str, Any]:
     """``auth.json`` of a ChatGPT login holding ``tokens``."""
-    stamp = datetime.fromtimestamp(last_refresh or time.time(), tz=timezone.utc)
+    stamp = datetime.fromtimestamp(last_refresh or time.time(), tz=UTC)
     return {
         "OPENAI_API_KEY": None,
         "tokens": {
@@ -101,7 +101,9 @@ class LoginFiles:
 
     def put_into_volume(self, client: Any, image: str, volume: str, *, uid: int = 1000, gid: int = 1000) -> None:
         """Write into a Docker named volume through a created, never started, container of ``image``."""
-        container = client.containers.create(image, command=["true"], volumes=[f"{volume}:/v:rw"], labels={"cwa.test": "1"})
+        container = client.containers.create(
+            image, command=["true"], volumes=[f"{volume}:/v:rw"], labels={"cwa.test": "1"}
+        )
         try:
             container.put_archive("/v", self.tar(uid, gid))
         finally:

@@ -118,8 +118,13 @@ class ResponseScript:
             reasoning = body.get("reasoning")
             effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
             model = body.get("model")
-            call = ModelCall(len(self._calls) + 1, family, texts_of(body), model if isinstance(model, str) else None,
-                             effort if isinstance(effort, str) else None)
+            call = ModelCall(
+                len(self._calls) + 1,
+                family,
+                texts_of(body),
+                model if isinstance(model, str) else None,
+                effort if isinstance(effort, str) else None,
+            )
             self._calls.append(call)
             behaviour = self._queue.popleft() if self._queue else self.default
         return call, behaviour

@@ -168,7 +168,11 @@ def _handler_for(standin: StandIn) -> type[BaseHTTPRequestHandler]:
                 return
             self._json(
                 200,
-                {"id_token": tokens.id_token, "access_token": tokens.access_token, "refresh_token": tokens.refresh_token},
+                {
+                    "id_token": tokens.id_token,
+                    "access_token": tokens.access_token,
+                    "refresh_token": tokens.refresh_token,
+                },
             )
 
         def _responses(self) -> None:

@@ -68,9 +68,7 @@ def make_api_key_login(codex_bin: str | Path, codex_home: Path, key: str | None 
     return _login([str(codex_bin), "login", "--with-api-key"], env, key)
 
 
-def make_api_key_login_in_volume(
-    image: str, volume: str, codex_home: str = "/home/app/.codex"
-) -> str:
+def make_api_key_login_in_volume(image: str, volume: str, codex_home: str = "/home/app/.codex") -> str:
     """Log a Docker volume in with a fake API key, from a throwaway container of ``image``.
 
     Runs ``docker run --rm -i -v VOLUME:CODEX_HOME --entrypoint codex IMAGE login --with-api-key``

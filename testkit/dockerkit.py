@@ -184,9 +184,7 @@ class VolumeFactory:
         Returns:
             The volume; it and every container using it are removed at teardown.
         """
-        volume = self.client.volumes.create(
-            name=unique_name(name), labels={**TEST_LABEL, **(labels or {})}
-        )
+        volume = self.client.volumes.create(name=unique_name(name), labels={**TEST_LABEL, **(labels or {})})
         self.cleanup.volume(volume)
         steps = []
         if uid is not None or gid is not None:

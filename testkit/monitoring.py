@@ -30,7 +30,11 @@ def scrape(port: int) -> Samples:
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
         text = answer.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value for m in text_string_to_metric_families(text) for s in m.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in text_string_to_metric_families(text)
+        for s in m.samples
+    }
 
 
 def fake_jwt(exp: float) -> str:
@@ -82,8 +86,9 @@ class Prometheus(_Daemon):
             whose intervals become 1 s.
     """
 
-    def __init__(self, binary: str, directory: Path, targets: list[str] | None = None, *,
-                 settings: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, binary: str, directory: Path, targets: list[str] | None = None, *, settings: dict[str, Any] | None = None
+    ) -> None:
         self.port = free_port()
         config = directory / "prometheus.yml"
         if settings is None:
@@ -92,8 +97,14 @@ class Prometheus(_Daemon):
         config.write_text(json.dumps(settings))  # JSON is YAML
         self.log = (directory / "prometheus.log").open("wb")
         self.process = subprocess.Popen(
-            [binary, f"--config.file={config}", f"--storage.tsdb.path={directory / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}"], stdout=self.log, stderr=subprocess.STDOUT,
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
         )
 
     def query(self, expr: str) -> list[float] | None:
@@ -107,8 +118,9 @@ class Prometheus(_Daemon):
         return [float(r["value"][1]) for r in data["data"]["result"]]
 
     def wait_for(self, expr: str, value: float, what: str) -> None:
-        wait_until(lambda: self.query(expr) == [value], 30, interval=0.5, what=f"Prometheus: {what} ({expr} == {value})")
-
+        wait_until(
+            lambda: self.query(expr) == [value], 30, interval=0.5, what=f"Prometheus: {what} ({expr} == {value})"
+        )
 
 
 class Flower(_Daemon):
@@ -119,9 +131,19 @@ class Flower(_Daemon):
         self.log = (directory / "flower.log").open("wb")
         env = {**os.environ, "FLOWER_UNAUTHENTICATED_API": "true"}
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "--broker", broker_url, "flower",
-             f"--port={self.port}", "--address=127.0.0.1", "--persistent=False"],
-            stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=directory,
+            [
+                str(Path(sys.executable).parent / "celery"),
+                "--broker",
+                broker_url,
+                "flower",
+                f"--port={self.port}",
+                "--address=127.0.0.1",
+                "--persistent=False",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=directory,
         )
 
     def get(self, path: str) -> Any:

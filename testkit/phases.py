@@ -130,7 +130,9 @@ class PhaseLab:
             self.login(shard, access_ttl=access_ttl)
         return shard
 
-    def login(self, shard: PhaseShard, *, access_ttl: float | None = None, last_refresh: float | None = None) -> LoginTokens:
+    def login(
+        self, shard: PhaseShard, *, access_ttl: float | None = None, last_refresh: float | None = None
+    ) -> LoginTokens:
         """Log the volume in afresh (a new token family), as the operator's headless login would."""
         shard.tokens = self.standin.authority.mint(access_ttl=access_ttl)
         login_files(shard.tokens, None, last_refresh=last_refresh).write(shard.source, APP_UID, APP_UID)
@@ -149,9 +151,17 @@ class PhaseLab:
         return guard
 
     def worker(
-        self, shard: PhaseShard, broker_url: str, backend_url: str, *, guard: GuardProcess | None = None,
-        guarded: bool = True, command: list[str] | None = None, mounts: dict[str, Any] | None = None,
-        image: str | None = None, **env: str,
+        self,
+        shard: PhaseShard,
+        broker_url: str,
+        backend_url: str,
+        *,
+        guard: GuardProcess | None = None,
+        guarded: bool = True,
+        command: list[str] | None = None,
+        mounts: dict[str, Any] | None = None,
+        image: str | None = None,
+        **env: str,
     ) -> ContainerWorker:
         """Start a worker container for ``shard`` on the host network.
 

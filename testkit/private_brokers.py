@@ -101,8 +101,19 @@ class PrivateRedis(PrivateBroker):
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
     def _argv(self) -> list[str]:
-        return ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.directory)]
+        return [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+        ]
 
     def _ready(self) -> bool:
         try:

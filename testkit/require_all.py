@@ -41,8 +41,7 @@ def _fail_skip(report: TestReport | CollectReport) -> None:
     if report.skipped and not hasattr(report, "wasxfail") and require_all():
         report.outcome = "failed"
         report.longrepr = (
-            f"{REQUIRE_ALL_ENV}=1 turns this skip into a failure; "
-            f"missing component: {_skip_reason(report)}"
+            f"{REQUIRE_ALL_ENV}=1 turns this skip into a failure; missing component: {_skip_reason(report)}"
         )
 
 

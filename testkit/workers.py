@@ -258,11 +258,7 @@ def copy_cli_wrapper(codex_bin: str, directory: Path, flag: Path) -> str:
     directory.mkdir(parents=True, exist_ok=True)
     wrapper = directory / "codex"
     wrapper.write_text(
-        "#!/bin/sh\n"
-        f'if [ -e "{flag}" ]; then echo "Not logged in" >&2; exit 1; fi\n'
-        f'exec "{codex_bin}" "$@"\n'
+        f'#!/bin/sh\nif [ -e "{flag}" ]; then echo "Not logged in" >&2; exit 1; fi\nexec "{codex_bin}" "$@"\n'
     )
     wrapper.chmod(0o755)
     return str(wrapper)
-
-

@@ -79,9 +79,7 @@ def docker_cleanup(docker_client: docker.DockerClient) -> Iterator[DockerCleanup
 
 
 @pytest.fixture
-def volume_factory(
-    docker_client: docker.DockerClient, images: Images, docker_cleanup: DockerCleanup
-) -> VolumeFactory:
+def volume_factory(docker_client: docker.DockerClient, images: Images, docker_cleanup: DockerCleanup) -> VolumeFactory:
     """``volume_factory(name=None, *, uid=1000, gid=1000, mode=0o700, labels=None)`` -> Volume."""
     return VolumeFactory(docker_client, docker_cleanup, images.busybox)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SAMPLE = '''
+SAMPLE = """
 import pytest
 
 @pytest.fixture
@@ -22,20 +22,27 @@ def test_needs_docker(docker_engine):
 @pytest.mark.xfail(reason="known", strict=False)
 def test_expected_failure():
     assert False
-'''
+"""
 
 
 def _run(tmp_path: Path, require_all: str | None) -> subprocess.CompletedProcess[str]:
     """Run pytest on SAMPLE with the plugin loaded, the switch set or unset."""
     (tmp_path / "test_sample.py").write_text(SAMPLE)
     env = {k: v for k, v in os.environ.items() if k != "CODEX_AGENT_REQUIRE_ALL"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), str(Path(__file__).parents[1])])  # testkit: the repository root
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).parent), str(Path(__file__).parents[1])]
+    )  # testkit: the repository root
     if require_all is not None:
         env["CODEX_AGENT_REQUIRE_ALL"] = require_all
     argv = [sys.executable, "-m", "pytest", "-p", "testkit.require_all", "-rA", "-p", "no:cacheprovider"]
     return subprocess.run(
         [*argv, "--rootdir", str(tmp_path), str(tmp_path)],
-        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=60,
+        check=False,
     )
 
 

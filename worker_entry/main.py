@@ -50,7 +50,9 @@ def _queues_given(args: Sequence[str]) -> tuple[list[str], list[str]]:
 
 
 def _has_option(args: Sequence[str], *names: str) -> bool:
-    return any(a == n or a.startswith(n + "=") or (len(n) == 2 and a.startswith(n) and len(a) > 2) for a in args for n in names)
+    return any(
+        a == n or a.startswith(n + "=") or (len(n) == 2 and a.startswith(n) and len(a) > 2) for a in args for n in names
+    )
 
 
 def worker_argv(config: AgentConfig, default_queue: str, extra: Sequence[str] = ()) -> list[str]:
@@ -99,16 +101,25 @@ class _EntryCommand(AgentCommand):
         try:
             return super().invoke(ctx)
         except AgentClickException as e:
-            log.critical("codex.agent.startup_failed", code=e.error.code, error=e.error.message,
-                         remediation=e.error.remediation)
+            log.critical(
+                "codex.agent.startup_failed", code=e.error.code, error=e.error.message, remediation=e.error.remediation
+            )
             raise
 
 
-@click.command(cls=_EntryCommand, context_settings={"help_option_names": ["-h", "--help"]},
-               epilog="Exit codes: 0 the worker stopped cleanly, 1 a failure the agent detected (AGENT_FAIL_FAST=1), "
-                      "2 bad usage or configuration (CODEX-E001).")
-@click.option("--app", "app_path", default=DEFAULT_APP, show_default=True,
-              help="The Celery app, module:attr; imported from the current directory too, like celery -A.")
+@click.command(
+    cls=_EntryCommand,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog="Exit codes: 0 the worker stopped cleanly, 1 a failure the agent detected (AGENT_FAIL_FAST=1), "
+    "2 bad usage or configuration (CODEX-E001).",
+)
+@click.option(
+    "--app",
+    "app_path",
+    default=DEFAULT_APP,
+    show_default=True,
+    help="The Celery app, module:attr; imported from the current directory too, like celery -A.",
+)
 @click.version_option(__version__, "-V", "--version", prog_name="worker-entry", message=VERSION_MESSAGE)
 @click.pass_context
 def cli(ctx: click.Context, app_path: str) -> None:
@@ -123,8 +134,13 @@ def cli(ctx: click.Context, app_path: str) -> None:
     if config.metrics_port is not None:  # before the app import and the pool's fork (agent.metrics)
         from agent.metrics import enable
 
-        enable(config.metrics_port, state_dir=config.state_dir, codex_home=config.codex_home,
-               volume=config.volume_name or "-", shard="-" if config.shard_index is None else str(config.shard_index))
+        enable(
+            config.metrics_port,
+            state_dir=config.state_dir,
+            codex_home=config.codex_home,
+            volume=config.volume_name or "-",
+            shard="-" if config.shard_index is None else str(config.shard_index),
+        )
     app = import_app(app_path)
     install(app, config)
     argv = worker_argv(config, app.conf.task_default_queue or "celery", celery_args)

@@ -64,8 +64,17 @@ def codex_phase(
             result = launcher.run(image, PROBE_COMMAND)
             job = {"container_id": result.container_id, "exit_code": result.exit_code, "image": image}
         else:
-            job = CodexPhase(launcher).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"],
-                                           model=model, codex_args=codex_args, env=env, seed=seed)
+            job = CodexPhase(launcher).run(
+                run_id=run_id,
+                phase=phase,
+                prompt=prompt,
+                resume=resume,
+                task_id=context["task_id"],
+                model=model,
+                codex_args=codex_args,
+                env=env,
+                seed=seed,
+            )
     if hold_s:
         time.sleep(hold_s)
     if next_phases:
@@ -114,8 +123,17 @@ def codex_step(
     context = self.codex_context()
     if resume is None:
         resume = RunArtifacts(self.agent.config.artifacts_root, run_id).session_id() is not None
-    job = CodexPhase(self.jobs).run(run_id=run_id, phase=phase, prompt=prompt, resume=resume, task_id=context["task_id"],
-                                    model=model, codex_args=codex_args, env=env, seed=seed)
+    job = CodexPhase(self.jobs).run(
+        run_id=run_id,
+        phase=phase,
+        prompt=prompt,
+        resume=resume,
+        task_id=context["task_id"],
+        model=model,
+        codex_args=codex_args,
+        env=env,
+        seed=seed,
+    )
     if hold_s and not job.get("skipped"):
         time.sleep(hold_s)
     after = previous.get("phase") if isinstance(previous, dict) else None

@@ -85,15 +85,18 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m agent.guard",
         description="The Docker API guard: holds the Docker socket and serves one endpoint per Codex shard at "
-                    "$CODEX_GUARD_SOCKET_DIR/<volume>/docker.sock, judging every call (runbook.md, "
-                    "'Reading a refusal of the Docker API guard'). Configured by the environment: "
-                    "CODEX_GUARD_SOCKET_DIR, CODEX_GUARD_SHARDS, CODEX_GUARD_VOLUME_PREFIX, CODEX_GUARD_UPSTREAM, "
-                    "CODEX_GUARD_SOCKET_OWNER and the job policy variables (CODEX_JOB_*).",
+        "$CODEX_GUARD_SOCKET_DIR/<volume>/docker.sock, judging every call (runbook.md, "
+        "'Reading a refusal of the Docker API guard'). Configured by the environment: "
+        "CODEX_GUARD_SOCKET_DIR, CODEX_GUARD_SHARDS, CODEX_GUARD_VOLUME_PREFIX, CODEX_GUARD_UPSTREAM, "
+        "CODEX_GUARD_SOCKET_OWNER and the job policy variables (CODEX_JOB_*).",
         epilog="Exit codes: 0 stopped by SIGTERM/SIGINT, or --probe healthy; 1 --probe unhealthy, or another "
-               "guard serves the directory (CODEX-E046); 2 a usage or configuration error (CODEX-E001).",
+        "guard serves the directory (CODEX-E046); 2 a usage or configuration error (CODEX-E001).",
     )
-    parser.add_argument("--probe", action="store_true",
-                        help="health check: every endpoint answers /_ping through to the engine (exit 0) or not (exit 1)")
+    parser.add_argument(
+        "--probe",
+        action="store_true",
+        help="health check: every endpoint answers /_ping through to the engine (exit 0) or not (exit 1)",
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     return parser
 

@@ -46,7 +46,6 @@ SOCKET_OWNER_ENV = "CODEX_GUARD_SOCKET_OWNER"
 SOCKET_NAME = "docker.sock"
 
 
-
 @dataclass(frozen=True)
 class GuardConfig:
     """Everything the guard needs, validated."""
@@ -84,8 +83,12 @@ def _pairs(raw: str) -> list[tuple[int, str]]:
         index, _, volume = item.partition("=")
         pairs.append((int(index), volume))
     if len({i for i, _ in pairs}) != len(pairs) or len({v for _, v in pairs}) != len(pairs):
-        raise ConfigError(variable=SHARDS_ENV, value=raw, cause="an index or volume named twice",
-                          accepted=variables.VARIABLES[SHARDS_ENV].accepted)
+        raise ConfigError(
+            variable=SHARDS_ENV,
+            value=raw,
+            cause="an index or volume named twice",
+            accepted=variables.VARIABLES[SHARDS_ENV].accepted,
+        )
     return pairs
 
 
@@ -102,8 +105,14 @@ def load_guard_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
     prefix: str = read(VOLUME_PREFIX_ENV, default=defaults.VOLUME_TEMPLATE.format(index=""))
     owner: str = read(SOCKET_OWNER_ENV, default=shared.job_user)
     uid, gid = owner.split(":")
-    template = ShardPolicy(index=0, volume="-", job_home=shared.job_home, job_user=shared.job_user,
-                           network=shared.job_network, sandbox=shared.sandbox)
+    template = ShardPolicy(
+        index=0,
+        volume="-",
+        job_home=shared.job_home,
+        job_user=shared.job_user,
+        network=shared.job_network,
+        sandbox=shared.sandbox,
+    )
     return GuardConfig(
         static=tuple(replace(template, index=i, volume=v) for i, v in _pairs(explicit)) if explicit else None,
         volume_prefix=prefix,

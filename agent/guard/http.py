@@ -78,7 +78,9 @@ class Request:
     @property
     def upgrade(self) -> bool:
         """Whether the client asked to hijack the connection (``attach``)."""
-        return self.headers.get("upgrade", "").lower() == "tcp" and "upgrade" in self.headers.get("connection", "").lower()
+        return (
+            self.headers.get("upgrade", "").lower() == "tcp" and "upgrade" in self.headers.get("connection", "").lower()
+        )
 
 
 def screen_head(head: bytes) -> tuple[str, str, dict[str, str]]:
@@ -131,7 +133,7 @@ class RequestReader:
         remaining = deadline - asyncio.get_running_loop().time()
         try:
             piece = await asyncio.wait_for(self.reader.read(_PIECE), timeout=max(remaining, 0.001))
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise BadRequest(f"{what} did not arrive in time", status) from None
         return piece
 
@@ -145,7 +147,7 @@ class RequestReader:
         if not self.buffer:
             try:
                 self.buffer = await asyncio.wait_for(self.reader.read(_PIECE), timeout=idle)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return None
             if not self.buffer:
                 return None
@@ -240,8 +242,11 @@ class Head:
 
     def closes(self) -> bool:
         """Whether the sender closes the connection after this message."""
-        return "close" in (self.get("Connection") or "").lower() or self.start.startswith("HTTP/1.0") \
+        return (
+            "close" in (self.get("Connection") or "").lower()
+            or self.start.startswith("HTTP/1.0")
             or self.start.endswith("HTTP/1.0")
+        )
 
     def encode(self, start: str | None = None, length: int | None = None) -> bytes:
         """The head as bytes; with ``length`` the body framing becomes that Content-Length."""
@@ -286,7 +291,9 @@ async def _until_close(reader: asyncio.StreamReader, limit: int) -> bytes:
     return b"".join(parts)
 
 
-async def read_body(reader: asyncio.StreamReader, head: Head, limit: int = MAX_BODY, *, until_close: bool = False) -> bytes:
+async def read_body(
+    reader: asyncio.StreamReader, head: Head, limit: int = MAX_BODY, *, until_close: bool = False
+) -> bytes:
     """A whole body (a request's, or a small response the guard rewrites).
 
     Raises:

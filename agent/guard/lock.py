@@ -50,8 +50,12 @@ class GuardLock:
             os.close(fd)
             raise GuardBusyError(socket_dir=str(self.path.parent), holder=holder) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started_at": round(time.time(), 3)}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started_at": round(time.time(), 3)}
+            ).encode(),
+        )
         self._fd = fd
 
     @staticmethod

@@ -95,21 +95,39 @@ _REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$")
 _FILTERS = "filters"
 
 _QUERY: dict[str, dict[str, re.Pattern[str] | str]] = {
-    "ping": {}, "version": {}, "image": {}, "volume": {},
+    "ping": {},
+    "version": {},
+    "image": {},
+    "volume": {},
     "create": {"name": _CREATE_NAME, "platform": _PLATFORM},
-    "containers": {"all": _BOOL, "limit": _INT, "size": _BOOL, "trunc": _BOOL, "trunc_cmd": _BOOL, "since": _REFERENCE,
-                   "before": _REFERENCE, _FILTERS: _FILTERS},
+    "containers": {
+        "all": _BOOL,
+        "limit": _INT,
+        "size": _BOOL,
+        "trunc": _BOOL,
+        "trunc_cmd": _BOOL,
+        "since": _REFERENCE,
+        "before": _REFERENCE,
+        _FILTERS: _FILTERS,
+    },
     "volumes": {_FILTERS: _FILTERS},
     "inspect": {"size": _BOOL},
-    "logs": {"stdout": _BOOL, "stderr": _BOOL, "follow": _BOOL, "timestamps": _BOOL, "tail": _TAIL,
-             "since": _TIME, "until": _TIME, "details": _BOOL},
+    "logs": {
+        "stdout": _BOOL,
+        "stderr": _BOOL,
+        "follow": _BOOL,
+        "timestamps": _BOOL,
+        "tail": _TAIL,
+        "since": _TIME,
+        "until": _TIME,
+        "details": _BOOL,
+    },
     "archive": {"path": _ARCHIVE_PATH},
     "start": {"detachKeys": _DETACH},
     "wait": {"condition": _CONDITION},
     "kill": {"signal": _SIGNAL},
     "stop": {"t": _INT, "signal": _SIGNAL},
-    "attach": {"stream": _BOOL, "stdin": _BOOL, "stdout": _BOOL, "stderr": _BOOL, "logs": _BOOL,
-               "detachKeys": _DETACH},
+    "attach": {"stream": _BOOL, "stdin": _BOOL, "stdout": _BOOL, "stderr": _BOOL, "logs": _BOOL, "detachKeys": _DETACH},
     "resize": {"h": _INT, "w": _INT},
     "remove": {"v": _BOOL, "force": _BOOL, "link": _BOOL},
 }
@@ -157,8 +175,13 @@ def _params(policy: ShardPolicy, method: str, path: str, kind: str, query: str) 
         seen.add(key)
         form = accepted.get(key)
         if form is None:
-            raise endpoint_refusal(policy, method, path, "query", f"the parameter {key[:40]!r}; this call takes "
-                                   f"{', '.join(sorted(accepted)) or 'none'}")
+            raise endpoint_refusal(
+                policy,
+                method,
+                path,
+                "query",
+                f"the parameter {key[:40]!r}; this call takes {', '.join(sorted(accepted)) or 'none'}",
+            )
         if form == _FILTERS:
             try:
                 filters = decode_body(value.encode(), limit=16 * 1024)
@@ -191,15 +214,25 @@ def route(policy: ShardPolicy, method: str, target: str) -> Route:
     versioned = _VERSIONED.fullmatch(raw_path)
     if versioned:
         if versioned.group(1) != API_VERSION:
-            raise endpoint_refusal(policy, method, raw_path, "api-version",
-                                   f"API version {versioned.group(1)}; the guard serves /v{API_VERSION} only "
-                                   "(the docker SDK and CLI negotiate it)")
+            raise endpoint_refusal(
+                policy,
+                method,
+                raw_path,
+                "api-version",
+                f"API version {versioned.group(1)}; the guard serves /v{API_VERSION} only "
+                "(the docker SDK and CLI negotiate it)",
+            )
         path = versioned.group(2)
     elif raw_path in ("/_ping", "/version"):
         path = raw_path
     else:
-        raise endpoint_refusal(policy, method, raw_path, "api-version",
-                               f"a call without an API version; the guard serves /v{API_VERSION} only")
+        raise endpoint_refusal(
+            policy,
+            method,
+            raw_path,
+            "api-version",
+            f"a call without an API version; the guard serves /v{API_VERSION} only",
+        )
     kind, action, name = _classify(policy, method, path)
     return Route(kind, method, path, action, name, _params(policy, method, path, action or kind, query))
 
@@ -222,9 +255,14 @@ def _classify(policy: ShardPolicy, method: str, path: str) -> tuple[str, str | N
     container = _CONTAINER.fullmatch(path)
     if container and (action := _CONTAINER_ACTIONS.get((method, container.group(2)))):
         return "container", action, container.group(1)
-    raise endpoint_refusal(policy, method, path, "endpoint",
-                           "not on the allow-list of a job launch (create, start, wait, logs, attach, inspect, kill, "
-                           "remove of its own containers; image inspect; its own volumes; ping, version)")
+    raise endpoint_refusal(
+        policy,
+        method,
+        path,
+        "endpoint",
+        "not on the allow-list of a job launch (create, start, wait, logs, attach, inspect, kill, "
+        "remove of its own containers; image inspect; its own volumes; ping, version)",
+    )
 
 
 def upstream_target(policy: ShardPolicy, call: Route, container_id: str | None = None) -> str:
@@ -274,13 +312,20 @@ def may_inspect(policy: ShardPolicy, attrs: Mapping[str, Any]) -> bool:
 
 def refuse_container(policy: ShardPolicy, method: str, path: str, name: str) -> Refusal:
     """CODEX-E045 for a call on a container this shard did not create."""
-    return endpoint_refusal(policy, method, path, "foreign-container",
-                            f"container {name} was not created through shard {policy.index}'s endpoint")
+    return endpoint_refusal(
+        policy,
+        method,
+        path,
+        "foreign-container",
+        f"container {name} was not created through shard {policy.index}'s endpoint",
+    )
 
 
 def refuse_volume(policy: ShardPolicy, method: str, path: str, name: str) -> Refusal:
     """CODEX-E045 for a look at a volume that is neither this shard's login nor its workspace."""
-    return endpoint_refusal(policy, method, path, "foreign-volume", f"volume {name} is not one of shard {policy.index}'s")
+    return endpoint_refusal(
+        policy, method, path, "foreign-volume", f"volume {name} is not one of shard {policy.index}'s"
+    )
 
 
 def container_filters(policy: ShardPolicy, raw: str | None) -> dict[str, Any]:

@@ -109,8 +109,15 @@ REFUSAL_RATE = 20.0
 _MAX_REPLY = 64 * 1024 * 1024
 _OWNED_LIMIT = 50_000
 _PEERCRED = struct.Struct("3i")
-_REASONS = {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
-            413: "Payload Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+_REASONS = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    408: "Request Timeout",
+    413: "Payload Too Large",
+    431: "Request Header Fields Too Large",
+    503: "Service Unavailable",
+}
 
 
 class _EngineDown(Exception):
@@ -220,8 +227,13 @@ class GuardServer:
         """
         self._lock.acquire()
         await self.discover(log_added=False)
-        log.info(GUARD_STARTED, upstream=self.config.upstream, api_version=API_VERSION, **self._describe(self.endpoints),
-                 discovery=None if self.config.static is not None else f"volumes named {self.config.volume_prefix}<N>")
+        log.info(
+            GUARD_STARTED,
+            upstream=self.config.upstream,
+            api_version=API_VERSION,
+            **self._describe(self.endpoints),
+            discovery=None if self.config.static is not None else f"volumes named {self.config.volume_prefix}<N>",
+        )
         if self.config.static is None:
             self._discovery = asyncio.ensure_future(self._discover_forever())
 
@@ -257,15 +269,18 @@ class GuardServer:
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         endpoint: dict[str, _Endpoint] = {}
-        server = await asyncio.start_unix_server(lambda r, w: self._handle(endpoint["e"], r, w), path=str(path),
-                                                 limit=MAX_HEAD)
+        server = await asyncio.start_unix_server(
+            lambda r, w: self._handle(endpoint["e"], r, w), path=str(path), limit=MAX_HEAD
+        )
         os.chown(path, *self.config.owner)
         os.chmod(path, 0o660)
         stat = path.stat()
         endpoint["e"] = self._endpoints[policy.volume] = _Endpoint(policy, server, (stat.st_dev, stat.st_ino))
 
     def _describe(self, policies: list[ShardPolicy]) -> dict[str, Any]:
-        return {"endpoints": {p.index: {"volume": p.volume, "socket": str(self.config.socket_path(p))} for p in policies}}
+        return {
+            "endpoints": {p.index: {"volume": p.volume, "socket": str(self.config.socket_path(p))} for p in policies}
+        }
 
     async def close(self) -> None:
         """Stop looking, stop listening, remove the sockets this guard bound, and let the lock go."""
@@ -294,9 +309,16 @@ class GuardServer:
             task.add_done_callback(self._connections.discard)
         policy = endpoint.policy
         if endpoint.connections >= MAX_CONNECTIONS:
-            refusal = rules.Refusal(GuardRefusedError(**policy.facts(), method="-", path="-", rule="connections",
-                                                      cause=f"more than {MAX_CONNECTIONS} connections at once"),
-                                    "connections")
+            refusal = rules.Refusal(
+                GuardRefusedError(
+                    **policy.facts(),
+                    method="-",
+                    path="-",
+                    rule="connections",
+                    cause=f"more than {MAX_CONNECTIONS} connections at once",
+                ),
+                "connections",
+            )
             self._refused(endpoint, "-", "-", refusal, writer)
             with contextlib.suppress(Exception):
                 writer.write(json_response(503, _REASONS[503], refusal.body(), keep_alive=False))
@@ -311,11 +333,13 @@ class GuardServer:
                 try:
                     request = await requests.next(IDLE_TIMEOUT, HEAD_TIMEOUT, BODY_TIMEOUT)
                 except BadRequest as e:
-                    refusal = rules.Refusal(GuardRefusedError(**policy.facts(), method="-", path="-", rule="http",
-                                                              cause=e.cause), "http")
+                    refusal = rules.Refusal(
+                        GuardRefusedError(**policy.facts(), method="-", path="-", rule="http", cause=e.cause), "http"
+                    )
                     self._refused(endpoint, "-", "-", refusal, writer)
-                    writer.write(json_response(e.status, _REASONS.get(e.status, "Bad Request"), refusal.body(),
-                                               keep_alive=False))
+                    writer.write(
+                        json_response(e.status, _REASONS.get(e.status, "Bad Request"), refusal.body(), keep_alive=False)
+                    )
                     await writer.drain()
                     return
                 if request is None:
@@ -331,8 +355,14 @@ class GuardServer:
                         return
                     continue
                 except _Answer as answer:
-                    writer.write(json_response(answer.status, _REASONS.get(answer.status, "OK"), answer.payload,
-                                               keep_alive=not request.closes))
+                    writer.write(
+                        json_response(
+                            answer.status,
+                            _REASONS.get(answer.status, "OK"),
+                            answer.payload,
+                            keep_alive=not request.closes,
+                        )
+                    )
                     await writer.drain()
                     if request.closes:
                         return
@@ -359,14 +389,24 @@ class GuardServer:
                     with contextlib.suppress(Exception):
                         stream.close()
 
-    def _refused(self, endpoint: _Endpoint, method: str, path: str, refusal: Refusal,
-                 writer: asyncio.StreamWriter) -> None:
+    def _refused(
+        self, endpoint: _Endpoint, method: str, path: str, refusal: Refusal, writer: asyncio.StreamWriter
+    ) -> None:
         held_back = endpoint.refusals.take()
         if held_back is None:
             return
         extra = {"held_back": held_back} if held_back else {}
-        log.warning(GUARD_REFUSED, **endpoint.policy.facts(), method=method, path=path, rule=refusal.rule,
-                    code=refusal.error.code, error=refusal.error.message, **_peer(writer), **extra)
+        log.warning(
+            GUARD_REFUSED,
+            **endpoint.policy.facts(),
+            method=method,
+            path=path,
+            rule=refusal.rule,
+            code=refusal.error.code,
+            error=refusal.error.message,
+            **_peer(writer),
+            **extra,
+        )
 
     async def _forward(
         self,
@@ -383,8 +423,9 @@ class GuardServer:
         hijack = route.action == "attach"
         bound = endpoint.upstream if route.action not in STREAMING else contextlib.nullcontext()
         async with bound:
-            engine[1].write(upstream_head(route.method, call.target, call.body, upgrade=hijack and request.upgrade)
-                            + call.body)
+            engine[1].write(
+                upstream_head(route.method, call.target, call.body, upgrade=hijack and request.upgrade) + call.body
+            )
             await engine[1].drain()
             reply = await read_head(engine[0])
             if reply is None:
@@ -418,8 +459,16 @@ class GuardServer:
         policy = endpoint.policy
         route = rules.route(policy, request.method, request.target)
         if request.body and not route.takes_body:
-            raise rules.Refusal(GuardRefusedError(**policy.facts(), method=route.method, path=route.path, rule="body",
-                                                  cause="a request body on a call that takes none"), "body")
+            raise rules.Refusal(
+                GuardRefusedError(
+                    **policy.facts(),
+                    method=route.method,
+                    path=route.path,
+                    rule="body",
+                    cause="a request body on a call that takes none",
+                ),
+                "body",
+            )
         if route.kind == "create":
             return await self._create(endpoint, route, request.body)
         if route.kind == "volumes":
@@ -439,8 +488,12 @@ class GuardServer:
         try:
             request = decode_body(body)
         except ValueError as e:
-            raise rules.Refusal(JobRejectedError(**policy.facts(), cause=f"a create body that is not plain JSON ({e})",
-                                                 offending="the body"), "create-option") from None
+            raise rules.Refusal(
+                JobRejectedError(
+                    **policy.facts(), cause=f"a create body that is not plain JSON ({e})", offending="the body"
+                ),
+                "create-option",
+            ) from None
         return rules.create_request(policy, request)
 
     async def _create(self, endpoint: _Endpoint, route: Route, body: bytes) -> _Call:
@@ -450,12 +503,17 @@ class GuardServer:
             status, attrs = await self._engine("GET", f"/v{API_VERSION}/volumes/{quote(name, safe='')}")
             if rules.judge_volume(policy, name, attrs if status == 200 else None):
                 await self._create_volume(policy, name)
-        return _Call(route, rules.upstream_target(policy, route), json.dumps(plan.body).encode(),
-                     partial(self._created, endpoint, plan.body, route.param("name")))
+        return _Call(
+            route,
+            rules.upstream_target(policy, route),
+            json.dumps(plan.body).encode(),
+            partial(self._created, endpoint, plan.body, route.param("name")),
+        )
 
     async def _create_volume(self, policy: ShardPolicy, name: str) -> None:
-        status, attrs = await self._engine("POST", f"/v{API_VERSION}/volumes/create",
-                                           {"Name": name, "Labels": rules.workspace_labels(policy)})
+        status, attrs = await self._engine(
+            "POST", f"/v{API_VERSION}/volumes/create", {"Name": name, "Labels": rules.workspace_labels(policy)}
+        )
         if status >= 300 or not rules.own_volume(policy, name, (attrs or {}).get("Labels")):
             rules.judge_volume(policy, name, attrs or {"Labels": {}})  # raced with another creator: refuse
         log.info(GUARD_VOLUME_CREATED, **policy.facts(), workspace=name)
@@ -480,8 +538,12 @@ class GuardServer:
             return route.name
         status, attrs = await self._engine("GET", f"/v{API_VERSION}/containers/{quote(route.name, safe='')}/json")
         if status != 200 or not isinstance(attrs, dict) or not FULL_ID.fullmatch(str(attrs.get("Id"))):
-            raise _Answer(status if status >= 400 else 502, attrs if isinstance(attrs, dict) and status >= 400
-                          else {"message": f"container {route.name}: the engine's answer has no ID"})
+            raise _Answer(
+                status if status >= 400 else 502,
+                attrs
+                if isinstance(attrs, dict) and status >= 400
+                else {"message": f"container {route.name}: the engine's answer has no ID"},
+            )
         container_id = str(attrs["Id"])
         if rules.owns(policy, (attrs.get("Config") or {}).get("Labels")):
             self._remember(endpoint, container_id)
@@ -501,9 +563,19 @@ class GuardServer:
             self._remember(endpoint, container_id)
         labels = body["Labels"]
         host = body["HostConfig"]
-        log.info(GUARD_CREATED, **endpoint.policy.facts(), container_id=container_id, name=name, image=body.get("Image"),
-                 user=body["User"], network=host["NetworkMode"], binds=host["Binds"],
-                 run_id=labels.get("codex.run_id"), task_id=labels.get("codex.task_id"), worker=labels.get("codex.worker"))
+        log.info(
+            GUARD_CREATED,
+            **endpoint.policy.facts(),
+            container_id=container_id,
+            name=name,
+            image=body.get("Image"),
+            user=body["User"],
+            network=host["NetworkMode"],
+            binds=host["Binds"],
+            run_id=labels.get("codex.run_id"),
+            task_id=labels.get("codex.task_id"),
+            worker=labels.get("codex.worker"),
+        )
         return reply
 
     @staticmethod
@@ -519,7 +591,7 @@ class GuardServer:
         """One call of the guard's own to the engine (inspect, volume create), within :data:`ENGINE_TIMEOUT`."""
         try:
             return await asyncio.wait_for(self._engine_call(method, path, payload), ENGINE_TIMEOUT)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise _EngineDown(f"no answer to {method} {path.split('?')[0]} within {ENGINE_TIMEOUT:.0f}s") from None
 
     async def _engine_call(self, method: str, path: str, payload: dict[str, Any] | None) -> tuple[int, Any]:

@@ -152,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, yaml.YAMLError) as e:
         print(f"deploy/swarm/stack.py: {e}", file=sys.stderr)
         return 2
-    sys.stdout.write(f"# Generated from {args.compose.name} by deploy/swarm/stack.py (--broker {args.broker}); do not edit.\n")
+    sys.stdout.write(
+        f"# Generated from {args.compose.name} by deploy/swarm/stack.py (--broker {args.broker}); do not edit.\n"
+    )
     yaml.dump(stack, sys.stdout, Dumper=_PlainDumper, sort_keys=False, default_flow_style=False, width=120)
     return 0
 

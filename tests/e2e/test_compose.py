@@ -85,14 +85,22 @@ def broker_account(client: docker.DockerClient, tag: str) -> Iterator[BrokerAcco
     ipam = client.networks.get("bridge").attrs["IPAM"]["Config"][0]
     gateway = ipam.get("Gateway") or str(next(ipaddress.ip_network(ipam["Subnet"]).hosts()))
     try:
-        yield BrokerAccount(f"amqp://{user}:{password}@{gateway}:5672/{vhost}", f"amqp://{user}:{password}@localhost:5672/{vhost}")
+        yield BrokerAccount(
+            f"amqp://{user}:{password}@{gateway}:5672/{vhost}", f"amqp://{user}:{password}@localhost:5672/{vhost}"
+        )
     finally:
         rabbitmqctl("delete_vhost", vhost)
         rabbitmqctl("delete_user", user)
 
 
-def remove_project(client: docker.DockerClient, project: str, prefix: str, down: list[str], env: dict[str, str],
-                   cwd: Path | None = None) -> None:
+def remove_project(
+    client: docker.DockerClient,
+    project: str,
+    prefix: str,
+    down: list[str],
+    env: dict[str, str],
+    cwd: Path | None = None,
+) -> None:
     """Print each container's last lines (pytest shows them when the test failed), bring the project
     down without -v, then remove its volumes and anything still using them."""
     for container in client.containers.list(all=True, filters={"label": f"com.docker.compose.project={project}"}):
@@ -139,7 +147,12 @@ class Stack:
     def compose(self, *args: str, timeout: float = 180, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
             [*self.cli, *self.files, "-p", self.project, *args],
-            env=self.env, input=stdin, capture_output=True, text=True, timeout=timeout, check=False,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         assert proc.returncode == 0, f"{' '.join(self.cli)} {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
         return proc
@@ -149,7 +162,8 @@ class Stack:
 
     def container(self, service: str) -> Any:
         found = self.client.containers.list(
-            all=True, filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]}
+            all=True,
+            filters={"label": [f"com.docker.compose.project={self.project}", f"com.docker.compose.service={service}"]},
         )
         found = [c for c in found if c.labels.get("com.docker.compose.oneoff", "False") == "False"]
         assert len(found) == 1, f"{service}: {found}"
@@ -161,7 +175,9 @@ class Stack:
         try:
             return json.loads(stdout)
         except ValueError:
-            raise AssertionError(f"{argv} exited {result.exit_code}: {stdout} {(result.output[1] or b'').decode()}") from None
+            raise AssertionError(
+                f"{argv} exited {result.exit_code}: {stdout} {(result.output[1] or b'').decode()}"
+            ) from None
 
     def status(self, container: Any) -> dict[str, Any]:
         result: dict[str, Any] = self.exec_json(container, "codex-agent", "status", "--json")
@@ -182,12 +198,16 @@ def compose_cli(request: pytest.FixtureRequest) -> list[str]:
     cli = COMPOSE_CLIS[request.param]
     probe = subprocess.run([*cli, "version"], capture_output=True, text=True, timeout=60, check=False)
     if probe.returncode != 0:
-        pytest.skip(f"compose {request.param} absent: `{' '.join(cli)} version` failed (scripts/provision.sh installs it)")
+        pytest.skip(
+            f"compose {request.param} absent: `{' '.join(cli)} version` failed (scripts/provision.sh installs it)"
+        )
     return cli
 
 
 @pytest.fixture
-def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str, compose_cli: list[str]) -> Iterator[Stack]:
+def stack(
+    docker_client: docker.DockerClient, images: Images, rabbitmq_url: str, compose_cli: list[str]
+) -> Iterator[Stack]:
     """A compose project on a fresh vhost; torn down without -v, volumes removed at the end."""
     tag = secrets.token_hex(4)
     project = f"cwae2e{tag}"
@@ -212,8 +232,13 @@ def stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
                     docker_client.containers.get(name).remove(force=True)
                 except docker.errors.NotFound:
                     pass
-            remove_project(docker_client, project, stack.prefix,
-                           [*compose_cli, *stack.files, "-p", project, "down", "--timeout", "10"], env)
+            remove_project(
+                docker_client,
+                project,
+                stack.prefix,
+                [*compose_cli, *stack.files, "-p", project, "down", "--timeout", "10"],
+                env,
+            )
 
 
 @pytest.fixture
@@ -242,13 +267,23 @@ def stack_flower(stack: Stack, tmp_path: Path) -> Iterator[Flower]:
     server.stop()
 
 
-def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: docker.DockerClient,
-                                 stack_prometheus: Prometheus, stack_flower: Flower) -> None:
+def test_three_shards_end_to_end(
+    stack: Stack, images: Images, docker_client: docker.DockerClient, stack_prometheus: Prometheus, stack_flower: Flower
+) -> None:
     """Logged-in shards run jobs that see the login; the logged-out one waits, then drains by itself.
     Prometheus, finding the workers by itself, sees every gate flip and counts what ran; Flower on
     the same broker lists the Codex workers and their tasks (task events are on by default)."""
     started_at = int(time.time()) - 1
-    stack.compose("up", "-d", "--no-color", "rabbitmq", "codex-worker-0", "codex-worker-1", "codex-worker-2", "codex-worker-default")
+    stack.compose(
+        "up",
+        "-d",
+        "--no-color",
+        "rabbitmq",
+        "codex-worker-0",
+        "codex-worker-1",
+        "codex-worker-2",
+        "codex-worker-default",
+    )
     workers = {s: stack.container(f"codex-worker-{s}") for s in SHARDS}
     keys = {s: make_api_key_login_in_volume(images.job, stack.volume(s)) for s in (0, 1)}
     prometheus = stack_prometheus
@@ -266,7 +301,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
         return state if state and state.get("gate") in ("open", "closed") and state.get("checks") else None
 
     for shard in (0, 1):
-        wait_until(lambda: (gate(shard) or {}).get("gate") == "open", 90, interval=0.5, what=f"gate of shard {shard} open")
+        wait_until(
+            lambda: (gate(shard) or {}).get("gate") == "open", 90, interval=0.5, what=f"gate of shard {shard} open"
+        )
     closed = wait_until(lambda: gate(2), 60, interval=0.5, what="shard 2 checked")
     assert closed["gate"] == "closed" and [r["code"] for r in closed["reason"]] == ["CODEX-E030"]
     for shard in (0, 1):
@@ -304,7 +341,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
             finished = [e for e in stack.log_events(worker, "codex.job.finished") if e.get("run_id") == run_id][0]
             assert finished["exit_code"] == 0 and finished["duration_s"] >= 0
         created = docker_client.events(
-            since=started_at, until=int(time.time()) + 1, decode=True,
+            since=started_at,
+            until=int(time.time()) + 1,
+            decode=True,
             filters={"type": "container", "event": "create", "label": f"codex.volume={stack.volume(shard)}"},
         )
         labelled = {e["Actor"]["Attributes"].get("codex.run_id"): e["Actor"]["Attributes"] for e in created}
@@ -320,7 +359,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     # queue drains with no restart.
     before = workers[2].attrs["State"]["StartedAt"]
     keys[2] = fake_api_key()
-    login = stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-2", "login", "--with-api-key", stdin=keys[2])
+    login = stack.compose(
+        "run", "--rm", "-T", "--entrypoint", "codex", "login-2", "login", "--with-api-key", stdin=keys[2]
+    )
     assert keys[2] not in login.stdout + login.stderr
     for run_id, result in runs[2]:
         value = result.get(timeout=90)
@@ -338,29 +379,43 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     stack.compose("run", "--rm", "-T", "--entrypoint", "codex", "login-2", "login", "--with-api-key", stdin=keys[2])
     prometheus.wait_for(gate_series(2), 1, "the gate of shard 2 open again after the new login")
     assert prometheus.query(f"changes({gate_series(2)}[10m])") == [3.0]  # closed, open, closed, open
-    assert prometheus.query(series("codex_check_outcomes_total", 2, outcome="failed", check="login", code="CODEX-E030")) == [2.0]
+    assert prometheus.query(
+        series("codex_check_outcomes_total", 2, outcome="failed", check="login", code="CODEX-E030")
+    ) == [2.0]
 
     # What Prometheus counted is what ran: two tasks per shard, each one job container (codex login
     # status) that exited 0, timed as its audit line says; no codex exec phase, so no run.
     for shard in SHARDS:
         prometheus.wait_for(series("codex_tasks_started_total", shard), 2, f"shard {shard}'s two tasks")
         assert prometheus.query(series("codex_job_containers_total", shard, outcome="ok")) == [2.0]
-        assert prometheus.query(f'sum({series("codex_job_containers_total", shard)})') == [2.0]
+        assert prometheus.query(f"sum({series('codex_job_containers_total', shard)})") == [2.0]
         assert prometheus.query(series("codex_job_container_duration_seconds_count", shard, outcome="ok")) == [2.0]
         logged = sum(e["duration_s"] for e in stack.log_events(workers[shard], "codex.job.finished"))
         (summed,) = prometheus.query(series("codex_job_container_duration_seconds_sum", shard, outcome="ok")) or [None]
         assert summed == pytest.approx(logged, abs=1e-6)
-        assert prometheus.query(f'sum({series("codex_runs_total", shard)})') == [0.0]
-    assert prometheus.query(f'count(up{{project="{stack.project}"}} == 1)') == [4.0]  # three shards and the default worker
+        assert prometheus.query(f"sum({series('codex_runs_total', shard)})") == [0.0]
+    assert prometheus.query(f'count(up{{project="{stack.project}"}} == 1)') == [
+        4.0
+    ]  # three shards and the default worker
 
     # Flower on the stack's broker: every Codex worker, and every task it ran, succeeded.
     flower = stack_flower
-    wait_until(lambda: all(any(name.startswith(f"codex-{shard}@") for name in flower.get("/api/workers?refresh=1") or {})
-                           for shard in SHARDS), 60, interval=1, what="Flower lists the three Codex workers")
+    wait_until(
+        lambda: all(
+            any(name.startswith(f"codex-{shard}@") for name in flower.get("/api/workers?refresh=1") or {})
+            for shard in SHARDS
+        ),
+        60,
+        interval=1,
+        what="Flower lists the three Codex workers",
+    )
     task_ids = {result.id for shard in SHARDS for _, result in runs[shard]}
     seen: dict[str, Any] = wait_until(
-        lambda: (t := flower.get("/api/tasks?limit=1000")) and task_ids <= set(t) and t, 60,
-        interval=1, what="Flower lists the six Codex tasks")
+        lambda: (t := flower.get("/api/tasks?limit=1000")) and task_ids <= set(t) and t,
+        60,
+        interval=1,
+        what="Flower lists the six Codex tasks",
+    )
     for task_id in task_ids:
         assert seen[task_id]["name"] == "codex.phase" and seen[task_id]["state"] == "SUCCESS", seen[task_id]
     assert not any(key in json.dumps(seen) for key in keys.values())  # the logins' API keys never show
@@ -370,7 +425,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
     stack.extra_containers.append(intruder_name)
     stack.compose("run", "-d", "--name", intruder_name, "codex-worker-1")
     intruder = docker_client.containers.get(intruder_name)
-    refused = wait_until(lambda: (stack.status(intruder).get("state") or {}).get("reason"), 60, interval=0.5, what="intruder refused")
+    refused = wait_until(
+        lambda: (stack.status(intruder).get("state") or {}).get("reason"), 60, interval=0.5, what="intruder refused"
+    )
     assert refused[0]["code"] == "CODEX-E010"
     holder_id = workers[1].id[:12]
     assert holder_id in refused[0]["message"] and stack.volume(1) in refused[0]["message"]
@@ -382,7 +439,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
         assert all(m["Source"] != "/var/run/docker.sock" for m in worker.attrs["Mounts"]), worker.name
     own = stack.exec_json(workers[0], "codex-agent", "volumes", "--json")
     assert [v["name"] for v in own["volumes"]] == [stack.volume(0)]
-    report = stack.exec_json(stack.container("docker-guard"), "codex-agent", "volumes", "--json", *[stack.volume(s) for s in SHARDS])
+    report = stack.exec_json(
+        stack.container("docker-guard"), "codex-agent", "volumes", "--json", *[stack.volume(s) for s in SHARDS]
+    )
     by_name = {v["name"]: v for v in report["volumes"]}
     assert set(by_name) == {stack.volume(s) for s in SHARDS}
     for shard in SHARDS:
@@ -401,7 +460,11 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
         docker_client.volumes.get(stack.volume(shard))
     after = subprocess.run(
         [str(REPO_ROOT / ".venv/bin/codex-agent"), "volumes", "--json", *[stack.volume(s) for s in SHARDS]],
-        env={**stack.env, "CODEX_LOGIN_CHECK_IMAGE": images.job}, capture_output=True, text=True, timeout=120, check=True,
+        env={**stack.env, "CODEX_LOGIN_CHECK_IMAGE": images.job},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     survived = {v["name"]: v for v in json.loads(after.stdout)["volumes"]}
     for shard in SHARDS:
@@ -411,8 +474,9 @@ def test_three_shards_end_to_end(stack: Stack, images: Images, docker_client: do
 
 def _grown_by_shard_3(compose_text: str) -> str:
     """docker-compose.yaml after the runbook's "Provisioning a new shard" steps 1-2 for shard 3."""
-    blocks = subprocess.run([str(REPO_ROOT / "scripts/compose-shards"), "3"], capture_output=True, text=True,
-                            check=True, timeout=30).stdout
+    blocks = subprocess.run(
+        [str(REPO_ROOT / "scripts/compose-shards"), "3"], capture_output=True, text=True, check=True, timeout=30
+    ).stdout
     services, volumes = blocks.split("# --- paste under volumes: ---")
     services = services.split("# --- paste under services: ---")[1].strip("\n")
     volumes = volumes.strip("\n")
@@ -447,21 +511,39 @@ class UpStack(Stack):
 
     def sh(self, command: str, *, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run an operator's shell line in the stack's directory, with only PATH and HOME set."""
-        proc = subprocess.run(["bash", "-c", command], cwd=self.directory, env=self.env, input=stdin,
-                              capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=self.directory,
+            env=self.env,
+            input=stdin,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
         assert proc.returncode == 0, f"{command} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
         return proc
 
-    def up(self, settings: dict[str, str] | None = None, *, hold_at: str = "", meanwhile: Callable[[], None] = lambda: None,
-           ) -> tuple[str, str]:
+    def up(
+        self,
+        settings: dict[str, str] | None = None,
+        *,
+        hold_at: str = "",
+        meanwhile: Callable[[], None] = lambda: None,
+    ) -> tuple[str, str]:
         """``scripts/up`` for this directory, given ``settings`` or only what .env remembers; its stdout and stderr.
 
         With ``hold_at``, scripts/up is held (SIGSTOP to its process group) from the moment it prints
         that step until ``meanwhile`` has returned: its build takes longer than a test's phase.
         """
-        proc = subprocess.Popen([str(REPO_ROOT / "scripts/up")], text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                env={**self.env, **(settings or {}), "UP_DIR": str(self.directory), "UP_TIMEOUT": "150"},
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            [str(REPO_ROOT / "scripts/up")],
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**self.env, **(settings or {}), "UP_DIR": str(self.directory), "UP_TIMEOUT": "150"},
+            start_new_session=True,
+        )
         out: list[str] = []
         err: list[str] = []
         held = threading.Event()
@@ -473,8 +555,10 @@ class UpStack(Stack):
                     os.killpg(proc.pid, signal.SIGSTOP)
                     held.set()
 
-        readers = [threading.Thread(target=lambda: out.append((proc.stdout or io.StringIO()).read()), daemon=True),
-                   threading.Thread(target=read_stderr, daemon=True)]
+        readers = [
+            threading.Thread(target=lambda: out.append((proc.stdout or io.StringIO()).read()), daemon=True),
+            threading.Thread(target=read_stderr, daemon=True),
+        ]
         for reader in readers:
             reader.start()
         if hold_at:
@@ -497,18 +581,26 @@ class UpStack(Stack):
     def workers(self) -> dict[str, Any]:
         """The running and stopped worker containers by service name."""
         found = self.client.containers.list(all=True, filters={"label": f"com.docker.compose.project={self.project}"})
-        return {c.labels["com.docker.compose.service"]: c for c in found
-                if c.labels["com.docker.compose.service"].startswith("codex-worker-")
-                and c.labels.get("com.docker.compose.oneoff", "False") == "False"}
+        return {
+            c.labels["com.docker.compose.service"]: c
+            for c in found
+            if c.labels["com.docker.compose.service"].startswith("codex-worker-")
+            and c.labels.get("com.docker.compose.oneoff", "False") == "False"
+        }
 
     def gate_open(self, service: str) -> bool:
         return (self.status(self.container(service)).get("state") or {}).get("gate") == "open"
 
     def volume_report(self, shard: int) -> dict[str, Any]:
         """``codex-agent volumes --json`` for one shard's volume, from the host."""
-        done = subprocess.run([str(REPO_ROOT / ".venv/bin/codex-agent"), "volumes", "--json", self.volume(shard)],
-                              env={**self.env, "CODEX_LOGIN_CHECK_IMAGE": self.private_tags[1]},
-                              capture_output=True, text=True, timeout=120, check=True)
+        done = subprocess.run(
+            [str(REPO_ROOT / ".venv/bin/codex-agent"), "volumes", "--json", self.volume(shard)],
+            env={**self.env, "CODEX_LOGIN_CHECK_IMAGE": self.private_tags[1]},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         report: dict[str, Any] = json.loads(done.stdout)["volumes"][0]
         return report
 
@@ -517,7 +609,9 @@ class UpStack(Stack):
         key_file = self.directory / f"key-{shard}"
         key_file.write_text(fake_api_key())
         key_file.chmod(0o600)
-        line = runbook_says("docker compose run --rm -T --entrypoint codex login-1 login --with-api-key < /path/to/key-file")
+        line = runbook_says(
+            "docker compose run --rm -T --entrypoint codex login-1 login --with-api-key < /path/to/key-file"
+        )
         self.sh(line.replace("login-1", f"login-{shard}").replace("/path/to/key-file", str(key_file)))
 
     def exists(self, queue: str) -> bool:
@@ -564,8 +658,11 @@ class LogTap:
         told = []
         for number, log in enumerate(self.raw()):
             text = log.decode("utf-8", "replace").splitlines()
-            told += [f"[container {number}] {line[:300]}" for line in text
-                     if any(task_id in line for task_id in task_ids) or "shutdown" in line or "ack" in line.lower()]
+            told += [
+                f"[container {number}] {line[:300]}"
+                for line in text
+                if any(task_id in line for task_id in task_ids) or "shutdown" in line or "ack" in line.lower()
+            ]
         return "\n".join(told)
 
     def finished_after_sigterm(self, task_id: str) -> bool:
@@ -587,8 +684,9 @@ def runs_per_task(lines: list[dict[str, Any]], task_id: str) -> tuple[int, int]:
 
 
 @pytest.fixture(scope="module")
-def up_stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
-             tmp_path_factory: pytest.TempPathFactory) -> Iterator[UpStack]:
+def up_stack(
+    docker_client: docker.DockerClient, images: Images, rabbitmq_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[UpStack]:
     """`scripts/up` in a directory of its own (the compose files copied there), on a fresh vhost, with
     private image tags (no rebuild elsewhere recreates its containers); the three shards logged in by
     the runbook's headless command."""
@@ -600,24 +698,46 @@ def up_stack(docker_client: docker.DockerClient, images: Images, rabbitmq_url: s
     for name in ("docker-compose.yaml", "docker-compose.offline.yaml"):
         shutil.copy(REPO_ROOT / name, directory / name)
     tags = [f"cwa-test-up-{tag}/worker:dev", f"cwa-test-up-{tag}/job:dev"]
-    for source, target in zip((images.worker, images.job), tags):
+    for source, target in zip((images.worker, images.job), tags, strict=False):
         repository, version = target.split(":")
         assert docker_client.images.get(source).tag(repository, version)
     shell = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", "/root")}
     with broker_account(docker_client, tag) as broker:
-        stack = UpStack(docker_client, ["docker", "compose"], project, shell, broker.from_here, prefix,
-                        directory=directory, private_tags=tags)
+        stack = UpStack(
+            docker_client,
+            ["docker", "compose"],
+            project,
+            shell,
+            broker.from_here,
+            prefix,
+            directory=directory,
+            private_tags=tags,
+        )
         try:
-            stack.first_up = stack.up({"COMPOSE_PROJECT_NAME": project, "CODEX_VOLUME_PREFIX": prefix,
-                                       "CELERY_BROKER_URL": broker.for_containers, "CODEX_PHASE_TIMEOUT": "3000",
-                                       "CODEX_WORKER_IMAGE": tags[0], "CODEX_JOB_IMAGE": tags[1]})
+            stack.first_up = stack.up(
+                {
+                    "COMPOSE_PROJECT_NAME": project,
+                    "CODEX_VOLUME_PREFIX": prefix,
+                    "CELERY_BROKER_URL": broker.for_containers,
+                    "CODEX_PHASE_TIMEOUT": "3000",
+                    "CODEX_WORKER_IMAGE": tags[0],
+                    "CODEX_JOB_IMAGE": tags[1],
+                }
+            )
             for shard in SHARDS:
                 stack.log_in(shard)
             for shard in SHARDS:
-                wait_until(lambda: stack.gate_open(f"codex-worker-{shard}"), 60, interval=0.5, what=f"gate of shard {shard} open")
+                wait_until(
+                    lambda: stack.gate_open(f"codex-worker-{shard}"),
+                    60,
+                    interval=0.5,
+                    what=f"gate of shard {shard} open",
+                )
             yield stack
         finally:
-            remove_project(docker_client, project, prefix, ["docker", "compose", "down", "--timeout", "10"], shell, cwd=directory)
+            remove_project(
+                docker_client, project, prefix, ["docker", "compose", "down", "--timeout", "10"], shell, cwd=directory
+            )
             for name in tags:
                 try:
                     docker_client.images.remove(name, noprune=True)
@@ -651,16 +771,28 @@ def test_runbook_commands_address_the_stack_scripts_up_built(up_stack: UpStack) 
     assert rendered["services"]["codex-worker-1"]["environment"]["CELERY_BROKER_URL"] == broker_url, "another broker"
     bare = json.loads(stack.sh("docker compose --env-file /dev/null config --format json").stdout)
     assert bare["name"] != stack.project and bare["services"]["rabbitmq"]["image"] == "rabbitmq:3-management"
-    assert bare["services"]["codex-worker-1"]["environment"]["CELERY_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672//"
+    assert (
+        bare["services"]["codex-worker-1"]["environment"]["CELERY_BROKER_URL"] == "amqp://guest:guest@rabbitmq:5672//"
+    )
     workers = stack.workers()
     broker_stand_in = stack.container("rabbitmq").id
     if shutil.which("docker-compose"):  # v1 reads the same .env: the same containers
-        v1 = subprocess.run(["docker-compose", "ps", "-q", "codex-worker-0"], cwd=stack.directory, env=stack.env,
-                            capture_output=True, text=True, timeout=60, check=True)
+        v1 = subprocess.run(
+            ["docker-compose", "ps", "-q", "codex-worker-0"],
+            cwd=stack.directory,
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
         assert v1.stdout.strip() == workers["codex-worker-0"].id
     for container in workers.values():  # the stop grace period covers the phase limit
         assert "CODEX_PHASE_TIMEOUT=3000" in container.attrs["Config"]["Env"]
-        assert container.attrs["Config"]["StopTimeout"] == 3060 and container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+        assert (
+            container.attrs["Config"]["StopTimeout"] == 3060
+            and container.attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+        )
 
     def no_e010(service: str) -> bool:
         return not any(line.get("code") == "CODEX-E010" for line in json_lines(stack.container(service).logs()))
@@ -670,7 +802,9 @@ def test_runbook_commands_address_the_stack_scripts_up_built(up_stack: UpStack) 
     tini = crashed.attrs["State"]["Pid"]
     main = int(Path(f"/proc/{tini}/task/{tini}/children").read_text().split()[0])
     os.kill(main, signal.SIGKILL)
-    wait_until(lambda: crashed.reload() or crashed.attrs["RestartCount"] >= 1, 60, interval=0.5, what="worker 0 restarted")
+    wait_until(
+        lambda: crashed.reload() or crashed.attrs["RestartCount"] >= 1, 60, interval=0.5, what="worker 0 restarted"
+    )
     wait_until(lambda: stack.gate_open("codex-worker-0"), 60, interval=0.5, what="gate 0 open after the crash")
     assert stack.volume_report(0)["holder"]["container_id"] == crashed.id and no_e010("codex-worker-0")
 
@@ -684,7 +818,9 @@ def test_runbook_commands_address_the_stack_scripts_up_built(up_stack: UpStack) 
     assert "exited" in stack.sh(runbook_says("docker compose ps -a codex-worker-1")).stdout.lower()
     stack.sh(runbook_says("docker compose up -d codex-worker-1"))
     wait_until(lambda: stack.gate_open("codex-worker-1"), 60, interval=0.5, what="gate 1 open after up -d")
-    assert {s: c.id for s, c in stack.workers().items()} == {s: c.id for s, c in workers.items()}, "a container was recreated"
+    assert {s: c.id for s, c in stack.workers().items()} == {s: c.id for s, c in workers.items()}, (
+        "a container was recreated"
+    )
     assert stack.container("rabbitmq").id == broker_stand_in
     assert "gate open" in stack.sh(runbook_says("docker compose exec codex-worker-1 codex-agent status")).stdout
     holder = stack.volume_report(1)["holder"]
@@ -710,8 +846,10 @@ def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_
     phase cuts one off, and it runs again."""
     stack = up_stack
     # Followed live: the daemon keeps too few past events to ask for them at the end.
-    deaths = docker_client.events(decode=True, filters={
-        "type": "container", "event": "die", "label": f"com.docker.compose.project={stack.project}"})
+    deaths = docker_client.events(
+        decode=True,
+        filters={"type": "container", "event": "die", "label": f"com.docker.compose.project={stack.project}"},
+    )
     exits: list[tuple[str, str]] = []
 
     def watch() -> None:
@@ -741,8 +879,12 @@ def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_
         tap.follow()
         tasks = {shard: hold(app, shard) for shard in shards}
         for shard, task_id in tasks.items():
-            wait_until(lambda: runs_per_task(json_lines(stack.container(f"codex-worker-{shard}").logs()), task_id)[0] == 1,
-                       60, interval=0.3, what=f"the phase on shard {shard} running")
+            wait_until(
+                lambda: runs_per_task(json_lines(stack.container(f"codex-worker-{shard}").logs()), task_id)[0] == 1,
+                60,
+                interval=0.3,
+                what=f"the phase on shard {shard} running",
+            )
         stopped_warm.extend(tasks.values())
 
     # Provisioning shard 3, steps 1-3: scripts/up recreates workers 0..2 (and the default one) while
@@ -758,13 +900,22 @@ def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_
     stack.log_in(3)
     wait_until(lambda: stack.gate_open("codex-worker-3"), 60, interval=0.5, what="gate of shard 3 open")
     assert stack.volume_report(3)["holder"]["container_id"] == stack.container("codex-worker-3").id
-    stack.sh(runbook_says(
-        "docker compose exec -T codex-worker-default celery -A worker_entry.app:app call codex.phase --queue codex-3 "
-        """--kwargs '{"affinity_key": "smoke-test", "run_id": "smoke-shard-3", "phase": "smoke"}'"""))
-    read = runbook_says("""docker logs "$(docker compose ps -q codex-worker-3)" 2>&1 | jq -cR 'fromjson? | """
-                        """select(.run_id=="smoke-shard-3") | {event, queue, volume, exit_code}'""")
-    finished = wait_until(lambda: [json.loads(x) for x in stack.sh(read).stdout.splitlines() if "codex.job.finished" in x],
-                          60, interval=1, what="the test task's job finished on shard 3")
+    stack.sh(
+        runbook_says(
+            "docker compose exec -T codex-worker-default celery -A worker_entry.app:app call codex.phase --queue codex-3 "
+            """--kwargs '{"affinity_key": "smoke-test", "run_id": "smoke-shard-3", "phase": "smoke"}'"""
+        )
+    )
+    read = runbook_says(
+        """docker logs "$(docker compose ps -q codex-worker-3)" 2>&1 | jq -cR 'fromjson? | """
+        """select(.run_id=="smoke-shard-3") | {event, queue, volume, exit_code}'"""
+    )
+    finished = wait_until(
+        lambda: [json.loads(x) for x in stack.sh(read).stdout.splitlines() if "codex.job.finished" in x],
+        60,
+        interval=1,
+        what="the test task's job finished on shard 3",
+    )
     assert finished == [{"event": "codex.job.finished", "queue": "codex-3", "volume": stack.volume(3), "exit_code": 0}]
 
     # Decommissioning shard 3, steps 3-4: its worker stops while running a phase; late publishers,
@@ -775,8 +926,13 @@ def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_
     worker_3 = stack.container("codex-worker-3")
     assert worker_3.attrs["State"]["ExitCode"] == 0 and stack.volume_report(3)["holder"] is None
     keys = [k for k in keys_for_shard(3, 40, shards=4, prefix=f"decom-{stack.project}") if shard_for(k, 3) == 0][:4]
-    late = [four.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"}).id for k in keys]
-    wait_until(lambda: stack.waiting("codex-3") == len(late), 20, interval=0.5, what="the late tasks waiting in codex-3")
+    late = [
+        four.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"}).id
+        for k in keys
+    ]
+    wait_until(
+        lambda: stack.waiting("codex-3") == len(late), 20, interval=0.5, what="the late tasks waiting in codex-3"
+    )
     drain = runbook_says("docker compose exec codex-worker-default codex-agent drain codex-3 --shards 3")
     assert f"would move {len(late)} task(s)" in stack.sh(runbook_says(f"{drain} --dry-run")).stdout
     moved = stack.sh(drain).stdout
@@ -792,19 +948,32 @@ def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_
     assert "would move 0 task(s), 0 left in codex-3" in stack.sh(f"{drain} --dry-run").stdout
     kept = stack.volume_report(3)
     assert kept["logged_in"] is True and kept["holder"] is None
-    stack.sh(runbook_says("docker compose exec -T codex-worker-default celery -A worker_entry.app:app amqp queue.delete codex-3 yes yes"))
+    stack.sh(
+        runbook_says(
+            "docker compose exec -T codex-worker-default celery -A worker_entry.app:app amqp queue.delete codex-3 yes yes"
+        )
+    )
     assert not stack.exists("codex-3")
 
     # Every phase ran exactly once, each in-flight one through its worker's warm stop; the moved
     # tasks on shard 0; every worker that stopped exited 0.
-    wait_until(lambda: all(runs_per_task(tap.everything(), task_id) == (1, 1) for task_id in late), 90, interval=1,
-               what="the moved tasks run once")
+    wait_until(
+        lambda: all(runs_per_task(tap.everything(), task_id) == (1, 1) for task_id in late),
+        90,
+        interval=1,
+        what="the moved tasks run once",
+    )
     lines = tap.everything()
-    assert sorted((e["task_id"], e["queue"], e["exit_code"]) for e in lines
-                  if e.get("event") == "codex.job.finished" and e["task_id"] in late) == sorted((tid, "codex-0", 0) for tid in late)
+    assert sorted(
+        (e["task_id"], e["queue"], e["exit_code"])
+        for e in lines
+        if e.get("event") == "codex.job.finished" and e["task_id"] in late
+    ) == sorted((tid, "codex-0", 0) for tid in late)
     assert len(stopped_warm) == 7
     twice = [task_id for task_id in stopped_warm if runs_per_task(lines, task_id) != (1, 1)]
-    assert not twice, tap.story(twice) + "\n" + stack.container("docker-guard").logs().decode("utf-8", "replace")[-6000:]
+    assert not twice, (
+        tap.story(twice) + "\n" + stack.container("docker-guard").logs().decode("utf-8", "replace")[-6000:]
+    )
     assert [task_id for task_id in stopped_warm if not tap.finished_after_sigterm(task_id)] == []
     deaths.close()
     watcher.join(timeout=10)
@@ -815,10 +984,18 @@ def test_add_and_remove_a_shard_with_phases_in_flight(up_stack: UpStack, docker_
     for shard in SHARDS:
         wait_until(lambda: stack.gate_open(f"codex-worker-{shard}"), 60, interval=0.5, what=f"gate {shard} open")
     cut = hold(publisher(3), 1, hold_s=6)
-    wait_until(lambda: runs_per_task(json_lines(stack.container("codex-worker-1").logs()), cut)[0] == 1, 60, interval=0.3,
-               what="the phase on shard 1 running")
+    wait_until(
+        lambda: runs_per_task(json_lines(stack.container("codex-worker-1").logs()), cut)[0] == 1,
+        60,
+        interval=0.3,
+        what="the phase on shard 1 running",
+    )
     stack.sh("docker compose stop -t 1 codex-worker-1")
     assert stack.container("codex-worker-1").attrs["State"]["ExitCode"] == 137
     stack.sh(runbook_says("docker compose up -d codex-worker-1"))
-    wait_until(lambda: runs_per_task(json_lines(stack.container("codex-worker-1").logs()), cut) == (2, 1), 90,
-               interval=1, what="the cut-off phase run again")
+    wait_until(
+        lambda: runs_per_task(json_lines(stack.container("codex-worker-1").logs()), cut) == (2, 1),
+        90,
+        interval=1,
+        what="the cut-off phase run again",
+    )

@@ -78,9 +78,7 @@ def shard_homes(docker_client: Any, tmp_path: Path) -> Iterator[Callable[..., Sh
 
 
 @pytest.fixture
-def workers(
-    broker_url: str, backend_url: str, codex_bin: str, tmp_path: Path
-) -> Iterator[WorkerFactory]:
+def workers(broker_url: str, backend_url: str, codex_bin: str, tmp_path: Path) -> Iterator[WorkerFactory]:
     """Start `worker-entry` processes; stop them all at teardown."""
     started: list[WorkerProcess] = []
 
@@ -120,8 +118,6 @@ def workers(
     for worker in started:
         worker.stop()
         worker.kill_group()
-
-
 
 
 @pytest.fixture

@@ -36,8 +36,16 @@ def main() -> None:
         FingerprintHistory.mark_copy = lambda self, fingerprint: False  # type: ignore[method-assign]
     claim = VolumeClaim(home, worker=worker, shard=0, volume=home.name)
     holder = claim.acquire()
-    lease = LoginLease(store_for(url, ttl=ttl, name=worker), codex_home=home, worker=worker, shard=0,
-                       volume=home.name, broker=describe_broker(url), ttl=ttl, keep=keep)
+    lease = LoginLease(
+        store_for(url, ttl=ttl, name=worker),
+        codex_home=home,
+        worker=worker,
+        shard=0,
+        volume=home.name,
+        broker=describe_broker(url),
+        ttl=ttl,
+        keep=keep,
+    )
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":

@@ -107,7 +107,9 @@ def test_the_example_names_only_the_public_face() -> None:
     assert "myproj" not in sys.stdlib_module_names and "platform" not in module_block()
 
 
-def test_the_example_routes_by_its_own_affinity_argument_and_pins(tmp_path: Path, rabbit: BrokerView, rabbitmq_url: str) -> None:
+def test_the_example_routes_by_its_own_affinity_argument_and_pins(
+    tmp_path: Path, rabbit: BrokerView, rabbitmq_url: str
+) -> None:
     """Published exactly as printed: ``myproj.review_pr`` goes to ``codex-N`` of its ``repo``; a pin wins."""
     write_package(tmp_path)
     publish(tmp_path, CELERY_BROKER_URL=rabbitmq_url, CODEX_SHARDS="3")
@@ -116,14 +118,19 @@ def test_the_example_routes_by_its_own_affinity_argument_and_pins(tmp_path: Path
     assert rabbit.count("celery") == 0 and rabbit.count("default") == 0
     with Imported(tmp_path, CELERY_BROKER_URL=rabbitmq_url, CODEX_SHARDS="3") as module:
         pinned = next(s for s in range(3) if f"codex-{s}" != expected)
-        module.summarize_pr.apply_async(kwargs={"repo": "github.com/org/repo", "pr": 7, "run_id": "pr-7", agent.PIN_ARG: pinned})
+        module.summarize_pr.apply_async(
+            kwargs={"repo": "github.com/org/repo", "pr": 7, "run_id": "pr-7", agent.PIN_ARG: pinned}
+        )
     assert rabbit.count(f"codex-{pinned}") == 1 and rabbit.count(expected) == 1
 
 
 @pytest.mark.docker
 @pytest.mark.codex
 def test_the_example_runs_a_codex_phase_on_a_real_worker(
-    lab: PhaseLab, rabbit: BrokerView, rabbitmq_url: str, backend_url: str,
+    lab: PhaseLab,
+    rabbit: BrokerView,
+    rabbitmq_url: str,
+    backend_url: str,
 ) -> None:
     """``worker-entry --app myproj.celery:app`` (imported from the working directory) runs the
     example's phase: routed, pre-flighted, audited, ``codex exec`` against the stand-in."""
@@ -131,12 +138,20 @@ def test_the_example_runs_a_codex_phase_on_a_real_worker(
     package = write_package(where)
     shard = lab.shard(shard_for("github.com/org/repo", 3))
     worker = lab.ready_worker(
-        shard, rabbitmq_url, backend_url, command=["--app", "myproj.celery:app"],
+        shard,
+        rabbitmq_url,
+        backend_url,
+        command=["--app", "myproj.celery:app"],
         mounts={str(package): {"bind": IN_WORKER, "mode": "ro"}},
     )
     result = publish(where, CELERY_BROKER_URL=rabbitmq_url, CELERY_RESULT_BACKEND=backend_url, CODEX_SHARDS="3")
     answer = result.get(timeout=120)
-    assert (answer["queue"], answer["shard"], answer["repo"], answer["pr"]) == (f"codex-{shard.index}", shard.index, "github.com/org/repo", 7)
+    assert (answer["queue"], answer["shard"], answer["repo"], answer["pr"]) == (
+        f"codex-{shard.index}",
+        shard.index,
+        "github.com/org/repo",
+        7,
+    )
     job = answer["job"]
     assert job["status"] == "completed" and job["exit_code"] == 0 and job["session_id"]
     assert job["final_message"] == "stand-in reply 1" and job["usage"]["output_tokens"] >= 1

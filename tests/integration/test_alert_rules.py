@@ -31,8 +31,9 @@ def promtool() -> str:
 
 
 def _run_rule_tests(promtool: str, directory: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool, "test", "rules", "alerts_test.yml"], cwd=directory, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [promtool, "test", "rules", "alerts_test.yml"], cwd=directory, capture_output=True, text=True, timeout=60
+    )
 
 
 def test_promtool_checks_and_tests_the_rules(promtool: str) -> None:
@@ -45,8 +46,9 @@ def test_promtool_checks_and_tests_the_rules(promtool: str) -> None:
 
 def test_rule_tests_fail_when_a_rule_loses_its_threshold(promtool: str, tmp_path: Path) -> None:
     """The same tests on rules whose gate threshold is 1 h: promtool reports the missing alert."""
-    (tmp_path / "alerts.yml").write_text(RULES.read_text().replace("codex_gate_seconds_since_change > 900",
-                                                                   "codex_gate_seconds_since_change > 3600"))
+    (tmp_path / "alerts.yml").write_text(
+        RULES.read_text().replace("codex_gate_seconds_since_change > 900", "codex_gate_seconds_since_change > 3600")
+    )
     (tmp_path / "alerts_test.yml").write_text(RULE_TESTS.read_text())
     run = _run_rule_tests(promtool, tmp_path)
     assert run.returncode != 0 and "alertname: CodexGateClosedTooLong" in run.stdout + run.stderr
@@ -66,8 +68,9 @@ def test_promtool_accepts_the_shipped_scrape_config_and_its_rules(promtool: str,
     assert "SUCCESS: 1 rule files found" in check.stdout and "SUCCESS: 10 rules found" in check.stdout
     (tmp_path / "alerts.yml").write_text(RULES.read_text())
     (tmp_path / "prometheus.yml").write_text(config.read_text().replace("refresh_interval:", "refresh_intervall:"))
-    broken = subprocess.run([promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True,
-                            text=True, timeout=60)
+    broken = subprocess.run(
+        [promtool, "check", "config", str(tmp_path / "prometheus.yml")], capture_output=True, text=True, timeout=60
+    )
     assert broken.returncode != 0 and "refresh_intervall" in broken.stdout + broken.stderr
 
 
@@ -86,14 +89,23 @@ def test_rules_name_only_series_the_agent_exposes() -> None:
     gate = GateCollector("0")
     gate.observe({"event": "codex.gate.closed", "queue": "codex-0"})
     registry.register(gate)
-    auth = AuthFacts(present=True, auth_mode="chatgpt", access_token_expires_at=time.time(), last_refresh=time.time(),
-                     fingerprint="0123456789abcdef")
+    auth = AuthFacts(
+        present=True,
+        auth_mode="chatgpt",
+        access_token_expires_at=time.time(),
+        last_refresh=time.time(),
+        fingerprint="0123456789abcdef",
+    )
     volume = VolumeStatus("codex_auth_0", {}, {"ok": True}, auth, None)
-    snapshot = usage.Headroom((usage.Window(42.0, 300, time.time() + 60), usage.Window(91.0, 10080, time.time() + 600)),
-                              time.time())
+    snapshot = usage.Headroom(
+        (usage.Window(42.0, 300, time.time() + 60), usage.Window(91.0, 10080, time.time() + 600)), time.time()
+    )
     limit = usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time())
-    exposed = (generate_latest(registry).decode() + volumes_exposition(VolumesReport(volumes=(volume,)))
-               + exposition(usage_families("codex_auth_0", "0", usage.view(snapshot, limit))))
+    exposed = (
+        generate_latest(registry).decode()
+        + volumes_exposition(VolumesReport(volumes=(volume,)))
+        + exposition(usage_families("codex_auth_0", "0", usage.view(snapshot, limit)))
+    )
     names = set(re.findall(r"^# TYPE (\w+) ", exposed, re.M))
     expressions = " ".join(r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"])
     used = set(re.findall(r"\b(codex_[a-z_]+)", expressions))

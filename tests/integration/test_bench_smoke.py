@@ -22,8 +22,13 @@ ROW_IDS = list(_ORDER)
 
 class TestBenchSmoke:
     def test_quick_run_prints_every_row_and_writes_valid_json(
-        self, codex_bin: str, docker_client: docker.DockerClient, images: Images, rabbitmq_url: str,
-        redis_url: str, tmp_path: Path,
+        self,
+        codex_bin: str,
+        docker_client: docker.DockerClient,
+        images: Images,
+        rabbitmq_url: str,
+        redis_url: str,
+        tmp_path: Path,
     ) -> None:
         """`python -m bench --quick` prints a table with every row and writes results.json and RESULTS.md."""
         if os.geteuid() != 0:
@@ -36,7 +41,12 @@ class TestBenchSmoke:
         }
         done = subprocess.run(
             [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)],
-            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=240, check=False,
+            cwd=REPO_ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+            check=False,
         )
         assert done.returncode == 0, f"{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
         table = [line.split()[0] for line in done.stdout.splitlines() if line.strip()]

@@ -58,7 +58,9 @@ def step(app: Celery, key: str, run_id: str, phase: str, *, partial: bool = Fals
 
 def four_phases(app: Celery, key: str, run_id: str, *, with_plain_step: bool = False, **extra: dict[str, Any]) -> Any:
     """plan (.si), [housekeeping], build (.s), test (.si), review (.s); ``extra[phase]`` adds kwargs."""
-    steps = [step(app, key, run_id, name, partial=name in ("build", "review"), **extra.get(name, {})) for name in PHASES]
+    steps = [
+        step(app, key, run_id, name, partial=name in ("build", "review"), **extra.get(name, {})) for name in PHASES
+    ]
     if with_plain_step:
         steps.insert(1, app.signature("housekeeping", args=("between phases",), immutable=True))
     return chain(*steps)
@@ -85,7 +87,12 @@ def last_texts(standin: StandIn) -> list[str]:
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_workers(
-    mode: str, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, pg_backend: str,
+    mode: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    pg_backend: str,
     workers: WorkerFactory,
 ) -> None:
     """No pin by hand: every Codex phase on the first phase's shard, sessions resumed, results in PostgreSQL."""
@@ -97,7 +104,8 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
     key = keys_for_shard(1, 1, shards=2)[0]
 
     last = four_phases(publisher, key, run_id, with_plain_step=True).apply_async(
-        link_error=publisher.signature("codex.run_failed"))
+        link_error=publisher.signature("codex.run_failed")
+    )
     final = last.get(timeout=TIMEOUT_S)
     results = [r.get(timeout=10) for r in chain_results(last)]
     codex_results = [r for r in results if "job" in r]
@@ -122,7 +130,7 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
 
     outcomes = [outcome(lab, run_id, name) for name in PHASES]
     assert outcomes[0]["resumed_session"] is None
-    for before, after in zip(outcomes, outcomes[1:]):
+    for before, after in zip(outcomes, outcomes[1:], strict=False):
         assert after["resumed_session"] == before["session_id"], "a later phase did not resume the run's session"
     calls = standin.script.calls()
     assert len(calls) == 4 and {c.family for c in calls} == {lab.shards[shard].tokens.family}  # type: ignore[union-attr]
@@ -133,7 +141,9 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
     plain.stop()
     reader = app_for(broker_url, pg_backend, env)
     ids = [r.id for r in chain_results(last)]
-    assert [AsyncResult(i, app=reader).get(timeout=10)["phase"] for i in ids if i != chain_results(last)[1].id] == list(PHASES)
+    assert [AsyncResult(i, app=reader).get(timeout=10)["phase"] for i in ids if i != chain_results(last)[1].id] == list(
+        PHASES
+    )
     rows = result_rows(ids)
     assert {status for status, _ in rows.values()} == {"SUCCESS"} and len(rows) == 5
     stored = b"".join(blob for _, blob in rows.values())
@@ -157,7 +167,10 @@ def chain_with_group(app: Celery, key: str, run_id: str, **first: Any) -> Any:
 
 
 def test_single_mode_a_group_inside_a_chain_stays_on_the_first_steps_shard(
-    lab: PhaseLab, standin: StandIn, redis_url: str, pg_backend: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    redis_url: str,
+    pg_backend: str,
 ) -> None:
     """Single mode, two workers, two chains ``chain(plan, group(review-b, review-c))`` published at once.
 
@@ -185,13 +198,15 @@ def test_single_mode_a_group_inside_a_chain_stays_on_the_first_steps_shard(
     plans = [last.parent.get(timeout=10) for last in lasts]
 
     assert [p["queue"] for p in plans] == ["codex", "codex"] and {p["shard"] for p in plans} == {0, 1}, (
-        f"both workers take a chain's first step from the shared queue: {[(p['run_id'], p['shard']) for p in plans]}")
-    for run_id, plan, pair in zip(run_ids, plans, members):
+        f"both workers take a chain's first step from the shared queue: {[(p['run_id'], p['shard']) for p in plans]}"
+    )
+    for run_id, plan, pair in zip(run_ids, plans, members, strict=False):
         shard = plan["shard"]
         volume = lab.shards[shard].volume
         assert [m["run_id"] for m in pair] == [f"{run_id}-b", f"{run_id}-c"]
         assert [(m["shard"], m["volume"], m["queue"]) for m in pair] == [(shard, volume, f"codex-{shard}")] * 2, (
-            f"a group member left its chain's shard {shard}: {[(m['phase'], m['shard'], m['queue']) for m in pair]}")
+            f"a group member left its chain's shard {shard}: {[(m['phase'], m['shard'], m['queue']) for m in pair]}"
+        )
         assert plan["volume"] == volume
         owner, other = codex_workers[shard], codex_workers[1 - shard]
         assert owner.events("codex.chain.pinned", run_id=run_id, pinned_steps=2, to_queue=f"codex-{shard}")
@@ -204,7 +219,7 @@ def test_single_mode_a_group_inside_a_chain_stays_on_the_first_steps_shard(
     calls = standin.script.calls()
     assert len(calls) == 6
     families = {login.index: login.tokens.family for login in lab.shards}  # type: ignore[union-attr]
-    for run_id, plan in zip(run_ids, plans):
+    for run_id, plan in zip(run_ids, plans, strict=False):
         mine = [c.family for c in calls if any(f" of {run_id}" in t for t in c.texts)]
         assert mine == [families[plan["shard"]]] * 3, f"{run_id}: model calls on another login"
 
@@ -214,18 +229,25 @@ def test_single_mode_a_group_inside_a_chain_stays_on_the_first_steps_shard(
     site = lab.artifacts / "unpinned-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(UNPINNED_SITE)
-    bare = lab.ready_worker(lab.shards[0], redis_url, pg_backend, PYTHONPATH=f"{ARTIFACTS_IN_WORKER}/unpinned-site", **env)
+    bare = lab.ready_worker(
+        lab.shards[0], redis_url, pg_backend, PYTHONPATH=f"{ARTIFACTS_IN_WORKER}/unpinned-site", **env
+    )
     run_id = f"cwa-chain-group-{tag}-bare"
     last = chain_with_group(publisher, key, run_id).apply_async()
     pair = last.get(timeout=TIMEOUT_S)
     assert last.parent.get(timeout=10)["queue"] == "codex"
-    assert [m["queue"] for m in pair] == ["codex", "codex"], "the members were re-routed: the variant is not unprotected"
+    assert [m["queue"] for m in pair] == ["codex", "codex"], (
+        "the members were re-routed: the variant is not unprotected"
+    )
     assert not bare.events("codex.chain.pinned", run_id=run_id)
     broker.purge()
 
 
 def test_a_phase_failing_twice_calls_link_error_once_and_the_resubmitted_run_starts_at_it(
-    lab: PhaseLab, standin: StandIn, redis_url: str, pg_backend: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    redis_url: str,
+    pg_backend: str,
 ) -> None:
     """Single mode, two workers: E042 retried once with backoff, then link_error once with the code and
     the shard; the run re-submitted pinned to that shard skips plan (no model call) and starts at build."""
@@ -254,13 +276,16 @@ def test_a_phase_failing_twice_calls_link_error_once_and_the_resubmitted_run_sta
     assert not (lab.artifacts / run_id / "build" / "outcome.json").exists()
 
     again = four_phases(publisher, key, run_id, plan={"codex_shard": shard}).apply_async(
-        link_error=publisher.signature("codex.run_failed"))
+        link_error=publisher.signature("codex.run_failed")
+    )
     assert again.get(timeout=TIMEOUT_S)["phase"] == "review"
     texts = last_texts(standin)
     assert len(texts) == 6 and [t.split(" ")[0] for t in texts[3:]] == ["PHASE=build", "PHASE=test", "PHASE=review"]
     assert sum(f"PHASE=plan of {run_id}" in t for t in texts) == 1, "the completed phase ran again"
     assert worker.events("codex.phase.skipped", run_id=run_id, phase="plan", reason="completed earlier")
-    assert len(worker.events("codex.run.audit", run_id=run_id)) == 2 + 2 + 3, "plan twice (once skipped), build three times, test and review once"
+    assert len(worker.events("codex.run.audit", run_id=run_id)) == 2 + 2 + 3, (
+        "plan twice (once skipped), build three times, test and review once"
+    )
     assert not codex_workers[1 - shard].events("codex.run.audit", run_id=run_id)
     assert outcome(lab, run_id, "build")["resumed_session"] == outcome(lab, run_id, "plan")["session_id"]
     assert len(failures()) == 1, "link_error more than once"
@@ -288,7 +313,10 @@ def pool_children(worker: ContainerWorker) -> list[str]:
 
 
 def test_a_pool_process_killed_mid_chain_the_chain_completes_and_no_completed_phase_runs_twice(
-    lab: PhaseLab, standin: StandIn, rabbitmq_url: str, pg_backend: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    rabbitmq_url: str,
+    pg_backend: str,
 ) -> None:
     """kill -9 while build holds its finished phase: redelivered, build skipped, test and review run."""
     broker = BrokerView(rabbitmq_url)
@@ -331,7 +359,11 @@ def queued_headers(broker_url: str, queue: str) -> list[dict[str, Any]]:
 
 
 def test_a_login_revoked_mid_chain_requeues_the_step_without_spending_a_retry_and_the_relogin_completes_the_chain(
-    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, pg_backend: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    pg_backend: str,
 ) -> None:
     """Issue 15: "a login problem never consumes a retry: the task is requeued and the gate closes".
 
@@ -356,9 +388,12 @@ def test_a_login_revoked_mid_chain_requeues_the_step_without_spending_a_retry_an
     dead = shard.tokens
     assert dead is not None
 
-    last = chain(step(publisher, key, run_id, "plan", hold_s=4), step(publisher, key, run_id, "build", partial=True)
-                 ).apply_async(link_error=publisher.signature("codex.run_failed"))
-    wait_until((lab.artifacts / run_id / "plan" / "outcome.json").exists, TIMEOUT_S, what="plan completed (and holding)")
+    last = chain(
+        step(publisher, key, run_id, "plan", hold_s=4), step(publisher, key, run_id, "build", partial=True)
+    ).apply_async(link_error=publisher.signature("codex.run_failed"))
+    wait_until(
+        (lab.artifacts / run_id / "plan" / "outcome.json").exists, TIMEOUT_S, what="plan completed (and holding)"
+    )
     standin.authority.revoke(dead.family)  # while plan holds: build is the phase that meets it
 
     def login_outcome() -> list[dict[str, Any]]:
@@ -369,13 +404,20 @@ def test_a_login_revoked_mid_chain_requeues_the_step_without_spending_a_retry_an
 
     outcome_lines = wait_until(login_outcome, TIMEOUT_S, what="build meeting the revoked login")
     assert [(line["event"], line.get("code")) for line in outcome_lines] == [("codex.run.requeued", "CODEX-E034")], (
-        "a login problem was treated as a failure (retried or failed) instead of requeued")
+        "a login problem was treated as a failure (retried or failed) instead of requeued"
+    )
     build_id = outcome_lines[0]["task_id"]
     wait_until(lambda: broker.count("codex-1") == 1, 30, what="build back in codex-1")
     waiting = queued_headers(broker_url, "codex-1")
     assert [(h["id"], h["task"], h["retries"]) for h in waiting] == [(build_id, "codex.step", 0)], "a retry was spent"
-    wait_until(lambda: (s := worker.status())["state"]["gate"] == "closed"
-               and [r["code"] for r in s["state"]["reason"]] == ["CODEX-E034"], 30, what="the gate closed on CODEX-E034")
+    wait_until(
+        lambda: (
+            (s := worker.status())["state"]["gate"] == "closed"
+            and [r["code"] for r in s["state"]["reason"]] == ["CODEX-E034"]
+        ),
+        30,
+        what="the gate closed on CODEX-E034",
+    )
     assert not last.ready() and AsyncResult(build_id, app=publisher).state != "RETRY"
 
     fresh = lab.login(shard)  # the runbook's re-login of this one volume
@@ -383,10 +425,16 @@ def test_a_login_revoked_mid_chain_requeues_the_step_without_spending_a_retry_an
     assert final["phase"] == "build" and final["task_id"] == build_id and final["after"] == "plan"
     assert outcome(lab, run_id, "build")["resumed_session"] == outcome(lab, run_id, "plan")["session_id"]
     stats = standin.authority.stats()
-    assert stats[dead.family].model_calls == 1 and stats[fresh.family].model_calls == 1, "plan on the old login, build on the new"
-    assert not worker.events("codex.run.retrying", run_id=run_id) and not worker.events("codex.run.failed", run_id=run_id)
-    assert not [line for line in worker.lines() if build_id in (e := str(line.get("event", ""))) and "retry" in e.lower()], (
-        "Celery logged a retry of build")
+    assert stats[dead.family].model_calls == 1 and stats[fresh.family].model_calls == 1, (
+        "plan on the old login, build on the new"
+    )
+    assert not worker.events("codex.run.retrying", run_id=run_id) and not worker.events(
+        "codex.run.failed", run_id=run_id
+    )
+    assert not [
+        line for line in worker.lines() if build_id in (e := str(line.get("event", ""))) and "retry" in e.lower()
+    ], "Celery logged a retry of build"
     assert [a["task_id"] for a in worker.events("codex.run.audit", run_id=run_id)].count(build_id) == 2, (
-        "build ran twice as one message: once requeued, once completed")
+        "build ran twice as one message: once requeued, once completed"
+    )
     assert worker.status()["state"]["gate"] == "open"

@@ -67,17 +67,29 @@ def logged_in_volume(volume_factory: VolumeFactory, images: Images) -> str:
 class TestHealthyVolume:
     @pytest.mark.parametrize("with_socket", [False, True], ids=["mountinfo", "docker-socket"])
     def test_every_check_passes_and_names_the_volume(
-        self, docker_client: docker.DockerClient, docker_cleanup: DockerCleanup, images: Images,
-        logged_in_volume: str, with_socket: bool,
+        self,
+        docker_client: docker.DockerClient,
+        docker_cleanup: DockerCleanup,
+        images: Images,
+        logged_in_volume: str,
+        with_socket: bool,
     ) -> None:
         """A logged-in, private volume at CODEX_HOME: all ok, the mount check reports its name."""
         report = _check(
-            docker_client, docker_cleanup, images.worker,
-            expected_volume=logged_in_volume, mounts=_rw(logged_in_volume), with_socket=with_socket,
+            docker_client,
+            docker_cleanup,
+            images.worker,
+            expected_volume=logged_in_volume,
+            mounts=_rw(logged_in_volume),
+            with_socket=with_socket,
         )
         assert report["exit_code"] == 0 and report["ok"] is True
         assert [(c["name"], c["ok"]) for c in report["checks"]] == [
-            ("claim", True), ("mount", True), ("lease", True), ("login", True)]
+            ("claim", True),
+            ("mount", True),
+            ("lease", True),
+            ("login", True),
+        ]
         mount = report["by_name"]["mount"]["details"]
         assert mount["volume"] == logged_in_volume
         assert mount["source"] == ("docker" if with_socket else "mountinfo")
@@ -96,7 +108,10 @@ class TestBrokenSetups:
         assert f"docker run -v codex_auth_0:{CODEX_HOME}" in mount["remediation"]
 
     def test_another_volume_is_the_wrong_volume(
-        self, docker_client: docker.DockerClient, docker_cleanup: DockerCleanup, images: Images,
+        self,
+        docker_client: docker.DockerClient,
+        docker_cleanup: DockerCleanup,
+        images: Images,
         volume_factory: VolumeFactory,
     ) -> None:
         """The volume of another shard at CODEX_HOME: CODEX-E021 naming both."""
@@ -112,15 +127,25 @@ class TestBrokenSetups:
         ids=["mode-0755", "owned-by-root"],
     )
     def test_loose_permissions_are_refused(
-        self, docker_client: docker.DockerClient, docker_cleanup: DockerCleanup, images: Images,
-        volume_factory: VolumeFactory, uid: int, mode: int, shown: str,
+        self,
+        docker_client: docker.DockerClient,
+        docker_cleanup: DockerCleanup,
+        images: Images,
+        volume_factory: VolumeFactory,
+        uid: int,
+        mode: int,
+        shown: str,
     ) -> None:
         """Mode other than 0700, or another owner: CODEX-E023 with the chown/chmod fix."""
         volume = volume_factory("perm").name
         make_api_key_login_in_volume(images.worker, volume)  # not empty: Docker copies nothing into it
         code, output = run_once(
-            docker_client, docker_cleanup, images.busybox, ["sh", "-c", f"chown {uid}:{uid} /v && chmod {mode:o} /v"],
-            volumes={volume: "/v"}, user="0",
+            docker_client,
+            docker_cleanup,
+            images.busybox,
+            ["sh", "-c", f"chown {uid}:{uid} /v && chmod {mode:o} /v"],
+            volumes={volume: "/v"},
+            user="0",
         )
         assert code == 0, output
         report = _check(docker_client, docker_cleanup, images.worker, expected_volume=volume, mounts=_rw(volume))
@@ -129,18 +154,27 @@ class TestBrokenSetups:
         assert "chmod 0700" in mount["remediation"] and volume in mount["remediation"]
 
     def test_read_only_mount_is_refused(
-        self, docker_client: docker.DockerClient, docker_cleanup: DockerCleanup, images: Images,
+        self,
+        docker_client: docker.DockerClient,
+        docker_cleanup: DockerCleanup,
+        images: Images,
         logged_in_volume: str,
     ) -> None:
         """`:ro` at CODEX_HOME: CODEX-E022 (Codex must rewrite auth.json on refresh)."""
         report = _check(
-            docker_client, docker_cleanup, images.worker,
-            expected_volume=logged_in_volume, mounts={logged_in_volume: {"bind": CODEX_HOME, "mode": "ro"}},
+            docker_client,
+            docker_cleanup,
+            images.worker,
+            expected_volume=logged_in_volume,
+            mounts={logged_in_volume: {"bind": CODEX_HOME, "mode": "ro"}},
         )
         assert report["by_name"]["mount"]["code"] == "CODEX-E022"
 
     def test_logged_out_volume_names_the_login_fix(
-        self, docker_client: docker.DockerClient, docker_cleanup: DockerCleanup, images: Images,
+        self,
+        docker_client: docker.DockerClient,
+        docker_cleanup: DockerCleanup,
+        images: Images,
         volume_factory: VolumeFactory,
     ) -> None:
         """An empty volume: CODEX-E030 with the login command for this shard."""
@@ -160,20 +194,30 @@ HOLD = (
 
 class TestTwoContainers:
     def test_second_container_on_a_claimed_volume_is_refused_with_the_holder(
-        self, docker_client: docker.DockerClient, docker_cleanup: DockerCleanup, images: Images,
+        self,
+        docker_client: docker.DockerClient,
+        docker_cleanup: DockerCleanup,
+        images: Images,
         logged_in_volume: str,
     ) -> None:
         """Two containers, one named volume: the second's claim check is CODEX-E010 naming the first container."""
         holder = docker_client.containers.run(
-            images.worker, ["-c", HOLD], entrypoint=["python3"], volumes=_rw(logged_in_volume),
-            detach=True, labels={"cwa.test": "1"},
+            images.worker,
+            ["-c", HOLD],
+            entrypoint=["python3"],
+            volumes=_rw(logged_in_volume),
+            detach=True,
+            labels={"cwa.test": "1"},
         )
         docker_cleanup.container(holder)
         wait_until(lambda: b"held" in holder.logs(), 30, what="the first container to hold the claim")
         started = time.monotonic()
         report = _check(
-            docker_client, docker_cleanup, images.worker,
-            expected_volume=logged_in_volume, mounts=_rw(logged_in_volume),
+            docker_client,
+            docker_cleanup,
+            images.worker,
+            expected_volume=logged_in_volume,
+            mounts=_rw(logged_in_volume),
         )
         claim = report["by_name"]["claim"]
         assert claim["code"] == "CODEX-E010"
@@ -186,7 +230,10 @@ class TestTwoContainers:
         holder.kill()  # the holder dies without releasing: the next claimant takes over
         holder.wait(timeout=30)
         report = _check(
-            docker_client, docker_cleanup, images.worker,
-            expected_volume=logged_in_volume, mounts=_rw(logged_in_volume),
+            docker_client,
+            docker_cleanup,
+            images.worker,
+            expected_volume=logged_in_volume,
+            mounts=_rw(logged_in_volume),
         )
         assert report["by_name"]["claim"]["ok"] is True

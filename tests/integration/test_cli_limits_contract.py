@@ -10,8 +10,8 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,10 +23,21 @@ pytestmark = [pytest.mark.codex]
 
 
 def run_codex(codex_bin: str, standin: StandIn, home: Path) -> tuple[int, str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home.parent), "CODEX_HOME": str(home),
-           "CODEX_REFRESH_TOKEN_URL_OVERRIDE": standin.refresh_url}
-    done = subprocess.run([codex_bin, "exec", "--json", "--skip-git-repo-check", "-C", str(home), "hello"],
-                          capture_output=True, text=True, env=env, timeout=120, check=False, stdin=subprocess.DEVNULL)
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home.parent),
+        "CODEX_HOME": str(home),
+        "CODEX_REFRESH_TOKEN_URL_OVERRIDE": standin.refresh_url,
+    }
+    done = subprocess.run(
+        [codex_bin, "exec", "--json", "--skip-git-repo-check", "-C", str(home), "hello"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
     return done.returncode, done.stdout + "\n" + done.stderr
 
 
@@ -34,12 +45,21 @@ Script = Callable[[StandIn, str, float], None]
 CASES: dict[str, tuple[Script, str | None, str | None]] = {
     "usage_limit_reached": (lambda s, f, t: s.usage.limit(f, t), "usage", "usage_limit_reached"),
     "no_reset_time": (lambda s, f, t: s.usage.limit_without_reset(f), "usage", "usage_limit_reached"),
-    "insufficient_quota": (lambda s, f, t: s.usage.limit_without_reset(f, error_type="insufficient_quota"), "quota",
-                           "insufficient_quota"),
-    "usage_not_included": (lambda s, f, t: s.usage.limit(f, t, error_type="usage_not_included"), "quota",
-                           "usage_not_included"),
-    "rate_limit_exceeded": (lambda s, f, t: s.usage.limit(f, t, error_type="rate_limit_exceeded"), "rate",
-                            "rate_limit_exceeded"),
+    "insufficient_quota": (
+        lambda s, f, t: s.usage.limit_without_reset(f, error_type="insufficient_quota"),
+        "quota",
+        "insufficient_quota",
+    ),
+    "usage_not_included": (
+        lambda s, f, t: s.usage.limit(f, t, error_type="usage_not_included"),
+        "quota",
+        "usage_not_included",
+    ),
+    "rate_limit_exceeded": (
+        lambda s, f, t: s.usage.limit(f, t, error_type="rate_limit_exceeded"),
+        "rate",
+        "rate_limit_exceeded",
+    ),
     "quota_exceeded": (lambda s, f, t: s.usage.limit(f, t, error_type="quota_exceeded"), "rate", "rate_limit_exceeded"),
 }
 """Stand-in script -> what the classifier must make of the CLI's output (0.169: ``quota_exceeded``
@@ -97,8 +117,11 @@ LOGIN_CASES: dict[str, tuple[float | None, LoginScript, set[str]]] = {
     "refresh_token_reused": (0.0, lambda s, t: s.authority.refresh(t.refresh_token), {"refresh_token_reused"}),
     "refresh_token_expired": (0.0, lambda s, t: s.authority.expire(t.family), {"refresh_token_expired"}),
     "refresh_token_invalidated": (0.0, lambda s, t: s.authority.revoke(t.family), {"refresh_token_invalidated"}),
-    "unauthorized": (None, lambda s, t: s.authority.revoke(t.family),
-                     {"unauthorized", "refresh_token_invalidated", "sign_in_again"}),
+    "unauthorized": (
+        None,
+        lambda s, t: s.authority.revoke(t.family),
+        {"unauthorized", "refresh_token_invalidated", "sign_in_again"},
+    ),
 }
 """Stand-in script (with the access token's lifetime: 0 makes the CLI refresh first) -> the reasons
 agent.phase.auth_failure may name. A 401 on a dead family may make the CLI refresh, which the family

@@ -27,7 +27,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 PHASE_TIMEOUT_S = 90
 
 
-
 def phase(publisher: Celery, key: str, run_id: str, name: str, prompt: str, **kwargs: Any) -> Any:
     return publisher.send_task(
         "codex.phase", kwargs={"affinity_key": key, "run_id": run_id, "phase": name, "prompt": prompt, **kwargs}
@@ -36,8 +35,14 @@ def phase(publisher: Celery, key: str, run_id: str, name: str, prompt: str, **kw
 
 class TestPhase:
     def test_a_phase_runs_codex_exec_and_keeps_its_artifacts(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
-        publisher: Celery, tmp_path: Path,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
+        publisher: Celery,
+        tmp_path: Path,
     ) -> None:
         """codex exec runs in the job with the shard's login; events, message and outcome are kept."""
         shard = lab.shard(0)
@@ -62,8 +67,14 @@ class TestPhase:
         assert finished["usage"]["output_tokens"] >= 1
 
     def test_a_completed_phase_is_not_run_again(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
-        publisher: Celery, tmp_path: Path,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
+        publisher: Celery,
+        tmp_path: Path,
     ) -> None:
         """The same run and phase published again returns the recorded outcome; no model call."""
         shard = lab.shard(0)
@@ -78,14 +89,22 @@ class TestPhase:
 
 class TestSessionResume:
     def test_the_second_phase_resumes_the_first_phases_session_on_the_same_shard(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
-        publisher: Celery, tmp_path: Path,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
+        publisher: Celery,
+        tmp_path: Path,
     ) -> None:
         """Phase two runs ``codex exec resume`` from the shard's CODEX_HOME: the model sees phase one."""
         shard = lab.shard(1)
         worker = lab.ready_worker(shard, broker_url, backend_url)
         key = keys_for_shard(1, 1)[0]
-        phase(publisher, key, "cwa-run-c", "one", "Remember MARKER-ONE", next_phases=["two"]).get(timeout=PHASE_TIMEOUT_S)
+        phase(publisher, key, "cwa-run-c", "one", "Remember MARKER-ONE", next_phases=["two"]).get(
+            timeout=PHASE_TIMEOUT_S
+        )
         wait_until(lambda: len(standin.script.calls()) >= 2, PHASE_TIMEOUT_S, what="the second phase's model call")
         worker.wait_for("codex.job.finished", count=2, run_id="cwa-run-c")
 
@@ -94,8 +113,11 @@ class TestSessionResume:
         assert any("MARKER-ONE" in text for text in second.texts[:-1]), "phase two did not carry phase one's turn"
         assert "stand-in reply 1" in second.texts, "phase two did not carry phase one's reply"
         # The outcome is written just after the job's finished line: wait for it, not for the line.
-        wait_until(lambda: (lab.artifacts / "cwa-run-c" / "two" / "outcome.json").exists(), PHASE_TIMEOUT_S,
-                   what="phase two's outcome")
+        wait_until(
+            lambda: (lab.artifacts / "cwa-run-c" / "two" / "outcome.json").exists(),
+            PHASE_TIMEOUT_S,
+            what="phase two's outcome",
+        )
         one = json.loads((lab.artifacts / "cwa-run-c" / "one" / "outcome.json").read_text())
         two = json.loads((lab.artifacts / "cwa-run-c" / "two" / "outcome.json").read_text())
         assert two["resumed_session"] == one["session_id"] and one["shard"] == two["shard"] == 1
@@ -103,7 +125,12 @@ class TestSessionResume:
 
 class TestRevokedDuringRun:
     def test_a_revoked_family_requeues_the_task_closes_the_gate_and_a_new_login_completes_it(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
         publisher: Celery,
     ) -> None:
         """E034: not a job failure; the gate ignores a passing `login status` until a new login."""
@@ -119,14 +146,21 @@ class TestRevokedDuringRun:
         worker.wait_for("codex.run.requeued", timeout=PHASE_TIMEOUT_S, code="CODEX-E034")
         wait_until(lambda: broker.count("codex-2") == 1, 30, what="the task back in codex-2")
         status = wait_until(
-            lambda: (s := worker.status())["state"]["gate"] == "closed"
-            and [r["code"] for r in s["state"]["reason"]] == ["CODEX-E034"] and s,
-            30, what="the gate closed on CODEX-E034",
+            lambda: (
+                (s := worker.status())["state"]["gate"] == "closed"
+                and [r["code"] for r in s["state"]["reason"]] == ["CODEX-E034"]
+                and s
+            ),
+            30,
+            what="the gate closed on CODEX-E034",
         )
         assert status["exit_code"] == 1 and shard.volume in status["state"]["reason"][0]["message"]
         volumes = subprocess.run(
             [str(Path(sys.executable).parent / "codex-agent"), "volumes", "--json", shard.volume],
-            capture_output=True, text=True, timeout=120, check=False,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         listed = json.loads(volumes.stdout)["volumes"][0]
         assert listed["revoked"]["reason"] == "refresh_token_invalidated" and listed["revoked"]["run_id"] == "cwa-run-d"
@@ -149,8 +183,14 @@ class TestRevokedDuringRun:
 
 class TestWallClockLimit:
     def test_a_hung_model_endpoint_ends_at_the_limit_with_its_code_and_no_container_left(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
-        publisher: Celery, docker_client: Any,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
+        publisher: Celery,
+        docker_client: Any,
     ) -> None:
         """CODEX-E043, the job is killed and removed, the task is failed (never dropped), the gate stays open."""
         shard = lab.shard(0)
@@ -172,7 +212,12 @@ SECRET = "ghp_cwa-integration-s3cret-9f3e"
 
 class TestShapedPhase:
     def test_model_effort_and_env_shape_the_phase_and_the_result_holds_the_final_message(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
         publisher: Celery,
     ) -> None:
         """The model and the reasoning effort reach the model call; the result has the final message,
@@ -181,15 +226,25 @@ class TestShapedPhase:
         worker = lab.ready_worker(shard, broker_url, backend_url)
         key = keys_for_shard(0, 1)[0]
         task = publisher.tasks["codex.phase"]
-        result = task.apply_async(kwargs={
-            "affinity_key": key, "run_id": "cwa-run-f", "phase": "plan", "prompt": "Shape me. MARKER-F",
-            "model": "standin-model-b", "codex_args": ["-c", "model_reasoning_effort=high"],
-            "env": {"CWA_GIT_TOKEN": SECRET},
-        }).get(timeout=PHASE_TIMEOUT_S)
+        result = task.apply_async(
+            kwargs={
+                "affinity_key": key,
+                "run_id": "cwa-run-f",
+                "phase": "plan",
+                "prompt": "Shape me. MARKER-F",
+                "model": "standin-model-b",
+                "codex_args": ["-c", "model_reasoning_effort=high"],
+                "env": {"CWA_GIT_TOKEN": SECRET},
+            }
+        ).get(timeout=PHASE_TIMEOUT_S)
 
         job = result["job"]
         assert job["final_message"] == "stand-in reply 1" and job["session_id"] and job["usage"]["output_tokens"] >= 1
-        assert (job["model"], job["reasoning_effort"], job["env_names"]) == ("standin-model-b", "high", ["CWA_GIT_TOKEN"])
+        assert (job["model"], job["reasoning_effort"], job["env_names"]) == (
+            "standin-model-b",
+            "high",
+            ["CWA_GIT_TOKEN"],
+        )
         (call,) = standin.script.calls()
         assert call.model == "standin-model-b" and call.reasoning_effort == "high" and "MARKER-F" in call.texts[-1]
         worker.wait_for("codex.job.finished", run_id="cwa-run-f")
@@ -197,17 +252,28 @@ class TestShapedPhase:
         assert SECRET not in json.dumps(result) and SECRET not in worker.log_text() and SECRET not in kept
         assert lab.guards and all(SECRET not in guard.log_text() for guard in lab.guards)
 
-        refused = task.apply_async(kwargs={
-            "affinity_key": key, "run_id": "cwa-run-f", "phase": "two", "prompt": "x",
-            "codex_args": ["--dangerously-bypass-approvals-and-sandbox"],
-        })
+        refused = task.apply_async(
+            kwargs={
+                "affinity_key": key,
+                "run_id": "cwa-run-f",
+                "phase": "two",
+                "prompt": "x",
+                "codex_args": ["--dangerously-bypass-approvals-and-sandbox"],
+            }
+        )
         with pytest.raises(Exception, match="CODEX-E044") as failure:
             refused.get(timeout=PHASE_TIMEOUT_S)
         assert "codex_args" in str(failure.value) and len(standin.script.calls()) == 1
 
     def test_a_seed_under_the_root_fills_the_new_workspace_once_and_one_outside_is_refused(
-        self, lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
-        publisher: Celery, docker_client: Any,
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
+        publisher: Celery,
+        docker_client: Any,
     ) -> None:
         """The seed job unpacks the directory into the run's workspace before the first phase; a later
         phase does not seed again; a path out of CODEX_SEED_ROOT is E044 before anything runs."""
@@ -219,12 +285,19 @@ class TestShapedPhase:
             if not path.is_symlink():
                 path.chmod(0o755 if path.is_dir() else 0o644)
         shard = lab.shard(0)
-        worker = lab.ready_worker(shard, broker_url, backend_url, CODEX_SEED_ROOT="/var/seeds",
-                                  mounts={str(seeds): {"bind": "/var/seeds", "mode": "ro"}})
+        worker = lab.ready_worker(
+            shard,
+            broker_url,
+            backend_url,
+            CODEX_SEED_ROOT="/var/seeds",
+            mounts={str(seeds): {"bind": "/var/seeds", "mode": "ro"}},
+        )
         key = keys_for_shard(0, 1)[0]
         first = phase(publisher, key, "cwa-run-g", "one", "Read the seed", seed="repo").get(timeout=PHASE_TIMEOUT_S)
         assert first["job"]["status"] == "completed" and first["job"]["seed"]["files"] == 1
-        second = phase(publisher, key, "cwa-run-g", "two", "Again", seed="repo", resume=True).get(timeout=PHASE_TIMEOUT_S)
+        second = phase(publisher, key, "cwa-run-g", "two", "Again", seed="repo", resume=True).get(
+            timeout=PHASE_TIMEOUT_S
+        )
         assert second["job"]["seed"] is None
         assert len(worker.events("codex.workspace.seeded", run_id="cwa-run-g")) == 1
 

@@ -50,7 +50,9 @@ class TestComposeFile:
 
     def test_volumes_have_explicit_names_and_labels(self, version: str) -> None:
         """Each shard volume is named codex_auth_N (or the prefix), so compose and the SDK agree."""
-        volumes = _render(version, ["docker-compose.yaml"], {"PATH": PATH, "CODEX_VOLUME_PREFIX": "team_a_auth_"})["volumes"]
+        volumes = _render(version, ["docker-compose.yaml"], {"PATH": PATH, "CODEX_VOLUME_PREFIX": "team_a_auth_"})[
+            "volumes"
+        ]
         assert {volumes[f"codex_auth_{n}"]["name"] for n in range(3)} == {f"team_a_auth_{n}" for n in range(3)}
         assert all(volumes[f"codex_auth_{n}"]["labels"]["codex.auth"] == "1" for n in range(3))
 

@@ -89,7 +89,9 @@ def publish_to_removed_shard(broker_url: str, count: int) -> tuple[list[str], di
 
     expected: dict[str, str] = {}
     for key in keys_for_shard(3, count, shards=4, prefix=f"drain-{secrets.token_hex(2)}"):
-        result = publisher.send_task("codex.phase", kwargs={"affinity_key": key, "run_id": f"run-{key}", "phase": "plan"})
+        result = publisher.send_task(
+            "codex.phase", kwargs={"affinity_key": key, "run_id": f"run-{key}", "phase": "plan"}
+        )
         expected[result.id] = f"codex-{shard_for(key, 3)}"
     pinned_key = keys_for_shard(1, 1, shards=3, prefix="drain-pinned")[0]
     pinned = publisher.send_task(
@@ -109,8 +111,7 @@ class TestDrain:
         before = counts(broker)
         assert before == {"default": 0, "codex-0": 0, "codex-1": 0, "codex-2": 0, "codex-3": len(ids)}
 
-        app = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3",
-               "AGENT_STATE_DIR": str(tmp_path)}))
+        app = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3", "AGENT_STATE_DIR": str(tmp_path)}))
         report = drain(broker_url, "codex-3", shards=3, kinds=task_kinds_from_app(app), state_dir=tmp_path)
 
         assert report.ok, report.error
@@ -129,13 +130,24 @@ class TestDrain:
         assert counts(broker)["codex-3"] == len(ids) == report.left
         assert task_ids(broker_url) == Counter(ids)
 
-    def test_limit_stops_midway_and_a_second_run_finishes(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
+    def test_limit_stops_midway_and_a_second_run_finishes(
+        self, broker_url: str, broker: BrokerView, tmp_path: Path
+    ) -> None:
         """The CLI moves K with --limit, the rest stay queued; running it again moves the rest, none doubled."""
         ids, _ = publish_to_removed_shard(broker_url, 6)
-        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3",
-               "AGENT_STATE_DIR": str(tmp_path)}
-        first = subprocess.run([CODEX_AGENT, "drain", "codex-3", "--limit", "3", "--json"],
-                               env=env, capture_output=True, text=True, timeout=60)
+        env = {
+            "PATH": str(Path(sys.executable).parent),
+            "CELERY_BROKER_URL": broker_url,
+            "CODEX_SHARDS": "3",
+            "AGENT_STATE_DIR": str(tmp_path),
+        }
+        first = subprocess.run(
+            [CODEX_AGENT, "drain", "codex-3", "--limit", "3", "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert first.returncode == 0, first.stderr
         assert json.loads(first.stdout)["moved"] == 3
         assert broker.count("codex-3") == len(ids) - 3
@@ -144,7 +156,9 @@ class TestDrain:
         assert f"moved {len(ids) - 3} task(s), 0 left in codex-3" in second.stdout
         assert task_ids(broker_url) == Counter(ids)
 
-    def test_a_failing_target_stops_the_drain_and_loses_nothing(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
+    def test_a_failing_target_stops_the_drain_and_loses_nothing(
+        self, broker_url: str, broker: BrokerView, tmp_path: Path
+    ) -> None:
         """When the broker refuses a copy, the drain stops with E060: moved stay moved, the rest stay queued."""
         ids, expected = publish_to_removed_shard(broker_url, 10)
         order = list(expected.values())  # both brokers hand messages out in publish order
@@ -213,8 +227,14 @@ class TestDrain:
 
     def test_refuses_a_live_queue(self, broker_url: str, broker: BrokerView, tmp_path: Path) -> None:
         """Draining a queue that still has a shard is refused before anything is touched."""
-        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "AGENT_STATE_DIR": str(tmp_path)}
-        done = subprocess.run([CODEX_AGENT, "drain", "codex-2", "--shards", "3"], env=env, capture_output=True, text=True, timeout=60)
+        env = {
+            "PATH": str(Path(sys.executable).parent),
+            "CELERY_BROKER_URL": broker_url,
+            "AGENT_STATE_DIR": str(tmp_path),
+        }
+        done = subprocess.run(
+            [CODEX_AGENT, "drain", "codex-2", "--shards", "3"], env=env, capture_output=True, text=True, timeout=60
+        )
         assert done.returncode == 1 and "CODEX-E060" in done.stderr and "still a live queue" in done.stderr
 
 
@@ -226,8 +246,16 @@ def _refuse_publishes_to(broker_url: str, queue: str) -> Any:
     """
     if broker_url.startswith("amqp"):
         vhost = broker_url.rsplit("/", 1)[1]
-        rabbitmqctl("set_policy", "-p", vhost, "--apply-to", "queues", "cwa-refuse", f"^{queue}$",
-                    '{"max-length": 0, "overflow": "reject-publish"}')
+        rabbitmqctl(
+            "set_policy",
+            "-p",
+            vhost,
+            "--apply-to",
+            "queues",
+            "cwa-refuse",
+            f"^{queue}$",
+            '{"max-length": 0, "overflow": "reject-publish"}',
+        )
         return lambda: rabbitmqctl("clear_policy", "-p", vhost, "cwa-refuse")
     import redis
 
@@ -237,7 +265,7 @@ def _refuse_publishes_to(broker_url: str, queue: str) -> Any:
     return lambda: client.delete(queue)
 
 
-ADOPTER_APP = '''
+ADOPTER_APP = """
 from celery import Celery
 
 import agent
@@ -256,7 +284,7 @@ def review_pr(self, repo, pr, codex_shard=None):
 @app.task(name="myproj.notify")
 def notify(text):
     return text
-'''
+"""
 ADOPTER_QUEUES = (*QUEUES, "myproj-default", "celery")
 
 
@@ -279,20 +307,47 @@ class TestDrainWithTheAdoptersApp:
         )
         keys = keys_for_shard(3, 4, shards=4, prefix=f"adopt-{secrets.token_hex(2)}")
         pinned = keys_for_shard(1, 1, shards=3, prefix="adopt-pinned")[0]
-        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "4",
-               "PYTHONPATH": f"{project}:{Path(__file__).resolve().parents[2]}"}
-        done = subprocess.run([sys.executable, "-c", code, json.dumps([keys, pinned])], env=env, cwd=project,
-                              capture_output=True, text=True, timeout=60, check=True)
-        return {i: ("myproj-default" if k is None else f"codex-{shard_for(k, 3)}") for i, k in json.loads(done.stdout).items()}
+        env = {
+            "PATH": str(Path(sys.executable).parent),
+            "CELERY_BROKER_URL": broker_url,
+            "CODEX_SHARDS": "4",
+            "PYTHONPATH": f"{project}:{Path(__file__).resolve().parents[2]}",
+        }
+        done = subprocess.run(
+            [sys.executable, "-c", code, json.dumps([keys, pinned])],
+            env=env,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        return {
+            i: ("myproj-default" if k is None else f"codex-{shard_for(k, 3)}")
+            for i, k in json.loads(done.stdout).items()
+        }
 
     def _drain(self, project: Path, broker_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-        env = {"PATH": str(Path(sys.executable).parent), "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "3",
-               "AGENT_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
-        return subprocess.run([CODEX_AGENT, "drain", "codex-3", "--json", *args], env=env, cwd=project,
-                              capture_output=True, text=True, timeout=60)
+        env = {
+            "PATH": str(Path(sys.executable).parent),
+            "CELERY_BROKER_URL": broker_url,
+            "CODEX_SHARDS": "3",
+            "AGENT_STATE_DIR": str(tmp_path / "state"),
+            "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+        }
+        return subprocess.run(
+            [CODEX_AGENT, "drain", "codex-3", "--json", *args],
+            env=env,
+            cwd=project,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     def test_the_apps_tasks_reach_their_queues_and_the_default_app_leaves_them_queued(
-        self, broker_url: str, tmp_path: Path,
+        self,
+        broker_url: str,
+        tmp_path: Path,
     ) -> None:
         project = tmp_path / "project"
         project.mkdir()
@@ -315,7 +370,9 @@ class TestDrainWithTheAdoptersApp:
         report = json.loads(moved.stdout)
         assert {t["task_id"]: t["to"] for t in report["tasks"]} == expected and report["left"] == 0
         assert broker.count("default") == 0 and broker.count("celery") == 0
-        assert {q: broker.count(q) for q in ADOPTER_QUEUES} == {q: Counter(expected.values()).get(q, 0) for q in ADOPTER_QUEUES}
+        assert {q: broker.count(q) for q in ADOPTER_QUEUES} == {
+            q: Counter(expected.values()).get(q, 0) for q in ADOPTER_QUEUES
+        }
         assert task_ids_in(broker_url, ADOPTER_QUEUES) == Counter(list(expected))  # every id exactly once
 
     def test_unprotected_variant_guesses_and_lands_in_default(self, broker_url: str, tmp_path: Path) -> None:

@@ -99,7 +99,9 @@ def test_fleet_shows_open_closed_stopped_and_drops_a_dead_worker(
     assert found[name(closed)]["gate"] == "stopped"  # a stopped worker stays on the board longer
 
 
-@pytest.mark.parametrize("url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1//"], ids=["redis", "rabbitmq"])
+@pytest.mark.parametrize(
+    "url", ["redis://127.0.0.1:1/0", "amqp://guest:guest@127.0.0.1:1//"], ids=["redis", "rabbitmq"]
+)
 def test_an_unreachable_broker_is_codex_e070(url: str) -> None:
     """Nothing listens on the port: the command says so with its code and exits non-zero."""
     done = fleet(url, "--json")
@@ -111,8 +113,18 @@ def test_an_unreachable_broker_is_codex_e070(url: str) -> None:
 def test_a_worker_posting_to_an_unreachable_broker_logs_once_and_carries_on() -> None:
     """The publisher's thread meets a dead port: publish() still returns, one warning, no post, a clean close."""
     publisher = FleetPublisher(board_for("redis://127.0.0.1:1/0", name="t"), broker="redis://127.0.0.1:1/0", ttl=0.3)
-    state = AgentState(worker="t", pid=os.getpid(), process_start=0.0, codex_worker=True, gate="open",
-                       gate_since=0.0, shard=0, queue="codex-0", volume="v", codex_home="/x")
+    state = AgentState(
+        worker="t",
+        pid=os.getpid(),
+        process_start=0.0,
+        codex_worker=True,
+        gate="open",
+        gate_since=0.0,
+        shard=0,
+        queue="codex-0",
+        volume="v",
+        codex_home="/x",
+    )
     with capture_logs() as logs:
         for _ in range(3):
             publisher.publish(state)
@@ -125,8 +137,18 @@ def test_a_worker_posting_to_an_unreachable_broker_logs_once_and_carries_on() ->
 def test_publish_never_waits_for_a_post_in_flight() -> None:
     """A check publishes its state under the agent's check lock: it must not wait for a slow broker."""
     publisher = FleetPublisher(board_for("redis://127.0.0.1:1/0", name="t"), broker="redis://127.0.0.1:1/0")
-    state = AgentState(worker="t", pid=os.getpid(), process_start=0.0, codex_worker=True, gate="open",
-                       gate_since=0.0, shard=0, queue="codex-0", volume="v", codex_home="/x")
+    state = AgentState(
+        worker="t",
+        pid=os.getpid(),
+        process_start=0.0,
+        codex_worker=True,
+        gate="open",
+        gate_since=0.0,
+        shard=0,
+        queue="codex-0",
+        volume="v",
+        codex_home="/x",
+    )
     with publisher._posting:  # a post in flight, stuck on the broker
         caller = threading.Thread(target=publisher.publish, args=(state,))
         caller.start()

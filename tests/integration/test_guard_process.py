@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import docker
@@ -22,8 +21,14 @@ pytestmark = [pytest.mark.docker]
 
 def _guard(env: dict[str, str], *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **env}
-    return subprocess.run([sys.executable, "-m", "agent.guard", *args], env=environ, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "agent.guard", *args],
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -86,7 +91,9 @@ class TestEntryPoints:
 
 
 class TestOneShardCannotStallAnother:
-    def test_a_launch_completes_while_another_shard_floods(self, docker_client: docker.DockerClient, images: Images) -> None:
+    def test_a_launch_completes_while_another_shard_floods(
+        self, docker_client: docker.DockerClient, images: Images
+    ) -> None:
         """Shard 1 holds connections, sends slow heads and deep bodies; shard 0's create-start-wait-remove
         completes and the flood's connections beyond the cap are turned away (the timing is bench row 13b)."""
         import socket
@@ -104,8 +111,10 @@ class TestOneShardCannotStallAnother:
             for _ in range(5):
                 with socket.socket(socket.AF_UNIX) as sock:
                     sock.connect(str(guard.socket(1)))
-                    sock.sendall(b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n" % len(deep) + deep)
+                    sock.sendall(
+                        b"POST /v1.41/containers/create HTTP/1.1\r\nHost: d\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\n\r\n" % len(deep) + deep
+                    )
             container = guard.client(0).containers.run(images.job, ["true"], detach=True, labels=dict(TEST_LABEL))
             assert container.wait(timeout=60)["StatusCode"] == 0
             container.remove()

@@ -27,7 +27,12 @@ def probe(publisher: Celery, key: str, run_id: str) -> Any:
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 class TestGuardedWorker:
     def test_a_guard_outage_requeues_the_phase_and_its_restart_heals_the_worker(
-        self, lab: PhaseLab, broker: BrokerView, broker_url: str, backend_url: str, publisher: Celery,
+        self,
+        lab: PhaseLab,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
+        publisher: Celery,
     ) -> None:
         """Guard stopped: the phase goes back to its queue with E040 (not failed, not a login error, the
         gate stays open); guard started again: the same worker completes it, never restarted."""
@@ -48,20 +53,34 @@ class TestGuardedWorker:
         result = pending.get(timeout=PHASE_TIMEOUT_S)
         assert result["job"]["exit_code"] == 0 and result["run_id"] == "cwa-guard-b"
         worker.container.reload()
-        assert worker.container.attrs["State"]["StartedAt"] == started_at and worker.container.attrs["RestartCount"] == 0
+        assert (
+            worker.container.attrs["State"]["StartedAt"] == started_at and worker.container.attrs["RestartCount"] == 0
+        )
         assert len(worker.events("codex.job.finished", run_id="cwa-guard-b")) == 1
         assert guard.events("codex.guard.created", run_id="cwa-guard-b")
 
     def test_the_container_login_check_runs_through_the_guard(
-        self, lab: PhaseLab, broker: BrokerView, broker_url: str, backend_url: str,
+        self,
+        lab: PhaseLab,
+        broker: BrokerView,
+        broker_url: str,
+        backend_url: str,
     ) -> None:
         """CODEX_LOGIN_CHECK=container: the throwaway check container is created through the shard's
         endpoint (network none, the shard's login) and the gate opens."""
         shard = lab.shard(1)
         guard = lab.guard(shard)
-        worker = lab.ready_worker(shard, broker_url, backend_url, guard=guard, CODEX_LOGIN_CHECK="container",
-                                  CODEX_LOGIN_CHECK_IMAGE=lab.job_image)
-        checks = wait_until(lambda: guard.events("codex.guard.created", network="none"), 30, what="a login-check container")
+        worker = lab.ready_worker(
+            shard,
+            broker_url,
+            backend_url,
+            guard=guard,
+            CODEX_LOGIN_CHECK="container",
+            CODEX_LOGIN_CHECK_IMAGE=lab.job_image,
+        )
+        checks = wait_until(
+            lambda: guard.events("codex.guard.created", network="none"), 30, what="a login-check container"
+        )
         assert checks[0]["binds"][0] == f"{shard.volume}:/home/app/.codex:rw" and checks[0]["shard"] == 1
         assert worker.status()["state"]["gate"] == "open"
         assert not guard.events("codex.guard.refused")

@@ -30,11 +30,11 @@ pytestmark = [pytest.mark.broker, pytest.mark.codex]
 
 BARE_APP = 'from celery import Celery\n\napp = Celery("bare_app")  # broker from CELERY_BROKER_URL, nothing else\n'
 UNSAFE_APP = 'from celery import Celery\n\napp = Celery("unsafe_app")\napp.conf.update(task_acks_late=False)\n'
-UNPROTECTED_SITE = '''
+UNPROTECTED_SITE = """
 import agent.worker_settings as settings
 
 settings.apply_worker_settings = lambda app, config, environ=None: {"broker_transport_options": {"visibility_timeout": None}}
-'''
+"""
 
 
 def _pythonpath(*dirs: Path) -> str:
@@ -58,8 +58,12 @@ def _read_back(broker_url: str, hostname: str) -> tuple[dict[str, Any], dict[str
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 @pytest.mark.parametrize("protected", [True, False], ids=["install", "unprotected"])
 def test_a_bare_apps_worker_runs_with_the_safe_settings(
-    protected: bool, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-    broker_url: str, tmp_path: Path,
+    protected: bool,
+    workers: WorkerFactory,
+    shard_homes: Callable[..., ShardHome],
+    codex_bin: str,
+    broker_url: str,
+    tmp_path: Path,
 ) -> None:
     (tmp_path / "bare_app.py").write_text(BARE_APP)
     dirs = [tmp_path]
@@ -70,7 +74,9 @@ def test_a_bare_apps_worker_runs_with_the_safe_settings(
         dirs.insert(0, site)
     home = shard_homes()
     make_api_key_login(codex_bin, home.codex_home)
-    worker = workers(shard=0, home=home, app="bare_app:app", PYTHONPATH=_pythonpath(*dirs), CELERY_VISIBILITY_TIMEOUT="")
+    worker = workers(
+        shard=0, home=home, app="bare_app:app", PYTHONPATH=_pythonpath(*dirs), CELERY_VISIBILITY_TIMEOUT=""
+    )
     worker.wait_for("codex.gate.consuming", timeout=60)
     conf, stats = _read_back(broker_url, f"codex-0@{worker.env['AGENT_WORKER_NAME']}")
     in_force = {
@@ -82,8 +88,11 @@ def test_a_bare_apps_worker_runs_with_the_safe_settings(
     }
     if protected:
         assert in_force == {
-            "task_acks_late": True, "task_reject_on_worker_lost": True, "worker_prefetch_multiplier": 1,
-            "worker_send_task_events": True, "visibility_timeout": 21600.0,
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            "worker_prefetch_multiplier": 1,
+            "worker_send_task_events": True,
+            "visibility_timeout": 21600.0,
         }
         assert stats["prefetch_count"] == 1
         applied = worker.events("codex.settings.applied")[0]
@@ -96,21 +105,34 @@ def test_a_bare_apps_worker_runs_with_the_safe_settings(
 def test_an_app_that_turns_late_acks_off_is_refused(tmp_path: Path, redis_url: str) -> None:
     """``task_acks_late=False`` on a Codex worker: exit 2 with CODEX-E003, nothing started."""
     (tmp_path / "unsafe_app.py").write_text(UNSAFE_APP)
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": _pythonpath(tmp_path),
-           "CODEX_SHARD_INDEX": "0", "CELERY_BROKER_URL": redis_url, "AGENT_STATE_DIR": str(tmp_path / "state")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "PYTHONPATH": _pythonpath(tmp_path),
+        "CODEX_SHARD_INDEX": "0",
+        "CELERY_BROKER_URL": redis_url,
+        "AGENT_STATE_DIR": str(tmp_path / "state"),
+    }
     done = subprocess.run([ENTRY, "--app", "unsafe_app:app"], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2, done.stderr
     assert "error CODEX-E003: Celery app 'unsafe_app' sets task_acks_late=False" in done.stderr
     assert "set it to True" in done.stderr
     line = json.loads(done.stdout.strip().splitlines()[-1])
     assert line["event"] == "codex.agent.startup_failed" and line["code"] == "CODEX-E003"
-    assert not any(json.loads(raw).get("event") == "codex.agent.starting" for raw in done.stdout.splitlines() if raw.startswith("{"))
+    assert not any(
+        json.loads(raw).get("event") == "codex.agent.starting"
+        for raw in done.stdout.splitlines()
+        if raw.startswith("{")
+    )
 
 
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 @pytest.mark.parametrize("jobs", [True, False], ids=["jobs", "no-jobs"])
 def test_a_worker_whose_uid_is_not_the_job_user_is_warned_at_start(
-    jobs: bool, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
+    jobs: bool,
+    workers: WorkerFactory,
+    shard_homes: Callable[..., ShardHome],
+    codex_bin: str,
 ) -> None:
     """This root-run test worker owns its 0700 volume; jobs as uid 1000 could not read it: CODEX-W002
     at start (a warning: the gate opens). With no job image nothing would read it, so no warning."""
@@ -123,6 +145,8 @@ def test_a_worker_whose_uid_is_not_the_job_user_is_warned_at_start(
     warned = worker.events("codex.check.warning", code="CODEX-W002")
     if jobs:
         assert len(warned) == 1 and warned[0]["check"] == "mount"
-        assert f"runs as uid {os.getuid()}" in warned[0]["message"] and "CODEX_JOB_USER=1000:1000" in warned[0]["message"]
+        assert (
+            f"runs as uid {os.getuid()}" in warned[0]["message"] and "CODEX_JOB_USER=1000:1000" in warned[0]["message"]
+        )
     else:
         assert warned == []

@@ -42,13 +42,23 @@ class Orphans:
     def __init__(self, client: docker.DockerClient, images: Images, cleanup: DockerCleanup, volume: str) -> None:
         self.client, self.images, self.cleanup, self.volume = client, images, cleanup, volume
 
-    def make(self, worker: str, task_id: str, command: list[str], *, start: bool = True, exit_wait: bool = False) -> Any:
+    def make(
+        self, worker: str, task_id: str, command: list[str], *, start: bool = True, exit_wait: bool = False
+    ) -> Any:
         config = config_mod.load({"CODEX_SHARD_INDEX": "0", "AGENT_WORKER_NAME": worker})
-        context = {"queue": "codex-0", "shard": 0, "volume": self.volume, "worker": worker,
-                   "run_id": f"run-{task_id}", "task_id": task_id}
+        context = {
+            "queue": "codex-0",
+            "shard": 0,
+            "volume": self.volume,
+            "worker": worker,
+            "run_id": f"run-{task_id}",
+            "task_id": task_id,
+        }
         policy = JobLauncher(self.client, config, self.volume, context).policy(list_auth_volumes=False)
         create = job_create_args(policy, self.images.busybox, command)
-        container = self.client.containers.get(self.client.api.create_container_from_config(create.body, create.name)["Id"])
+        container = self.client.containers.get(
+            self.client.api.create_container_from_config(create.body, create.name)["Id"]
+        )
         self.cleanup.container(container)
         if start:
             container.start()
@@ -59,7 +69,9 @@ class Orphans:
 
 @pytest.fixture
 def orphans(
-    docker_client: docker.DockerClient, images: Images, docker_cleanup: DockerCleanup,
+    docker_client: docker.DockerClient,
+    images: Images,
+    docker_cleanup: DockerCleanup,
     shard_homes: Callable[..., ShardHome],
 ) -> tuple[ShardHome, Orphans]:
     home = shard_homes()
@@ -82,7 +94,10 @@ def _finished(worker: WorkerProcess, container: Any) -> dict[str, Any]:
 
 class TestStartupSweep:
     def test_a_restarted_worker_removes_and_audits_its_orphans_only(
-        self, workers: WorkerFactory, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient,
+        self,
+        workers: WorkerFactory,
+        orphans: tuple[ShardHome, Orphans],
+        docker_client: docker.DockerClient,
     ) -> None:
         """Exited, never-started and still-running job containers of this shard and worker are removed,
         each with a reconciled codex.job.finished line; another worker's container is left alone."""
@@ -107,8 +122,13 @@ class TestStartupSweep:
         assert (line["exit_code"], line["found_status"], line["killed"]) == (3, "exited", False)
         assert line["duration_s"] >= 1.0  # StartedAt..FinishedAt of `sleep 2` (docker-init starts first)
         assert {k: line[k] for k in ("queue", "shard", "volume", "worker", "run_id", "task_id", "image")} == {
-            "queue": "codex-0", "shard": 0, "volume": home.volume, "worker": name,
-            "run_id": "run-task-exited", "task_id": "task-exited", "image": make.images.busybox,
+            "queue": "codex-0",
+            "shard": 0,
+            "volume": home.volume,
+            "worker": name,
+            "run_id": "run-task-exited",
+            "task_id": "task-exited",
+            "image": make.images.busybox,
         }
         line = _finished(worker, created)
         assert (line["exit_code"], line["duration_s"], line["found_status"]) == (None, None, "created")
@@ -132,11 +152,15 @@ def private_redis() -> Iterator[str]:
     port = _free_port()
     server = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
-        wait_until(lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0,
-                   15, what="the private redis-server")
+        wait_until(
+            lambda: subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True).returncode == 0,
+            15,
+            what="the private redis-server",
+        )
         yield f"redis://127.0.0.1:{port}/0"
     finally:
         server.terminate()
@@ -145,7 +169,10 @@ def private_redis() -> Iterator[str]:
 
 class TestReconnectSweep:
     def test_after_a_broker_reconnect_the_worker_sweeps_again(
-        self, workers: WorkerFactory, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient,
+        self,
+        workers: WorkerFactory,
+        orphans: tuple[ShardHome, Orphans],
+        docker_client: docker.DockerClient,
         private_redis: str,
     ) -> None:
         """An orphan appearing while the worker runs (its pool child died) is swept once the consumer reconnects."""
@@ -155,8 +182,11 @@ class TestReconnectSweep:
         worker.wait_for("codex.reconcile.done", timeout=60, trigger="startup")
         orphan = make.make(name, "task-lost", ["sh", "-c", "exit 5"], exit_wait=True)
         # The consumer must have started once (its bootsteps all ran) before the connection drops.
-        wait_until(lambda: any(str(line.get("event", "")).endswith(" ready.") for line in worker.lines()), 60,
-                   what="the worker ready")
+        wait_until(
+            lambda: any(str(line.get("event", "")).endswith(" ready.") for line in worker.lines()),
+            60,
+            what="the worker ready",
+        )
 
         port = private_redis.rsplit(":", 1)[1].split("/")[0]
         for kind in ("normal", "pubsub"):
@@ -171,7 +201,10 @@ class TestReconnectSweep:
 class TestLiveTasksAreLeftAlone:
     @pytest.mark.parametrize("task_is_live", [True, False], ids=["live-task-kept", "without-the-check-removed"])
     def test_a_running_job_of_a_task_this_process_holds_is_never_removed(
-        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, task_is_live: bool,
+        self,
+        orphans: tuple[ShardHome, Orphans],
+        docker_client: docker.DockerClient,
+        task_is_live: bool,
     ) -> None:
         """A job created after this process started, whose task is held here, keeps running; the same
         container with its task not held (the protection off) is killed and removed."""
@@ -204,19 +237,25 @@ class TestHarvest:
 
     @staticmethod
     def reconciler(name: str, artifacts: Path, **env: str) -> JobReconciler:
-        config = config_mod.load({"CODEX_SHARD_INDEX": "0", "AGENT_WORKER_NAME": name,
-                                  "CODEX_ARTIFACTS_ROOT": str(artifacts), **env})
+        config = config_mod.load(
+            {"CODEX_SHARD_INDEX": "0", "AGENT_WORKER_NAME": name, "CODEX_ARTIFACTS_ROOT": str(artifacts), **env}
+        )
         return JobReconciler(config, active=lambda _task_id: False)
 
     @staticmethod
     def pending(artifacts: Path, task_id: str) -> RunArtifacts:
         run = RunArtifacts(artifacts, f"run-{task_id}")
-        run.begin("plan", {"task_id": task_id, "run_id": run.run_id, "phase": "plan", "resumed_session": None,
-                           "started_at": 1.0})
+        run.begin(
+            "plan",
+            {"task_id": task_id, "run_id": run.run_id, "phase": "plan", "resumed_session": None, "started_at": 1.0},
+        )
         return run
 
     def test_an_exited_phase_job_becomes_the_phase_outcome(
-        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, tmp_path: Path,
+        self,
+        orphans: tuple[ShardHome, Orphans],
+        docker_client: docker.DockerClient,
+        tmp_path: Path,
     ) -> None:
         """Exit 0: outcome.json, events and final message written as a live phase writes them; removed."""
         _, make = orphans
@@ -227,17 +266,29 @@ class TestHarvest:
         assert [j.container_id for j in removed] == [job.id] and _gone(docker_client, job)
         outcome = run.outcome("plan")
         assert outcome is not None
-        assert {k: outcome[k] for k in ("status", "phase", "task_id", "container_id", "exit_code", "session_id",
-                                         "usage", "harvested")} == {
-            "status": "completed", "phase": "plan", "task_id": "task-done", "container_id": job.id, "exit_code": 0,
-            "session_id": "sess-1", "usage": {"input_tokens": 7, "output_tokens": 3}, "harvested": "reconcile"}
+        assert {
+            k: outcome[k]
+            for k in ("status", "phase", "task_id", "container_id", "exit_code", "session_id", "usage", "harvested")
+        } == {
+            "status": "completed",
+            "phase": "plan",
+            "task_id": "task-done",
+            "container_id": job.id,
+            "exit_code": 0,
+            "session_id": "sess-1",
+            "usage": {"input_tokens": 7, "output_tokens": 3},
+            "harvested": "reconcile",
+        }
         assert (run.phase_dir("plan") / "last_message.txt").read_text() == "the plan"
         assert len((run.phase_dir("plan") / "events.jsonl").read_text().splitlines()) == 3
         assert run.session_id() == "sess-1"
 
     @pytest.mark.parametrize("harvested", [True, False], ids=["phase-job-awaited", "plain-job-killed"])
     def test_a_running_phase_job_is_awaited_then_harvested(
-        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, tmp_path: Path,
+        self,
+        orphans: tuple[ShardHome, Orphans],
+        docker_client: docker.DockerClient,
+        tmp_path: Path,
         harvested: bool,
     ) -> None:
         """A still-running phase job is not killed: it ends, then is harvested and removed. The same job
@@ -257,7 +308,11 @@ class TestHarvest:
 
     @pytest.mark.parametrize("cut_off", [False, True], ids=["non-zero", "cut-off-at-the-limit"])
     def test_a_failed_or_cut_off_phase_job_is_noted_and_the_phase_runs_again(
-        self, orphans: tuple[ShardHome, Orphans], docker_client: docker.DockerClient, tmp_path: Path, cut_off: bool,
+        self,
+        orphans: tuple[ShardHome, Orphans],
+        docker_client: docker.DockerClient,
+        tmp_path: Path,
+        cut_off: bool,
     ) -> None:
         """Non-zero, or killed past CODEX_PHASE_TIMEOUT: an attempt line, no outcome (the phase runs again)."""
         _, make = orphans

@@ -22,7 +22,14 @@ HOME = "/home/app/.codex"
 
 
 def context(volume: str) -> dict[str, object]:
-    return {"queue": "codex-1", "shard": 1, "volume": volume, "worker": "w-test", "run_id": f"run-{time.time_ns()}", "task_id": "task-1"}
+    return {
+        "queue": "codex-1",
+        "shard": 1,
+        "volume": volume,
+        "worker": "w-test",
+        "run_id": f"run-{time.time_ns()}",
+        "task_id": "task-1",
+    }
 
 
 def launcher(client: docker.DockerClient, volume: str) -> JobLauncher:
@@ -36,7 +43,10 @@ def job_containers(client: docker.DockerClient, run_id: str) -> list[object]:
 
 class TestJobLauncher:
     def test_job_sees_the_login_and_leaves_audit_and_no_container(
-        self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
+        self,
+        docker_client: docker.DockerClient,
+        images: Images,
+        volume_factory: VolumeFactory,
         docker_cleanup: DockerCleanup,
     ) -> None:
         """`codex login status` passes in the job; started/finished lines; output scrubbed; removed."""
@@ -56,7 +66,9 @@ class TestJobLauncher:
         assert events[1]["exit_code"] == 0 and events[1]["duration_s"] >= 0
         assert job_containers(docker_client, jobs.context["run_id"]) == []
         created = docker_client.events(
-            since=since, until=int(time.time()) + 1, decode=True,
+            since=since,
+            until=int(time.time()) + 1,
+            decode=True,
             filters={"type": "container", "event": "create", "label": f"codex.run_id={jobs.context['run_id']}"},
         )
         attributes = [e["Actor"]["Attributes"] for e in created]
@@ -65,18 +77,26 @@ class TestJobLauncher:
         assert attributes[0]["codex.task_id"] == "task-1" and attributes[0]["codex.worker"] == "w-test"
 
     def test_job_runs_as_job_user_with_codex_home_and_workspace(
-        self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
+        self,
+        docker_client: docker.DockerClient,
+        images: Images,
+        volume_factory: VolumeFactory,
     ) -> None:
         """The job runs as 1000:1000, CODEX_HOME is the volume, the workspace is mounted."""
         volume, workspace = volume_factory("job"), volume_factory("ws")
         result = launcher(docker_client, volume.name).run(
-            images.job, ["sh", "-c", 'id -u; echo "$CODEX_HOME"; pwd; touch "$CODEX_HOME/x" && echo rw'],
-            workspace=workspace.name, user="1000",
+            images.job,
+            ["sh", "-c", 'id -u; echo "$CODEX_HOME"; pwd; touch "$CODEX_HOME/x" && echo rw'],
+            workspace=workspace.name,
+            user="1000",
         )
         assert result.output.split() == ["1000", HOME, "/workspace", "rw"]
 
     def test_logged_out_volume_is_job_failed_with_exit_code(
-        self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
+        self,
+        docker_client: docker.DockerClient,
+        images: Images,
+        volume_factory: VolumeFactory,
     ) -> None:
         """A non-zero exit raises CODEX-E042 with the exit code; check=False returns it."""
         jobs = launcher(docker_client, volume_factory("job").name)
@@ -88,7 +108,10 @@ class TestJobLauncher:
         assert job_containers(docker_client, jobs.context["run_id"]) == []
 
     def test_forbidden_request_creates_nothing(
-        self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
+        self,
+        docker_client: docker.DockerClient,
+        images: Images,
+        volume_factory: VolumeFactory,
     ) -> None:
         """Mounting another shard's login is CODEX-E041 and no container is created."""
         other = volume_factory("other", labels={"codex.auth": "1"})
@@ -99,7 +122,10 @@ class TestJobLauncher:
         assert job_containers(docker_client, jobs.context["run_id"]) == []
 
     def test_timeout_kills_and_removes_the_job(
-        self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
+        self,
+        docker_client: docker.DockerClient,
+        images: Images,
+        volume_factory: VolumeFactory,
     ) -> None:
         """A job past its wall-clock limit is killed, removed, and reported as CODEX-E043 (not a failed job)."""
         jobs = launcher(docker_client, volume_factory("job").name)

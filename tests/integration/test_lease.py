@@ -87,7 +87,10 @@ class Leaser:
         with log.open("w") as err:
             self.process = subprocess.Popen(
                 [sys.executable, str(LEASER), str(home), worker, url, *extra],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                text=True,
             )
 
     def check(self) -> dict[str, Any]:
@@ -215,7 +218,9 @@ class TestUndoneCopy:
     restores this volume's own earlier auth.json: the gate reopens; a live copy never does."""
 
     @staticmethod
-    def _own_then_copy(leasers: Callable[..., Leaser], url: str, tmp_path: Path, *extra: str) -> tuple[Leaser, Leaser, bytes]:
+    def _own_then_copy(
+        leasers: Callable[..., Leaser], url: str, tmp_path: Path, *extra: str
+    ) -> tuple[Leaser, Leaser, bytes]:
         first, _ = _holder_and_copy(leasers, url, tmp_path)
         own = tmp_path / "vol-b"
         write_chatgpt_login(own, account="acct-b")  # vol-b's login of its own
@@ -228,9 +233,15 @@ class TestUndoneCopy:
 
     @pytest.mark.parametrize("undo", [True, False], ids=["reopens", "without-the-undo-stays-refused"])
     def test_restoring_the_volumes_own_earlier_login_reopens_it(
-        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path, undo: bool,
+        self,
+        leasers: Callable[..., Leaser],
+        broker_url: str,
+        tmp_path: Path,
+        undo: bool,
     ) -> None:
-        first, second, earlier = self._own_then_copy(leasers, broker_url, tmp_path, *([] if undo else ["--without-undo"]))
+        first, second, earlier = self._own_then_copy(
+            leasers, broker_url, tmp_path, *([] if undo else ["--without-undo"])
+        )
         restore(tmp_path / "vol-b", earlier)
         answer = second.check()
         if not undo:
@@ -243,7 +254,10 @@ class TestUndoneCopy:
         assert (len(history["fingerprints"]), history["copies"], history["refused"]) == (1, [], False)
 
     def test_a_live_copy_is_still_refused(
-        self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path,
+        self,
+        leasers: Callable[..., Leaser],
+        broker_url: str,
+        tmp_path: Path,
     ) -> None:
         """While the copy stays, after its undo when it comes back, and a copy of the holder's older
         (refreshed-away) login: each is refused, naming the holder."""
@@ -269,6 +283,7 @@ def restore(home: Path, content: bytes) -> None:
     os.chmod(staged, 0o600)
     os.replace(staged, home / AUTH_FILE)
 
+
 class TestKilledHolder:
     def test_kill_9_frees_the_lease_and_a_new_holder_wins(
         self, leasers: Callable[..., Leaser], broker_url: str, tmp_path: Path
@@ -278,8 +293,9 @@ class TestKilledHolder:
         second = leasers(copy, "holder-b", broker_url, "--ttl", "2")
         assert second.check()["error"] == "CODEX-E013"
         first.kill9()
-        answer = wait_until(lambda: (a := second.check()).get("status") == "held" and a, 20, 0.2,
-                            what="the copy to win the freed lease")
+        answer = wait_until(
+            lambda: (a := second.check()).get("status") == "held" and a, 20, 0.2, what="the copy to win the freed lease"
+        )
         assert answer["reachable"] is True
         assert not first.events("codex.lease.released")  # freed by the broker, not by a goodbye
 
@@ -327,8 +343,11 @@ class TestBrokerOutage:
         """RabbitMQ closes the holder's lease connection (its exclusive queues go): the holder declares them again."""
         first, copy = _holder_and_copy(leasers, rabbitmq_url, tmp_path, "--ttl", "2")
         _close_rabbitmq_connection("codex-agent lease holder-a")
-        wait_until(lambda: first.check() == {"status": "held", "reachable": True, "fingerprints": 1}, 10,
-                   what="the holder to hold again")
+        wait_until(
+            lambda: first.check() == {"status": "held", "reachable": True, "fingerprints": 1},
+            10,
+            what="the holder to hold again",
+        )
         time.sleep(1.0)  # bounded: two heartbeats on the new connection
         _refused_by(leasers(copy, "holder-b", rabbitmq_url).check(), first, "vol-a")  # no split claim
         assert not first.events("codex.lease.lost") and not first.events("codex.lease.refused")
@@ -338,12 +357,18 @@ def _close_rabbitmq_connection(name: str) -> None:
     """Have the broker close the connection whose client-provided name is ``name``."""
     if shutil.which("rabbitmqctl") is None:
         pytest.skip("RabbitMQ absent: no rabbitmqctl to close a connection")
-    listing = subprocess.run(["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
-                             capture_output=True, text=True, timeout=60, check=True).stdout
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_connections", "pid", "client_properties", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     pids = [line.split("\t", 1)[0] for line in listing.splitlines() if f'"{name}"' in line]
     assert len(pids) == 1, listing
-    subprocess.run(["rabbitmqctl", "close_connection", pids[0], "lease test"], capture_output=True, timeout=60,
-                   check=True)
+    subprocess.run(
+        ["rabbitmqctl", "close_connection", pids[0], "lease test"], capture_output=True, timeout=60, check=True
+    )
 
 
 # -- real workers ---------------------------------------------------------------------------
@@ -356,8 +381,12 @@ def _copied_api_key_login(codex_bin: str, first: ShardHome, second: ShardHome) -
 
 class TestWorkersOnCopiedLogins:
     def test_the_second_worker_is_refused_and_the_first_keeps_consuming(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
     ) -> None:
         """Two volumes, one login: the second worker's gate stays closed with CODEX-E013; kill -9 of the first frees it."""
         home_a, home_b = shard_homes(), shard_homes()
@@ -370,8 +399,10 @@ class TestWorkersOnCopiedLogins:
         assert f"volume {home_a.volume}" in refused["error"]
         second.wait_for("codex.gate.closed", timeout=10)
 
-        runs = [publisher.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"})
-                for k in keys_for_shard(0, 3)]
+        runs = [
+            publisher.send_task("codex.phase", kwargs={"affinity_key": k, "run_id": f"run-{k}", "phase": "plan"})
+            for k in keys_for_shard(0, 3)
+        ]
         assert {r.get(timeout=30)["worker"] for r in runs} == {first.env["AGENT_WORKER_NAME"]}
         assert not second.events("codex.gate.consuming") and not second.events("codex.run.audit")
         status = agent_status(second)
@@ -385,7 +416,11 @@ class TestWorkersOnCopiedLogins:
 
     @pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
     def test_with_the_lease_off_both_copies_consume(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str, broker: BrokerView,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        broker: BrokerView,
     ) -> None:
         """The test of the test: AGENT_FLEET_LEASE=off, and both workers open their gates on one login."""
         home_a, home_b = shard_homes(), shard_homes()

@@ -32,7 +32,9 @@ def _jwt(claims: dict[str, object]) -> str:
     return f"{_b64({'alg': 'none', 'typ': 'JWT'})}.{_b64(claims)}.signature"
 
 
-def write_chatgpt_auth(codex_home: Path, *, refresh_token: str, expired_hours: float, refreshed_days_ago: float) -> None:
+def write_chatgpt_auth(
+    codex_home: Path, *, refresh_token: str, expired_hours: float, refreshed_days_ago: float
+) -> None:
     """Plant a ChatGPT-style auth.json (what `codex login` writes after the browser flow)."""
     exp = int(time.time() - expired_hours * 3600)
     auth = {"https://api.openai.com/auth": {"chatgpt_account_id": "acct-test", "chatgpt_plan_type": "plus"}}
@@ -84,7 +86,7 @@ class TestRealCli:
     def test_same_login_in_two_homes_has_one_fingerprint(self, tmp_path: Path) -> None:
         """Copies of one refresh token fingerprint alike; different tokens differ."""
         homes = [tmp_path / name for name in ("a", "b", "c")]
-        for home, token in zip(homes, ("rt-same-token-1", "rt-same-token-1", "rt-other-token-2")):
+        for home, token in zip(homes, ("rt-same-token-1", "rt-same-token-1", "rt-other-token-2"), strict=False):
             home.mkdir()
             write_chatgpt_auth(home, refresh_token=token, expired_hours=1, refreshed_days_ago=1)
         prints = [inspect_auth_file(home).fingerprint for home in homes]

@@ -38,8 +38,7 @@ def hanging_codex_image(docker_client: docker.DockerClient, images: Images) -> I
     """An image whose `codex` never answers."""
     tag = f"codex-worker-agent/{unique_name('hang').replace('_', '-')}:test"
     dockerfile = (
-        f"FROM {images.busybox}\n"
-        "RUN printf '#!/bin/sh\\nexec sleep 120\\n' > /bin/codex && chmod 755 /bin/codex\n"
+        f"FROM {images.busybox}\nRUN printf '#!/bin/sh\\nexec sleep 120\\n' > /bin/codex && chmod 755 /bin/codex\n"
     )
     docker_client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, labels={"cwa.test": "1"})
     yield tag

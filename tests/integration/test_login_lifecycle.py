@@ -27,10 +27,14 @@ PHASES = 180
 ACCESS_TTL = 305.0  # enters Codex's 5-minute refresh window 5 s after each refresh
 
 
-
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 def test_steady_state_180_phases_over_3_shards_refresh_without_a_single_reuse(
-    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str, publisher: Celery,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    backend_url: str,
+    publisher: Celery,
 ) -> None:
     """Every phase completes on its shard's login; refreshes happen, reuse never does."""
     shards = [lab.shard(i, access_ttl=ACCESS_TTL) for i in range(SHARDS)]
@@ -65,7 +69,10 @@ def test_steady_state_180_phases_over_3_shards_refresh_without_a_single_reuse(
 
 
 def test_without_the_agent_a_copied_login_dies_of_refresh_token_reused(
-    lab: PhaseLab, standin: StandIn, docker_client: Any, images: Any,
+    lab: PhaseLab,
+    standin: StandIn,
+    docker_client: Any,
+    images: Any,
 ) -> None:
     """The unprotected lifecycle: two volumes with one login, raw containers.run, no agent."""
     original = lab.shard(0, access_ttl=ACCESS_TTL)
@@ -78,9 +85,12 @@ def test_without_the_agent_a_copied_login_dies_of_refresh_token_reused(
         container = docker_client.containers.run(
             images.job,
             ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/tmp", "hello"],
-            detach=True, user=f"{APP_UID}:{APP_UID}", network_mode="host",
+            detach=True,
+            user=f"{APP_UID}:{APP_UID}",
+            network_mode="host",
             environment={"CODEX_HOME": JOB_HOME, "CODEX_REFRESH_TOKEN_URL_OVERRIDE": standin.refresh_url},
-            volumes={volume: {"bind": JOB_HOME, "mode": "rw"}}, labels={"codex.volume": volume},
+            volumes={volume: {"bind": JOB_HOME, "mode": "rw"}},
+            labels={"codex.volume": volume},
         )
         try:
             return int(container.wait(timeout=120)["StatusCode"])
@@ -95,7 +105,12 @@ def test_without_the_agent_a_copied_login_dies_of_refresh_token_reused(
 
 
 def test_with_the_agent_a_copied_login_is_stopped_before_any_refresh(
-    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str, publisher: Celery,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    backend_url: str,
+    publisher: Celery,
 ) -> None:
     """The same copy as above, now behind the agent: the copy's worker is refused (CODEX-E013), 0 reuse."""
     original = lab.shard(0, access_ttl=ACCESS_TTL)
@@ -108,10 +123,14 @@ def test_with_the_agent_a_copied_login_is_stopped_before_any_refresh(
     assert holder.name in failure["error"], "the refusal must name the worker holding the login"
     time.sleep(6)  # both copies are inside the refresh window now
 
-    waiting = publisher.send_task("codex.phase", kwargs={
-        "affinity_key": keys_for_shard(1, 1)[0], "run_id": "cwa-copy-1", "phase": "plan", "prompt": "copy"})
-    done = publisher.send_task("codex.phase", kwargs={
-        "affinity_key": keys_for_shard(0, 1)[0], "run_id": "cwa-copy-0", "phase": "plan", "prompt": "original"})
+    waiting = publisher.send_task(
+        "codex.phase",
+        kwargs={"affinity_key": keys_for_shard(1, 1)[0], "run_id": "cwa-copy-1", "phase": "plan", "prompt": "copy"},
+    )
+    done = publisher.send_task(
+        "codex.phase",
+        kwargs={"affinity_key": keys_for_shard(0, 1)[0], "run_id": "cwa-copy-0", "phase": "plan", "prompt": "original"},
+    )
     assert done.get(timeout=120)["job"]["status"] == "completed"
 
     family = standin.authority.stats()[original.tokens.family]

@@ -23,8 +23,14 @@ CLAIMER = Path(__file__).with_name("claimer.py")
 
 
 def agent(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(home.parent), "CODEX_HOME": str(home),
-           "CODEX_SHARD_INDEX": "0", "CODEX_VOLUME_NAME": home.parent.name, "AGENT_STATE_DIR": str(home.parent / "state")}
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(home.parent),
+        "CODEX_HOME": str(home),
+        "CODEX_SHARD_INDEX": "0",
+        "CODEX_VOLUME_NAME": home.parent.name,
+        "AGENT_STATE_DIR": str(home.parent / "state"),
+    }
     return subprocess.run([str(CODEX_AGENT), *args], env=env, capture_output=True, text=True, timeout=60)
 
 
@@ -45,8 +51,12 @@ def test_a_login_moves_and_never_has_two_live_copies(codex_bin: str, tmp_path: P
     bundle = tmp_path / "shard-0.login.json"
 
     # A live holder (a running worker) of the source: the export is refused and changes nothing.
-    holder = subprocess.Popen([sys.executable, str(CLAIMER), str(source), "the-worker", "--hold"],
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, str(CLAIMER), str(source), "the-worker", "--hold"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and json.loads(holder.stdout.readline())["won"]
         refused = agent(source, "login-export", str(bundle), "--json")

@@ -43,20 +43,26 @@ def logged_seconds(worker: ContainerWorker, run_ids: list[str]) -> float:
 
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)  # the broker plays no part in counting
 def test_runs_and_job_containers_are_counted_as_they_ended(
-    lab: PhaseLab, standin: StandIn, broker_url: str, backend_url: str, publisher: Celery,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker_url: str,
+    backend_url: str,
+    publisher: Celery,
 ) -> None:
     ports = {0: free_port(), 1: free_port()}
     shards = {index: lab.shard(index) for index in (0, 1)}
     workers = {
         0: lab.worker(shards[0], broker_url, backend_url, AGENT_METRICS_PORT=str(ports[0])),
-        1: lab.worker(shards[1], broker_url, backend_url, AGENT_METRICS_PORT=str(ports[1]), CODEX_PHASE_TIMEOUT=str(LIMIT_S)),
+        1: lab.worker(
+            shards[1], broker_url, backend_url, AGENT_METRICS_PORT=str(ports[1]), CODEX_PHASE_TIMEOUT=str(LIMIT_S)
+        ),
     }
     for worker in workers.values():
         worker.wait_for("codex.agent.ready", timeout=90, gate="open")
 
     # Shard 0: two phases that complete.
     done = [f"cwa-metrics-ok-{n}" for n in range(2)]
-    for key, run_id in zip(keys_for_shard(0, 2), done):
+    for key, run_id in zip(keys_for_shard(0, 2), done, strict=False):
         result = send_phase(publisher, 0, key, run_id).get(timeout=RESULT_TIMEOUT_S)  # type: ignore[attr-defined]
         assert result["job"]["status"] == "completed" and result["job"]["exit_code"] == 0
     # Shard 1: a phase whose model endpoint hangs, killed at the limit.
@@ -66,13 +72,19 @@ def test_runs_and_job_containers_are_counted_as_they_ended(
         hung.get(timeout=RESULT_TIMEOUT_S)  # type: ignore[attr-defined]
     assert workers[1].wait_for("codex.job.finished", run_id="cwa-metrics-hang")[0]["timed_out"] is True
 
-    ok = wait_until(lambda: (s := scrape(ports[0])) and counted(s, "codex_runs_total", 0, outcome="ok") == 2 and s,
-                    30, interval=0.5, what="shard 0's two runs counted")
+    ok = wait_until(
+        lambda: (s := scrape(ports[0])) and counted(s, "codex_runs_total", 0, outcome="ok") == 2 and s,
+        30,
+        interval=0.5,
+        what="shard 0's two runs counted",
+    )
     assert by_outcome(ok, "codex_runs_total", 0) == {"ok": 2, "failed": 0, "timed_out": 0, "error": 0}
     assert by_outcome(ok, "codex_job_containers_total", 0) == {"ok": 2, "failed": 0, "timed_out": 0, "error": 0}
     assert counted(ok, "codex_tasks_started_total", 0) == 2
     assert counted(ok, "codex_run_duration_seconds_count", 0, outcome="ok") == 2
-    assert counted(ok, "codex_run_duration_seconds_sum", 0, outcome="ok") == pytest.approx(logged_seconds(workers[0], done), abs=1e-6)
+    assert counted(ok, "codex_run_duration_seconds_sum", 0, outcome="ok") == pytest.approx(
+        logged_seconds(workers[0], done), abs=1e-6
+    )
     assert counted(ok, "codex_job_container_duration_seconds_count", 0, outcome="ok") == 2
 
     limit = scrape(ports[1])

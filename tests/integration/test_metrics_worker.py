@@ -69,8 +69,13 @@ def gate(samples: Samples, queue: str) -> float | None:
 
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)  # the gate itself is tested on both brokers
 def test_gate_flips_and_pool_children_counts_reach_the_endpoint(
-    workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str, publisher: Celery, tmp_path: Path,
-    prometheus: Callable[[list[str]], Prometheus], flower: Flower,
+    workers: WorkerFactory,
+    shard_homes: Callable[..., ShardHome],
+    codex_bin: str,
+    publisher: Celery,
+    tmp_path: Path,
+    prometheus: Callable[[list[str]], Prometheus],
+    flower: Flower,
 ) -> None:
     home = shard_homes()
     port = free_port()
@@ -81,8 +86,15 @@ def test_gate_flips_and_pool_children_counts_reach_the_endpoint(
     worker.wait_for("codex.gate.closed", timeout=30)
     closed = scrape_when_up(worker, port)
     assert gate(closed, "codex-1") == 0
-    assert closed[("codex_check_outcomes_total", (("check", "login"), ("code", "CODEX-E030"),
-                                                  ("outcome", "failed"), ("shard", "1")))] == 1
+    assert (
+        closed[
+            (
+                "codex_check_outcomes_total",
+                (("check", "login"), ("code", "CODEX-E030"), ("outcome", "failed"), ("shard", "1")),
+            )
+        ]
+        == 1
+    )
     assert closed[("codex_login_present", (("shard", "1"), ("volume", home.volume)))] == 0
     closed_at = closed[("codex_gate_last_change_timestamp_seconds", (("queue", "codex-1"), ("shard", "1")))]
     server.wait_for(gate_expr, 0, "the gate closed while logged out")
@@ -101,23 +113,38 @@ def test_gate_flips_and_pool_children_counts_reach_the_endpoint(
     ]
     for result in results:
         result.get(timeout=30)
-    wait_until(lambda: worker.env["AGENT_WORKER_NAME"] in " ".join(flower.get("/api/workers?refresh=1") or {}), 30,
-               interval=0.5, what="Flower lists the Codex worker")
+    wait_until(
+        lambda: worker.env["AGENT_WORKER_NAME"] in " ".join(flower.get("/api/workers?refresh=1") or {}),
+        30,
+        interval=0.5,
+        what="Flower lists the Codex worker",
+    )
     seen: dict[str, Any] = wait_until(
-        lambda: (t := flower.get("/api/tasks?limit=100")) and {r.id for r in results} <= set(t) and t, 30,
-        interval=0.5, what="Flower lists the 6 Codex tasks (task events on by default)")
+        lambda: (t := flower.get("/api/tasks?limit=100")) and {r.id for r in results} <= set(t) and t,
+        30,
+        interval=0.5,
+        what="Flower lists the 6 Codex tasks (task events on by default)",
+    )
     for task_id in (r.id for r in results):
         assert seen[task_id]["name"] == "codex.phase" and seen[task_id]["state"] == "SUCCESS", seen[task_id]
     ran = scrape(port)
     assert ran[("codex_tasks_started_total", (("shard", "1"),))] == 6
-    counted_by = {int(m.group(1)) for f in (tmp_path.glob("*/state/prometheus/counter_*.db"))
-                  if (m := re.fullmatch(r"counter_(\d+)\.db", f.name))}
+    counted_by = {
+        int(m.group(1))
+        for f in (tmp_path.glob("*/state/prometheus/counter_*.db"))
+        if (m := re.fullmatch(r"counter_(\d+)\.db", f.name))
+    }
     assert counted_by - {worker.pid}  # pool children counted in files of their own; the endpoint summed them
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert key not in text and key not in json.dumps(seen)
 
-    logout = subprocess.run([codex_bin, "logout"], env={"CODEX_HOME": str(home.codex_home), "HOME": str(home.home)},
-                            capture_output=True, text=True, timeout=30)
+    logout = subprocess.run(
+        [codex_bin, "logout"],
+        env={"CODEX_HOME": str(home.codex_home), "HOME": str(home.home)},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert logout.returncode == 0, logout.stderr
     worker.wait_for("codex.gate.closed", timeout=15, count=2)
     server.wait_for(gate_expr, 0, "the gate closed again after codex logout")

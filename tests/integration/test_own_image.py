@@ -24,7 +24,7 @@ from agent.routing import shard_for
 from testkit.components import REPO_ROOT
 from testkit.phases import PhaseLab
 
-from .test_adopter_example import publish, rabbit, write_package  # noqa: F401  (rabbit: a fixture)
+from .test_adopter_example import publish, rabbit, write_package  # noqa: F401, F811  (rabbit: a fixture)
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker]
 
@@ -60,8 +60,22 @@ def own_image(images: Any, codex_bin: str, tmp_path: Path) -> Iterator[str]:
     tag = f"codex-worker-agent/own-image-test:{os.environ.get('CODEX_IMAGE_TAG', 'dev')}"
     try:
         done = subprocess.run(
-            ["docker", "build", "--force-rm", "-q", "--build-arg", f"BASE_IMAGE={images.base}", "-t", tag, str(context)],
-            capture_output=True, text=True, timeout=900, check=False, env={**os.environ, "DOCKER_BUILDKIT": "0"},
+            [
+                "docker",
+                "build",
+                "--force-rm",
+                "-q",
+                "--build-arg",
+                f"BASE_IMAGE={images.base}",
+                "-t",
+                tag,
+                str(context),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=900,
+            check=False,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         yield tag
@@ -71,17 +85,27 @@ def own_image(images: Any, codex_bin: str, tmp_path: Path) -> Iterator[str]:
 
 
 def test_an_adopters_own_image_runs_a_phase_of_their_task(
-    lab: PhaseLab, own_image: str, rabbit: Any, rabbitmq_url: str, backend_url: str,
+    lab: PhaseLab,
+    own_image: str,
+    rabbit: Any,  # noqa: F811  (the fixture imported above)
+    rabbitmq_url: str,
+    backend_url: str,  # noqa: F811  (the fixture)
 ) -> None:
     """Routed to its shard, pre-flighted, audited, codex exec on the shard's login, in their image."""
-    out = subprocess.run(["docker", "run", "--rm", "--entrypoint", "codex-agent", own_image, "--version"],
-                         capture_output=True, text=True, timeout=120, check=False)
+    out = subprocess.run(
+        ["docker", "run", "--rm", "--entrypoint", "codex-agent", own_image, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert out.returncode == 0 and f"Codex CLI {SUPPORTED_VERSION}" in out.stdout, out.stderr
     shard = lab.shard(shard_for("github.com/org/repo", 3))
     worker = lab.ready_worker(shard, rabbitmq_url, backend_url, image=own_image)
     write_package(lab.base / "publisher")  # the platform's side imports the same package
-    answer = publish(lab.base / "publisher", CELERY_BROKER_URL=rabbitmq_url, CELERY_RESULT_BACKEND=backend_url,
-                     CODEX_SHARDS="3").get(timeout=120)
+    answer = publish(
+        lab.base / "publisher", CELERY_BROKER_URL=rabbitmq_url, CELERY_RESULT_BACKEND=backend_url, CODEX_SHARDS="3"
+    ).get(timeout=120)
     assert (answer["queue"], answer["shard"], answer["volume"]) == (f"codex-{shard.index}", shard.index, shard.volume)
     job = answer["job"]
     assert job["status"] == "completed" and job["exit_code"] == 0 and job["session_id"]

@@ -33,7 +33,10 @@ def send_phase(publisher: Celery, shard: int, run_id: str) -> object:
 
 
 def test_a_broker_outage_after_the_phase_ran_does_not_run_it_again(
-    lab: PhaseLab, standin: StandIn, rabbitmq_vhost: str, backend_url: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    rabbitmq_vhost: str,
+    backend_url: str,
 ) -> None:
     """The ack of the finished phase is lost with the connection; the redelivery is a recorded duplicate."""
     import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
@@ -65,7 +68,10 @@ agent.preflight.CodexRequest.acknowledge = celery.worker.request.Request.acknowl
 
 @pytest.mark.parametrize("quiet", [True, False], ids=["agent-warning", "without-it-celerys-critical-traceback"])
 def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_traceback(
-    lab: PhaseLab, standin: StandIn, backend_url: str, quiet: bool,
+    lab: PhaseLab,
+    standin: StandIn,
+    backend_url: str,
+    quiet: bool,
 ) -> None:
     """A RabbitMQ of the test's own restarts while a phase runs: the task's ack is lost with the
     connection. The worker's log holds one codex.ack.lost warning naming the task (and that the
@@ -98,7 +104,12 @@ def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_tracebac
             return
         lost = worker.events(ACK_LOST)
         assert len(lost) == 1 and lost[0]["task_id"] == result.id  # type: ignore[attr-defined]
-        assert (lost[0]["level"], lost[0]["shard"], lost[0]["phase"], lost[0]["run_id"]) == ("warning", 2, "plan", run_id)
+        assert (lost[0]["level"], lost[0]["shard"], lost[0]["phase"], lost[0]["run_id"]) == (
+            "warning",
+            2,
+            "plan",
+            run_id,
+        )
         assert lost[0]["next"] == "redelivery, skipped by the completion record (codex.phase.skipped)"
         assert "ConnectionError" in lost[0]["reason"]
         assert not celerys and not tracebacks, "a traceback in the worker's log"
@@ -106,16 +117,22 @@ def test_a_broker_restart_during_a_codex_task_leaves_one_warning_and_no_tracebac
         broker.close()
 
 
-
-
 def _job_state(docker_client: object, container_id: str) -> dict[str, object]:
     return docker_client.containers.get(container_id).attrs["State"]  # type: ignore[attr-defined, no-any-return]
 
 
-@pytest.mark.parametrize(("kind", "harvest"), [("rabbitmq", True), ("redis", True), ("rabbitmq", False)],
-                         ids=["harvested-rabbitmq", "harvested-redis", "without-the-harvest-runs-twice"])
+@pytest.mark.parametrize(
+    ("kind", "harvest"),
+    [("rabbitmq", True), ("redis", True), ("rabbitmq", False)],
+    ids=["harvested-rabbitmq", "harvested-redis", "without-the-harvest-runs-twice"],
+)
 def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
-    lab: PhaseLab, standin: StandIn, backend_url: str, docker_client: object, kind: str, harvest: bool,
+    lab: PhaseLab,
+    standin: StandIn,
+    backend_url: str,
+    docker_client: object,
+    kind: str,
+    harvest: bool,
     request: pytest.FixtureRequest,
 ) -> None:
     """The worker is killed (SIGKILL) mid-job; the job exits 0 while it is down; the restarted worker
@@ -139,8 +156,11 @@ def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
     result = send_phase(publisher, 1, run_id)
     started = first.wait_for("codex.job.started", timeout=60, run_id=run_id)[0]
     first.container.kill()  # SIGKILL: no ack; the job (the guard's) runs on
-    wait_until(lambda: _job_state(docker_client, started["container_id"])["Status"] == "exited", 120,
-               what="the job to exit while its worker is dead")
+    wait_until(
+        lambda: _job_state(docker_client, started["container_id"])["Status"] == "exited",
+        120,
+        what="the job to exit while its worker is dead",
+    )
     assert _job_state(docker_client, started["container_id"])["ExitCode"] == 0
 
     second = lab.ready_worker(shard, url, backend_url, **env)
@@ -162,12 +182,23 @@ def test_a_job_that_exits_while_its_worker_is_dead_completes_the_phase_once(
     assert len(finished) == 1 and finished[0]["reconciled"] is True
     assert finished[0]["harvested"] in ("completed", "recorded_earlier")
     assert not second.events("codex.job.started", run_id=run_id)
-    wait_until(lambda: not docker_client.containers.list(  # type: ignore[attr-defined]
-        all=True, filters={"id": started["container_id"]}), 30, what="the harvested job removed")
+    wait_until(
+        lambda: (
+            not docker_client.containers.list(  # type: ignore[attr-defined]
+                all=True, filters={"id": started["container_id"]}
+            )
+        ),
+        30,
+        what="the harvested job removed",
+    )
 
 
 def test_a_job_still_running_when_its_worker_returns_is_awaited_not_run_twice(
-    lab: PhaseLab, standin: StandIn, rabbitmq_vhost: str, backend_url: str, docker_client: object,
+    lab: PhaseLab,
+    standin: StandIn,
+    rabbitmq_vhost: str,
+    backend_url: str,
+    docker_client: object,
 ) -> None:
     """The worker is killed mid-job and back before the job ends: the job is waited for and harvested;
     one Codex run, whose result the redelivered task returns; the job is removed once."""
@@ -191,10 +222,18 @@ def test_a_job_still_running_when_its_worker_returns_is_awaited_not_run_twice(
     assert outcome["skipped"] is True
     assert len(standin.script.calls()) == 1, "the phase ran Codex twice"
     assert second.events("codex.reconcile.awaiting", container_id=started["container_id"]) or second.events(
-        "codex.phase.awaiting", container_id=started["container_id"])
+        "codex.phase.awaiting", container_id=started["container_id"]
+    )
     finished = second.wait_for("codex.job.finished", timeout=60, container_id=started["container_id"])
     assert len(finished) == 1 and finished[0]["killed"] is False
-    wait_until(lambda: not docker_client.containers.list(  # type: ignore[attr-defined]
-        all=True, filters={"id": started["container_id"]}), 30, what="the harvested job removed")
+    wait_until(
+        lambda: (
+            not docker_client.containers.list(  # type: ignore[attr-defined]
+                all=True, filters={"id": started["container_id"]}
+            )
+        ),
+        30,
+        what="the harvested job removed",
+    )
     recorded = json.loads((lab.artifacts / run_id / "plan" / "outcome.json").read_text())
     assert recorded["task_id"] == outcome["task_id"] and recorded["container_id"] == outcome["container_id"]

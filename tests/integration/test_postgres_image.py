@@ -27,8 +27,9 @@ PASSWORD = "codex-test-only"  # a public test value
 @pytest.fixture(scope="module")
 def postgres_image(images: Any) -> str:
     """Built by the project's own script (cached layers after the first time)."""
-    done = subprocess.run([str(REPO_ROOT / "images" / "build.sh"), "--postgres"], capture_output=True, text=True,
-                          timeout=900, check=False)
+    done = subprocess.run(
+        [str(REPO_ROOT / "images" / "build.sh"), "--postgres"], capture_output=True, text=True, timeout=900, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return IMAGE
 
@@ -45,7 +46,10 @@ def made(docker_client: Any) -> Iterator[list[Any]]:
 
 
 def test_the_profiles_postgres_keeps_celery_results_across_a_restart(
-    postgres_image: str, docker_client: Any, redis_url: str, made: list[Any],
+    postgres_image: str,
+    docker_client: Any,
+    redis_url: str,
+    made: list[Any],
 ) -> None:
     refused = docker_client.containers.run(postgres_image, detach=True, labels=dict(TEST_LABEL))
     made.append(refused)
@@ -54,8 +58,12 @@ def test_the_profiles_postgres_keeps_celery_results_across_a_restart(
 
     volume = docker_client.volumes.create(name=f"{TEST_PREFIX}pgdata_{uuid.uuid4().hex[:8]}", labels=dict(TEST_LABEL))
     server = docker_client.containers.run(
-        postgres_image, detach=True, labels=dict(TEST_LABEL), environment={"POSTGRES_PASSWORD": PASSWORD},
-        volumes={volume.name: {"bind": "/var/lib/postgresql/data", "mode": "rw"}}, ports={"5432/tcp": ("127.0.0.1", None)},
+        postgres_image,
+        detach=True,
+        labels=dict(TEST_LABEL),
+        environment={"POSTGRES_PASSWORD": PASSWORD},
+        volumes={volume.name: {"bind": "/var/lib/postgresql/data", "mode": "rw"}},
+        ports={"5432/tcp": ("127.0.0.1", None)},
     )
     made.extend([volume, server])
 

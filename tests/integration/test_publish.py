@@ -31,8 +31,9 @@ def _publish(broker_url: str, code: str) -> subprocess.CompletedProcess[str]:
         "CELERY_BROKER_URL": broker_url,
         "CODEX_SHARDS": str(SHARDS),
     }
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=60)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=60
+    )
 
 
 def _take(broker_url: str, queue: str, task_id: str) -> bool:
@@ -71,19 +72,26 @@ class TestPublishWithoutTheApp:
 
     def test_without_the_task_level_routing_it_goes_to_celery(self, broker_url: str) -> None:
         """The same publish through Celery's plain ``Task.apply_async`` (the old behaviour) lands in ``celery``."""
-        done = _publish(broker_url, PUBLISH_WITHOUT_APP.replace(
-            "result = codex_phase.apply_async(", "from celery import Task\n    result = Task.apply_async(codex_phase, "
-        ))
+        done = _publish(
+            broker_url,
+            PUBLISH_WITHOUT_APP.replace(
+                "result = codex_phase.apply_async(",
+                "from celery import Task\n    result = Task.apply_async(codex_phase, ",
+            ),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         task_id = json.loads(done.stdout)["id"]
         assert _take(broker_url, "celery", task_id)
 
     def test_no_affinity_key_fails_loudly_and_sends_nothing(self, broker_url: str) -> None:
         """An unroutable publish is CODEX-E050 in the publisher, not a message in a dead queue."""
-        done = _publish(broker_url, """
+        done = _publish(
+            broker_url,
+            """
             from worker_entry.tasks import codex_phase
             codex_phase.apply_async(kwargs={"run_id": "r-1", "phase": "plan"}, task_id="unroutable-probe")
-        """)
+        """,
+        )
         assert done.returncode != 0 and "CODEX-E050" in done.stderr
         assert not _take(broker_url, "celery", "unroutable-probe")
 
@@ -93,10 +101,13 @@ class TestPublishWithoutTheApp:
             "delay": f"codex_phase.delay(affinity_key={KEY!r}, run_id='r-1', phase='plan')",
             "signature": f"codex_phase.s(affinity_key={KEY!r}, run_id='r-1', phase='plan').apply_async()",
         }[how]
-        done = _publish(broker_url, f"""
+        done = _publish(
+            broker_url,
+            f"""
             from worker_entry.tasks import codex_phase
             print({call}.id)
-        """)
+        """,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert _take(broker_url, f"codex-{shard_for(KEY, SHARDS)}", done.stdout.strip())
 
@@ -122,20 +133,37 @@ class TestPublishByName:
 
     def test_without_importing_the_include_it_went_to_default(self, broker_url: str) -> None:
         """The same publish with the router's import of ``include`` undone (the old behaviour): ``default``."""
-        done = _publish(broker_url, SEND_BY_NAME.replace(
-            "known_before =", "app.loader.import_default_modules = lambda: None\n    known_before ="
-        ))
+        done = _publish(
+            broker_url,
+            SEND_BY_NAME.replace(
+                "known_before =", "app.loader.import_default_modules = lambda: None\n    known_before ="
+            ),
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert _take(broker_url, "default", json.loads(done.stdout)["id"])
 
     def test_celery_call_lands_on_the_shard_queue(self, broker_url: str) -> None:
         """The ``celery call`` command the runbook uses, with no ``--queue``."""
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": os.environ.get("HOME", "/root"),
-               "CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": str(SHARDS)}
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": os.environ.get("HOME", "/root"),
+            "CELERY_BROKER_URL": broker_url,
+            "CODEX_SHARDS": str(SHARDS),
+        }
         done = subprocess.run(
-            [os.path.join(os.path.dirname(sys.executable), "celery"), "-A", "worker_entry.app:app", "call", "codex.phase",
-             "--kwargs", json.dumps({"affinity_key": KEY, "run_id": "r-1", "phase": "plan"})],
-            env=env, capture_output=True, text=True, timeout=60,
+            [
+                os.path.join(os.path.dirname(sys.executable), "celery"),
+                "-A",
+                "worker_entry.app:app",
+                "call",
+                "codex.phase",
+                "--kwargs",
+                json.dumps({"affinity_key": KEY, "run_id": "r-1", "phase": "plan"}),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 0, done.stderr[-2000:]
         task_id = done.stdout.strip().splitlines()[-1]

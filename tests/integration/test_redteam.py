@@ -57,9 +57,15 @@ class Range:
 
     def env(self) -> dict[str, str]:
         """What the in-container attempts read: images, names and targets."""
-        return {"IMAGE": self.images.job, "THEIRS": self.theirs, "THEIRS_PATH": self.theirs_path,
-                "VICTIM": self.victim_worker.id, "VICTIM_JOB": self.victim_job.id, "OWN_JOB": self.own_job.id,
-                "NAME": unique_name("rt")}
+        return {
+            "IMAGE": self.images.job,
+            "THEIRS": self.theirs,
+            "THEIRS_PATH": self.theirs_path,
+            "VICTIM": self.victim_worker.id,
+            "VICTIM_JOB": self.victim_job.id,
+            "OWN_JOB": self.own_job.id,
+            "NAME": unique_name("rt"),
+        }
 
     def refusals(self) -> list[dict[str, Any]]:
         return self.guard.events("codex.guard.refused")
@@ -68,8 +74,9 @@ class Range:
 @pytest.fixture(scope="module")
 def range_(docker_client: docker.DockerClient, images: Images) -> Iterator[Range]:
     raw = docker_client
-    made_volumes = [raw.volumes.create(name=unique_name(f"rt{i}"), labels={**TEST_LABEL, "codex.auth": "1"}).name
-                    for i in (0, 1)]
+    made_volumes = [
+        raw.volumes.create(name=unique_name(f"rt{i}"), labels={**TEST_LABEL, "codex.auth": "1"}).name for i in (0, 1)
+    ]
     mine, theirs = made_volumes
     containers: list[Any] = []
     guard = GuardProcess({0: mine, 1: theirs})
@@ -82,14 +89,28 @@ def range_(docker_client: docker.DockerClient, images: Images) -> Iterator[Range
         cli = {DOCKER_CLI: {"bind": "/usr/local/bin/docker", "mode": "ro"}} if DOCKER_CLI else {}
         pause = ["python3", "-c", "import signal; signal.pause()"]
         worker = raw.containers.run(
-            images.worker, entrypoint=pause, detach=True, name=unique_name("rtw0"), labels=dict(TEST_LABEL),
-            environment={"DOCKER_HOST": GUARD_DOCKER_HOST, "CODEX_SHARD_INDEX": "0", "CODEX_VOLUME_NAME": mine,
-                         "CODEX_LOGIN_CHECK_IMAGE": images.job},
-            volumes={mine: {"bind": HOME, "mode": "rw"}, **guard.worker_mount(0), **cli}, network_mode="none",
+            images.worker,
+            entrypoint=pause,
+            detach=True,
+            name=unique_name("rtw0"),
+            labels=dict(TEST_LABEL),
+            environment={
+                "DOCKER_HOST": GUARD_DOCKER_HOST,
+                "CODEX_SHARD_INDEX": "0",
+                "CODEX_VOLUME_NAME": mine,
+                "CODEX_LOGIN_CHECK_IMAGE": images.job,
+            },
+            volumes={mine: {"bind": HOME, "mode": "rw"}, **guard.worker_mount(0), **cli},
+            network_mode="none",
         )
         victim_worker = raw.containers.run(
-            images.worker, entrypoint=pause, detach=True, name=unique_name("rtw1"), labels=dict(TEST_LABEL),
-            volumes={theirs: {"bind": HOME, "mode": "rw"}}, network_mode="none",
+            images.worker,
+            entrypoint=pause,
+            detach=True,
+            name=unique_name("rtw1"),
+            labels=dict(TEST_LABEL),
+            volumes={theirs: {"bind": HOME, "mode": "rw"}},
+            network_mode="none",
         )
         containers += [worker, victim_worker]
         victim_job = guard.client(1).containers.run(images.job, ["sleep", "600"], detach=True, labels=dict(TEST_LABEL))
@@ -148,50 +169,198 @@ E041, E045 = "CODEX-E041", "CODEX-E045"
 # (id, channel, attempt, code, rule): sdk = Python code run in the worker; cli = docker argv; http =
 # (method, path, body) on the endpoint socket.
 ATTEMPTS: list[tuple[str, str, Any, str, str]] = [
-    ("sdk-privileged", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, privileged=True)", E041, "create-option"),
-    ("sdk-cap-add-sys-admin", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, cap_add=['SYS_ADMIN'])", E041, "create-option"),
-    ("sdk-pid-host", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, pid_mode='host')", E041, "create-option"),
-    ("sdk-network-host", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, network_mode='host')", E041, "network"),
-    ("sdk-devices", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, devices=['/dev/kmsg:/dev/kmsg:r'])", E041, "create-option"),
-    ("sdk-docker-socket", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, volumes={'/var/run/docker.sock': {'bind': '/s', 'mode': 'rw'}})", E041, "host-bind"),
-    ("sdk-other-shard-volume", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, volumes={THEIRS: {'bind': '/x', 'mode': 'rw'}})", E041, "auth-volume"),
-    ("sdk-volumes-from", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, volumes_from=[VICTIM])", E041, "create-option"),
+    (
+        "sdk-privileged",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, privileged=True)",
+        E041,
+        "create-option",
+    ),
+    (
+        "sdk-cap-add-sys-admin",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, cap_add=['SYS_ADMIN'])",
+        E041,
+        "create-option",
+    ),
+    (
+        "sdk-pid-host",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, pid_mode='host')",
+        E041,
+        "create-option",
+    ),
+    (
+        "sdk-network-host",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, network_mode='host')",
+        E041,
+        "network",
+    ),
+    (
+        "sdk-devices",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, devices=['/dev/kmsg:/dev/kmsg:r'])",
+        E041,
+        "create-option",
+    ),
+    (
+        "sdk-docker-socket",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, volumes={'/var/run/docker.sock': {'bind': '/s', 'mode': 'rw'}})",
+        E041,
+        "host-bind",
+    ),
+    (
+        "sdk-other-shard-volume",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, volumes={THEIRS: {'bind': '/x', 'mode': 'rw'}})",
+        E041,
+        "auth-volume",
+    ),
+    (
+        "sdk-volumes-from",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, volumes_from=[VICTIM])",
+        E041,
+        "create-option",
+    ),
     ("sdk-root-user", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, user='root')", E041, "root-user"),
-    ("sdk-forged-shard-label", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, labels={'codex.shard': '1'})", E041, "forged-label"),
-    ("sdk-seccomp-unconfined", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, security_opt=['seccomp=unconfined'])", E041, "security-opt"),
-    ("sdk-memory-above-limit", "sdk", "client.containers.create(IMAGE, ['true'], name=NAME, mem_limit='64g')", E041, "limit"),
-    ("sdk-exec-other-worker", "sdk", "client.api.exec_create(VICTIM, ['cat', '/home/app/.codex/auth.json'])", E045, "endpoint"),
+    (
+        "sdk-forged-shard-label",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, labels={'codex.shard': '1'})",
+        E041,
+        "forged-label",
+    ),
+    (
+        "sdk-seccomp-unconfined",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, security_opt=['seccomp=unconfined'])",
+        E041,
+        "security-opt",
+    ),
+    (
+        "sdk-memory-above-limit",
+        "sdk",
+        "client.containers.create(IMAGE, ['true'], name=NAME, mem_limit='64g')",
+        E041,
+        "limit",
+    ),
+    (
+        "sdk-exec-other-worker",
+        "sdk",
+        "client.api.exec_create(VICTIM, ['cat', '/home/app/.codex/auth.json'])",
+        E045,
+        "endpoint",
+    ),
     ("sdk-kill-other-shard-job", "sdk", "client.api.kill(VICTIM_JOB)", E045, "foreign-container"),
     ("sdk-stop-other-shard-job", "sdk", "client.api.stop(VICTIM_JOB, timeout=1)", E045, "foreign-container"),
-    ("sdk-image-build", "sdk", "client.images.build(fileobj=__import__('io').BytesIO(b'FROM scratch'))", E045, "endpoint"),
+    (
+        "sdk-image-build",
+        "sdk",
+        "client.images.build(fileobj=__import__('io').BytesIO(b'FROM scratch'))",
+        E045,
+        "endpoint",
+    ),
     ("sdk-network-create", "sdk", "client.networks.create(NAME)", E045, "endpoint"),
     ("sdk-volume-remove-other-shard", "sdk", "client.api.remove_volume(THEIRS)", E045, "endpoint"),
     ("cli-cap-add", "cli", ["run", "--rm", "--cap-add", "SYS_ADMIN", "$IMAGE", "true"], E041, "create-option"),
     ("cli-uts-host", "cli", ["run", "--rm", "--uts", "host", "$IMAGE", "true"], E041, "create-option"),
     ("cli-ipc-host", "cli", ["run", "--rm", "--ipc", "host", "$IMAGE", "true"], E041, "create-option"),
     ("cli-bind-root", "cli", ["run", "--rm", "-v", "/:/host", "$IMAGE", "true"], E041, "host-bind"),
-    ("cli-bind-docker-volumes", "cli", ["run", "--rm", "-v", "/var/lib/docker/volumes:/v", "$IMAGE", "true"], E041, "host-bind"),
-    ("cli-other-shard-volume-by-path", "cli", ["run", "--rm", "-v", "$THEIRS_PATH:/x", "$IMAGE", "true"], E041, "host-bind"),
-    ("cli-other-shard-volume-by-name", "cli", ["run", "--rm", "-v", "$THEIRS:/x", "$IMAGE", "true"], E041, "auth-volume"),
+    (
+        "cli-bind-docker-volumes",
+        "cli",
+        ["run", "--rm", "-v", "/var/lib/docker/volumes:/v", "$IMAGE", "true"],
+        E041,
+        "host-bind",
+    ),
+    (
+        "cli-other-shard-volume-by-path",
+        "cli",
+        ["run", "--rm", "-v", "$THEIRS_PATH:/x", "$IMAGE", "true"],
+        E041,
+        "host-bind",
+    ),
+    (
+        "cli-other-shard-volume-by-name",
+        "cli",
+        ["run", "--rm", "-v", "$THEIRS:/x", "$IMAGE", "true"],
+        E041,
+        "auth-volume",
+    ),
     ("cli-root-uid", "cli", ["run", "--rm", "-u", "0", "$IMAGE", "true"], E041, "root-user"),
-    ("cli-unmask-proc", "cli", ["run", "--rm", "--security-opt", "systempaths=unconfined", "$IMAGE", "true"], E041, "create-option"),
+    (
+        "cli-unmask-proc",
+        "cli",
+        ["run", "--rm", "--security-opt", "systempaths=unconfined", "$IMAGE", "true"],
+        E041,
+        "create-option",
+    ),
     ("cli-device", "cli", ["run", "--rm", "--device", "/dev/fuse", "$IMAGE", "true"], E041, "create-option"),
-    ("cli-forged-volume-label", "cli", ["run", "--rm", "--label", "codex.volume=$THEIRS", "$IMAGE", "true"], E041, "forged-label"),
+    (
+        "cli-forged-volume-label",
+        "cli",
+        ["run", "--rm", "--label", "codex.volume=$THEIRS", "$IMAGE", "true"],
+        E041,
+        "forged-label",
+    ),
     ("cli-exec-other-worker", "cli", ["exec", "$VICTIM", "true"], E045, "foreign-container"),
     ("cli-swarm-init", "cli", ["swarm", "init"], E045, "endpoint"),
     ("cli-plugin-ls", "cli", ["plugin", "ls"], E045, "endpoint"),
-    ("http-ipc-host", "http", ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"IpcMode": "host"}}'), E041, "create-option"),
-    ("http-privileged", "http", ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Privileged": true}}'), E041, "create-option"),
-    ("http-volume-driver-bind", "http", ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "rtx", "Target": "/x", "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}}}]}}'), E041, "host-bind"),
-    ("http-update-own-job", "http", ("POST", "/v1.41/containers/$OWN_JOB/update", '{"Privileged": true, "Memory": 0}'), E045, "endpoint"),
+    (
+        "http-ipc-host",
+        "http",
+        ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"IpcMode": "host"}}'),
+        E041,
+        "create-option",
+    ),
+    (
+        "http-privileged",
+        "http",
+        ("POST", "/v1.41/containers/create", '{"Image": "$IMAGE", "HostConfig": {"Privileged": true}}'),
+        E041,
+        "create-option",
+    ),
+    (
+        "http-volume-driver-bind",
+        "http",
+        (
+            "POST",
+            "/v1.41/containers/create",
+            '{"Image": "$IMAGE", "HostConfig": {"Mounts": [{"Type": "volume", "Source": "rtx", "Target": "/x", "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {"type": "none", "o": "bind", "device": "/"}}}}]}}',
+        ),
+        E041,
+        "host-bind",
+    ),
+    (
+        "http-update-own-job",
+        "http",
+        ("POST", "/v1.41/containers/$OWN_JOB/update", '{"Privileged": true, "Memory": 0}'),
+        E045,
+        "endpoint",
+    ),
     ("http-commit-own-job", "http", ("POST", "/v1.41/commit?container=$OWN_JOB", "{}"), E045, "endpoint"),
     ("http-image-pull", "http", ("POST", "/v1.41/images/create?fromImage=alpine&tag=latest", ""), E045, "endpoint"),
     ("http-swarm", "http", ("GET", "/v1.41/swarm", ""), E045, "endpoint"),
     ("http-plugins-pull", "http", ("POST", "/v1.41/plugins/pull?remote=vieux/sshfs", "[]"), E045, "endpoint"),
-    ("http-secret-create", "http", ("POST", "/v1.41/secrets/create", '{"Name": "x", "Data": "eA=="}'), E045, "endpoint"),
+    (
+        "http-secret-create",
+        "http",
+        ("POST", "/v1.41/secrets/create", '{"Name": "x", "Data": "eA=="}'),
+        E045,
+        "endpoint",
+    ),
     ("http-configs", "http", ("GET", "/v1.41/configs", ""), E045, "endpoint"),
     ("http-info", "http", ("GET", "/v1.41/info", ""), E045, "endpoint"),
-    ("http-logs-other-shard-job", "http", ("GET", "/v1.41/containers/$VICTIM_JOB/logs?stdout=1&stderr=1", ""), E045, "foreign-container"),
+    (
+        "http-logs-other-shard-job",
+        "http",
+        ("GET", "/v1.41/containers/$VICTIM_JOB/logs?stdout=1&stderr=1", ""),
+        E045,
+        "foreign-container",
+    ),
     ("http-inspect-other-shard-volume", "http", ("GET", "/v1.41/volumes/$THEIRS", ""), E045, "foreign-volume"),
     ("http-inspect-other-worker", "http", ("GET", "/v1.41/containers/$VICTIM/json", ""), E045, "foreign-container"),
 ]
@@ -216,18 +385,24 @@ def _batch(range_: Range, channel: str, attempts: list[Any]) -> list[Outcome]:
     guard's refused lines pair with them in order."""
     before = len(range_.refusals())
     script = SDK if channel == "sdk" else HTTP
-    payload = attempts if channel == "sdk" else [[string.Template(w).safe_substitute(range_.env()) for w in a] for a in attempts]
+    payload = (
+        attempts
+        if channel == "sdk"
+        else [[string.Template(w).safe_substitute(range_.env()) for w in a] for a in attempts]
+    )
     code, text = _run_in_worker(range_, ["python3", "-c", script, json.dumps(payload)])
     assert code == 0, text
     results = [json.loads(line) for line in text.strip().splitlines()]
     refused = range_.refusals()[before:]
     assert len(results) == len(attempts) == len(refused), (results, refused)
-    return [Outcome(int(r["status"]), str(r["message"]), [line]) for r, line in zip(results, refused)]
+    return [Outcome(int(r["status"]), str(r["message"]), [line]) for r, line in zip(results, refused, strict=False)]
 
 
 def _cli(range_: Range, attempt: list[str]) -> Outcome:
     before = len(range_.refusals())
-    code, text = _run_in_worker(range_, ["docker", *[string.Template(w).safe_substitute(range_.env()) for w in attempt]])
+    code, text = _run_in_worker(
+        range_, ["docker", *[string.Template(w).safe_substitute(range_.env()) for w in attempt]]
+    )
     return Outcome(code, text, range_.refusals()[before:])
 
 
@@ -237,15 +412,18 @@ def outcomes(range_: Range) -> dict[str, Outcome]:
     found: dict[str, Outcome] = {}
     for channel in ("sdk", "http"):
         chosen = [a for a in ATTEMPTS if a[1] == channel]
-        found.update(zip((a[0] for a in chosen), _batch(range_, channel, [a[2] for a in chosen])))
+        found.update(zip((a[0] for a in chosen), _batch(range_, channel, [a[2] for a in chosen]), strict=False))
     if DOCKER_CLI is not None:
         found.update((a[0], _cli(range_, a[2])) for a in ATTEMPTS if a[1] == "cli")
     return found
 
 
 class TestFromTaskCode:
-    @pytest.mark.parametrize(("attempt_id", "channel", "code", "rule"), [(a[0], a[1], a[3], a[4]) for a in ATTEMPTS],
-                             ids=[a[0] for a in ATTEMPTS])
+    @pytest.mark.parametrize(
+        ("attempt_id", "channel", "code", "rule"),
+        [(a[0], a[1], a[3], a[4]) for a in ATTEMPTS],
+        ids=[a[0] for a in ATTEMPTS],
+    )
     def test_attempt_is_refused_with_its_code_and_an_audit_line(
         self, outcomes: dict[str, Outcome], attempt_id: str, channel: str, code: str, rule: str
     ) -> None:
@@ -263,7 +441,10 @@ class TestFromTaskCode:
         """After every attempt, shard 0's endpoint created nothing but its own job, and the volumes survive."""
         created = range_.raw.containers.list(all=True, filters={"label": f"codex.guard={range_.mine}"})
         assert {c.id for c in created} == {range_.own_job.id}
-        assert {v.name for v in range_.raw.volumes.list() if v.name in (range_.mine, range_.theirs)} == {range_.mine, range_.theirs}
+        assert {v.name for v in range_.raw.volumes.list() if v.name in (range_.mine, range_.theirs)} == {
+            range_.mine,
+            range_.theirs,
+        }
         assert range_.raw.containers.get(range_.victim_worker.id).status == "running"
         assert range_.raw.containers.get(range_.victim_job.id).status == "running"
         assert len(outcomes) == len(ATTEMPTS) >= 25
@@ -282,10 +463,10 @@ LAUNCHER_ATTEMPTS: list[tuple[str, dict[str, Any], str]] = [
 
 
 class TestThroughTheGuardedClient:
-    @pytest.mark.parametrize(("options", "offending"), [a[1:] for a in LAUNCHER_ATTEMPTS], ids=[a[0] for a in LAUNCHER_ATTEMPTS])
-    def test_launcher_refuses_before_the_engine(
-        self, range_: Range, options: dict[str, Any], offending: str
-    ) -> None:
+    @pytest.mark.parametrize(
+        ("options", "offending"), [a[1:] for a in LAUNCHER_ATTEMPTS], ids=[a[0] for a in LAUNCHER_ATTEMPTS]
+    )
+    def test_launcher_refuses_before_the_engine(self, range_: Range, options: dict[str, Any], offending: str) -> None:
         """JobLauncher refuses with CODEX-E041 and a codex.job.refused line; the guard never saw it."""
         before = len(range_.guard.events("codex.guard.created")) + len(range_.refusals())
         launcher = _launcher(range_)
@@ -306,8 +487,14 @@ class TestThroughTheGuardedClient:
 
 def _launcher(range_: Range) -> JobLauncher:
     config = config_mod.load({"CODEX_SHARD_INDEX": "0", "AGENT_WORKER_NAME": "rt-worker"})
-    context = {"queue": "codex-0", "shard": 0, "volume": range_.mine, "worker": "rt-worker",
-               "run_id": f"redteam-{secrets.token_hex(4)}", "task_id": "redteam-task"}
+    context = {
+        "queue": "codex-0",
+        "shard": 0,
+        "volume": range_.mine,
+        "worker": "rt-worker",
+        "run_id": f"redteam-{secrets.token_hex(4)}",
+        "task_id": "redteam-task",
+    }
     return JobLauncher(range_.guard.client(0), config, range_.mine, context)
 
 
@@ -315,7 +502,9 @@ class TestLegitimatePath:
     def test_a_job_through_the_guard_sees_its_login_in_the_sandbox(self, range_: Range) -> None:
         """The launcher's job runs with the login, as 1000, no capabilities, read-only root; one created line."""
         result = _launcher(range_).run(
-            range_.images.job, ["sh", "-c", "codex login status; id -u; grep CapEff /proc/self/status; touch /x || echo ro"])
+            range_.images.job,
+            ["sh", "-c", "codex login status; id -u; grep CapEff /proc/self/status; touch /x || echo ro"],
+        )
         assert result.exit_code == 0 and "API key configured" in result.output
         assert "1000" in result.output and "0000000000000000" in result.output and "ro" in result.output
         created = range_.guard.events("codex.guard.created", container_id=result.container_id)
@@ -323,18 +512,26 @@ class TestLegitimatePath:
 
     def test_a_raw_client_gets_the_policy_imposed(self, range_: Range) -> None:
         """Task code's plain containers.run through the endpoint gets the login, the user, the labels and the sandbox."""
-        container = range_.guard.client(0).containers.run(range_.images.job, ["sleep", "60"], detach=True, user="1000",
-                                                          labels={"team": "a"})
+        container = range_.guard.client(0).containers.run(
+            range_.images.job, ["sleep", "60"], detach=True, user="1000", labels={"team": "a"}
+        )
         try:
             attrs = range_.raw.api.inspect_container(container.id)
             host = attrs["HostConfig"]
             assert host["Binds"][0] == f"{range_.mine}:{HOME}:rw" and host["CapDrop"] == ["ALL"]
-            assert host["SecurityOpt"] == ["no-new-privileges"] and host["Init"] is True and host["ReadonlyRootfs"] is True
+            assert (
+                host["SecurityOpt"] == ["no-new-privileges"] and host["Init"] is True and host["ReadonlyRootfs"] is True
+            )
             assert host["PidsLimit"] == 1024 and host["Memory"] == 4 * 1024**3 and host["NanoCpus"] > 0
             assert host["Privileged"] is False and host["Tmpfs"]["/tmp"].startswith("rw,nosuid,nodev")
             assert attrs["Config"]["User"] == "1000:1000" and f"CODEX_HOME={HOME}" in attrs["Config"]["Env"]
             labels = attrs["Config"]["Labels"]
-            assert (labels["codex.guard"], labels["codex.shard"], labels["codex.volume"], labels["team"]) == (range_.mine, "0", range_.mine, "a")
+            assert (labels["codex.guard"], labels["codex.shard"], labels["codex.volume"], labels["team"]) == (
+                range_.mine,
+                "0",
+                range_.mine,
+                "a",
+            )
         finally:
             container.remove(force=True)  # through the guard: its own container
 
@@ -348,8 +545,9 @@ class TestLegitimatePath:
     @pytest.mark.skipif(DOCKER_CLI is None, reason="docker CLI absent on the host (nothing to mount into the worker)")
     def test_the_docker_cli_in_the_worker_runs_a_job(self, range_: Range) -> None:
         """docker run (attach, stdin, wait, --rm) through the endpoint works and the job sees the login."""
-        code, output = range_.worker.exec_run(["sh", "-c", f"echo piped | docker run --rm -i {range_.images.job} "
-                                               "sh -c 'cat; codex login status'"])
+        code, output = range_.worker.exec_run(
+            ["sh", "-c", f"echo piped | docker run --rm -i {range_.images.job} sh -c 'cat; codex login status'"]
+        )
         text = output.decode()
         assert code == 0 and "piped" in text and "API key configured" in text, text
 
@@ -371,7 +569,6 @@ class TestLegitimatePath:
             range_.guard.start()
         assert launcher.run(range_.images.job, ["codex", "login", "status"]).exit_code == 0
 
-
     def test_a_guard_restart_during_a_job_does_not_abandon_it(self, range_: Range) -> None:
         """The guard is killed and started again while a job runs: the launcher waits again and gets
         the same job's exit, not CODEX-E040 (which would run the phase a second time)."""
@@ -383,14 +580,22 @@ class TestLegitimatePath:
         finally:
             restart.join()
         assert result.exit_code == 0 and "survived" in result.output
-        assert range_.guard.events("codex.guard.started")[-1]["timestamp"] > range_.guard.events("codex.guard.created", container_id=result.container_id)[0]["timestamp"]
+        assert (
+            range_.guard.events("codex.guard.started")[-1]["timestamp"]
+            > range_.guard.events("codex.guard.created", container_id=result.container_id)[0]["timestamp"]
+        )
 
 
 CONTROLS: list[tuple[str, dict[str, Any], str, Any]] = [
     ("privileged", {"privileged": True}, "Privileged", True),
     ("cap-add", {"cap_add": ["SYS_ADMIN"]}, "CapAdd", ["SYS_ADMIN"]),
     ("pid-host", {"pid_mode": "host"}, "PidMode", "host"),
-    ("docker-socket", {"volumes": {"/var/run/docker.sock": {"bind": "/s", "mode": "rw"}}}, "Binds", ["/var/run/docker.sock:/s:rw"]),
+    (
+        "docker-socket",
+        {"volumes": {"/var/run/docker.sock": {"bind": "/s", "mode": "rw"}}},
+        "Binds",
+        ["/var/run/docker.sock:/s:rw"],
+    ),
     ("root-user", {"user": "0"}, "User", "0"),
 ]
 
@@ -401,8 +606,9 @@ class TestTheTestOfTheTest:
         self, range_: Range, options: dict[str, Any], field: str, value: Any
     ) -> None:
         """Without the guard the engine creates exactly what was refused: the guard is what stops it."""
-        container = range_.raw.containers.create(range_.images.job, ["true"], name=unique_name("rtraw"),
-                                                 labels=dict(TEST_LABEL), **options)
+        container = range_.raw.containers.create(
+            range_.images.job, ["true"], name=unique_name("rtraw"), labels=dict(TEST_LABEL), **options
+        )
         try:
             attrs = range_.raw.api.inspect_container(container.id)
             found = attrs["Config"][field] if field == "User" else attrs["HostConfig"][field]
@@ -449,14 +655,23 @@ Bytes = Callable[[dict[str, str]], str]
 """An attempt's bytes, written once the range's names are known (lengths follow the names)."""
 
 
-def _request(method: str, target: str, body: str = "", *, lines: list[str] | None = None, eol: str = "\r\n",
-             close: bool = True) -> Bytes:
+def _request(
+    method: str, target: str, body: str = "", *, lines: list[str] | None = None, eol: str = "\r\n", close: bool = True
+) -> Bytes:
     def write(env: dict[str, str]) -> str:
         path, text = (string.Template(x).safe_substitute(env) for x in (target, body))
-        head = [f"{method} {path} HTTP/1.1", "Host: docker", *(lines if lines is not None else
-                ["Content-Type: application/json", f"Content-Length: {len(text.encode())}"]),
-                *(["Connection: close"] if close else [])]
+        head = [
+            f"{method} {path} HTTP/1.1",
+            "Host: docker",
+            *(
+                lines
+                if lines is not None
+                else ["Content-Type: application/json", f"Content-Length: {len(text.encode())}"]
+            ),
+            *(["Connection: close"] if close else []),
+        ]
         return eol.join(head) + eol + eol + text
+
     return write
 
 
@@ -466,46 +681,140 @@ def _then(first: Bytes, second: Bytes, eol: str) -> Bytes:
 
 def _create(host: dict[str, Any] | str, top: str = "", name: str = "$SMUG") -> Bytes:
     host_json = host if isinstance(host, str) else json.dumps(host)
-    return _request("POST", f"/v1.41/containers/create?name={name}",
-                    '{"Image": "$IMAGE", "Cmd": ["true"]' + top + ', "HostConfig": ' + host_json + "}")
+    return _request(
+        "POST",
+        f"/v1.41/containers/create?name={name}",
+        '{"Image": "$IMAGE", "Cmd": ["true"]' + top + ', "HostConfig": ' + host_json + "}",
+    )
 
 
 _BIND_ROOT = {"Binds": ["/:/host"], "Privileged": True}
 RAW_ATTEMPTS: list[tuple[str, Bytes, int, str]] = [
-    ("bare-lf-smuggles-a-second-request",
-     _then(_request("GET", "/_ping", lines=["Content-Length: 0"], eol="\n", close=False), _create(_BIND_ROOT), "\n"), 400, "http"),
-    ("content-length-and-chunked", _request("POST", "/v1.41/containers/create?name=$SMUG", "0\r\n\r\n",
-                                            lines=["Content-Length: 4", "Transfer-Encoding: chunked"]), 400, "http"),
-    ("content-length-twice", _request("POST", "/v1.41/containers/create", "{}",
-                                      lines=["Content-Length: 2", "Content-Length: 2"]), 400, "http"),
-    ("expect-100-continue", _request("POST", "/v1.41/containers/create", "{}",
-                                     lines=["Content-Length: 2", "Expect: 100-continue"]), 400, "http"),
+    (
+        "bare-lf-smuggles-a-second-request",
+        _then(_request("GET", "/_ping", lines=["Content-Length: 0"], eol="\n", close=False), _create(_BIND_ROOT), "\n"),
+        400,
+        "http",
+    ),
+    (
+        "content-length-and-chunked",
+        _request(
+            "POST",
+            "/v1.41/containers/create?name=$SMUG",
+            "0\r\n\r\n",
+            lines=["Content-Length: 4", "Transfer-Encoding: chunked"],
+        ),
+        400,
+        "http",
+    ),
+    (
+        "content-length-twice",
+        _request("POST", "/v1.41/containers/create", "{}", lines=["Content-Length: 2", "Content-Length: 2"]),
+        400,
+        "http",
+    ),
+    (
+        "expect-100-continue",
+        _request("POST", "/v1.41/containers/create", "{}", lines=["Content-Length: 2", "Expect: 100-continue"]),
+        400,
+        "http",
+    ),
     ("obsolete-line-folding", _request("GET", "/v1.41/version", lines=["X-A: a", " folded"]), 400, "http"),
     ("control-byte-in-target", _request("GET", "/v1.41/containers/$OWN_JOB/json\x01", lines=[]), 400, "http"),
-    ("crlf-in-a-mount-source", _create({"Mounts": [{"Type": "volume", "Target": "/x", "Source":
-                                        "x\r\nPOST /v1.41/containers/create?name=$SMUG HTTP/1.1\r\n"}]}), 403, "create-option"),
+    (
+        "crlf-in-a-mount-source",
+        _create(
+            {
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Target": "/x",
+                        "Source": "x\r\nPOST /v1.41/containers/create?name=$SMUG HTTP/1.1\r\n",
+                    }
+                ]
+            }
+        ),
+        403,
+        "create-option",
+    ),
     ("crlf-in-a-query-value", _request("POST", "/v1.41/containers/create?name=a%0D%0AX-Y:%20z", "{}"), 403, "query"),
-    ("mounts-in-lower-case", _create({"Mounts": [{"type": "bind", "source": "/", "target": "/host"}]}), 403, "ambiguous-key"),
-    ("mount-source-long-s", _create({"Mounts": [{"Type": "volume", "\u017fource": "/", "Target": "/host"}]}), 403, "ambiguous-key"),
-    ("hostconfig-in-lower-case", _create('{}', top=', "hostconfig": {"Binds": ["/:/host"]}'), 403, "ambiguous-key"),
-    ("tmpfs-decoy-then-bind", _create({"Mounts": [{"Type": "tmpfs", "Target": "/t"},
-                                                  {"Type": "volume", "Target": "/v", "type": "bind", "source": "/"}]}),
-     403, "ambiguous-key"),
-    ("volume-driver-options-lower-case", _create({"Mounts": [{"Type": "volume", "Source": "rtx", "Target": "/x", "volumeoptions":
-                                                 {"driverconfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}}}]}),
-     403, "ambiguous-key"),
+    (
+        "mounts-in-lower-case",
+        _create({"Mounts": [{"type": "bind", "source": "/", "target": "/host"}]}),
+        403,
+        "ambiguous-key",
+    ),
+    (
+        "mount-source-long-s",
+        _create({"Mounts": [{"Type": "volume", "\u017fource": "/", "Target": "/host"}]}),
+        403,
+        "ambiguous-key",
+    ),
+    ("hostconfig-in-lower-case", _create("{}", top=', "hostconfig": {"Binds": ["/:/host"]}'), 403, "ambiguous-key"),
+    (
+        "tmpfs-decoy-then-bind",
+        _create(
+            {
+                "Mounts": [
+                    {"Type": "tmpfs", "Target": "/t"},
+                    {"Type": "volume", "Target": "/v", "type": "bind", "source": "/"},
+                ]
+            }
+        ),
+        403,
+        "ambiguous-key",
+    ),
+    (
+        "volume-driver-options-lower-case",
+        _create(
+            {
+                "Mounts": [
+                    {
+                        "Type": "volume",
+                        "Source": "rtx",
+                        "Target": "/x",
+                        "volumeoptions": {"driverconfig": {"Name": "local", "Options": {"o": "bind", "device": "/"}}},
+                    }
+                ]
+            }
+        ),
+        403,
+        "ambiguous-key",
+    ),
     ("kelvin-sign-field", _create({"\u212aernelMemory": 1}), 403, "ambiguous-key"),
-    ("old-version-start-with-hostconfig", _request("POST", "/v1.23/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)), 403,
-     "api-version"),
+    (
+        "old-version-start-with-hostconfig",
+        _request("POST", "/v1.23/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)),
+        403,
+        "api-version",
+    ),
     ("v1.12-start", _request("POST", "/v1.12/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)), 403, "api-version"),
     ("v1.99-start", _request("POST", "/v1.99/containers/$OWN_JOB/start", "{}"), 403, "api-version"),
     ("unversioned-start", _request("POST", "/containers/$OWN_JOB/start", "{}"), 403, "api-version"),
-    ("pinned-start-with-a-body", _request("POST", "/v1.41/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)), 403, "body"),
-    ("other-shard-job-by-id-prefix", _request("GET", "/v1.41/containers/$VICTIM_PREFIX/archive?path=/etc/hostname", lines=[]),
-     403, "foreign-container"),
-    ("other-shard-job-by-name", _request("GET", "/v1.41/containers/$VICTIM_NAME/archive?path=/etc/hostname", lines=[]),
-     403, "foreign-container"),
-    ("forged-compose-label", _create({}, top=', "Labels": {"com.docker.compose.project": "codex"}'), 403, "forged-label"),
+    (
+        "pinned-start-with-a-body",
+        _request("POST", "/v1.41/containers/$OWN_JOB/start", json.dumps(_BIND_ROOT)),
+        403,
+        "body",
+    ),
+    (
+        "other-shard-job-by-id-prefix",
+        _request("GET", "/v1.41/containers/$VICTIM_PREFIX/archive?path=/etc/hostname", lines=[]),
+        403,
+        "foreign-container",
+    ),
+    (
+        "other-shard-job-by-name",
+        _request("GET", "/v1.41/containers/$VICTIM_NAME/archive?path=/etc/hostname", lines=[]),
+        403,
+        "foreign-container",
+    ),
+    (
+        "forged-compose-label",
+        _create({}, top=', "Labels": {"com.docker.compose.project": "codex"}'),
+        403,
+        "forged-label",
+    ),
     ("forged-metrics-target", _create({}, top=', "Labels": {"codex.metrics.port": "9808"}'), 403, "forged-label"),
     ("cpu-weight-above-default", _create({"CpuShares": 262144}), 403, "limit"),
     ("shm-64-gib", _create({"ShmSize": 64 * 1024**3}), 403, "limit"),
@@ -522,9 +831,14 @@ def raw_env(range_: Range) -> dict[str, str]:
     from agent.job_policy import workspace_name
 
     victim = range_.raw.api.inspect_container(range_.victim_job.id)
-    return {**range_.env(), "SMUG": f"{SMUGGLED}_{secrets.token_hex(3)}", "VICTIM_PREFIX": range_.victim_job.id[:12],
-            "VICTIM_NAME": victim["Name"].lstrip("/"), "THEIR_WS": workspace_name(range_.theirs, "victim-run"),
-            **{f"WS{i}": workspace_name(range_.mine, f"mint-{i}") for i in range(5)}}
+    return {
+        **range_.env(),
+        "SMUG": f"{SMUGGLED}_{secrets.token_hex(3)}",
+        "VICTIM_PREFIX": range_.victim_job.id[:12],
+        "VICTIM_NAME": victim["Name"].lstrip("/"),
+        "THEIR_WS": workspace_name(range_.theirs, "victim-run"),
+        **{f"WS{i}": workspace_name(range_.mine, f"mint-{i}") for i in range(5)},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -543,17 +857,20 @@ def raw_outcomes(range_: Range, raw_env: dict[str, str]) -> dict[str, tuple[dict
 
 
 class TestBytesTheEngineReadsOtherwise:
-    @pytest.mark.parametrize(("attempt_id", "status", "rule"), [(a[0], a[2], a[3]) for a in RAW_ATTEMPTS],
-                             ids=[a[0] for a in RAW_ATTEMPTS])
-    def test_refused_with_one_answer_and_its_rule(self, raw_outcomes: dict[str, Any], attempt_id: str, status: int,
-                                                  rule: str) -> None:
+    @pytest.mark.parametrize(
+        ("attempt_id", "status", "rule"), [(a[0], a[2], a[3]) for a in RAW_ATTEMPTS], ids=[a[0] for a in RAW_ATTEMPTS]
+    )
+    def test_refused_with_one_answer_and_its_rule(
+        self, raw_outcomes: dict[str, Any], attempt_id: str, status: int, rule: str
+    ) -> None:
         """One answer (nothing smuggled behind it), the status and rule expected, and a refusal line."""
         answer, refused = raw_outcomes[attempt_id]
         assert (answer["status"], answer["answers"]) == (status, 1), answer
         assert refused and refused[-1]["rule"] == rule and refused[-1]["shard"] == 0, refused
 
-    def test_nothing_smuggled_was_created_and_no_workspace_was_minted(self, range_: Range, raw_env: dict[str, str],
-                                                                      raw_outcomes: dict[str, Any]) -> None:
+    def test_nothing_smuggled_was_created_and_no_workspace_was_minted(
+        self, range_: Range, raw_env: dict[str, str], raw_outcomes: dict[str, Any]
+    ) -> None:
         """No container of the smuggled name exists; no workspace of the attempts exists."""
         assert not range_.raw.containers.list(all=True, filters={"name": raw_env["SMUG"]})
         names = {v.name for v in range_.raw.volumes.list()}
@@ -602,10 +919,18 @@ class TestTheEngineObeysThoseBytes:
     def test_limits_and_labels_pass_as_asked(self, range_: Range, raw_env: dict[str, str]) -> None:
         """CPU weight, a compose label: the Engine takes them as given."""
         by_id = dict((a[0], a[1]) for a in RAW_ATTEMPTS)
-        assert self._created(range_, by_id["cpu-weight-above-default"], unique_name("rtraw"), raw_env)[
-            "HostConfig"]["CpuShares"] == 262144
-        assert self._created(range_, by_id["forged-compose-label"], unique_name("rtraw"), raw_env)[
-            "Config"]["Labels"]["com.docker.compose.project"] == "codex"
+        assert (
+            self._created(range_, by_id["cpu-weight-above-default"], unique_name("rtraw"), raw_env)["HostConfig"][
+                "CpuShares"
+            ]
+            == 262144
+        )
+        assert (
+            self._created(range_, by_id["forged-compose-label"], unique_name("rtraw"), raw_env)["Config"]["Labels"][
+                "com.docker.compose.project"
+            ]
+            == "codex"
+        )
 
 
 class TestReferences:
@@ -614,7 +939,9 @@ class TestReferences:
         checks that container, and sends the call by its full ID, so shard 0 reads its own job, never shard 1's."""
         client = range_.guard.client(0)
         prefix = range_.victim_job.id[:12]
-        own = client.containers.run(range_.images.job, ["sleep", "60"], detach=True, name=prefix, labels=dict(TEST_LABEL))
+        own = client.containers.run(
+            range_.images.job, ["sleep", "60"], detach=True, name=prefix, labels=dict(TEST_LABEL)
+        )
         try:
             chunks, _ = client.api.get_archive(prefix, "/etc/hostname")
             import io

@@ -22,8 +22,12 @@ SINGLE = {"CODEX_QUEUE_MODE": "single", "CODEX_SHARDS": "2"}
 
 
 def test_single_mode_balances_new_runs_and_keeps_each_run_on_one_worker(
-    workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-    broker: BrokerView, broker_url: str, backend_url: str,
+    workers: WorkerFactory,
+    shard_homes: Callable[..., ShardHome],
+    codex_bin: str,
+    broker: BrokerView,
+    broker_url: str,
+    backend_url: str,
 ) -> None:
     """Every phase of a run on the worker (and volume) that took its first phase; both workers used."""
     publisher: Celery = create_app(load({"CELERY_BROKER_URL": broker_url, **SINGLE}), result_backend=backend_url)
@@ -37,12 +41,24 @@ def test_single_mode_balances_new_runs_and_keeps_each_run_on_one_worker(
         worker.wait_for("codex.gate.consuming", timeout=30, queue=f"codex-{worker.env['CODEX_SHARD_INDEX']}")
 
     for n in range(RUNS):
-        publisher.send_task("codex.phase", kwargs={
-            "affinity_key": f"single-{n}", "run_id": f"run-single-{n}", "phase": PHASES[0],
-            "next_phases": list(PHASES[1:]), "hold_s": 0.3})
+        publisher.send_task(
+            "codex.phase",
+            kwargs={
+                "affinity_key": f"single-{n}",
+                "run_id": f"run-single-{n}",
+                "phase": PHASES[0],
+                "next_phases": list(PHASES[1:]),
+                "hold_s": 0.3,
+            },
+        )
 
     def audits() -> list[dict[str, object]]:
-        return [line for w in started for line in w.events("codex.run.audit") if str(line["run_id"]).startswith("run-single-")]
+        return [
+            line
+            for w in started
+            for line in w.events("codex.run.audit")
+            if str(line["run_id"]).startswith("run-single-")
+        ]
 
     wait_until(lambda: len(audits()) == RUNS * len(PHASES), 120, what="every phase of every run audited")
     where: dict[str, set[tuple[object, object]]] = defaultdict(set)

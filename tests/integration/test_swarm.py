@@ -82,8 +82,13 @@ def test_the_stack_on_a_single_node_swarm(
         "CELERY_RESULT_BACKEND": "rpc://",
     }
     try:
-        deployed = subprocess.run([str(ROOT / "scripts" / "swarm-up"), "--broker", "host", name], env=env,
-                                  capture_output=True, text=True, timeout=180)
+        deployed = subprocess.run(
+            [str(ROOT / "scripts" / "swarm-up"), "--broker", "host", name],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert deployed.returncode == 0, deployed.stderr
         # The shards whose node is not labelled are named, with the command that labels one.
         assert "no node is labelled codex.shard.1=true" in deployed.stderr
@@ -95,19 +100,27 @@ def test_the_stack_on_a_single_node_swarm(
         assert spec["TaskTemplate"]["Placement"]["Constraints"] == ["node.labels.codex.shard.0 == true"]
 
         def shard_container(shard: int) -> Any:
-            found = docker_client.containers.list(filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-{shard}"})
+            found = docker_client.containers.list(
+                filters={"label": f"com.docker.swarm.service.name={name}_codex-worker-{shard}"}
+            )
             return found[0] if found else None
 
         def worker_container() -> Any:
             return shard_container(0)
 
         def audit_lines(task: Any) -> list[dict[str, Any]]:
-            return [json.loads(line) for line in task.logs().decode(errors="replace").splitlines() if line.startswith("{")]
+            return [
+                json.loads(line) for line in task.logs().decode(errors="replace").splitlines() if line.startswith("{")
+            ]
 
         def fleet_rows() -> dict[int, dict[str, Any]]:
-            done = subprocess.run([str(Path(sys.executable).parent / "codex-agent"), "fleet", "--json"],
-                                  env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": rabbitmq_vhost},
-                                  capture_output=True, text=True, timeout=30)
+            done = subprocess.run(
+                [str(Path(sys.executable).parent / "codex-agent"), "fleet", "--json"],
+                env={"PATH": "/usr/bin:/bin", "CELERY_BROKER_URL": rabbitmq_vhost},
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
             return {row["shard"]: {**row, "exit_code": done.returncode} for row in json.loads(done.stdout)["shards"]}
 
         container = wait_until(worker_container, 90, interval=1, what="shard 0's task running")
@@ -127,14 +140,19 @@ def test_the_stack_on_a_single_node_swarm(
         import worker_entry.tasks  # noqa: F401  (registers the shared tasks, so the router knows codex.phase)
 
         publisher = create_app(config_mod.load({"CELERY_BROKER_URL": rabbitmq_vhost}), result_backend="rpc://")
-        result = publisher.send_task("codex.phase", kwargs={"affinity_key": "k", "run_id": f"run-{name}",
-                                                            "phase": "plan", "codex_shard": 0})
+        result = publisher.send_task(
+            "codex.phase", kwargs={"affinity_key": "k", "run_id": f"run-{name}", "phase": "plan", "codex_shard": 0}
+        )
         try:
             value = result.get(timeout=120)
         except Exception as e:
             raise AssertionError(f"{e!r}; worker log:\n{container.logs(tail=40).decode(errors='replace')}") from e
         assert value["shard"] == 0 and value["volume"] == volume and value["job"]["exit_code"] == 0
-        finished = [e for e in audit_lines(container) if e.get("event") == "codex.job.finished" and e.get("run_id") == f"run-{name}"]
+        finished = [
+            e
+            for e in audit_lines(container)
+            if e.get("event") == "codex.job.finished" and e.get("run_id") == f"run-{name}"
+        ]
         assert len(finished) == 1 and finished[0]["exit_code"] == 0 and finished[0]["volume"] == volume
 
         # The image's HEALTHCHECK (codex-agent status --probe) under Swarm, and the fleet view from the host.
@@ -157,8 +175,18 @@ def test_the_stack_on_a_single_node_swarm(
             assert not docker_client.volumes.list(filters={"name": f"{prefix}{shard}"})
 
         # Logged out and back, under Swarm: the gate closes (CODEX-E030) and reopens with no restart.
-        docker_cli("run", "--rm", "--label", "cwa.test=1", "-v", f"{volume}:/home/app/.codex",
-                   "--entrypoint", "codex", images.job, "logout")
+        docker_cli(
+            "run",
+            "--rm",
+            "--label",
+            "cwa.test=1",
+            "-v",
+            f"{volume}:/home/app/.codex",
+            "--entrypoint",
+            "codex",
+            images.job,
+            "logout",
+        )
         closed = wait_until(lambda: gate("closed"), 60, interval=1, what="shard 0's gate closed after logout")
         assert [r["code"] for r in closed["reason"]] == ["CODEX-E030"]
         make_api_key_login_in_volume(images.job, volume)
@@ -204,9 +232,14 @@ def test_the_stack_on_a_single_node_swarm(
         wait_until(lambda: gate("open", third), 90, interval=1, what="shard 2's gate open")
         shard_tasks = {0: container, 1: second, 2: third}
         runs = {
-            shard: publisher.send_task("codex.phase", kwargs={
-                "affinity_key": keys_for_shard(shard, 1, prefix=name)[0], "run_id": f"run-{name}-{shard}", "phase": "plan",
-            })
+            shard: publisher.send_task(
+                "codex.phase",
+                kwargs={
+                    "affinity_key": keys_for_shard(shard, 1, prefix=name)[0],
+                    "run_id": f"run-{name}-{shard}",
+                    "phase": "plan",
+                },
+            )
             for shard in shard_tasks
         }
         for shard, run in runs.items():
@@ -216,7 +249,9 @@ def test_the_stack_on_a_single_node_swarm(
         for shard, task in shard_tasks.items():
             lines = audit_lines(task)
             ran = {e["run_id"] for e in lines if e.get("event") == "codex.job.finished" and e.get("exit_code") == 0}
-            assert f"run-{name}-{shard}" in ran and not ran & {f"run-{name}-{other}" for other in shard_tasks if other != shard}
+            assert f"run-{name}-{shard}" in ran and not ran & {
+                f"run-{name}-{other}" for other in shard_tasks if other != shard
+            }
         rows = fleet_rows()
         assert [rows[shard]["status"] for shard in range(3)] == ["open"] * 3, rows
     finally:

@@ -59,15 +59,25 @@ def send(publisher: Celery, key: str, run_id: str) -> Any:
 
 
 def codex_agent(*args: str) -> dict[str, Any]:
-    done = subprocess.run([str(Path(sys.executable).parent / "codex-agent"), *args, "--json"], capture_output=True,
-                          text=True, timeout=120, check=False)
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "codex-agent"), *args, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     data: dict[str, Any] = json.loads(done.stdout)
     return data
 
 
 @pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
 def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_worker_fails_them(
-    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str, publisher: Celery,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    backend_url: str,
+    publisher: Celery,
     images: Any,
 ) -> None:
     shards = [lab.shard(0), lab.shard(1)]
@@ -83,14 +93,21 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     tag = uuid.uuid4().hex[:6]
 
     held_runs = [f"cwa-limit-{tag}-{i}" for i in range(HELD)]
-    held = [send(publisher, key, run) for key, run in zip(keys_for_shard(1, HELD), held_runs)]
+    held = [send(publisher, key, run) for key, run in zip(keys_for_shard(1, HELD), held_runs, strict=False)]
     free_runs = [f"cwa-free-{tag}-{i}" for i in range(2)]
-    free = [send(publisher, key, run) for key, run in zip(keys_for_shard(0, 2, prefix="other"), free_runs)]
+    free = [
+        send(publisher, key, run) for key, run in zip(keys_for_shard(0, 2, prefix="other"), free_runs, strict=False)
+    ]
 
     # Shard 1: the gate closes on E036 naming the volume, the window and the reset; nothing fails.
     state = wait_until(
-        lambda: (s := limited.status()["state"])["gate"] == "closed" and [r["code"] for r in s["reason"]] == ["CODEX-E036"] and s,
-        60, what="shard 1's gate closed on CODEX-E036",
+        lambda: (
+            (s := limited.status()["state"])["gate"] == "closed"
+            and [r["code"] for r in s["reason"]] == ["CODEX-E036"]
+            and s
+        ),
+        60,
+        what="shard 1's gate closed on CODEX-E036",
     )
     message = state["reason"][0]["message"]
     assert shards[1].volume in message and "5-hour" in message and usage.utc(int(reset)) in message, message
@@ -103,11 +120,19 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     # Shard 0 is unaffected, and its headroom (the stand-in's headers) is visible.
     for result in free:
         assert result.get(timeout=120)["job"]["status"] == "completed"
-    other_state = wait_until(lambda: (s := other.status()["state"])["usage"]["headroom"] and s, 30, what="shard 0's headroom")
+    other_state = wait_until(
+        lambda: (s := other.status()["state"])["usage"]["headroom"] and s, 30, what="shard 0's headroom"
+    )
     assert (other_state["usage"]["5h_used_percent"], other_state["usage"]["weekly_used_percent"]) == (42.5, 91.0)
     board = codex_agent("fleet", "--broker", broker_url, "--shards", "2")
-    mine = {e["worker"]: e for row in board["shards"] for e in row["workers"]}  # the board may hold other tests' workers
-    assert (mine[other.name]["used_5h"], mine[other.name]["used_weekly"], mine[other.name]["limited_until"]) == (42.5, 91.0, None)
+    mine = {
+        e["worker"]: e for row in board["shards"] for e in row["workers"]
+    }  # the board may hold other tests' workers
+    assert (mine[other.name]["used_5h"], mine[other.name]["used_weekly"], mine[other.name]["limited_until"]) == (
+        42.5,
+        91.0,
+        None,
+    )
     assert (mine[limited.name]["limited_until"], mine[limited.name]["codes"]) == (int(reset), ["CODEX-E036"])
     assert board["earliest_reset"] is not None and board["earliest_reset"] <= int(reset) and not board["all_limited"]
     samples = scrape(port)
@@ -124,8 +149,10 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     assert [r["job"]["status"] for r in results] == ["completed"] * HELD
     assert all(r["job"]["shard"] == 1 and r["job"]["started_at"] >= reset for r in results)
     first_start = min(r["job"]["started_at"] for r in results)
-    print(f"reset at {reset:.1f}; first held phase started {first_start - reset:.1f} s after it; "
-          f"{standin.usage.refusals[families[1]]} model call(s) refused 429")
+    print(
+        f"reset at {reset:.1f}; first held phase started {first_start - reset:.1f} s after it; "
+        f"{standin.usage.refusals[families[1]]} model call(s) refused 429"
+    )
     refused = standin.usage.refusals[families[1]]
     requeued = limited.events("codex.run.requeued", code="CODEX-E036")
     assert refused >= 1 and len(requeued) == refused, "each 429 run requeued once, as it was"
@@ -145,13 +172,17 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     site = lab.artifacts / "unprotected-usage-site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(UNPROTECTED_SITE)
-    bare = lab.ready_worker(shards[1], broker_url, backend_url, PYTHONPATH=f"{ARTIFACTS_IN_WORKER}/unprotected-usage-site",
-                            **ENV)
+    bare = lab.ready_worker(
+        shards[1], broker_url, backend_url, PYTHONPATH=f"{ARTIFACTS_IN_WORKER}/unprotected-usage-site", **ENV
+    )
     bare_runs = [f"cwa-bare-{tag}-{i}" for i in range(HELD)]
-    for key, run in zip(keys_for_shard(1, HELD, prefix="bare"), bare_runs):
+    for key, run in zip(keys_for_shard(1, HELD, prefix="bare"), bare_runs, strict=False):
         send(publisher, key, run)
-    failed = wait_until(lambda: (f := bare.events("codex.run.failed")) and len(f) >= HELD and f, 240,
-                        what="the unprotected runs failing")
+    failed = wait_until(
+        lambda: (f := bare.events("codex.run.failed")) and len(f) >= HELD and f,
+        240,
+        what="the unprotected runs failing",
+    )
     print(f"unprotected: {len(failed)} of {HELD} runs failed, codes {sorted({f['code'] for f in failed})}")
     assert sorted(f["run_id"] for f in failed) == sorted(bare_runs) and {f["code"] for f in failed} == {"CODEX-E042"}
     assert not bare.events("codex.usage.limited") and bare.status()["state"]["gate"] == "open"
@@ -164,7 +195,11 @@ SINGLE = {"CODEX_QUEUE_MODE": "single", "CODEX_SHARDS": "2"}
 
 @pytest.mark.parametrize("broker_url", ["rabbitmq"], indirect=True)
 def test_single_mode_a_login_near_its_limit_takes_no_new_runs_but_finishes_the_ones_it_holds(
-    lab: PhaseLab, standin: StandIn, broker: BrokerView, broker_url: str, backend_url: str,
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    backend_url: str,
 ) -> None:
     """Drain before the wall: shard 0's login reports 90 % of its 5-hour window (threshold 85 %).
 
@@ -226,7 +261,10 @@ def test_single_mode_a_login_near_its_limit_takes_no_new_runs_but_finishes_the_o
 
 @pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
 def test_a_worker_started_on_a_limited_login_waits_even_with_fail_fast_and_opens_at_the_reset(
-    workers: Any, shard_homes: Any, codex_bin: str, broker: BrokerView,
+    workers: Any,
+    shard_homes: Any,
+    codex_bin: str,
+    broker: BrokerView,
 ) -> None:
     """The marker lives in the volume (a restart does not forget the limit); with re-checks only every
     60 s the gate still opens at the reset time (the watcher's due time), and fail-fast does not exit."""

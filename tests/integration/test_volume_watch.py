@@ -51,7 +51,8 @@ def _open_worker(workers: WorkerFactory, home: ShardHome, codex_bin: str, queue:
 
 def _publish(publisher: Celery, queue: str) -> Any:
     return publisher.send_task(
-        "codex.phase", kwargs={"affinity_key": "watch", "run_id": f"run-{uuid.uuid4().hex[:6]}", "phase": "plan"},
+        "codex.phase",
+        kwargs={"affinity_key": "watch", "run_id": f"run-{uuid.uuid4().hex[:6]}", "phase": "plan"},
         queue=queue,
     )
 
@@ -76,8 +77,13 @@ def _runs_once_after_the_fix(worker: WorkerProcess, task: Any, queue: str) -> No
 
 class TestEventWatch:
     def test_chmod_of_an_open_volume_closes_the_gate_before_a_task_starts(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker_url: str, queue: str,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker_url: str,
+        queue: str,
     ) -> None:
         """chmod 0755 while open, a task published right after: it never runs; chmod 0700 runs it once."""
         home = shard_homes()
@@ -95,8 +101,13 @@ class TestEventWatch:
         _runs_once_after_the_fix(worker, task, queue)
 
     def test_a_volume_mounted_over_closes_the_gate_and_unmounting_it_reopens(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker_url: str, queue: str,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker_url: str,
+        queue: str,
     ) -> None:
         """Another volume mounted over CODEX_HOME: closed (E021), tasks wait; the shard's own volume back: they run."""
         home, other = shard_homes(), shard_homes()
@@ -116,8 +127,13 @@ class TestEventWatch:
 
 class TestWithoutTheEventWatch:
     def test_poll_mode_leaves_the_gate_open_and_only_the_preflight_refuses(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker_url: str, queue: str,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker_url: str,
+        queue: str,
     ) -> None:
         """The test of the test: with AGENT_WATCH=poll the same chmod leaves the gate open, and the
         per-task volume guard is what refuses the phase (CODEX-E023), requeueing it."""

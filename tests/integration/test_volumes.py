@@ -19,7 +19,9 @@ AUTH_LABEL = {"codex.auth": "1"}
 REFRESH = "rt_test_forkedlogin_0123456789abcdef"
 
 
-def plant(client: docker.DockerClient, cleanup: DockerCleanup, busybox: str, volume: str, name: str, data: dict[str, object]) -> None:
+def plant(
+    client: docker.DockerClient, cleanup: DockerCleanup, busybox: str, volume: str, name: str, data: dict[str, object]
+) -> None:
     """Write a JSON file into a volume as the job user (mode 0600)."""
     encoded = base64.b64encode(json.dumps(data).encode()).decode()
     script = f"echo {encoded} | base64 -d > /v/{name} && chown 1000:1000 /v/{name} && chmod 600 /v/{name}"
@@ -30,15 +32,29 @@ def plant(client: docker.DockerClient, cleanup: DockerCleanup, busybox: str, vol
 def chatgpt_auth() -> dict[str, object]:
     """A ChatGPT-style auth.json (as after the browser flow), refreshed two days ago."""
     refreshed = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 2 * 86400))
-    return {"auth_mode": "chatgpt", "OPENAI_API_KEY": None, "last_refresh": refreshed,
-            "tokens": {"id_token": "x.y.z", "access_token": "x.y.z", "refresh_token": REFRESH, "account_id": "a"}}
+    return {
+        "auth_mode": "chatgpt",
+        "OPENAI_API_KEY": None,
+        "last_refresh": refreshed,
+        "tokens": {"id_token": "x.y.z", "access_token": "x.y.z", "refresh_token": REFRESH, "account_id": "a"},
+    }
 
 
 def marker(worker: str, heartbeat_age: float) -> dict[str, object]:
     now = time.time()
-    return {"claim_id": "c" * 32, "worker": worker, "container_id": "ab" * 32, "hostname": "h", "boot_id": "b",
-            "pid": 7, "process_start": now - 100, "shard": 1, "volume": "v", "claimed_at": now - 100,
-            "heartbeat": now - heartbeat_age}
+    return {
+        "claim_id": "c" * 32,
+        "worker": worker,
+        "container_id": "ab" * 32,
+        "hostname": "h",
+        "boot_id": "b",
+        "pid": 7,
+        "process_start": now - 100,
+        "shard": 1,
+        "volume": "v",
+        "claimed_at": now - 100,
+        "heartbeat": now - heartbeat_age,
+    }
 
 
 def volumes_json(runner: CliRunner, *names: str) -> dict[str, dict[str, object]]:
@@ -51,15 +67,21 @@ def volumes_json(runner: CliRunner, *names: str) -> dict[str, dict[str, object]]
 
 class TestVolumesCommand:
     def test_reports_login_holder_age_and_forked_logins(
-        self, docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
-        docker_cleanup: DockerCleanup, monkeypatch: pytest.MonkeyPatch,
+        self,
+        docker_client: docker.DockerClient,
+        images: Images,
+        volume_factory: VolumeFactory,
+        docker_cleanup: DockerCleanup,
+        monkeypatch: pytest.MonkeyPatch,
     ) -> None:
         """Each volume's login, holder freshness and age; a copied login is CODEX-W031; no secret leaks."""
         monkeypatch.setenv("CODEX_LOGIN_CHECK_IMAGE", images.job)
         api, empty, fork_a, fork_b = (volume_factory(n, labels=AUTH_LABEL) for n in ("api", "empty", "forka", "forkb"))
         key = make_api_key_login_in_volume(images.job, api.name)
         plant(docker_client, docker_cleanup, images.busybox, api.name, ".codex-agent-claim.json", marker("w-live", 2))
-        plant(docker_client, docker_cleanup, images.busybox, empty.name, ".codex-agent-claim.json", marker("w-dead", 600))
+        plant(
+            docker_client, docker_cleanup, images.busybox, empty.name, ".codex-agent-claim.json", marker("w-dead", 600)
+        )
         for volume in (fork_a, fork_b):
             plant(docker_client, docker_cleanup, images.busybox, volume.name, "auth.json", chatgpt_auth())
 
@@ -84,7 +106,10 @@ class TestVolumesCommand:
         assert "CODEX-W031" in table and "w-live" in table and "CODEX-E030" in table
         for text in (json.dumps(report), table):
             assert key not in text and REFRESH not in text and key[-5:] not in text
-        assert docker_client.containers.list(all=True, filters={"label": "codex.purpose=inspect", "volume": api.name}) == []
+        assert (
+            docker_client.containers.list(all=True, filters={"label": "codex.purpose=inspect", "volume": api.name})
+            == []
+        )
 
     def test_labelled_volume_is_listed_without_names(
         self, images: Images, volume_factory: VolumeFactory, monkeypatch: pytest.MonkeyPatch

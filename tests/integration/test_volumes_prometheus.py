@@ -21,8 +21,11 @@ pytestmark = [pytest.mark.docker, pytest.mark.codex]
 
 
 def test_volumes_prometheus_gives_expiry_age_and_copies(
-    docker_client: docker.DockerClient, images: Images, volume_factory: VolumeFactory,
-    docker_cleanup: DockerCleanup, monkeypatch: pytest.MonkeyPatch,
+    docker_client: docker.DockerClient,
+    images: Images,
+    volume_factory: VolumeFactory,
+    docker_cleanup: DockerCleanup,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("CODEX_LOGIN_CHECK_IMAGE", images.job)
     fork_a, fork_b, alone = (volume_factory(n, labels=AUTH_LABEL) for n in ("proma", "promb", "promc"))
@@ -36,15 +39,20 @@ def test_volumes_prometheus_gives_expiry_age_and_copies(
     plant(docker_client, docker_cleanup, images.busybox, alone.name, "auth.json", own)
 
     before = time.time()
-    result = CliRunner().invoke(cli, ["volumes", "--prometheus", fork_a.name, fork_b.name, alone.name],
-                                catch_exceptions=False)
+    result = CliRunner().invoke(
+        cli, ["volumes", "--prometheus", fork_a.name, fork_b.name, alone.name], catch_exceptions=False
+    )
     after = time.time()
     assert result.exit_code == 0, result.output
     assert REFRESH not in result.output and SECRET_REFRESH not in result.output and "fingerprint" not in result.output
-    values = {(s.name, s.labels["volume"]): s.value for m in text_string_to_metric_families(result.output) for s in m.samples}
+    values = {
+        (s.name, s.labels["volume"]): s.value for m in text_string_to_metric_families(result.output) for s in m.samples
+    }
     assert values[("codex_login_copies", fork_a.name)] == 2 and values[("codex_login_copies", fork_b.name)] == 2
     assert values[("codex_login_copies", alone.name)] == 1
     assert exp - after - 1 <= values[("codex_access_token_expiry_seconds", fork_a.name)] <= exp - before + 1
-    assert exp - 7200 - after - 1 <= values[("codex_access_token_expiry_seconds", alone.name)] <= exp - 7200 - before + 1
+    assert (
+        exp - 7200 - after - 1 <= values[("codex_access_token_expiry_seconds", alone.name)] <= exp - 7200 - before + 1
+    )
     assert values[("codex_last_refresh_age_seconds", alone.name)] == pytest.approx(2 * 86400, abs=120)
     assert values[("codex_login_present", alone.name)] == 1

@@ -59,7 +59,7 @@ class TestBadInput:
         assert "module:attribute of a Celery app" in done.stderr
 
 
-USER_APP = '''
+USER_APP = """
 from celery import Celery
 from agent.config import load
 from agent.preflight import CodexTask
@@ -73,13 +73,19 @@ add_router(app, load())  # publishers route Codex tasks to their shard
 @app.task(base=CodexTask, bind=True, name="user.review", shared=False)
 def review(self, affinity_key, pr):
     return {**self.codex_context(), "pr": pr}
-'''
+"""
 
 
 class TestUserApp:
     def test_agent_gates_a_users_own_app(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        broker_url: str, backend_url: str, broker: BrokerView, tmp_path: Path,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        broker_url: str,
+        backend_url: str,
+        broker: BrokerView,
+        tmp_path: Path,
     ) -> None:
         """worker-entry --app module:attr installs the agent into any Celery app."""
         (tmp_path / "user_app.py").write_text(textwrap.dedent(USER_APP))
@@ -106,8 +112,12 @@ class TestUserApp:
 
 class TestPinnedRuns:
     def test_every_phase_of_a_run_stays_on_its_first_shard(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
     ) -> None:
         """The first phase routes with 3 shards; the worker (now with 4) keeps later phases on that shard."""
         key = next(k for k in keys_for_shard(0, 200) if shard_for(k, 4) != 0)
@@ -126,8 +136,14 @@ class TestPinnedRuns:
 
 class TestInfrastructureFailure:
     def test_an_unreachable_engine_requeues_the_phase_until_it_answers(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView, tmp_path: Path, images: Any,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
+        tmp_path: Path,
+        images: Any,
     ) -> None:
         """No Docker engine for the job: the phase goes back to its queue (CODEX-E040, not a login
         error, the gate stays open) and runs once the engine answers again, with no worker restart."""
@@ -135,8 +151,11 @@ class TestInfrastructureFailure:
         make_api_key_login(codex_bin, home.codex_home)
         engine = tmp_path / "engine.sock"
         worker = workers(
-            shard=0, home=home, CODEX_JOB_IMAGE="codex-worker-agent/job:dev",
-            DOCKER_HOST=f"unix://{engine}", CODEX_JOB_RETRIES="0",
+            shard=0,
+            home=home,
+            CODEX_JOB_IMAGE="codex-worker-agent/job:dev",
+            DOCKER_HOST=f"unix://{engine}",
+            CODEX_JOB_RETRIES="0",
         )
         worker.wait_for("codex.gate.consuming", timeout=30)
         key = keys_for_shard(0, 1, prefix="infra")[0]

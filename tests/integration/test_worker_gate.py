@@ -39,8 +39,12 @@ def _send_phases(publisher: Celery, keys: list[str], **kwargs: Any) -> list[Any]
 
 class TestHealthyWorker:
     def test_consumes_its_own_shard_only_and_default_work_runs_elsewhere(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
     ) -> None:
         """Shard 0's worker runs shard-0 tasks only; shard-1 tasks wait; the default worker runs the rest."""
         home = shard_homes()
@@ -72,8 +76,12 @@ class TestHealthyWorker:
 
 class TestLoggedOutVolume:
     def test_tasks_wait_then_all_run_once_after_login(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
     ) -> None:
         """Logged out: shard tasks stay queued while other queues flow; a real login opens the gate."""
         home = shard_homes()
@@ -90,8 +98,11 @@ class TestLoggedOutVolume:
         assert [r["code"] for r in status["state"]["reason"]] == ["CODEX-E030"]
         assert "login" in status["state"]["reason"][0]["remediation"]
         checked_at = status["state"]["checks"]["checked_at"]
-        wait_until(lambda: agent_status(worker)["state"]["checks"]["checked_at"] > checked_at + 1.5, 10,
-                   what="two more re-checks of the closed gate")
+        wait_until(
+            lambda: agent_status(worker)["state"]["checks"]["checked_at"] > checked_at + 1.5,
+            10,
+            what="two more re-checks of the closed gate",
+        )
         assert len(worker.events("codex.check.failed", code="CODEX-E030")) == 1  # logged on change, not per re-check
 
         make_api_key_login(codex_bin, home.codex_home)
@@ -116,8 +127,13 @@ class TestLoggedOutVolume:
 
 class TestLoginLostWhileRunning:
     def test_preflight_failure_requeues_and_closes_the_gate(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView, tmp_path: Path,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
+        tmp_path: Path,
     ) -> None:
         """The CLI starts saying "Not logged in": the task is requeued once, the gate closes, nothing is lost."""
         home = shard_homes()
@@ -155,8 +171,13 @@ class TestLoginLostWhileRunning:
 
 class TestBrokerReconnect:
     def test_gate_state_survives_a_broker_connection_loss(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView, broker_url: str,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
+        broker_url: str,
     ) -> None:
         """After the broker drops every connection, the open gate stays open and the closed one closed."""
         open_home, closed_home = shard_homes(), shard_homes()
@@ -196,8 +217,12 @@ def _drop_broker_connections(url: str) -> None:
 
 class TestWorkerKilled:
     def test_kill_9_redelivers_and_the_next_worker_claims_cleanly(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
     ) -> None:
         """kill -9 mid-task: the task runs again on a new worker, which claims with no E010."""
         home = shard_homes()
@@ -222,8 +247,13 @@ class TestWorkerKilled:
 
 class TestSharedVolume:
     def test_second_worker_on_a_claimed_volume_never_consumes(
-        self, workers: WorkerFactory, shard_homes: Callable[..., ShardHome], codex_bin: str,
-        publisher: Celery, broker: BrokerView, tmp_path: Path,
+        self,
+        workers: WorkerFactory,
+        shard_homes: Callable[..., ShardHome],
+        codex_bin: str,
+        publisher: Celery,
+        broker: BrokerView,
+        tmp_path: Path,
     ) -> None:
         """Two workers, one volume: the second reports CODEX-E010 naming the holder and runs nothing."""
         home = shard_homes()

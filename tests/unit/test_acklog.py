@@ -50,8 +50,10 @@ def test_any_other_line_stays_celerys(tmp_path: Path) -> None:
     finally:
         configure_logging()
     lines = _lines(stream)
-    assert [(line["level"], line["logger"]) for line in lines] == [("critical", "celery.worker.request"),
-                                                                   ("error", "celery.worker.request")]
+    assert [(line["level"], line["logger"]) for line in lines] == [
+        ("critical", "celery.worker.request"),
+        ("error", "celery.worker.request"),
+    ]
     assert logging.getLogger("celery.worker.request").name == "celery.worker.request"
 
 

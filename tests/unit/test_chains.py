@@ -40,7 +40,9 @@ def remaining_chain(app: Celery, canvas: Any) -> list[dict[str, Any]]:
 def pin(app: Celery, wire: list[dict[str, Any]], shard: int) -> int:
     topology = app.conf.task_routes[0].topology  # the app's CodexRouter
     return pin_signatures(
-        wire, queue=topology.shard_queue(shard), shard=shard,
+        wire,
+        queue=topology.shard_queue(shard),
+        shard=shard,
         is_codex=lambda name: bool(getattr(app.tasks.get(name), "codex", False)),
         takes_pin=lambda name: accepts_pin(app.tasks.get(name)),
         codex_queues=frozenset(topology.codex_queues()),
@@ -49,7 +51,9 @@ def pin(app: Celery, wire: list[dict[str, Any]], shard: int) -> int:
 
 def routed_queue(app: Celery, sig: dict[str, Any]) -> str:
     """The queue Celery's router picks for a signature dict, as when the chain publishes it."""
-    route = app.amqp.router.route(dict(sig.get("options") or {}), sig["task"], tuple(sig.get("args") or ()), sig.get("kwargs") or {})
+    route = app.amqp.router.route(
+        dict(sig.get("options") or {}), sig["task"], tuple(sig.get("args") or ()), sig.get("kwargs") or {}
+    )
     return str(route["queue"].name)
 
 
@@ -76,8 +80,13 @@ class TestPinSignatures:
             by_phase[sig["kwargs"].get("phase", sig["task"])] = queue
             if sig["task"] == "codex.step":
                 assert sig["kwargs"][PIN_ARG] == 2
-        assert by_phase == {"build": "codex-2", "test-a": "codex-2", "test-b": "codex-2", "review": "codex-2",
-                            "housekeeping": DEFAULT_QUEUE}
+        assert by_phase == {
+            "build": "codex-2",
+            "test-a": "codex-2",
+            "test-b": "codex-2",
+            "review": "codex-2",
+            "housekeeping": DEFAULT_QUEUE,
+        }
 
     def test_without_pinning_single_mode_sends_later_phases_to_the_shared_queue(self) -> None:
         """The unprotected chain: any worker may take the later phases (another login, no session)."""
@@ -88,8 +97,11 @@ class TestPinSignatures:
 
     def test_an_authors_own_queue_is_kept_and_pinning_twice_changes_nothing(self) -> None:
         app = app_for("single")
-        canvas = chain(tasks.codex_step.si(phase="a", **RUN), tasks.codex_step.si(phase="b", **RUN).set(queue="special"),
-                       tasks.codex_step.si(phase="c", **RUN))
+        canvas = chain(
+            tasks.codex_step.si(phase="a", **RUN),
+            tasks.codex_step.si(phase="b", **RUN).set(queue="special"),
+            tasks.codex_step.si(phase="c", **RUN),
+        )
         wire = remaining_chain(app, canvas)
         assert pin(app, wire, 1) == 1
         before = json.dumps(wire, sort_keys=True)
@@ -109,8 +121,10 @@ class TestPinSignatures:
         assert PIN_ARG not in wire[0]["kwargs"] and routed_queue(app, wire[0]) == "codex-0"
 
 
-@pytest.mark.parametrize(("env", "queue"), [({}, "codex-1"), ({"CODEX_QUEUE_MODE": "single"}, "codex-1"),
-                                            ({"CODEX_QUEUE": "team-a"}, "team-a")])
+@pytest.mark.parametrize(
+    ("env", "queue"),
+    [({}, "codex-1"), ({"CODEX_QUEUE_MODE": "single"}, "codex-1"), ({"CODEX_QUEUE": "team-a"}, "team-a")],
+)
 def test_own_queue_is_the_one_only_this_worker_consumes(env: dict[str, str], queue: str) -> None:
     """codex-N in both modes; a worker given its own CODEX_QUEUE keeps its run there."""
     config = load({"CODEX_SHARD_INDEX": "1", "CODEX_VOLUME_NAME": "vol1", "CODEX_SHARDS": "3", **env})
@@ -123,15 +137,27 @@ class TestRunFailures:
         assert policy == RetryPolicy(3, 2.0) and [policy.countdown(n) for n in range(3)] == [2.0, 4.0, 8.0]
         assert retry_policy(load({})) == RetryPolicy()
 
-    @pytest.mark.parametrize(("name", "value"), [("CODEX_JOB_RETRIES", "-1"), ("CODEX_JOB_RETRY_BACKOFF", "0"),
-                                                 ("CODEX_JOB_RETRIES", "many")])
+    @pytest.mark.parametrize(
+        ("name", "value"),
+        [("CODEX_JOB_RETRIES", "-1"), ("CODEX_JOB_RETRY_BACKOFF", "0"), ("CODEX_JOB_RETRIES", "many")],
+    )
     def test_a_bad_value_names_the_variable(self, name: str, value: str) -> None:
         with pytest.raises(ConfigError, match=name):
             load({name: value})
 
-    @pytest.mark.parametrize(("code", "kind"), [("CODEX-E034", "login"), ("CODEX-E030", "login"), ("CODEX-E011", "login"),
-                                                ("CODEX-E042", "job"), ("CODEX-E043", "limit"), ("CODEX-E044", "request"),
-                                                ("CODEX-E040", "engine"), (None, "other")])
+    @pytest.mark.parametrize(
+        ("code", "kind"),
+        [
+            ("CODEX-E034", "login"),
+            ("CODEX-E030", "login"),
+            ("CODEX-E011", "login"),
+            ("CODEX-E042", "job"),
+            ("CODEX-E043", "limit"),
+            ("CODEX-E044", "request"),
+            ("CODEX-E040", "engine"),
+            (None, "other"),
+        ],
+    )
     def test_kinds(self, code: str | None, kind: str) -> None:
         assert failure_kind(code) == kind
 
@@ -145,5 +171,15 @@ class TestRunFailures:
 
         error = JobFailedError(shard=0, worker="w", container_id="abc", image="img", exit_code=1, output_tail="tail")
         report = failure_report(Request(), error, 0)
-        assert report == {"task_id": "t-1", "task": "codex.step", "run_id": "run-1", "phase": "build", "retries": 1,
-                          "queue": "codex-0", "shard": 0, "code": "CODEX-E042", "kind": "job", "error": "JobFailedError"}
+        assert report == {
+            "task_id": "t-1",
+            "task": "codex.step",
+            "run_id": "run-1",
+            "phase": "build",
+            "retries": 1,
+            "queue": "codex-0",
+            "shard": 0,
+            "code": "CODEX-E042",
+            "kind": "job",
+            "error": "JobFailedError",
+        }

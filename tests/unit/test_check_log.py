@@ -21,7 +21,9 @@ from agent.config import load
 
 def _checker(home: Path, codex_bin: Path) -> Checker:
     home.mkdir(mode=0o700, exist_ok=True)
-    config = load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(home), "CODEX_BIN": str(codex_bin), "HOME": str(home.parent)})
+    config = load(
+        {"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(home), "CODEX_BIN": str(codex_bin), "HOME": str(home.parent)}
+    )
     return Checker(config)
 
 

@@ -116,8 +116,12 @@ def _documented(program: str) -> list[tuple[str, list[str]]]:
 
 
 class TestCommandLines:
-    @pytest.mark.parametrize(("doc", "argv"), _documented("codex-agent"), ids=lambda v: v if isinstance(v, str) else " ".join(v))
-    def test_codex_agent_lines_parse(self, doc: str, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    @pytest.mark.parametrize(
+        ("doc", "argv"), _documented("codex-agent"), ids=lambda v: v if isinstance(v, str) else " ".join(v)
+    )
+    def test_codex_agent_lines_parse(
+        self, doc: str, argv: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """Every ``codex-agent ...`` line in runbook.md and README.md parses against the real CLI."""
         monkeypatch.chdir(tmp_path)
         for word in argv:  # files the docs pass (--keys keys.txt) exist for the parse
@@ -139,7 +143,9 @@ class TestCommandLines:
         used = {argv[0] for _, argv in _documented("codex-agent") if argv}
         assert set(codex_agent_cli.commands) <= used
 
-    @pytest.mark.parametrize(("doc", "argv"), _documented("worker-entry"), ids=lambda v: v if isinstance(v, str) else " ".join(v))
+    @pytest.mark.parametrize(
+        ("doc", "argv"), _documented("worker-entry"), ids=lambda v: v if isinstance(v, str) else " ".join(v)
+    )
     def test_worker_entry_lines_parse(self, doc: str, argv: list[str]) -> None:
         """Every ``worker-entry ...`` line parses against the entrypoint's options."""
         ctx = worker_entry_cli.make_context("worker-entry", list(argv))
@@ -187,7 +193,9 @@ class TestConfigurationTable:
         rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", section(README.read_text(), "Configuration"), re.M))
         declared = set(VARIABLES) - {"HOME"}
         assert declared <= rows, f"missing from README: {sorted(declared - rows)}"
-        assert rows <= declared | set(PASSED_THROUGH), f"in README, not declared: {sorted(rows - declared - set(PASSED_THROUGH))}"
+        assert rows <= declared | set(PASSED_THROUGH), (
+            f"in README, not declared: {sorted(rows - declared - set(PASSED_THROUGH))}"
+        )
 
     def test_no_module_reads_the_environment_past_the_table(self) -> None:
         """The agent reads no variable of the contract by hand: every read goes through agent.variables
@@ -198,14 +206,18 @@ class TestConfigurationTable:
             if source.name == "variables.py":
                 continue
             text = source.read_text()
-            hand = set(re.findall(r'\b(?:environ|env)(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', text)) & set(VARIABLES) - {"HOME"}
+            hand = set(re.findall(r'\b(?:environ|env)(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', text)) & set(VARIABLES) - {
+                "HOME"
+            }
             assert not hand, f"{source.relative_to(ROOT)} reads {sorted(hand)} by hand"
 
 
 class TestComposeShards:
     def test_generated_blocks_match_the_compose_file(self) -> None:
         """``scripts/compose-shards 2`` prints exactly the blocks of shard 2 in docker-compose.yaml."""
-        out = subprocess.run([str(ROOT / "scripts/compose-shards"), "2"], capture_output=True, text=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(ROOT / "scripts/compose-shards"), "2"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
         compose = (ROOT / "docker-compose.yaml").read_text()
         blocks = [b for b in out.split("\n\n") if b.strip()]
         assert len(blocks) == 3
@@ -215,6 +227,8 @@ class TestComposeShards:
 
     def test_new_shard_blocks_name_the_new_shard_only(self) -> None:
         """Shard 7's blocks mention codex_auth_7 / login-7 and no other shard."""
-        out = subprocess.run([str(ROOT / "scripts/compose-shards"), "7"], capture_output=True, text=True, check=True, timeout=30).stdout
+        out = subprocess.run(
+            [str(ROOT / "scripts/compose-shards"), "7"], capture_output=True, text=True, check=True, timeout=30
+        ).stdout
         assert "codex-worker-7:" in out and "login-7:" in out and 'CODEX_SHARD_INDEX: "7"' in out
         assert not re.search(r"codex_auth_[0-68-9]\b|_}[0-68-9]\b", out)

@@ -44,7 +44,9 @@ class TestTargetQueue:
     def test_single_mode_keeps_pinned_runs_on_their_worker(self) -> None:
         """Single mode: a new run goes to the shared ``codex`` queue, a pinned one to its worker's own queue."""
         assert target_queue("codex.phase", {"affinity_key": "k"}, shards=4, mode="single") == "codex"
-        assert target_queue("codex.phase", {"affinity_key": "k", "codex_shard": 2}, shards=4, mode="single") == "codex-2"
+        assert (
+            target_queue("codex.phase", {"affinity_key": "k", "codex_shard": 2}, shards=4, mode="single") == "codex-2"
+        )
 
     def test_a_codex_task_without_key_or_live_pin_is_unroutable(self) -> None:
         """No key and a dead pin: RoutingError, so the drain stops and leaves it queued."""
@@ -81,7 +83,10 @@ class TestWithTheAppsRegistry:
 
         kinds = task_kinds_from_app(self._app())
         assert target_queue("myproj.review_pr", {"repo": "r1"}, shards=3, kinds=kinds) == by_key("r1", 3)
-        assert target_queue("myproj.notify", {"text": "x"}, shards=3, kinds=kinds, default_queue="myproj-default") == "myproj-default"
+        assert (
+            target_queue("myproj.notify", {"text": "x"}, shards=3, kinds=kinds, default_queue="myproj-default")
+            == "myproj-default"
+        )
 
     def test_a_task_the_app_does_not_know_is_not_guessed(self) -> None:
         """Unknown to the app: UnknownTask (the drain's CODEX-E051), not the default queue."""

@@ -18,7 +18,11 @@ from worker_entry.main import cli as worker_entry_cli
 BIN = Path(sys.executable).parent
 COMMANDS = ["codex-agent", "worker-entry", "openai-standin"]
 # Settings that would make each command serve if it got that far: a Codex shard, metrics, a broker.
-SERVING_ENV = {"CODEX_SHARD_INDEX": "0", "AGENT_METRICS_PORT": "0", "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//"}
+SERVING_ENV = {
+    "CODEX_SHARD_INDEX": "0",
+    "AGENT_METRICS_PORT": "0",
+    "CELERY_BROKER_URL": "amqp://guest:guest@127.0.0.1:1//",
+}
 
 
 def _run(command: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -46,15 +50,18 @@ def test_help(command: str, flag: str) -> None:
     assert "codex.agent" not in done.stdout + done.stderr
 
 
-@pytest.mark.parametrize(("command", "args"), [
-    ("worker-entry", ["--bogus"]),
-    ("worker-entry", ["serve"]),
-    ("worker-entry", ["--app", "worker_entry.app:app", "--max-tasks-per-child", "5"]),
-    ("codex-agent", ["--bogus"]),
-    ("codex-agent", ["serve"]),
-    ("openai-standin", ["--bogus"]),
-    ("openai-standin", ["serve", "--bogus"]),
-])
+@pytest.mark.parametrize(
+    ("command", "args"),
+    [
+        ("worker-entry", ["--bogus"]),
+        ("worker-entry", ["serve"]),
+        ("worker-entry", ["--app", "worker_entry.app:app", "--max-tasks-per-child", "5"]),
+        ("codex-agent", ["--bogus"]),
+        ("codex-agent", ["serve"]),
+        ("openai-standin", ["--bogus"]),
+        ("openai-standin", ["serve", "--bogus"]),
+    ],
+)
 def test_unknown_argument_is_a_usage_error(command: str, args: list[str]) -> None:
     """An unknown option or word: exit 2 with click's usage error, before anything starts."""
     done = _run(command, *args)
@@ -79,11 +86,15 @@ def test_app_is_imported_from_the_current_directory(tmp_path: Path) -> None:
     (project / "myproj" / "celery.py").write_text('from celery import Celery\napp = Celery("myproj")\n')
     runner = tmp_path / "elsewhere" / "run.py"  # sys.path[0] is the script's directory, not the project
     runner.parent.mkdir()
-    runner.write_text(textwrap.dedent("""
+    runner.write_text(
+        textwrap.dedent("""
         from agent.clickext import import_app
         print(import_app("myproj.celery:app").main)
-    """))
+    """)
+    )
     env = {**os.environ, "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
-    done = subprocess.run([sys.executable, str(runner)], cwd=project, env=env, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, str(runner)], cwd=project, env=env, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "myproj"

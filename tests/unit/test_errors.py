@@ -45,10 +45,22 @@ class TestCatalogue:
 
     @pytest.mark.parametrize("warning", problems.WARNINGS, ids=lambda w: w.code)
     def test_warnings_are_problems_of_severity_warning(self, warning: problems.Warning_) -> None:
-        problem = warning.problem(shard=1, volume="v", age_days=9, volumes="a, b", fingerprint="f",
-                                  codex_bin="codex", installed="0.1.0", supported="0.169.0",
-                                  uid=0, job_user="1000:1000", job_uid=1000)
-        assert problem.severity == "warning" and "{" not in problem.message and problem.to_dict()["code"] == warning.code
+        problem = warning.problem(
+            shard=1,
+            volume="v",
+            age_days=9,
+            volumes="a, b",
+            fingerprint="f",
+            codex_bin="codex",
+            installed="0.1.0",
+            supported="0.169.0",
+            uid=0,
+            job_user="1000:1000",
+            job_uid=1000,
+        )
+        assert (
+            problem.severity == "warning" and "{" not in problem.message and problem.to_dict()["code"] == warning.code
+        )
 
 
 class TestTransport:

@@ -13,20 +13,33 @@ def entry(
     worker: str, shard: int | None, gate: str = "open", posted_at: float = 100.0, codes: list[str] | None = None
 ) -> FleetEntry:
     return FleetEntry(
-        worker=worker, host="h", pid=1, codex_worker=shard is not None, gate=gate, gate_since=1.0, shard=shard,
-        queue=None if shard is None else f"codex-{shard}", volume=None, codes=codes or [], posted_at=posted_at,
+        worker=worker,
+        host="h",
+        pid=1,
+        codex_worker=shard is not None,
+        gate=gate,
+        gate_since=1.0,
+        shard=shard,
+        queue=None if shard is None else f"codex-{shard}",
+        volume=None,
+        codes=codes or [],
+        posted_at=posted_at,
     )
 
 
 class TestRecords:
     def test_the_newest_record_of_each_worker_wins(self) -> None:
         """RabbitMQ hands back every record of the last TTL; only each worker's newest counts."""
-        records = [entry("a", 0, "closed", 1.0).to_json(), entry("a", 0, "open", 2.0).to_json(),
-                   entry("b", 1, "closed", 1.5).to_json()]
+        records = [
+            entry("a", 0, "closed", 1.0).to_json(),
+            entry("a", 0, "open", 2.0).to_json(),
+            entry("b", 1, "closed", 1.5).to_json(),
+        ]
         assert [(e.worker, e.gate) for e in newest_per_worker(records)] == [("a", "open"), ("b", "closed")]
 
-    @pytest.mark.parametrize("record", ["", "not json", "[]", "{}", json.dumps({"worker": 3, "gate": "open"}),
-                                        json.dumps({"worker": "x"})])
+    @pytest.mark.parametrize(
+        "record", ["", "not json", "[]", "{}", json.dumps({"worker": 3, "gate": "open"}), json.dumps({"worker": "x"})]
+    )
     def test_a_record_not_ours_is_skipped(self, record: str) -> None:
         """Anything else in the queue or under the prefix is ignored, never a crash."""
         assert newest_per_worker([record, entry("a", 0).to_json()]) == [entry("a", 0)]
@@ -59,8 +72,16 @@ class TestShards:
 
 class TestUsage:
     def test_the_board_says_when_every_login_is_limited_and_the_earliest_reset(self) -> None:
-        limited = [FleetEntry(**{**entry(f"w{n}", n, "closed", codes=["CODEX-E036"]).to_dict(), "limited_until": 500.0 + n,
-                                 "used_5h": 100.0}) for n in range(2)]
+        limited = [
+            FleetEntry(
+                **{
+                    **entry(f"w{n}", n, "closed", codes=["CODEX-E036"]).to_dict(),
+                    "limited_until": 500.0 + n,
+                    "used_5h": 100.0,
+                }
+            )
+            for n in range(2)
+        ]
         report = FleetReport("b", 2, 0.0, limited)
         assert report.all_limited and report.earliest_reset == 500.0
         assert report.to_dict()["all_limited"] is True

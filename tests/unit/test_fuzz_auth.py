@@ -100,7 +100,16 @@ class TestAuthFileBytes:
             (b'{"a": 1}', "holds no credential"),
             (b'{"tokens": {}, "OPENAI_API_KEY": null}', "holds no credential"),
         ],
-        ids=["binary", "invalid-utf8-in-string", "empty", "torn", "nesting-bomb", "array", "no-credential", "empty-tokens"],
+        ids=[
+            "binary",
+            "invalid-utf8-in-string",
+            "empty",
+            "torn",
+            "nesting-bomb",
+            "array",
+            "no-credential",
+            "empty-tokens",
+        ],
     )
     def test_unreadable_content_names_its_cause(self, tmp_path: Path, content: bytes, cause: str) -> None:
         """Each kind of unreadable auth.json is said plainly (what the operator sees in E030)."""

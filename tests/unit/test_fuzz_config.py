@@ -6,7 +6,6 @@ guard's), so a variable added later is fuzzed without touching this file.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import pytest
@@ -16,18 +15,38 @@ from hypothesis import strategies as st
 from agent import variables
 from agent.config import AgentConfig, load
 from agent.errors import ConfigError
-from testkit import REPO_ROOT
 from testkit.fuzz import any_text, budget
 from worker_entry.app import create_app
 
-VARIABLES = sorted(name for name in variables.VARIABLES if not name.startswith("CODEX_GUARD_")
-                   and name != "CELERY_VISIBILITY_TIMEOUT")
+VARIABLES = sorted(
+    name for name in variables.VARIABLES if not name.startswith("CODEX_GUARD_") and name != "CELERY_VISIBILITY_TIMEOUT"
+)
 """What :func:`agent.config.load` reads (the visibility timeout is the worker settings', fuzzed below)."""
 
 _values = st.one_of(
     any_text,
-    st.sampled_from(["0", "-1", "1e999", "nan", "inf", "9" * 5000, "1_000", "٣", " 2 ", "amqp://[", "amqp://h:99999/",
-                     "/rel/../..", "relative/path", "none", "ON", "0:0", "1000:0", "/a\x00b"]),
+    st.sampled_from(
+        [
+            "0",
+            "-1",
+            "1e999",
+            "nan",
+            "inf",
+            "9" * 5000,
+            "1_000",
+            "٣",
+            " 2 ",
+            "amqp://[",
+            "amqp://h:99999/",
+            "/rel/../..",
+            "relative/path",
+            "none",
+            "ON",
+            "0:0",
+            "1000:0",
+            "/a\x00b",
+        ]
+    ),
 )
 
 _BASE = {"CODEX_SHARD_INDEX": "0", "HOME": "/home/app"}

@@ -36,8 +36,18 @@ marker_documents = st.fixed_dictionaries({name: json_fields for name in _HOLDER_
 state_documents = st.fixed_dictionaries(
     {
         name: json_fields
-        for name in ("worker", "pid", "process_start", "codex_worker", "gate", "gate_since", "shard", "queue",
-                     "volume", "codex_home")
+        for name in (
+            "worker",
+            "pid",
+            "process_start",
+            "codex_worker",
+            "gate",
+            "gate_since",
+            "shard",
+            "queue",
+            "volume",
+            "codex_home",
+        )
     },
     optional={"reason": json_values, "checks": json_fields, "claim": json_fields, "updated_at": json_fields},
 )
@@ -73,8 +83,13 @@ class TestClaimMarker:
     def test_an_infinite_heartbeat_is_not_forever_fresh(self, tmp_path: Path) -> None:
         """``1e999`` parses as infinity: such a marker would never go stale, so it is unreadable."""
         good = {name: "x" for name in _HOLDER_FIELDS} | {
-            "container_id": None, "pid": 1, "process_start": 1.0, "shard": 0, "volume": None,
-            "claimed_at": 1.0, "heartbeat": time.time(),
+            "container_id": None,
+            "pid": 1,
+            "process_start": 1.0,
+            "shard": 0,
+            "volume": None,
+            "claimed_at": 1.0,
+            "heartbeat": time.time(),
         }
         (tmp_path / MARKER_FILE).write_text(json.dumps(good))
         assert read_marker(tmp_path) is not None
@@ -108,9 +123,19 @@ class TestPublishedState:
     def test_a_real_state_round_trips(self, tmp_path: Path) -> None:
         from agent.state import write_state
 
-        state = AgentState(worker="w", pid=1, process_start=1.0, codex_worker=True, gate="closed", gate_since=1.0,
-                           shard=0, queue="codex-0", volume="codex_auth_0", codex_home="/h",
-                           reason=[{"code": "CODEX-E030", "message": "m"}])
+        state = AgentState(
+            worker="w",
+            pid=1,
+            process_start=1.0,
+            codex_worker=True,
+            gate="closed",
+            gate_since=1.0,
+            shard=0,
+            queue="codex-0",
+            volume="codex_auth_0",
+            codex_home="/h",
+            reason=[{"code": "CODEX-E030", "message": "m"}],
+        )
         write_state(tmp_path, state)
         assert read_state(tmp_path) == state
 
@@ -140,7 +165,11 @@ class TestDrainJournal:
         assert path.parent == state_dir / "drain"
 
     @budget(100)
-    @given(task_id=st.one_of(st.none(), any_text), body=st.one_of(st.binary(), any_text), headers=st.dictionaries(any_text, json_fields, max_size=4))
+    @given(
+        task_id=st.one_of(st.none(), any_text),
+        body=st.one_of(st.binary(), any_text),
+        headers=st.dictionaries(any_text, json_fields, max_size=4),
+    )
     def test_any_message_has_a_key(self, task_id: str | None, body: bytes | str, headers: dict[str, Any]) -> None:
         """Any task id, body (bytes or text, lone surrogates included) and headers give a stable key."""
         key = message_key(task_id, body, headers)

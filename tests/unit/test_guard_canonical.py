@@ -28,9 +28,14 @@ from agent.job_policy import (
 )
 
 POLICY = ShardPolicy(index=0, volume="codex_auth_0", network="codex_jobs")
-STRUCTS: dict[str, frozenset[str]] = {"": CONFIG_FIELDS, "HostConfig": HOST_FIELDS, "Mounts": MOUNT_FIELDS,
-                                      "VolumeOptions": VOLUME_OPTION_FIELDS, "TmpfsOptions": TMPFS_OPTION_FIELDS,
-                                      "NetworkingConfig": NETWORKING_FIELDS}
+STRUCTS: dict[str, frozenset[str]] = {
+    "": CONFIG_FIELDS,
+    "HostConfig": HOST_FIELDS,
+    "Mounts": MOUNT_FIELDS,
+    "VolumeOptions": VOLUME_OPTION_FIELDS,
+    "TmpfsOptions": TMPFS_OPTION_FIELDS,
+    "NetworkingConfig": NETWORKING_FIELDS,
+}
 """Which fields hold a struct (decoded by field name) rather than a map (decoded by key)."""
 
 
@@ -54,13 +59,44 @@ def go_reads(value: Any, fields: frozenset[str]) -> dict[str, Any]:
 
 
 def _variants(name: str) -> st.SearchStrategy[str]:
-    return st.sampled_from([name] * 12 + [name.lower(), name.upper(), name.swapcase(), name.replace("s", "\u017f"),
-                            name.replace("S", "\u017f"), name.replace("k", "\u212a").replace("K", "\u212a")])
+    return st.sampled_from(
+        [name] * 12
+        + [
+            name.lower(),
+            name.upper(),
+            name.swapcase(),
+            name.replace("s", "\u017f"),
+            name.replace("S", "\u017f"),
+            name.replace("k", "\u212a").replace("K", "\u212a"),
+        ]
+    )
 
 
-SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-2, 2**31), st.sampled_from(
-    ["", "/", "/x", "host", "bind", "tmpfs", "volume", "root", "0", "1000:1000", "codex_auth_1", "ws", "private",
-     "/home/app/.codex", "//home/app/.codex", "no-new-privileges"]))
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2**31),
+    st.sampled_from(
+        [
+            "",
+            "/",
+            "/x",
+            "host",
+            "bind",
+            "tmpfs",
+            "volume",
+            "root",
+            "0",
+            "1000:1000",
+            "codex_auth_1",
+            "ws",
+            "private",
+            "/home/app/.codex",
+            "//home/app/.codex",
+            "no-new-privileges",
+        ]
+    ),
+)
 
 
 def _struct(fields: frozenset[str], leaf: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -69,11 +105,20 @@ def _struct(fields: frozenset[str], leaf: st.SearchStrategy[Any]) -> st.SearchSt
 
 
 MOUNT = _struct(MOUNT_FIELDS, st.one_of(SCALARS, _struct(VOLUME_OPTION_FIELDS, SCALARS)))
-HOST = _struct(HOST_FIELDS, st.one_of(SCALARS, st.lists(SCALARS, max_size=3), st.lists(MOUNT, max_size=2),
-                                      st.dictionaries(st.sampled_from(["/tmp", "/x", "//home/app/.codex"]), st.just(""))))
-BODY = st.builds(lambda extra, host: {"Image": "job:dev", **extra, "HostConfig": host},
-                 _struct(CONFIG_FIELDS - {"HostConfig", "Image"}, st.one_of(SCALARS, st.lists(SCALARS, max_size=2))),
-                 HOST)
+HOST = _struct(
+    HOST_FIELDS,
+    st.one_of(
+        SCALARS,
+        st.lists(SCALARS, max_size=3),
+        st.lists(MOUNT, max_size=2),
+        st.dictionaries(st.sampled_from(["/tmp", "/x", "//home/app/.codex"]), st.just("")),
+    ),
+)
+BODY = st.builds(
+    lambda extra, host: {"Image": "job:dev", **extra, "HostConfig": host},
+    _struct(CONFIG_FIELDS - {"HostConfig", "Image"}, st.one_of(SCALARS, st.lists(SCALARS, max_size=2))),
+    HOST,
+)
 
 
 class TestWhatTheEngineReads:
@@ -90,8 +135,9 @@ class TestWhatTheEngineReads:
         host = plan.body["HostConfig"]
         assert host["Binds"][0] == f"codex_auth_0:{POLICY.job_home}:rw" and host["CapDrop"] == ["ALL"]
         assert not host.get("Privileged") and plan.body["User"] == POLICY.job_user
-        assert all(not b.startswith("/") for b in host["Binds"]) and all(m["Type"] in ("volume", "tmpfs")
-                                                                        for m in host.get("Mounts", []))
+        assert all(not b.startswith("/") for b in host["Binds"]) and all(
+            m["Type"] in ("volume", "tmpfs") for m in host.get("Mounts", [])
+        )
 
     def test_the_model_reads_folded_keys_as_go_does(self) -> None:
         """The test of the test: the model finds Source in ſource and Privileged in privileged."""

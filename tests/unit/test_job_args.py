@@ -29,8 +29,9 @@ POLICY = JobPolicy(
 def build(**request: Any) -> dict[str, Any]:
     environment = request.pop("environment", None)
     workspace = request.pop("workspace", None)
-    return job_create_args(POLICY, "job:dev", ["codex", "login", "status"], environment=environment, workspace=workspace,
-                           options=request).body
+    return job_create_args(
+        POLICY, "job:dev", ["codex", "login", "status"], environment=environment, workspace=workspace, options=request
+    ).body
 
 
 class TestImposed:
@@ -41,8 +42,13 @@ class TestImposed:
         assert body["Env"] == [f"CODEX_HOME={HOME}"]
         assert body["User"] == "1000:1000"
         assert body["Labels"] == {
-            "codex.shard": "1", "codex.queue": "codex-1", "codex.volume": "codex_auth_1",
-            "codex.run_id": "r1", "codex.task_id": "t1", "codex.worker": "w1", "codex.guard": "codex_auth_1",
+            "codex.shard": "1",
+            "codex.queue": "codex-1",
+            "codex.volume": "codex_auth_1",
+            "codex.run_id": "r1",
+            "codex.task_id": "t1",
+            "codex.worker": "w1",
+            "codex.guard": "codex_auth_1",
         }
         assert (body["Image"], body["Cmd"]) == ("job:dev", ["codex", "login", "status"])
 
@@ -63,9 +69,20 @@ class TestImposed:
 
     def test_allowed_options_pass_and_limits_may_tighten(self) -> None:
         """Named volumes, tmpfs, lower limits, no network and a restated sandbox are kept."""
-        body = build(volumes={"scratch": {"bind": "/data", "mode": "ro"}}, tmpfs=["/cache:size=1m"], mem_limit="512m",
-                     pids_limit=64, network_mode="none", user="1000", cap_drop=["NET_RAW"], security_opt=["no-new-privileges:true"],
-                     working_dir="/data", entrypoint=["sh"], read_only=True, init=True)
+        body = build(
+            volumes={"scratch": {"bind": "/data", "mode": "ro"}},
+            tmpfs=["/cache:size=1m"],
+            mem_limit="512m",
+            pids_limit=64,
+            network_mode="none",
+            user="1000",
+            cap_drop=["NET_RAW"],
+            security_opt=["no-new-privileges:true"],
+            working_dir="/data",
+            entrypoint=["sh"],
+            read_only=True,
+            init=True,
+        )
         host = body["HostConfig"]
         assert host["Binds"] == [f"codex_auth_1:{HOME}:rw", "scratch:/data:ro"]
         assert host["Tmpfs"]["/cache"] == "size=1m" and host["Memory"] == 512 * 1024**2 and host["PidsLimit"] == 64
@@ -103,7 +120,11 @@ REFUSED = [
     ("pids_unlimited", {"pids_limit": -1}, "PidsLimit"),
     ("cpus_above_limit", {"nano_cpus": 4_000_000_000}, "NanoCpus"),
     ("bind_root", {"volumes": ["/:/host"]}, "host path /"),
-    ("bind_docker_socket", {"volumes": {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}}, "docker.sock"),
+    (
+        "bind_docker_socket",
+        {"volumes": {"/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"}}},
+        "docker.sock",
+    ),
     ("bind_docker_volumes", {"volumes": ["/var/lib/docker/volumes:/v:ro"]}, "/var/lib/docker/volumes"),
     ("bind_mount_type", {"mounts": [Mount("/h", "/", type="bind")]}, "type bind"),
     ("forged_shard_label", {"labels": {"codex.shard": "2"}}, "codex.shard"),
@@ -155,4 +176,5 @@ class TestStdin:
         assert (fed["AttachStdin"], fed["OpenStdin"], fed["StdinOnce"]) == (True, True, True)
         assert not plain.get("OpenStdin") and not plain.get("StdinOnce")
         assert {k: v for k, v in fed.items() if k not in ("AttachStdin", "OpenStdin", "StdinOnce")} == {
-            k: v for k, v in plain.items() if k not in ("AttachStdin", "OpenStdin", "StdinOnce")}
+            k: v for k, v in plain.items() if k not in ("AttachStdin", "OpenStdin", "StdinOnce")
+        }

@@ -18,7 +18,9 @@ import yaml
 from agent import defaults
 from agent.cli import cli
 
-kubernetes_validate = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate absent (pip install -e .[test])")
+kubernetes_validate = pytest.importorskip(
+    "kubernetes_validate", reason="kubernetes-validate absent (pip install -e .[test])"
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "deploy" / "kubernetes"
@@ -28,8 +30,12 @@ KUBERNETES = "1.32.0"
 
 
 def documents() -> list[tuple[str, dict[str, Any]]]:
-    found = [(f"{path.name}:{doc['kind']}/{doc['metadata'].get('name') or doc['metadata'].get('generateName')}", doc)
-             for path in sorted(MANIFESTS.glob("*.yaml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    found = [
+        (f"{path.name}:{doc['kind']}/{doc['metadata'].get('name') or doc['metadata'].get('generateName')}", doc)
+        for path in sorted(MANIFESTS.glob("*.yaml"))
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
     assert found, f"no manifests under {MANIFESTS}"
     return found
 
@@ -81,7 +87,9 @@ class TestWorkers:
         """CODEX_SHARD_INDEX comes from the pod-index label, CODEX_VOLUME_NAME names the claim, CODEX_SHARDS = replicas."""
         sts = one("StatefulSet")
         env = env_of(sts["spec"]["template"]["spec"]["containers"][0])
-        assert env["CODEX_SHARD_INDEX"] == {"fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}}
+        assert env["CODEX_SHARD_INDEX"] == {
+            "fieldRef": {"fieldPath": "metadata.labels['apps.kubernetes.io/pod-index']"}
+        }
         claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
         assert env["CODEX_VOLUME_NAME"] == f"{claim}-$(POD_NAME)"  # the StatefulSet's claim naming
         assert int(env["CODEX_SHARDS"]) == sts["spec"]["replicas"]
@@ -135,7 +143,10 @@ class TestJobs:
         assert term["topologyKey"] == "kubernetes.io/hostname"
         claim = sts["spec"]["volumeClaimTemplates"][0]["metadata"]["name"]
         claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v]
-        assert claims == [f"{claim}-{worker}"] and worker == f"{sts['metadata']['name']}-{job['metadata']['labels']['codex.shard']}"
+        assert (
+            claims == [f"{claim}-{worker}"]
+            and worker == f"{sts['metadata']['name']}-{job['metadata']['labels']['codex.shard']}"
+        )
 
     def test_a_job_runs_under_the_job_policy(self) -> None:
         """Non-root, no privilege, read-only root, no retries, the phase's wall-clock limit."""
@@ -144,7 +155,9 @@ class TestJobs:
         assert pod["securityContext"]["runAsNonRoot"] is True and pod["automountServiceAccountToken"] is False
         (container,) = pod["containers"]
         assert container["securityContext"] == {
-            "allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "capabilities": {"drop": ["ALL"]},
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
         }
         assert job["spec"]["backoffLimit"] == 0 and job["spec"]["activeDeadlineSeconds"] == 3600
 

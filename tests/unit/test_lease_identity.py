@@ -24,7 +24,15 @@ class TestFingerprintHistory:
             (["f1", "f2"], True, "f9", ["f9"], ["f1", "f2"]),
             (["f1", "f2"], True, "f2", ["f1", "f2"], []),
         ],
-        ids=["first", "unchanged", "logged-out", "refresh-kept", "bounded", "afresh-after-refusal", "refused-unchanged"],
+        ids=[
+            "first",
+            "unchanged",
+            "logged-out",
+            "refresh-kept",
+            "bounded",
+            "afresh-after-refusal",
+            "refused-unchanged",
+        ],
     )
     def test_observe(
         self, start: list[str], refused: bool, current: str | None, after: list[str], dropped: list[str]
@@ -81,11 +89,19 @@ class TestUndoneCopy:
         (tmp_path / HISTORY_FILE).write_text(json.dumps({"fingerprints": ["a"], "refused": False}))
         assert FingerprintHistory.load(tmp_path).held is None
 
+
 class TestLeaseHolder:
     def _holder(self, **changes: object) -> LeaseHolder:
         fields: dict[str, object] = dict(
-            worker="w0", host="h", shard=0, volume="v", claim_id="c1", since=0.0, pid=7,
-            boot_id=boot_id(), volume_id="1:2",
+            worker="w0",
+            host="h",
+            shard=0,
+            volume="v",
+            claim_id="c1",
+            since=0.0,
+            pid=7,
+            boot_id=boot_id(),
+            volume_id="1:2",
         )
         fields.update(changes)
         return LeaseHolder(**fields)  # type: ignore[arg-type]
@@ -96,11 +112,18 @@ class TestLeaseHolder:
         assert LeaseHolder.from_json(holder.to_json()) == holder
         assert LeaseHolder.from_json("{}") is None and LeaseHolder.from_json("not json") is None
 
-    @pytest.mark.parametrize("junk", [
-        "[" * 100_000, b"\xff\xfe", '{"worker": 1}', "[]",
-        '{"worker": "w", "host": "h", "shard": "0", "volume": "v", "claim_id": "c", "since": 0}',
-        '{"worker": "w", "host": "h", "shard": 0, "volume": "v", "claim_id": "c", "since": Infinity}',
-    ], ids=["nesting-bomb", "not-utf8", "wrong-type", "not-an-object", "shard-as-text", "infinite-since"])
+    @pytest.mark.parametrize(
+        "junk",
+        [
+            "[" * 100_000,
+            b"\xff\xfe",
+            '{"worker": 1}',
+            "[]",
+            '{"worker": "w", "host": "h", "shard": "0", "volume": "v", "claim_id": "c", "since": 0}',
+            '{"worker": "w", "host": "h", "shard": 0, "volume": "v", "claim_id": "c", "since": Infinity}',
+        ],
+        ids=["nesting-bomb", "not-utf8", "wrong-type", "not-an-object", "shard-as-text", "infinite-since"],
+    )
     def test_any_bytes_in_the_broker_are_a_holder_or_none(self, junk: str | bytes) -> None:
         """The broker is shared: a record of another shape is an unknown holder, never an exception."""
         assert LeaseHolder.from_json(junk) is None

@@ -28,8 +28,19 @@ def _claim(directory: Path, worker: str) -> VolumeClaim:
 
 
 def _holder() -> Holder:
-    return Holder(claim_id="c1", worker="codex-worker-1", container_id=HOLDER_ID, hostname="h", boot_id="b",
-                  pid=7, process_start=1.0, shard=1, volume="codex_auth_1", claimed_at=1.0, heartbeat=1.0)
+    return Holder(
+        claim_id="c1",
+        worker="codex-worker-1",
+        container_id=HOLDER_ID,
+        hostname="h",
+        boot_id="b",
+        pid=7,
+        process_start=1.0,
+        shard=1,
+        volume="codex_auth_1",
+        claimed_at=1.0,
+        heartbeat=1.0,
+    )
 
 
 class TestRefusedWorker:
@@ -86,7 +97,7 @@ class TestNotLoggedIn:
         assert "docker compose run --rm login-1" in fix
         assert "docker compose run --rm -T --entrypoint codex login-1 login --with-api-key < key-file" in fix
         assert "auth.json made elsewhere" in fix
-        headless = fix[fix.index("headless"):]
+        headless = fix[fix.index("headless") :]
         assert "--device-auth" not in headless and "device-auth" in fix[: fix.index("headless")]
 
     def test_runbook_headless_procedures_are_the_ones_e030_names(self) -> None:
@@ -102,8 +113,13 @@ def _volume(name: str, mode: str | None, fingerprint: str | None) -> VolumeStatu
 
 class TestForkedLogins:
     def test_a_copied_chatgpt_login_is_reported_once_naming_every_copy(self) -> None:
-        found = forked_logins([_volume("codex_auth_0", "chatgpt", "fp1"), _volume("codex_auth_2", "chatgpt", "fp1"),
-                               _volume("codex_auth_1", "chatgpt", "fp2")])
+        found = forked_logins(
+            [
+                _volume("codex_auth_0", "chatgpt", "fp1"),
+                _volume("codex_auth_2", "chatgpt", "fp1"),
+                _volume("codex_auth_1", "chatgpt", "fp2"),
+            ]
+        )
         assert [w.code for w in found] == ["CODEX-W031"]
         assert "codex_auth_0, codex_auth_2" in found[0].message and "ChatGPT login" in found[0].message
 

@@ -38,10 +38,14 @@ SECRET_REFRESH = "rt-secret-never-shown-0123456789"
 
 def write_chatgpt_login(home: Path, exp: float, last_refresh: str) -> None:
     home.mkdir(parents=True, exist_ok=True)
-    (home / "auth.json").write_text(json.dumps({
-        "tokens": {"access_token": fake_jwt(exp), "refresh_token": SECRET_REFRESH, "id_token": fake_jwt(exp)},
-        "last_refresh": last_refresh,
-    }))
+    (home / "auth.json").write_text(
+        json.dumps(
+            {
+                "tokens": {"access_token": fake_jwt(exp), "refresh_token": SECRET_REFRESH, "id_token": fake_jwt(exp)},
+                "last_refresh": last_refresh,
+            }
+        )
+    )
 
 
 @pytest.fixture
@@ -107,7 +111,9 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     assert value("codex_acks_lost_total") == 1
 
 
-def test_a_phase_ended_by_the_wall_clock_limit_is_counted_as_a_run(events: tuple[EventMetrics, CollectorRegistry]) -> None:
+def test_a_phase_ended_by_the_wall_clock_limit_is_counted_as_a_run(
+    events: tuple[EventMetrics, CollectorRegistry],
+) -> None:
     """CODEX-E043: the job is killed with no output kept, yet its line carries the phase's describe
     fields (read from no output), so codex_runs_total counts it; without them it is a plain job."""
     _, registry = events
@@ -116,8 +122,9 @@ def test_a_phase_ended_by_the_wall_clock_limit_is_counted_as_a_run(events: tuple
     assert phase_fields == {"codex_session": None, "usage": None, "codex_events": 0}
     log.error("codex.job.finished", container_id="c1", exit_code=None, duration_s=6.0, timed_out=True, **phase_fields)
     log.error("codex.job.finished", container_id="c2", exit_code=None, error="engine gone", **phase_fields)
-    log.error("codex.job.finished", container_id="c3", exit_code=None, duration_s=6.0, timed_out=True,
-              **described(None, ""))  # the same line as before the fix: no phase fields
+    log.error(
+        "codex.job.finished", container_id="c3", exit_code=None, duration_s=6.0, timed_out=True, **described(None, "")
+    )  # the same line as before the fix: no phase fields
 
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, {"shard": "3", **labels})
@@ -194,7 +201,7 @@ def _run_script(script: str, *args: str) -> Any:
     return json.loads(run.stdout)
 
 
-_FORKED_COUNTS = r'''
+_FORKED_COUNTS = r"""
 import json, multiprocessing, os, socket, sys, urllib.request
 from pathlib import Path
 import structlog
@@ -224,7 +231,7 @@ if mode == "multiprocess":
 else:
     text = generate_latest(registry).decode()
 print(json.dumps(text))
-'''
+"""
 
 
 @pytest.mark.parametrize(("mode", "expected"), [("multiprocess", 10.0), ("one-registry", 0.0)])
@@ -233,8 +240,11 @@ def test_counts_made_in_forked_children_reach_the_scrape(tmp_path: Path, mode: s
     (tmp_path / "state" / "prometheus").mkdir(parents=True)
     (tmp_path / "state" / "prometheus" / "counter_1.db").write_bytes(b"stale")  # from a previous life: emptied
     text = _run_script(_FORKED_COUNTS, mode, str(tmp_path / "state"))
-    values = {(s.name, tuple(sorted(s.labels.items()))): s.value
-              for m in text_string_to_metric_families(text) for s in m.samples}
+    values = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for m in text_string_to_metric_families(text)
+        for s in m.samples
+    }
     assert values.get(("codex_job_containers_total", (("outcome", "ok"), ("shard", "0")))) == expected
 
 
@@ -302,10 +312,18 @@ def test_a_port_it_cannot_serve_on_stops_worker_entry_with_e001(tmp_path: Path, 
         taken.bind(("0.0.0.0", 0))
         taken.listen()
         port = str(taken.getsockname()[1]) if value == "busy" else value
-        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "AGENT_STATE_DIR": str(tmp_path / "state"),
-               "AGENT_METRICS_PORT": port, "CELERY_BROKER_URL": "redis://127.0.0.1:1/0"}
-        run = subprocess.run([str(Path(sys.executable).parent / "worker-entry")], env=env, capture_output=True,
-                             text=True, timeout=60)
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": str(tmp_path),
+            "AGENT_STATE_DIR": str(tmp_path / "state"),
+            "AGENT_METRICS_PORT": port,
+            "CELERY_BROKER_URL": "redis://127.0.0.1:1/0",
+        }
+        run = subprocess.run(
+            [str(Path(sys.executable).parent / "worker-entry")], env=env, capture_output=True, text=True, timeout=60
+        )
     assert run.returncode != 0
     failed = [json.loads(line) for line in run.stdout.splitlines() if '"codex.agent.startup_failed"' in line]
-    assert failed and failed[0]["code"] == "CODEX-E001" and "AGENT_METRICS_PORT" in failed[0]["error"], run.stdout[-2000:]
+    assert failed and failed[0]["code"] == "CODEX-E001" and "AGENT_METRICS_PORT" in failed[0]["error"], run.stdout[
+        -2000:
+    ]

@@ -24,8 +24,21 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> zipfile.ZipFile:
     """The project wheel, built the way images/build.sh builds it."""
     out = tmp_path_factory.mktemp("wheel")
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "--no-deps", "-q", "--wheel-dir", str(out), str(ROOT)],
-        check=True, capture_output=True, timeout=240,
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--disable-pip-version-check",
+            "--no-deps",
+            "-q",
+            "--wheel-dir",
+            str(out),
+            str(ROOT),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=240,
     )
     (built,) = out.glob("codex_worker_agent-*.whl")
     return zipfile.ZipFile(built)
@@ -37,7 +50,9 @@ class TestWheel:
         names = wheel.namelist()
         tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith(".dist-info")}
         assert tops == {"agent", "worker_entry", "openai_standin"}
-        assert {"agent/py.typed", "worker_entry/py.typed", "openai_standin/py.typed", "agent/CODEX_CLI_VERSION"} <= set(names)
+        assert {"agent/py.typed", "worker_entry/py.typed", "openai_standin/py.typed", "agent/CODEX_CLI_VERSION"} <= set(
+            names
+        )
         assert any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
 
     def test_metadata(self, wheel: zipfile.ZipFile) -> None:
@@ -58,12 +73,18 @@ class TestCodexCliPin:
         """scripts/_common.sh (provisioning, images/build.sh) reads the agent's own file."""
         shell = subprocess.run(
             ["bash", "-c", f'unset CODEX_VERSION; source "{ROOT}/scripts/_common.sh"; printf %s "$CODEX_VERSION"'],
-            capture_output=True, text=True, check=True, timeout=30,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
         )
         assert shell.stdout == codex_cli.SUPPORTED_VERSION == (ROOT / "agent" / "CODEX_CLI_VERSION").read_text().strip()
-        assert 'codex-cli $CODEX_VERSION' in (ROOT / "images" / "build.sh").read_text()
+        assert "codex-cli $CODEX_VERSION" in (ROOT / "images" / "build.sh").read_text()
         for dockerfile in ("worker", "job"):
-            assert "LABEL codex.cli.version=$CODEX_CLI_VERSION" in (ROOT / "images" / dockerfile / "Dockerfile").read_text()
+            assert (
+                "LABEL codex.cli.version=$CODEX_CLI_VERSION"
+                in (ROOT / "images" / dockerfile / "Dockerfile").read_text()
+            )
 
     def test_supported_cli_gives_no_warning(self, codex_bin: str) -> None:
         """The provisioned CLI is the supported release: no CODEX-W001."""
@@ -78,7 +99,11 @@ class TestCodexCliPin:
         problem = codex_cli.version_warning(str(other), {"shard": 2})
         assert problem is not None and problem.code == CODEX_VERSION_DIFFERS.code == "CODEX-W001"
         assert problem.severity == "warning"
-        assert "0.999.1" in problem.message and codex_cli.SUPPORTED_VERSION in problem.message and str(other) in problem.message
+        assert (
+            "0.999.1" in problem.message
+            and codex_cli.SUPPORTED_VERSION in problem.message
+            and str(other) in problem.message
+        )
 
     def test_absent_cli_is_not_this_warning(self, tmp_path: Path) -> None:
         """No binary: no version warning (the login check reports CODEX-E031 itself)."""
@@ -105,13 +130,17 @@ class TestCheckWarnsOnAnotherRelease:
 
         home = tmp_path / ".codex"
         make_api_key_login(codex_bin, home)
-        return Checker(load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(home), "CODEX_BIN": codex_bin, "HOME": str(tmp_path)}))
+        return Checker(
+            load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(home), "CODEX_BIN": codex_bin, "HOME": str(tmp_path)})
+        )
 
     def test_the_login_check_carries_codex_w001_for_another_release(self, tmp_path: Path, codex_bin: str) -> None:
         """The real CLI behind a wrapper that reports another release: the login passes, with CODEX-W001."""
         wrapper = tmp_path / "bin" / "codex"
         wrapper.parent.mkdir()
-        wrapper.write_text(f'#!/bin/sh\n[ "$1" = --version ] && exec echo "codex-cli 0.999.0"\nexec "{codex_bin}" "$@"\n')
+        wrapper.write_text(
+            f'#!/bin/sh\n[ "$1" = --version ] && exec echo "codex-cli 0.999.0"\nexec "{codex_bin}" "$@"\n'
+        )
         wrapper.chmod(0o755)
         result = self._checker(tmp_path, str(wrapper)).check_login()
         assert result.ok and [w.code for w in result.warnings] == ["CODEX-W001"]

@@ -33,24 +33,57 @@ class TestModelAndArgs:
     def test_nothing_chosen_adds_nothing(self) -> None:
         assert phase_options(FACTS) == PhaseOptions() and PhaseOptions().argv() == []
 
-    @pytest.mark.parametrize("args", [["-m", "gpt-5.1-codex"], ["--model", "gpt-5.1-codex"], ["--model=gpt-5.1-codex"],
-                                      ["--json", "-m", "gpt-5.1-codex", "--json"]])
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["-m", "gpt-5.1-codex"],
+            ["--model", "gpt-5.1-codex"],
+            ["--model=gpt-5.1-codex"],
+            ["--json", "-m", "gpt-5.1-codex", "--json"],
+        ],
+    )
     def test_the_model_in_every_spelling_becomes_one_m(self, args: list[str]) -> None:
         assert phase_options(FACTS, codex_args=args).argv() == ["-m", "gpt-5.1-codex"]
 
-    @pytest.mark.parametrize("args", [["-c", "model_reasoning_effort=high"], ["--config", 'model_reasoning_effort="high"'],
-                                      ["--config=model_reasoning_effort=high"]])
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["-c", "model_reasoning_effort=high"],
+            ["--config", 'model_reasoning_effort="high"'],
+            ["--config=model_reasoning_effort=high"],
+        ],
+    )
     def test_the_reasoning_effort_is_rebuilt_as_a_toml_string(self, args: list[str]) -> None:
         options = phase_options(FACTS, model="o4", codex_args=args)
         assert options.argv() == ["-m", "o4", "-c", 'model_reasoning_effort="high"']
 
-    @pytest.mark.parametrize("args", [
-        ["--dangerously-bypass-approvals-and-sandbox"], ["-s", "danger-full-access"], ["--sandbox=danger-full-access"],
-        ["-c", "sandbox_mode=danger-full-access"], ["-c", 'approval_policy="never"'], ["--profile", "x"], ["-p", "x"],
-        ["--cd", "/"], ["-C", "/"], ["--oss"], ["--ephemeral"], ["--enable", "x"], ["-i", "/home/app/.codex/auth.json"],
-        ["--add-dir", "/"], ["--ignore-rules"], ["--skip-git-repo-check"], ["-c", "model_reasoning_effort=turbo"],
-        ["-m"], ["-m", "bad model"], ["-m", "--oss"], ["resume"], "-m x",
-    ])
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ["--dangerously-bypass-approvals-and-sandbox"],
+            ["-s", "danger-full-access"],
+            ["--sandbox=danger-full-access"],
+            ["-c", "sandbox_mode=danger-full-access"],
+            ["-c", 'approval_policy="never"'],
+            ["--profile", "x"],
+            ["-p", "x"],
+            ["--cd", "/"],
+            ["-C", "/"],
+            ["--oss"],
+            ["--ephemeral"],
+            ["--enable", "x"],
+            ["-i", "/home/app/.codex/auth.json"],
+            ["--add-dir", "/"],
+            ["--ignore-rules"],
+            ["--skip-git-repo-check"],
+            ["-c", "model_reasoning_effort=turbo"],
+            ["-m"],
+            ["-m", "bad model"],
+            ["-m", "--oss"],
+            ["resume"],
+            "-m x",
+        ],
+    )
     def test_anything_else_is_refused_naming_the_field(self, args: Any) -> None:
         error = refused(codex_args=args)
         assert error.facts["field"] == "codex_args" and error.facts["accepted"] in (CODEX_ARGS_RULE, MODEL_RULE)
@@ -66,12 +99,18 @@ class TestModelAndArgs:
 class TestEnv:
     def test_allowed_names_reach_the_job_create_body(self) -> None:
         options = phase_options(FACTS, env={"GITHUB_TOKEN": SECRET, "GIT_AUTHOR_NAME": "bot"})
-        policy = JobPolicy(volume="codex_auth_1", job_home="/home/app/.codex", job_user="1000:1000", labels={}, facts=FACTS)
+        policy = JobPolicy(
+            volume="codex_auth_1", job_home="/home/app/.codex", job_user="1000:1000", labels={}, facts=FACTS
+        )
         body = job_create_args(policy, "job:dev", ["codex"], environment=options.env).body
         assert f"GITHUB_TOKEN={SECRET}" in body["Env"] and "CODEX_HOME=/home/app/.codex" in body["Env"]
 
-    @pytest.mark.parametrize("name", sorted(RESERVED_ENV) + [p + "X" for p in RESERVED_ENV_PREFIXES]
-                             + ["CODEX_HOME", "OPENAI_API_KEY", "http_proxy", "lower", "1X", "A-B", "A" * 65, ""])
+    @pytest.mark.parametrize(
+        "name",
+        sorted(RESERVED_ENV)
+        + [p + "X" for p in RESERVED_ENV_PREFIXES]
+        + ["CODEX_HOME", "OPENAI_API_KEY", "http_proxy", "lower", "1X", "A-B", "A" * 65, ""],
+    )
     def test_reserved_or_odd_names_are_refused_with_the_name_never_the_value(self, name: str) -> None:
         error = refused(env={name: SECRET})
         assert error.facts["field"] == "env" and SECRET not in str(error) and SECRET not in str(error.facts)

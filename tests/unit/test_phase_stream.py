@@ -17,14 +17,16 @@ from agent.revocation import Revocation, clear, read, record, still_revoked
 FACTS = {"shard": 1, "volume": "codex_auth_1", "worker": "w"}
 
 # The stream of a real codex-cli 0.169.0 run against the stand-in, with its stderr interleaved.
-STREAM = "\n".join([
-    '{"type":"thread.started","thread_id":"01a2-thread"}',
-    "2026-11-23T11:23:46Z ERROR codex_models_manager::manager: failed to refresh available models",
-    '{"type":"item.completed","item":{"id":"item_0","type":"error","message":"Model metadata not found"}}',
-    '{"type":"turn.started"}',
-    '{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"stand-in reply 1"}}',
-    '{"type":"turn.completed","usage":{"input_tokens":3121,"cached_input_tokens":0,"output_tokens":3}}',
-])
+STREAM = "\n".join(
+    [
+        '{"type":"thread.started","thread_id":"01a2-thread"}',
+        "2026-11-23T11:23:46Z ERROR codex_models_manager::manager: failed to refresh available models",
+        '{"type":"item.completed","item":{"id":"item_0","type":"error","message":"Model metadata not found"}}',
+        '{"type":"turn.started"}',
+        '{"type":"item.completed","item":{"id":"item_1","type":"agent_message","text":"stand-in reply 1"}}',
+        '{"type":"turn.completed","usage":{"input_tokens":3121,"cached_input_tokens":0,"output_tokens":3}}',
+    ]
+)
 REUSED = (
     '{"type":"turn.failed","error":{"message":"Your access token could not be refreshed because your '
     'refresh token was already used. Please log out and sign in again."}}'
@@ -66,7 +68,16 @@ class TestAuthFailure:
 
 class TestExecArgv:
     def test_a_new_session(self) -> None:
-        assert exec_argv("do it") == ["codex", "exec", "--json", "--skip-git-repo-check", "-C", "/workspace", "--", "do it"]
+        assert exec_argv("do it") == [
+            "codex",
+            "exec",
+            "--json",
+            "--skip-git-repo-check",
+            "-C",
+            "/workspace",
+            "--",
+            "do it",
+        ]
 
     def test_a_resumed_session(self) -> None:
         assert exec_argv("next", "sess-1")[-4:] == ["resume", "--", "sess-1", "next"]

@@ -32,8 +32,17 @@ def test_public_names_are_the_library_objects() -> None:
     from agent.routing import PIN_ARG
     from agent.runtime import install
 
-    assert (agent.install, agent.CodexTask, agent.CodexPhase, agent.JobLauncher) == (install, CodexTask, CodexPhase, JobLauncher)
-    assert (agent.load_config, agent.AgentError, agent.PIN_ARG) == (load, AgentError, PIN_ARG) and PIN_ARG == "codex_shard"
+    assert (agent.install, agent.CodexTask, agent.CodexPhase, agent.JobLauncher) == (
+        install,
+        CodexTask,
+        CodexPhase,
+        JobLauncher,
+    )
+    assert (agent.load_config, agent.AgentError, agent.PIN_ARG) == (
+        load,
+        AgentError,
+        PIN_ARG,
+    ) and PIN_ARG == "codex_shard"
     assert issubclass(agent.ConfigError, agent.AgentError)
 
 

@@ -26,9 +26,18 @@ FACTS = {"shard": 1, "volume": "codex_auth_1"}
 
 def state(**overrides: Any) -> AgentState:
     me = psutil.Process()
-    fields: dict[str, Any] = dict(worker="w", pid=me.pid, process_start=me.create_time(), codex_worker=True,
-                                  gate="open", gate_since=0.0, shard=1, queue="codex-1", volume="codex_auth_1",
-                                  codex_home="/h")
+    fields: dict[str, Any] = dict(
+        worker="w",
+        pid=me.pid,
+        process_start=me.create_time(),
+        codex_worker=True,
+        gate="open",
+        gate_since=0.0,
+        shard=1,
+        queue="codex-1",
+        volume="codex_auth_1",
+        codex_home="/h",
+    )
     return AgentState(**{**fields, **overrides})
 
 
@@ -67,9 +76,19 @@ class TestForkedLogins:
 
 class TestHolderView:
     def test_fresh_and_stale_by_heartbeat(self, tmp_path: Path) -> None:
-        marker = {"claim_id": "c", "worker": "w1", "container_id": None, "hostname": "h", "boot_id": "b",
-                  "pid": 1, "process_start": 1.0, "shard": 1, "volume": "codex_auth_1", "claimed_at": 100.0,
-                  "heartbeat": 100.0}
+        marker = {
+            "claim_id": "c",
+            "worker": "w1",
+            "container_id": None,
+            "hostname": "h",
+            "boot_id": "b",
+            "pid": 1,
+            "process_start": 1.0,
+            "shard": 1,
+            "volume": "codex_auth_1",
+            "claimed_at": 100.0,
+            "heartbeat": 100.0,
+        }
         raw = json.dumps(marker).encode()
         assert holder_view(raw, stale_after=60, now=130.0)["fresh"] is True  # type: ignore[index]
         view = holder_view(raw, stale_after=60, now=200.0)
@@ -83,8 +102,11 @@ class TestHolderView:
 class TestLoginStatusVerdict:
     @pytest.mark.parametrize(
         ("rc", "out", "err", "method"),
-        [(0, "Logged in using ChatGPT", "", "chatgpt"), (0, "Logged in using an API key - sk-***", "", "apikey"),
-         (0, "Logged in", "", "unknown")],
+        [
+            (0, "Logged in using ChatGPT", "", "chatgpt"),
+            (0, "Logged in using an API key - sk-***", "", "apikey"),
+            (0, "Logged in", "", "unknown"),
+        ],
         ids=["chatgpt", "apikey", "unknown"],
     )
     def test_logged_in(self, rc: int, out: str, err: str, method: str) -> None:

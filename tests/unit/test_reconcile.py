@@ -9,8 +9,13 @@ import pytest
 from agent.reconcile import JobContainer, docker_time, is_orphan
 
 LABELS = {
-    "codex.queue": "codex-1", "codex.shard": "1", "codex.volume": "codex_auth_1", "codex.worker": "w1",
-    "codex.run_id": "run-7", "codex.task_id": "task-7", "other": "x",
+    "codex.queue": "codex-1",
+    "codex.shard": "1",
+    "codex.volume": "codex_auth_1",
+    "codex.worker": "w1",
+    "codex.run_id": "run-7",
+    "codex.task_id": "task-7",
+    "other": "x",
 }
 
 
@@ -54,8 +59,12 @@ class TestJobContainer:
         assert (job.status, job.exit_code, job.duration_s) == ("exited", 3, 2.25)
         assert job.image == "codex-worker-agent/job:dev" and job.container_id == "c" * 64
         assert job.audit == {
-            "queue": "codex-1", "shard": 1, "volume": "codex_auth_1", "worker": "w1",
-            "run_id": "run-7", "task_id": "task-7",
+            "queue": "codex-1",
+            "shard": 1,
+            "volume": "codex_auth_1",
+            "worker": "w1",
+            "run_id": "run-7",
+            "task_id": "task-7",
         }
 
     def test_never_started_container_has_no_exit_code_or_duration(self) -> None:

@@ -62,11 +62,17 @@ class TestCodexRouter:
         first = shard_for(key, 3)
         _, router4 = _app(CODEX_SHARDS="4")
         assert router4("t.codex_phase", (), {"affinity_key": key}, {}) == {"queue": f"codex-{shard_for(key, 4)}"}
-        assert router4("t.codex_phase", (), {"affinity_key": key, "codex_shard": first}, {}) == {"queue": f"codex-{first}"}
+        assert router4("t.codex_phase", (), {"affinity_key": key, "codex_shard": first}, {}) == {
+            "queue": f"codex-{first}"
+        }
 
     @pytest.mark.parametrize(
         ("kwargs", "needle"),
-        [({}, "'affinity_key'"), ({"affinity_key": ""}, "non-empty"), ({"affinity_key": "k", "codex_shard": -1}, "codex_shard")],
+        [
+            ({}, "'affinity_key'"),
+            ({"affinity_key": ""}, "non-empty"),
+            ({"affinity_key": "k", "codex_shard": -1}, "codex_shard"),
+        ],
         ids=["missing-key", "empty-key", "bad-pin"],
     )
     def test_unroutable_input_is_a_clear_error(self, kwargs: dict[str, Any], needle: str) -> None:

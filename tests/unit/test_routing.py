@@ -71,7 +71,9 @@ class TestShardFor:
         moved = sum(1 for k in KEYS if key_digest(k) % 3 != key_digest(k) % 4)
         assert moved / len(KEYS) > 0.6 > reshard_plan(KEYS, 3, 4).moved_fraction
 
-    @pytest.mark.parametrize(("key", "shards"), [("", 3), ("repo", 0), ("repo", -1)], ids=["empty-key", "zero", "negative"])
+    @pytest.mark.parametrize(
+        ("key", "shards"), [("", 3), ("repo", 0), ("repo", -1)], ids=["empty-key", "zero", "negative"]
+    )
     def test_rejects_unusable_input(self, key: str, shards: int) -> None:
         """An empty key or a shard count below 1 is CODEX-E050 saying what was wrong."""
         with pytest.raises(RoutingError) as info:
@@ -102,7 +104,9 @@ class TestTopology:
         """A pin goes to its shard's own queue in both modes: a run stays on one login."""
         assert Topology(3, mode).route(kwargs) == queue
 
-    @pytest.mark.parametrize("pin", [3, 99, -1, True, "1", 1.0], ids=["count", "far", "negative", "bool", "str", "float"])
+    @pytest.mark.parametrize(
+        "pin", [3, 99, -1, True, "1", 1.0], ids=["count", "far", "negative", "bool", "str", "float"]
+    )
     def test_a_pin_outside_the_shards_is_e050_naming_pin_and_count(self, pin: object) -> None:
         """Never a stranded task: a pin with no worker is refused at publish time."""
         with pytest.raises(RoutingError) as refused:
@@ -111,7 +115,9 @@ class TestTopology:
 
     def test_drain_reroutes_a_dead_pin_by_its_key(self) -> None:
         """Where the router refuses a pin at or above the count, the drain re-routes it by key."""
-        assert Topology(3).drain_target({"affinity_key": "repo-a", "codex_shard": 5}) == f"codex-{shard_for('repo-a', 3)}"
+        assert (
+            Topology(3).drain_target({"affinity_key": "repo-a", "codex_shard": 5}) == f"codex-{shard_for('repo-a', 3)}"
+        )
 
     @pytest.mark.parametrize(("shards", "mode"), [(0, "sharded"), (2, "both")], ids=["no-shards", "bad-mode"])
     def test_a_bad_topology_is_e050(self, shards: int, mode: Any) -> None:

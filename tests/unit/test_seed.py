@@ -37,7 +37,9 @@ class TestSeedPath:
         (root / "a.tar").write_bytes(b"")
         assert seed_path(root, "a.tar", FACTS).name == "a.tar"
 
-    @pytest.mark.parametrize("seed", ["../secret.txt", "/etc", "repo/../../secret.txt", "missing", "repo/README.md", "", 3])
+    @pytest.mark.parametrize(
+        "seed", ["../secret.txt", "/etc", "repo/../../secret.txt", "missing", "repo/README.md", "", 3]
+    )
     def test_anything_else_is_refused(self, root: Path, seed: object) -> None:
         with pytest.raises(PhaseRequestError) as caught:
             seed_path(root, seed, FACTS)
@@ -64,8 +66,14 @@ class TestSeedArchive:
     def test_a_given_tar_is_repacked_without_links_devices_or_escapes(self, root: Path) -> None:
         given = io.BytesIO()
         with tarfile.open(fileobj=given, mode="w:gz") as archive:
-            for name, kind in [("ok.txt", tarfile.REGTYPE), ("../up.txt", tarfile.REGTYPE), ("/abs.txt", tarfile.REGTYPE),
-                               ("lnk", tarfile.SYMTYPE), ("dev", tarfile.CHRTYPE), ("d", tarfile.DIRTYPE)]:
+            for name, kind in [
+                ("ok.txt", tarfile.REGTYPE),
+                ("../up.txt", tarfile.REGTYPE),
+                ("/abs.txt", tarfile.REGTYPE),
+                ("lnk", tarfile.SYMTYPE),
+                ("dev", tarfile.CHRTYPE),
+                ("d", tarfile.DIRTYPE),
+            ]:
                 info = tarfile.TarInfo(name)
                 info.type = kind
                 if kind == tarfile.SYMTYPE:

@@ -18,14 +18,19 @@ def test_a_phase_whose_codex_run_completed_twice_is_counted() -> None:
         {"event": "codex.run.audit", "run_id": "r-1", "task_id": "t1"},
         {"event": "codex.run.audit", "run_id": "r-1", "task_id": "t1"},  # redelivered
         {"event": "codex.run.audit", "run_id": "r-2", "task_id": "t2"},
-        _finished("r-1", "c1", 0), _finished("r-1", "c2", 0),  # twice: the duplicate
-        _finished("r-2", "c3", 137), _finished("r-2", "c4", 0),  # cut off, then once
+        _finished("r-1", "c1", 0),
+        _finished("r-1", "c2", 0),  # twice: the duplicate
+        _finished("r-2", "c3", 137),
+        _finished("r-2", "c4", 0),  # cut off, then once
         {"event": "codex.phase.skipped", "run_id": "r-2", "task_id": "t2"},
         {"event": "codex.phase.harvested", "run_id": "r-2", "container_id": "c4", "result": "completed"},
         {"event": "codex.run.audit", "run_id": "other", "task_id": "x"},  # not this soak's
     ]
-    calls = [SimpleNamespace(texts=("soak phase of r-1.",)), SimpleNamespace(texts=("soak phase of r-1.",)),
-             SimpleNamespace(texts=("soak phase of r-2.",))]
+    calls = [
+        SimpleNamespace(texts=("soak phase of r-1.",)),
+        SimpleNamespace(texts=("soak phase of r-1.",)),
+        SimpleNamespace(texts=("soak phase of r-2.",)),
+    ]
     figures = _figures(True, 2, 1, 1.0, {"r-1": "completed", "r-2": "lost"}, lines, calls, 0, [], 9.0)
     assert (figures["completed"], figures["lost"], figures["redelivered"], figures["skipped_by_record"]) == (1, 1, 1, 1)
     assert (figures["codex_runs_completed"], figures["phases_completed_more_than_once"]) == (3, 1)

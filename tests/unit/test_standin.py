@@ -114,7 +114,9 @@ class TestServer:
         status, fresh = post(server.refresh_url, body)
         assert status == 200 and isinstance(fresh, dict) and set(fresh) == {"id_token", "access_token", "refresh_token"}
         status, refused = post(server.refresh_url, body)
-        assert status == 401 and refused == {"error": {"code": "refresh_token_reused", "message": "refresh token already used"}}
+        assert status == 401 and refused == {
+            "error": {"code": "refresh_token_reused", "message": "refresh token already used"}
+        }
 
     def test_a_bad_grant_is_a_400_naming_what_is_needed(self, server: StandIn) -> None:
         status, body = post(server.refresh_url, {"grant_type": "password"})
@@ -145,8 +147,12 @@ class TestServer:
 
 def answer(url: str, token: str) -> tuple[int, dict[str, str], str]:
     """Status, headers (lower-case names) and body of one Responses request."""
-    request = urllib.request.Request(f"{url}/v1/responses", data=b"{}", method="POST",
-                                     headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"})
+    request = urllib.request.Request(
+        f"{url}/v1/responses",
+        data=b"{}",
+        method="POST",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=10) as reply:
             return reply.status, {k.lower(): v for k, v in reply.headers.items()}, reply.read().decode()
@@ -161,18 +167,26 @@ class TestUsageLimits:
         status, headers, _ = answer(server.url, login.access_token)
         assert status == 200
         assert (headers["x-codex-primary-used-percent"], headers["x-codex-primary-window-minutes"]) == ("42.5", "300")
-        assert (headers["x-codex-secondary-used-percent"], headers["x-codex-secondary-window-minutes"]) == ("91", "10080")
+        assert (headers["x-codex-secondary-used-percent"], headers["x-codex-secondary-window-minutes"]) == (
+            "91",
+            "10080",
+        )
         assert int(headers["x-codex-primary-reset-at"]) > time.time() and "x-codex-credits-has-credits" in headers
         assert answer(server.url, other.access_token)[1]["x-codex-primary-used-percent"] == "1"
 
-    def test_a_limited_family_gets_429_with_its_reset_time_until_then_and_a_fresh_window_after(self, server: StandIn) -> None:
+    def test_a_limited_family_gets_429_with_its_reset_time_until_then_and_a_fresh_window_after(
+        self, server: StandIn
+    ) -> None:
         login = server.authority.mint()
         until = time.time() + 2
         server.usage.limit(login.family, until)
         status, headers, body = answer(server.url, login.access_token)
         error = json.loads(body)["error"]
         assert status == 429 and (error["type"], error["resets_at"]) == ("usage_limit_reached", int(until))
-        assert (headers["x-codex-primary-used-percent"], headers["x-codex-primary-reset-at"]) == ("100", str(int(until)))
+        assert (headers["x-codex-primary-used-percent"], headers["x-codex-primary-reset-at"]) == (
+            "100",
+            str(int(until)),
+        )
         assert server.usage.get(login.family, at=until + 1).refused() is False
         assert server.usage.get(login.family, at=until + 1).primary.used_percent == 0.0  # type: ignore[union-attr]
         assert server.usage.refusals[login.family] == 1
@@ -181,8 +195,9 @@ class TestUsageLimits:
         login = server.authority.mint()
         server.usage.limit_without_reset(login.family, error_type="insufficient_quota")
         status, _, body = answer(server.url, login.access_token)
-        assert status == 429 and json.loads(body) == {"error": {"type": "insufficient_quota", "message": LIMIT_MESSAGE,
-                                                                 "plan_type": "plus"}}
+        assert status == 429 and json.loads(body) == {
+            "error": {"type": "insufficient_quota", "message": LIMIT_MESSAGE, "plan_type": "plus"}
+        }
         server.usage.clear(login.family)
         assert answer(server.url, login.access_token)[0] == 200
 

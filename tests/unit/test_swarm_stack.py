@@ -53,7 +53,9 @@ def test_every_shard_of_the_compose_file_is_a_service_with_the_same_container(
     assert stack["volumes"] == compose["volumes"]  # explicit names: the agent and the CLI agree on them
 
 
-def test_one_replica_placed_hard_on_its_shards_node_and_stopped_first(compose: dict[str, Any], stack: dict[str, Any]) -> None:
+def test_one_replica_placed_hard_on_its_shards_node_and_stopped_first(
+    compose: dict[str, Any], stack: dict[str, Any]
+) -> None:
     """replicas 1, node.labels.codex.shard.N == true, stop-first for updates and rollbacks."""
     for name, service in shard_services(compose).items():
         deploy = stack["services"][name]["deploy"]
@@ -75,12 +77,18 @@ def test_no_key_swarm_refuses_and_no_login_service(stack: dict[str, Any]) -> Non
 
 def test_the_socket_holder_runs_on_every_node(compose: dict[str, Any], stack: dict[str, Any]) -> None:
     """The service holding the Docker socket (the API guard) is global: each node's shards use their own."""
-    holders = [n for n, s in compose["services"].items() if "/var/run/docker.sock:/var/run/docker.sock" in s.get("volumes", [])]
-    assert holders and all(stack["services"][n]["deploy"]["mode"] == "global" for n in holders if n in stack["services"])
+    holders = [
+        n for n, s in compose["services"].items() if "/var/run/docker.sock:/var/run/docker.sock" in s.get("volumes", [])
+    ]
+    assert holders and all(
+        stack["services"][n]["deploy"]["mode"] == "global" for n in holders if n in stack["services"]
+    )
     assert not any("replicas" in stack["services"][n]["deploy"] for n in holders)
     # Every shard is listed: Swarm will not create a worker's missing endpoint directory for it.
     guard = stack["services"]["docker-guard"]["environment"]["CODEX_GUARD_SHARDS"]
-    assert guard == ",".join(f"{i}=${{CODEX_VOLUME_PREFIX:-codex_auth_}}{i}" for i in range(len(shard_services(compose))))
+    assert guard == ",".join(
+        f"{i}=${{CODEX_VOLUME_PREFIX:-codex_auth_}}{i}" for i in range(len(shard_services(compose)))
+    )
 
 
 def test_group_add_becomes_the_users_primary_group() -> None:
@@ -109,8 +117,13 @@ def test_bad_input_is_refused_with_what_is_accepted(compose: dict[str, Any]) -> 
 
 def test_the_command_prints_a_stack_docker_can_read() -> None:
     """The script's output is plain YAML (no anchors) that parses back to the same stack."""
-    done = subprocess.run([sys.executable, str(ROOT / "deploy" / "swarm" / "stack.py"), "--broker", "host"],
-                          capture_output=True, text=True, check=True, timeout=30)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "swarm" / "stack.py"), "--broker", "host"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
     assert "&id" not in done.stdout and done.stdout.startswith("# Generated from docker-compose.yaml")
     compose = yaml.safe_load((ROOT / "docker-compose.yaml").read_text())
     assert yaml.safe_load(done.stdout) == build_stack(compose, broker="host")

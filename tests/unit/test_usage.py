@@ -22,16 +22,28 @@ from agent.watch import VolumeWatcher
 from testkit.workers import wait_until
 
 NOW = 1_796_160_000.0
-LIMITED_TEXT = ("You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
-                "https://chatgpt.com/settings/usage to purchase more credits or try again at 9:14 PM.")
+LIMITED_TEXT = (
+    "You’ve hit your usage limit. Upgrade to Pro (https://chatgpt.com/explore/pro), visit "
+    "https://chatgpt.com/settings/usage to purchase more credits or try again at 9:14 PM."
+)
 
 
 def token_count(primary: Any, secondary: Any = None, *, stamp: str = "2026-12-01T21:12:05.838Z") -> bytes:
     """A rollout line as Codex 0.169 writes it (seen against the stand-in)."""
-    limits = {"limit_id": "codex", "limit_name": None, "primary": primary, "secondary": secondary,
-              "credits": {"has_credits": False, "unlimited": False, "balance": "0"}, "plan_type": None}
-    line = {"timestamp": stamp, "ordinal": 9, "type": "event_msg",
-            "payload": {"type": "token_count", "info": None, "rate_limits": limits}}
+    limits = {
+        "limit_id": "codex",
+        "limit_name": None,
+        "primary": primary,
+        "secondary": secondary,
+        "credits": {"has_credits": False, "unlimited": False, "balance": "0"},
+        "plan_type": None,
+    }
+    line = {
+        "timestamp": stamp,
+        "ordinal": 9,
+        "type": "event_msg",
+        "payload": {"type": "token_count", "info": None, "rate_limits": limits},
+    }
     return json.dumps(line).encode()
 
 
@@ -39,7 +51,9 @@ def window(percent: float, minutes: int, resets_at: float) -> dict[str, Any]:
     return {"used_percent": percent, "window_minutes": minutes, "resets_at": resets_at}
 
 
-def rollout(home: Path, content: bytes, day: str = "2026/12/01", name: str = "rollout-2026-12-01T21-12-05-x.jsonl") -> Path:
+def rollout(
+    home: Path, content: bytes, day: str = "2026/12/01", name: str = "rollout-2026-12-01T21-12-05-x.jsonl"
+) -> Path:
     folder = home / "sessions" / day
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / name
@@ -55,14 +69,25 @@ class TestClassify:
             (LIMITED_TEXT.replace("’", "'"), "usage", "usage_limit_reached"),
             ("You’ve hit your usage limit. ... or try again later.", "usage", "usage_limit_reached"),
             ("Quota exceeded. Check your plan and billing details.", "quota", "insufficient_quota"),
-            ("To use Codex with your ChatGPT plan, upgrade to Plus: https://chatgpt.com/explore/plus.", "quota",
-             "usage_not_included"),
+            (
+                "To use Codex with your ChatGPT plan, upgrade to Plus: https://chatgpt.com/explore/plus.",
+                "quota",
+                "usage_not_included",
+            ),
             ("exceeded retry limit, last status: 429 Too Many Requests", "rate", "rate_limit_exceeded"),
             ('unexpected status 429: {"error": {"type": "quota_exceeded"}}', "quota", "quota_exceeded"),
             ('{"error":{"type":"usage_limit_reached","resets_at":1796163968}}', "usage", "usage_limit_reached"),
         ],
-        ids=["typographic", "ascii", "no-reset", "insufficient_quota", "usage_not_included", "rate", "body-quota",
-             "body-usage"],
+        ids=[
+            "typographic",
+            "ascii",
+            "no-reset",
+            "insufficient_quota",
+            "usage_not_included",
+            "rate",
+            "body-quota",
+            "body-usage",
+        ],
     )
     def test_a_limit_is_told_by_its_text(self, failure: str, kind: str, error_type: str) -> None:
         hit = usage.classify(failure, now=NOW)
@@ -70,8 +95,13 @@ class TestClassify:
 
     @pytest.mark.parametrize(
         "failure",
-        [None, "", "exceeded retry limit, last status: 500 Internal Server Error", "stream disconnected",
-         "your refresh token was already used"],
+        [
+            None,
+            "",
+            "exceeded retry limit, last status: 500 Internal Server Error",
+            "stream disconnected",
+            "your refresh token was already used",
+        ],
     )
     def test_anything_else_is_not_a_limit(self, failure: str | None) -> None:
         assert usage.classify(failure, now=NOW) is None
@@ -84,7 +114,9 @@ class TestClassify:
 
     def test_a_snapshot_of_this_run_at_100_percent_is_a_limit_without_any_text(self) -> None:
         snap = Headroom((Window(100.0, 300, NOW + 60),), observed_at=NOW - 0.5)
-        assert usage.classify("something odd", snapshot=snap, started=NOW - 5, now=NOW) == LimitHit("usage", "usage_limit_reached")
+        assert usage.classify("something odd", snapshot=snap, started=NOW - 5, now=NOW) == LimitHit(
+            "usage", "usage_limit_reached"
+        )
         assert usage.classify("something odd", snapshot=snap, started=NOW + 30, now=NOW) is None  # an older run's
         spent = Headroom((Window(100.0, 300, NOW - 60),), observed_at=NOW)
         assert usage.classify("something odd", snapshot=spent, now=NOW) is None  # already reset
@@ -117,8 +149,9 @@ class TestLimitFor:
         ],
         ids=["rate", "usage", "quota", "absurd", "past", "window-without-reset", "body-reset"],
     )
-    def test_unknown_or_absurd_reset_times_give_a_bounded_cool_down(self, hit: LimitHit, snapshot: Headroom | None,
-                                                                      expected: float) -> None:
+    def test_unknown_or_absurd_reset_times_give_a_bounded_cool_down(
+        self, hit: LimitHit, snapshot: Headroom | None, expected: float
+    ) -> None:
         limit = usage.limit_for(hit, snapshot, now=NOW)
         assert limit.resets_at == NOW + expected
         assert limit.reset_known is (expected == 120.0)
@@ -126,21 +159,31 @@ class TestLimitFor:
 
 class TestSnapshot:
     def test_the_newest_token_count_of_the_newest_rollout_is_read(self, tmp_path: Path) -> None:
-        old = rollout(tmp_path, token_count(window(10, 300, NOW + 100)) + b"\n", day="2026/11/30", name="rollout-a.jsonl")
+        old = rollout(
+            tmp_path, token_count(window(10, 300, NOW + 100)) + b"\n", day="2026/11/30", name="rollout-a.jsonl"
+        )
         os.utime(old, (NOW - 10**6, NOW - 10**6))
-        lines = [token_count(window(30, 300, NOW + 100)), token_count(window(42.5, 300, NOW + 100), window(91, 10080, NOW + 900)),
-                 b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":null}}']
+        lines = [
+            token_count(window(30, 300, NOW + 100)),
+            token_count(window(42.5, 300, NOW + 100), window(91, 10080, NOW + 900)),
+            b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":null}}',
+        ]
         rollout(tmp_path, b"\n".join(lines) + b"\n")
         snap = usage.read_headroom(tmp_path, now=NOW)
         assert snap is not None
-        assert (snap.window("5h"), snap.window("weekly")) == (Window(42.5, 300, NOW + 100), Window(91.0, 10080, NOW + 900))
+        assert (snap.window("5h"), snap.window("weekly")) == (
+            Window(42.5, 300, NOW + 100),
+            Window(91.0, 10080, NOW + 900),
+        )
         assert snap.limit_id == "codex"
         view = usage.view(snap, None, now=NOW)
         assert (view["5h_used_percent"], view["weekly_used_percent"], view["limited"]) == (42.5, 91.0, False)
 
     def test_a_session_resumed_in_yesterdays_folder_is_newest_by_mtime(self, tmp_path: Path) -> None:
         rollout(tmp_path, token_count(window(10, 300, NOW + 100)) + b"\n", day="2026/12/01", name="rollout-new.jsonl")
-        resumed = rollout(tmp_path, token_count(window(77, 300, NOW + 100)) + b"\n", day="2026/11/30", name="rollout-old.jsonl")
+        resumed = rollout(
+            tmp_path, token_count(window(77, 300, NOW + 100)) + b"\n", day="2026/11/30", name="rollout-old.jsonl"
+        )
         os.utime(resumed, (time.time() + 5, time.time() + 5))
         snap = usage.read_headroom(tmp_path, now=NOW)
         assert snap is not None and snap.windows[0].used_percent == 77
@@ -152,8 +195,15 @@ class TestSnapshot:
             bytes(range(256)) * 64,
             b"\xff\xfe" + token_count(window(50, 300, NOW)),
             token_count(window(50, 300, NOW))[:-7],
-            b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":' + b"[" * 100_000 + b"]" * 100_000 + b"}}",
-            b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":{"primary":' + b'{"a":' * 5000 + b"1" + b"}" * 5000 + b"}}}",
+            b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":'
+            + b"[" * 100_000
+            + b"]" * 100_000
+            + b"}}",
+            b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":{"primary":'
+            + b'{"a":' * 5000
+            + b"1"
+            + b"}" * 5000
+            + b"}}}",
             token_count(window("50", 300, NOW)),
             token_count(window(float("nan"), 300, NOW)),
             token_count(window(1e308 * 10, 300, NOW)),
@@ -162,10 +212,25 @@ class TestSnapshot:
             token_count(window(50, 10**12, NOW)),
             token_count({"used_percent": 50}, "text"),
             b'{"type":"event_msg","payload":{"type":"token_count","rate_limits":"nope"}}',
-            b"[1, 2, 3]\nnull\n\"rate_limits\"\n",
+            b'[1, 2, 3]\nnull\n"rate_limits"\n',
         ],
-        ids=["empty", "binary", "bad-utf8", "truncated", "deep-list", "deep-object", "percent-text", "nan", "inf",
-             "negative", "bool-minutes", "huge-minutes", "wrong-shapes", "limits-text", "not-objects"],
+        ids=[
+            "empty",
+            "binary",
+            "bad-utf8",
+            "truncated",
+            "deep-list",
+            "deep-object",
+            "percent-text",
+            "nan",
+            "inf",
+            "negative",
+            "bool-minutes",
+            "huge-minutes",
+            "wrong-shapes",
+            "limits-text",
+            "not-objects",
+        ],
     )
     def test_hostile_content_gives_no_snapshot_and_no_traceback(self, tmp_path: Path, content: bytes) -> None:
         rollout(tmp_path, content)
@@ -211,7 +276,9 @@ class TestSnapshot:
 
 class TestMarker:
     def test_a_recorded_limit_reads_back_and_is_bounded(self, tmp_path: Path) -> None:
-        limit = usage.limit_for(LimitHit("usage", "usage_limit_reached"), Headroom((Window(100, 300, NOW + 90),), NOW), now=NOW)
+        limit = usage.limit_for(
+            LimitHit("usage", "usage_limit_reached"), Headroom((Window(100, 300, NOW + 90),), NOW), now=NOW
+        )
         usage.record(tmp_path, limit)
         assert usage.read(tmp_path, now=NOW) == limit
         absurd = {**limit.to_dict(), "resets_at": NOW + 10**9}
@@ -221,9 +288,16 @@ class TestMarker:
 
     @pytest.mark.parametrize(
         "content",
-        [b"", b"\x00\xff", b"[]", b'{"kind": "usage"}', b'{"kind": "forever", "error_type": "x", "resets_at": 1, '
-         b'"reset_known": true, "window_minutes": null, "detected_at": 1, "run_id": null, "task_id": null, "worker": null}',
-         b"{" * 5000, b"x" * 10_000],
+        [
+            b"",
+            b"\x00\xff",
+            b"[]",
+            b'{"kind": "usage"}',
+            b'{"kind": "forever", "error_type": "x", "resets_at": 1, '
+            b'"reset_known": true, "window_minutes": null, "detected_at": 1, "run_id": null, "task_id": null, "worker": null}',
+            b"{" * 5000,
+            b"x" * 10_000,
+        ],
         ids=["empty", "binary", "list", "partial", "unknown-kind", "deep", "huge"],
     )
     def test_a_damaged_marker_is_a_short_limit_from_its_mtime(self, tmp_path: Path, content: bytes) -> None:
@@ -246,7 +320,9 @@ def _home(tmp_path: Path) -> Path:
 
 class TestGateSide:
     def test_e036_is_a_login_error_naming_shard_volume_window_reset_and_what_to_do(self, tmp_path: Path) -> None:
-        limit = usage.limit_for(LimitHit("usage", "usage_limit_reached"), Headroom((Window(100, 10080, NOW + 90),), NOW), now=NOW)
+        limit = usage.limit_for(
+            LimitHit("usage", "usage_limit_reached"), Headroom((Window(100, 10080, NOW + 90),), NOW), now=NOW
+        )
         AgentError.strict_fields = True
         try:
             error = UsageLimitError(shard=2, volume="codex_auth_2", **limit.facts())
@@ -302,9 +378,14 @@ class TestGauges:
         assert 'codex_usage_used_percent{shard="2",volume="codex_auth_2",window="5h"} 42.5' in text
         assert 'codex_usage_used_percent{shard="2",volume="codex_auth_2",window="weekly"} 91.0' in text
         assert 'codex_usage_limited{shard="2",volume="codex_auth_2"} 1.0' in text
-        assert f'codex_usage_resets_at_timestamp_seconds{{shard="2",volume="codex_auth_2",window="5h"}} 1.7961601e+09' in text
+        assert (
+            'codex_usage_resets_at_timestamp_seconds{shard="2",volume="codex_auth_2",window="5h"} 1.7961601e+09' in text
+        )
         idle = exposition(usage_families("codex_auth_0", "0", usage.view(None, None, now=NOW)))
-        assert 'codex_usage_limited{shard="0",volume="codex_auth_0"} 0.0' in idle and "codex_usage_used_percent{" not in idle
+        assert (
+            'codex_usage_limited{shard="0",volume="codex_auth_0"} 0.0' in idle
+            and "codex_usage_used_percent{" not in idle
+        )
 
 
 class TestDrainThresholds:
@@ -321,7 +402,9 @@ class TestDrainThresholds:
         ],
         ids=["5h", "below", "weekly", "both-latest", "weekly-primary", "past", "no-reset"],
     )
-    def test_a_window_at_its_threshold_drains_until_its_reset(self, windows: tuple[Window, ...], until: float | None) -> None:
+    def test_a_window_at_its_threshold_drains_until_its_reset(
+        self, windows: tuple[Window, ...], until: float | None
+    ) -> None:
         assert usage.DrainThresholds().until(Headroom(windows, NOW), now=NOW) == until
 
     @pytest.mark.parametrize("raw", ["0", "-5", "101", "nan", "inf", "many"])
@@ -337,7 +420,9 @@ class TestDrainThresholds:
         from agent.metrics import volumes_exposition
         from agent.volumes import VolumesReport, VolumeStatus
 
-        limit = usage.view(None, usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time()))
+        limit = usage.view(
+            None, usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time())
+        )
         held = VolumeStatus("codex_auth_1", {}, {"ok": True}, AuthFacts(present=False), None, limited=limit["limit"])
         free = VolumeStatus("codex_auth_2", {}, {"ok": True}, AuthFacts(present=False), None)
         text = volumes_exposition(VolumesReport(volumes=(held, free)))

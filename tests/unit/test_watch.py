@@ -41,9 +41,14 @@ def _home(tmp_path: Path) -> Path:
 
 
 def _watcher(home: Path, mode: str, recorder: Recorder) -> VolumeWatcher:
-    config = load({
-        "HOME": str(home.parent), "CODEX_SHARD_INDEX": "0", "AGENT_RECHECK_INTERVAL": "300", "AGENT_WATCH": mode,
-    })
+    config = load(
+        {
+            "HOME": str(home.parent),
+            "CODEX_SHARD_INDEX": "0",
+            "AGENT_RECHECK_INTERVAL": "300",
+            "AGENT_WATCH": mode,
+        }
+    )
     return VolumeWatcher(config, recorder, lambda: True)
 
 

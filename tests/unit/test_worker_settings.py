@@ -38,15 +38,20 @@ def test_settings_the_app_chose_well_are_kept() -> None:
     app.conf.update(worker_send_task_events=False, broker_transport_options={"visibility_timeout": 43200, "x": 1})
     apply_worker_settings(app, codex_config(), environ={})
     assert app.conf.worker_send_task_events is False  # no guarantee rests on events
-    assert app.conf.broker_transport_options["visibility_timeout"] == 43200 and app.conf.broker_transport_options["x"] == 1
+    assert (
+        app.conf.broker_transport_options["visibility_timeout"] == 43200 and app.conf.broker_transport_options["x"] == 1
+    )
 
 
-@pytest.mark.parametrize(("name", "value", "accepted"), [
-    ("task_acks_late", False, "True"),
-    ("task_reject_on_worker_lost", False, "True"),
-    ("worker_prefetch_multiplier", 4, "1"),
-    ("worker_prefetch_multiplier", 0, "1"),
-])
+@pytest.mark.parametrize(
+    ("name", "value", "accepted"),
+    [
+        ("task_acks_late", False, "True"),
+        ("task_reject_on_worker_lost", False, "True"),
+        ("worker_prefetch_multiplier", 4, "1"),
+        ("worker_prefetch_multiplier", 0, "1"),
+    ],
+)
 def test_an_explicit_breaking_value_is_refused(name: str, value: Any, accepted: str) -> None:
     """CODEX-E003 naming the setting, its value and what is accepted; the app is left as it was."""
     app = Celery("mine", broker=AMQP)

@@ -16,9 +16,11 @@ class TestWorkerUser:
             _check_worker_user(load({"CODEX_SHARD_INDEX": "0"}), uid=1001)
         assert info.value.facts["variable"] == "CODEX_JOB_USER" and "uid 1001" in info.value.message
 
-    @pytest.mark.parametrize(("uid", "env"), [(1000, {}), (0, {}), (1001, {"CODEX_JOB_USER": "1001:1001"}),
-                                              (1001, {"CODEX_JOB_IMAGE": "none"})],
-                             ids=["job-user", "root-warned-only", "set-to-the-worker", "no-jobs"])
+    @pytest.mark.parametrize(
+        ("uid", "env"),
+        [(1000, {}), (0, {}), (1001, {"CODEX_JOB_USER": "1001:1001"}), (1001, {"CODEX_JOB_IMAGE": "none"})],
+        ids=["job-user", "root-warned-only", "set-to-the-worker", "no-jobs"],
+    )
     def test_what_passes(self, uid: int, env: dict[str, str]) -> None:
         """The job user itself, root (warned by the mount check, CODEX-W002), or a worker that runs no jobs."""
         _check_worker_user(load({"CODEX_SHARD_INDEX": "0", **env}), uid=uid)
