@@ -29,12 +29,12 @@ if TYPE_CHECKING:
     from agent.errors import ConfigError as ConfigError
     from agent.jobs import JobLauncher as JobLauncher
     from agent.phase import CodexPhase as CodexPhase
-    from agent.preflight import CodexTask as CodexTask
     from agent.router import add_router as add_router
     from agent.routing import DEFAULT_AFFINITY_ARG as DEFAULT_AFFINITY_ARG
     from agent.routing import PIN_ARG as PIN_ARG
     from agent.runtime import Agent as Agent
     from agent.runtime import install as install
+    from agent.task import CodexTask as CodexTask
 
 __all__ = [
     "Agent",
@@ -61,7 +61,7 @@ _LAZY: dict[str, tuple[str, str]] = {
     "CheckReport": ("agent.checks", "CheckReport"),
     "Checker": ("agent.checks", "Checker"),
     "CodexPhase": ("agent.phase", "CodexPhase"),
-    "CodexTask": ("agent.preflight", "CodexTask"),
+    "CodexTask": ("agent.task", "CodexTask"),
     "ConfigError": ("agent.errors", "ConfigError"),
     "DEFAULT_AFFINITY_ARG": ("agent.routing", "DEFAULT_AFFINITY_ARG"),
     "JobLauncher": ("agent.jobs", "JobLauncher"),

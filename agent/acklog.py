@@ -4,7 +4,7 @@ When the broker connection drops while a Codex task runs (a RabbitMQ restart, a 
 task's late ack goes to a channel that is gone, and kombu's ``Message.ack_log_error`` logs
 ``Couldn't ack N, reason: RecoverableConnectionError(...)`` at *critical*, with a traceback. Nothing
 is wrong: the broker redelivers the message and the phase's completion record skips it. An operator
-alerting on critical lines sees a failure, though. So :class:`~agent.preflight.CodexRequest` hands
+alerting on critical lines sees a failure, though. So :class:`~agent.task.CodexRequest` hands
 its ack a :class:`LostAckLog` in place of Celery's request logger (kombu logs through the logger
 it is given): the line becomes ``codex.ack.lost`` (task id, run id, phase, shard, queue, delivery
 tag, the reason in one line, and what happens next), counted in ``codex_acks_lost_total``. Every

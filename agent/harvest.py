@@ -35,14 +35,14 @@ import docker.errors
 import requests
 import structlog
 
-from agent import reconcile
 from agent.artifacts import RunArtifacts, is_safe_name
 from agent.config import AgentConfig
 from agent.dockerrun import DOCKER_FAILURES
+from agent.job_container import JobContainer
 from agent.jobs import OUTPUT_LIMIT
 from agent.redact import scrub
 
-__all__ = ["HARVESTED", "Harvest", "await_exit", "harvest", "locate", "settle_earlier_job"]
+__all__ = ["HARVESTED", "Harvest", "await_exit", "harvest", "locate"]
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +63,7 @@ class Harvest:
     fields: dict[str, Any]
 
 
-def locate(config: AgentConfig, job: reconcile.JobContainer) -> tuple[RunArtifacts, str, dict[str, Any]] | None:
+def locate(config: AgentConfig, job: JobContainer) -> tuple[RunArtifacts, str, dict[str, Any]] | None:
     """The run artifacts, phase and pending record of a Codex phase's job, or None for any other job."""
     run_id, task_id = job.audit.get("run_id"), job.audit.get("task_id")
     if not isinstance(run_id, str) or not isinstance(task_id, str) or not is_safe_name(run_id):
@@ -73,16 +73,14 @@ def locate(config: AgentConfig, job: reconcile.JobContainer) -> tuple[RunArtifac
     return None if found is None else (artifacts, found[0], found[1])
 
 
-def _inspect(client: Any, job: reconcile.JobContainer) -> reconcile.JobContainer | None:
+def _inspect(client: Any, job: JobContainer) -> JobContainer | None:
     try:
-        return reconcile.JobContainer.from_inspect(client.api.inspect_container(job.container_id))
+        return JobContainer.from_inspect(client.api.inspect_container(job.container_id))
     except docker.errors.NotFound:
         return None
 
 
-def await_exit(
-    client: Any, config: AgentConfig, job: reconcile.JobContainer
-) -> tuple[reconcile.JobContainer | None, bool]:
+def await_exit(client: Any, config: AgentConfig, job: JobContainer) -> tuple[JobContainer | None, bool]:
     """Wait for a running phase job within what is left of its limit; kill it past the limit.
 
     Returns:
@@ -90,7 +88,7 @@ def await_exit(
     """
     started = job.started if job.started is not None else time.time()
     deadline = started + config.phase_timeout
-    current: reconcile.JobContainer | None = job
+    current: JobContainer | None = job
     while current is not None and current.status not in ("exited", "dead", "created"):
         left = deadline - time.time()
         if left <= 0:
@@ -120,9 +118,7 @@ def _output(client: Any, container_id: str) -> str | None:
     return scrub(bytes(raw).decode("utf-8", "replace"))[-OUTPUT_LIMIT:]
 
 
-def harvest(
-    client: Any, config: AgentConfig, job: reconcile.JobContainer, *, by: str, cut_off: bool = False
-) -> Harvest | None:
+def harvest(client: Any, config: AgentConfig, job: JobContainer, *, by: str, cut_off: bool = False) -> Harvest | None:
     """Turn an ended job of a Codex phase into the phase's record; None when it is no phase's job.
 
     Args:
@@ -152,7 +148,7 @@ def _exclusive(directory: Path) -> Iterator[None]:
 def _harvest(
     client: Any,
     config: AgentConfig,
-    job: reconcile.JobContainer,
+    job: JobContainer,
     artifacts: RunArtifacts,
     phase: str,
     pending: dict[str, Any],
@@ -161,7 +157,7 @@ def _harvest(
     cut_off: bool,
 ) -> Harvest:
     # agent.phase launches jobs and settles earlier ones through this module: imported when used
-    from agent.phase import summarize
+    from agent.codex_output import summarize
 
     facts = {
         "run_id": artifacts.run_id,
@@ -228,51 +224,3 @@ def _harvest(
         next="a redelivery skips the phase",
     )
     return Harvest("completed", phase, summary.audit_fields())
-
-
-def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: str | None) -> None:
-    """Before a phase launches a job: harvest a job its task launched in an earlier life (waiting
-    for it while it runs), so that a completed one is not run again. Never raises: on an engine
-    failure the phase runs as it would have. A job of an earlier life of this worker is then
-    removed with its reconciled ``codex.job.finished`` (``trigger="redelivery"``), unless the sweep
-    was first; one made during this worker's life (a concurrent delivery, a dead pool child) is only
-    recorded: its launcher, or the next sweep, removes it.
-    """
-    if not task_id:
-        return
-    labels = [f"codex.shard={config.shard_index}", f"codex.run_id={run_id}", f"codex.task_id={task_id}"]
-    try:
-        for summary in client.api.containers(all=True, filters={"label": labels}):
-            job = reconcile.JobContainer.from_inspect(client.api.inspect_container(summary["Id"]))
-            if locate(config, job) is None:
-                continue
-            cut_off, found_status = False, job.status
-            if job.status not in ("exited", "dead", "created"):
-                log.info(
-                    "codex.phase.awaiting",
-                    run_id=run_id,
-                    task_id=task_id,
-                    container_id=job.container_id,
-                    shard=config.shard_index,
-                    reason="its earlier job still runs",
-                )
-                ended, cut_off = await_exit(client, config, job)
-                if ended is None:
-                    continue
-                job = ended
-            started = reconcile.worker_started()
-            if started is not None and job.created is not None and job.created >= started:
-                # Made during this worker's life: its launcher may still be reading it; record only.
-                harvest(client, config, job, by="redelivery", cut_off=cut_off)
-            else:
-                reconcile.settle(client, config, job, "redelivery", found_status=found_status, cut_off=cut_off)
-    except docker.errors.NotFound:
-        return  # removed meanwhile by the reconciler, which harvested it first
-    except DOCKER_FAILURES as e:
-        log.warning(
-            "codex.phase.harvest_failed",
-            run_id=run_id,
-            task_id=task_id,
-            shard=config.shard_index,
-            error=f"{type(e).__name__}: {e}"[:300],
-        )

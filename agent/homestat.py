@@ -18,8 +18,20 @@ from pathlib import Path
 
 from agent import mount as mount_mod
 from agent.config import AgentConfig
+from agent.login import AUTH_FILE
 
-__all__ = ["HomeStat", "stat_home", "VolumeGuard"]
+__all__ = ["AuthSignature", "auth_signature", "HomeStat", "stat_home", "VolumeGuard"]
+
+AuthSignature = tuple[int, int, int] | None
+
+
+def auth_signature(codex_home: Path) -> AuthSignature:
+    """Identity of ``auth.json`` right now (inode, size, mtime); None when absent."""
+    try:
+        st = os.stat(Path(codex_home) / AUTH_FILE)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 @dataclass(frozen=True)

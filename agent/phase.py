@@ -19,18 +19,17 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from agent import harvest, revocation, usage
+from agent import reconcile, revocation, usage
 from agent.artifacts import OUTCOME_FILE, RunArtifacts, checked_name
+from agent.codex_output import StreamSummary, auth_failure, summarize
 from agent.config import AgentConfig
 from agent.errors import JobFailedError, LoginRevokedError, PhaseRequestError, UsageLimitError
 from agent.job_policy import workspace_name
@@ -42,9 +41,6 @@ from agent.seed import seed_path, seed_workspace
 __all__ = [
     "PASSTHROUGH_ENV",
     "PROMPT_LIMIT",
-    "StreamSummary",
-    "summarize",
-    "auth_failure",
     "exec_argv",
     "CodexPhase",
 ]
@@ -57,75 +53,6 @@ PASSTHROUGH_ENV = ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "CODEX_REVOKE_TOKEN_URL_O
 
 PROMPT_LIMIT = 100_000
 """Characters a phase prompt may have (it travels in the task message and the job's argv)."""
-
-_AUTH_FAILURES: tuple[tuple[str, str], ...] = (
-    ("refresh token was already used", "refresh_token_reused"),
-    ("refresh_token_reused", "refresh_token_reused"),
-    ("refresh token has expired", "refresh_token_expired"),
-    ("refresh_token_expired", "refresh_token_expired"),
-    ("refresh token was revoked", "refresh_token_invalidated"),
-    ("refresh_token_invalidated", "refresh_token_invalidated"),
-    ("not logged in", "not_logged_in"),
-    ("please log out and sign in again", "sign_in_again"),
-    ("401 unauthorized", "unauthorized"),
-)
-"""Phrases of ``codex exec`` (0.169, 0.171) that mean the login itself is dead, mapped to a reason."""
-
-
-@dataclass(frozen=True)
-class StreamSummary:
-    """What a ``codex exec --json`` stream says: session, final message, usage, failure."""
-
-    session_id: str | None = None
-    final_message: str | None = None
-    usage: dict[str, int] | None = None
-    failure: str | None = None
-    events: int = 0
-
-    def audit_fields(self) -> dict[str, Any]:
-        """Fields for the ``codex.job.finished`` line: ids and numbers only."""
-        return {"codex_session": self.session_id, "usage": self.usage, "codex_events": self.events}
-
-
-def summarize(output: str) -> StreamSummary:
-    """Read the JSONL events out of a job's output (other lines, e.g. stderr, are skipped)."""
-    session = message = failure = None
-    usage: dict[str, int] | None = None
-    events = 0
-    for line in output.splitlines():
-        if not line.startswith("{"):
-            continue
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if not isinstance(event, dict):
-            continue
-        events += 1
-        kind = event.get("type")
-        raw_item = event.get("item")
-        item: dict[str, Any] = raw_item if isinstance(raw_item, dict) else {}
-        if kind == "thread.started" and isinstance(event.get("thread_id"), str):
-            session = event["thread_id"]
-        elif kind == "item.completed" and item.get("type") == "agent_message" and isinstance(item.get("text"), str):
-            message = item["text"]
-        elif kind == "turn.completed" and isinstance(event.get("usage"), dict):
-            usage = {k: v for k, v in event["usage"].items() if isinstance(v, int) and not isinstance(v, bool)}
-        elif kind == "turn.failed":
-            error = event.get("error")
-            failure = str(error.get("message")) if isinstance(error, dict) else str(error)
-        elif kind == "error" and failure is None:
-            failure = str(event.get("message"))
-    return StreamSummary(session, message, usage, failure, events)
-
-
-def auth_failure(output: str) -> str | None:
-    """The reason a run's login is dead, from its output, or None for any other failure."""
-    lowered = output.lower()
-    for phrase, reason in _AUTH_FAILURES:
-        if phrase in lowered:
-            return reason
-    return None
 
 
 def exec_argv(
@@ -224,7 +151,7 @@ class CodexPhase:
         artifacts = RunArtifacts(self.config.artifacts_root, run_id)
         done = artifacts.outcome(phase)
         if done is None:  # a job of this task's earlier delivery may have finished (or still run)
-            harvest.settle_earlier_job(self.launcher.client, self.config, run_id, task_id)
+            reconcile.settle_earlier_job(self.launcher.client, self.config, run_id, task_id)
             done = artifacts.outcome(phase)
         if done is not None:
             duplicate = done.get("task_id") == task_id

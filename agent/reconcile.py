@@ -23,11 +23,8 @@ sweeps on a background thread, so startup never waits on the engine.
 
 from __future__ import annotations
 
-import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import docker.errors
@@ -36,20 +33,19 @@ import structlog
 from celery.worker import state as worker_state
 
 from agent import harvest
-from agent.audit import AUDIT_FIELDS, JOB_FINISHED
+from agent.audit import JOB_FINISHED
 from agent.config import AgentConfig
 from agent.dockerenv import optional_client
 from agent.dockerrun import DOCKER_FAILURES
+from agent.job_container import JobContainer, note_worker_start, worker_started
 
 __all__ = [
     "ORPHAN_REASON",
-    "JobContainer",
     "JobReconciler",
-    "docker_time",
     "is_orphan",
     "settle",
+    "settle_earlier_job",
     "task_is_active",
-    "worker_started",
 ]
 
 log = structlog.get_logger(__name__)
@@ -59,65 +55,6 @@ ORPHAN_REASON = "orphaned by a restart"
 
 _KILL_WAIT = 10.0
 """Seconds to wait for a killed orphan to exit, so its exit code and duration can be read."""
-
-_DOCKER_TIME = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)$")
-
-
-def docker_time(text: str | None) -> float | None:
-    """Epoch seconds of an engine timestamp (RFC 3339, nanoseconds); None for its zero time."""
-    match = _DOCKER_TIME.match(text or "")
-    if match is None or match.group(1).startswith("0001-"):
-        return None
-    base, fraction, zone = match.groups()
-    seconds = datetime.fromisoformat(base + ("+00:00" if zone == "Z" else zone)).timestamp()
-    return seconds + (float(f"0.{fraction}") if fraction else 0.0)
-
-
-@dataclass(frozen=True)
-class JobContainer:
-    """What the engine still tells about one job container."""
-
-    container_id: str
-    image: str
-    status: str
-    created: float | None
-    exit_code: int | None
-    duration_s: float | None
-    audit: dict[str, Any]
-    started: float | None = None
-    finished: float | None = None
-
-    @classmethod
-    def from_inspect(cls, data: dict[str, Any]) -> JobContainer:
-        """Read ``docker inspect`` output; the audit fields come from the ``codex.*`` labels."""
-        config = data.get("Config") or {}
-        labels = config.get("Labels") or {}
-        run = data.get("State") or {}
-        started, finished = docker_time(run.get("StartedAt")), docker_time(run.get("FinishedAt"))
-        ended = run.get("Status") in ("exited", "dead") and started is not None
-        audit: dict[str, Any] = {key: labels.get(f"codex.{key}") or None for key in AUDIT_FIELDS}
-        if isinstance(audit["shard"], str) and audit["shard"].isdigit():
-            audit["shard"] = int(audit["shard"])
-        return cls(
-            container_id=str(data.get("Id") or "?"),
-            image=str(config.get("Image") or "?"),
-            status=str(run.get("Status") or "unknown"),
-            created=docker_time(data.get("Created")),
-            exit_code=int(run.get("ExitCode", -1)) if ended else None,
-            duration_s=round(finished - started, 3) if ended and finished is not None and started is not None else None,
-            audit=audit,
-            started=started,
-            finished=finished if ended else None,
-        )
-
-
-_WORKER_START: dict[str, float] = {}
-"""When this worker's main process started (set by the first reconciler, before the pool forks)."""
-
-
-def worker_started() -> float | None:
-    """When this worker's main process started, as the reconciler saw it; None before it did."""
-    return _WORKER_START.get("main")
 
 
 def task_is_active(task_id: str) -> bool:
@@ -153,7 +90,7 @@ class JobReconciler:
         self.active = active
         self.client_factory = client_factory
         self.process_start = psutil.Process().create_time()
-        _WORKER_START.setdefault("main", self.process_start)
+        note_worker_start(self.process_start)
         self._lock = threading.Lock()
         self._awaited: set[str] = set()
         self._awaited_lock = threading.Lock()
@@ -312,3 +249,51 @@ def settle(
         **extra,
     )
     return job
+
+
+def settle_earlier_job(client: Any, config: AgentConfig, run_id: str, task_id: str | None) -> None:
+    """Before a phase launches a job: harvest a job its task launched in an earlier life (waiting
+    for it while it runs), so that a completed one is not run again. Never raises: on an engine
+    failure the phase runs as it would have. A job of an earlier life of this worker is then
+    removed with its reconciled ``codex.job.finished`` (``trigger="redelivery"``), unless the sweep
+    was first; one made during this worker's life (a concurrent delivery, a dead pool child) is only
+    recorded: its launcher, or the next sweep, removes it.
+    """
+    if not task_id:
+        return
+    labels = [f"codex.shard={config.shard_index}", f"codex.run_id={run_id}", f"codex.task_id={task_id}"]
+    try:
+        for summary in client.api.containers(all=True, filters={"label": labels}):
+            job = JobContainer.from_inspect(client.api.inspect_container(summary["Id"]))
+            if harvest.locate(config, job) is None:
+                continue
+            cut_off, found_status = False, job.status
+            if job.status not in ("exited", "dead", "created"):
+                log.info(
+                    "codex.phase.awaiting",
+                    run_id=run_id,
+                    task_id=task_id,
+                    container_id=job.container_id,
+                    shard=config.shard_index,
+                    reason="its earlier job still runs",
+                )
+                ended, cut_off = harvest.await_exit(client, config, job)
+                if ended is None:
+                    continue
+                job = ended
+            started = worker_started()
+            if started is not None and job.created is not None and job.created >= started:
+                # Made during this worker's life: its launcher may still be reading it; record only.
+                harvest.harvest(client, config, job, by="redelivery", cut_off=cut_off)
+            else:
+                settle(client, config, job, "redelivery", found_status=found_status, cut_off=cut_off)
+    except docker.errors.NotFound:
+        return  # removed meanwhile by the reconciler, which harvested it first
+    except DOCKER_FAILURES as e:
+        log.warning(
+            "codex.phase.harvest_failed",
+            run_id=run_id,
+            task_id=task_id,
+            shard=config.shard_index,
+            error=f"{type(e).__name__}: {e}"[:300],
+        )

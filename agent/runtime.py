@@ -26,7 +26,6 @@ from agent import config as config_mod
 from agent import defaults as routing_defaults
 from agent import usage
 from agent.audit import configure_logging
-from agent.binding import agent_for, bind
 from agent.checks import Checker, CheckReport, local_login_check
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
@@ -44,7 +43,7 @@ from agent.state import AgentState, write_state
 from agent.watch import VolumeWatcher
 from agent.worker_settings import apply_worker_settings
 
-__all__ = ["Agent", "install", "FailFastExit"]
+__all__ = ["Agent", "install", "bind", "agent_for", "FailFastExit"]
 
 log = structlog.get_logger(__name__)
 
@@ -313,6 +312,21 @@ class Agent:
     def on_setup_logging(self, **_: Any) -> None:
         """``setup_logging``: Celery's own lines go through our JSON chain."""
         configure_logging(self.config.log_level)
+
+
+_ATTRIBUTE = "codex_agent"
+"""The one attribute of a Celery app that holds its agent: read and written here alone."""
+
+
+def bind(app: Any, agent: Agent) -> None:
+    """Remember ``agent`` as the one installed in ``app`` (Celery hands requests and bootsteps the app)."""
+    setattr(app, _ATTRIBUTE, agent)
+
+
+def agent_for(app: Any) -> Agent | None:
+    """The agent installed in ``app``, or None (a publisher, or a worker without the agent)."""
+    agent: Agent | None = getattr(app, _ATTRIBUTE, None)
+    return agent
 
 
 def _check_worker_user(config: AgentConfig, uid: int | None = None) -> None:

@@ -38,9 +38,8 @@ from asyncinotify import Inotify, Mask, Watch
 from agent.claim import read_marker
 from agent.config import AgentConfig
 from agent.defaults import OPEN_RECHECK_FACTOR, WATCH_INTERVAL, WATCH_SETTLE
-from agent.homestat import HomeStat, stat_home
+from agent.homestat import AuthSignature, HomeStat, auth_signature, stat_home
 from agent.mount import parse_mountinfo
-from agent.preflight import AuthSignature, auth_signature
 
 __all__ = ["Snapshot", "VolumeWatcher", "MountEntry", "take_snapshot", "mount_entry"]
 

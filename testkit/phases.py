@@ -35,10 +35,11 @@ ARTIFACTS_IN_WORKER = "/var/artifacts/spec_workflows"
 UNHARVESTED_SITE = """\
 # The unprotected variant of the harvest (tests/integration/test_phase_once.py, bench/soak.py): a
 # worker that harvests no job of a Codex phase (agent.reconcile and agent.phase call these names
-# of agent.harvest at call time).
+# at call time).
 import agent.harvest
+import agent.reconcile
 agent.harvest.locate = lambda config, job: None
-agent.harvest.settle_earlier_job = lambda *args, **kwargs: None
+agent.reconcile.settle_earlier_job = lambda *args, **kwargs: None
 """
 
 

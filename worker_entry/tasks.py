@@ -13,11 +13,11 @@ import structlog
 from celery import current_app, current_task, shared_task
 
 from agent.artifacts import RunArtifacts
-from agent.binding import agent_for
 from agent.phase import CodexPhase
-from agent.preflight import CodexTask
 from agent.router import PIN_ARG
 from agent.run_failures import RUN_FAILED, failure_report
+from agent.runtime import agent_for
+from agent.task import CodexTask
 
 __all__ = ["codex_phase", "codex_step", "run_failed", "housekeeping"]
 

@@ -154,7 +154,7 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
 
 UNPINNED_SITE = """\
 # The unprotected variant of a test in tests/integration/test_chains.py: a worker whose Codex tasks
-# no longer re-route the rest of their chain (agent.preflight imports this name from agent.chains).
+# no longer re-route the rest of their chain (agent.task imports this name from agent.chains).
 import agent.chains
 agent.chains.keep_chain_on_shard = lambda task, config: agent.chains.own_queue(config)
 """

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agent import usage
-from agent.phase import summarize
+from agent.codex_output import summarize
 from openai_standin import StandIn, login_files
 
 pytestmark = [pytest.mark.codex]
@@ -131,7 +131,7 @@ then refuses: either reason is a dead login."""
 @pytest.mark.parametrize("case", list(LOGIN_CASES))
 def test_each_dead_login_is_classified_from_what_the_cli_prints(codex_bin: str, tmp_path: Path, case: str) -> None:
     """Reused, expired and invalidated refresh tokens and a 401: the real CLI's words name the reason."""
-    from agent.phase import auth_failure
+    from agent.codex_output import auth_failure
 
     ttl, script, reasons = LOGIN_CASES[case]
     with StandIn() as standin:

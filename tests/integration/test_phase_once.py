@@ -60,9 +60,9 @@ def test_a_broker_outage_after_the_phase_ran_does_not_run_it_again(
 CELERY_ACK_SITE = """\
 # The unprotected variant of tests/integration/test_phase_once.py: Codex tasks acknowledged by
 # Celery's own Request.acknowledge (kombu's critical lost-ack line with its traceback).
-import agent.preflight
+import agent.task
 import celery.worker.request
-agent.preflight.CodexRequest.acknowledge = celery.worker.request.Request.acknowledge
+agent.task.CodexRequest.acknowledge = celery.worker.request.Request.acknowledge
 """
 
 

@@ -62,7 +62,7 @@ class TestBadInput:
 USER_APP = """
 from celery import Celery
 from agent.config import load
-from agent.preflight import CodexTask
+from agent.task import CodexTask
 from agent.router import add_router
 
 app = Celery("user_app")

@@ -65,7 +65,7 @@ class TestWithTheAppsRegistry:
     def _app(self) -> Any:
         from celery import Celery
 
-        from agent.preflight import CodexTask
+        from agent.task import CodexTask
 
         app = Celery("myproj")
         app.conf.task_default_queue = "myproj-default"

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.audit import configure_logging, observe_events
+from agent.codex_output import summarize
 from agent.jobs import described
 from agent.login import facts_from_text, inspect_auth_file
 from agent.metrics import (
@@ -29,7 +30,6 @@ from agent.metrics import (
     exposition,
     job_outcome,
 )
-from agent.phase import summarize
 from testkit.monitoring import fake_jwt
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from agent.artifacts import RunArtifacts, checked_name
+from agent.codex_output import auth_failure, summarize
 from agent.credstore import check_credentials_store, credentials_store
 from agent.errors import CredentialStoreError, LoginRevokedError, PhaseRequestError
 from agent.login import AuthFacts
-from agent.phase import auth_failure, exec_argv, summarize
+from agent.phase import exec_argv
 from agent.revocation import Revocation, clear, read, record, still_revoked
 
 FACTS = {"shard": 1, "volume": "codex_auth_1", "worker": "w"}

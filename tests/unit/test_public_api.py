@@ -28,9 +28,9 @@ def test_public_names_are_the_library_objects() -> None:
     from agent.errors import AgentError
     from agent.jobs import JobLauncher
     from agent.phase import CodexPhase
-    from agent.preflight import CodexTask
     from agent.routing import PIN_ARG
     from agent.runtime import install
+    from agent.task import CodexTask
 
     assert (agent.install, agent.CodexTask, agent.CodexPhase, agent.JobLauncher) == (
         install,

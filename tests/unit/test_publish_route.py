@@ -9,9 +9,9 @@ from celery import Celery
 
 from agent.config import load
 from agent.errors import RoutingError
-from agent.preflight import CodexTask
 from agent.router import add_router, routed_options
 from agent.routing import shard_for
+from agent.task import CodexTask
 
 
 def _bare_app() -> tuple[Celery, Any]:

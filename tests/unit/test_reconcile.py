@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.reconcile import JobContainer, docker_time, is_orphan
+from agent.job_container import JobContainer, docker_time
+from agent.reconcile import is_orphan
 
 LABELS = {
     "codex.queue": "codex-1",

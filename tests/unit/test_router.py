@@ -10,10 +10,10 @@ from celery import Celery
 from agent.config import load
 from agent.errors import RoutingError
 from agent.gate import GateStep
-from agent.preflight import CodexTask
 from agent.router import CodexRouter, add_router
 from agent.routing import shard_for
 from agent.runtime import install
+from agent.task import CodexTask
 
 
 def _app(**env: str) -> tuple[Celery, CodexRouter]:
