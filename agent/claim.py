@@ -30,7 +30,7 @@ import structlog
 
 from agent.atomic import write_json_atomically
 from agent.errors import ClaimIOError, ClaimLostError, VolumeClaimedError
-from agent.records import FieldTypes, parse_record, read_record, typed_fields
+from agent.records import FieldTypes, field_types, parse_record, read_record
 
 __all__ = [
     "LOCK_FILE",
@@ -99,33 +99,14 @@ class Holder:
         return ((now or time.time()) - self.heartbeat) < stale_after
 
     @classmethod
-    def from_dict(cls, data: Any) -> Holder:
-        """Build from a marker's JSON, checking every field's type; raises ValueError when malformed.
-
-        A marker is outside input (anything may write into the volume): a field of the wrong type
-        must fail here, not later in :meth:`describe` or :meth:`is_fresh`.
-        """
-        return cls(**typed_fields(data, MARKER_FIELDS))
-
-    @classmethod
     def parse(cls, raw: bytes | str) -> Holder:
-        """Build from a marker file's content, any bytes; raises ValueError when it is no marker."""
+        """Build from a marker file's content, any bytes, checking every field's type; raises
+        ValueError when it is no marker (anything may write into the volume: a field of the wrong type
+        fails here, not later in :meth:`describe` or :meth:`is_fresh`)."""
         return cls(**parse_record(raw, MARKER_FIELDS))
 
 
-MARKER_FIELDS: FieldTypes = {
-    "claim_id": (str,),
-    "worker": (str,),
-    "container_id": (str, type(None)),
-    "hostname": (str,),
-    "boot_id": (str,),
-    "pid": (int,),
-    "process_start": (int, float),
-    "shard": (int, type(None)),
-    "volume": (str, type(None)),
-    "claimed_at": (int, float),
-    "heartbeat": (int, float),
-}
+MARKER_FIELDS: FieldTypes = field_types(Holder)
 """What each marker field may hold (JSON types); numbers must also be finite."""
 
 

@@ -24,7 +24,7 @@ from agent.config import AgentConfig
 from agent.errors import FleetUnreadableError
 from agent.fleet_board import Board, board_for, supports
 from agent.lease_store import describe_broker
-from agent.records import FieldTypes, parse_record
+from agent.records import FieldTypes, field_defaults, field_types, parse_record
 from agent.state import AgentState
 
 __all__ = [
@@ -111,7 +111,7 @@ class FleetEntry:
             fields = parse_record(
                 text,
                 ENTRY_FIELDS,
-                defaults={"codes": [], "posted_at": 0.0, "used_5h": None, "used_weekly": None, "limited_until": None},
+                defaults=field_defaults(FleetEntry),
             )
         except ValueError:
             return None
@@ -122,22 +122,7 @@ class FleetEntry:
         return asdict(self)
 
 
-ENTRY_FIELDS: FieldTypes = {
-    "worker": (str,),
-    "host": (str,),
-    "pid": (int,),
-    "codex_worker": (bool,),
-    "gate": (str,),
-    "gate_since": (int, float),
-    "shard": (int, type(None)),
-    "queue": (str, type(None)),
-    "volume": (str, type(None)),
-    "codes": (list,),
-    "posted_at": (int, float),
-    "used_5h": (int, float, type(None)),
-    "used_weekly": (int, float, type(None)),
-    "limited_until": (int, float, type(None)),
-}
+ENTRY_FIELDS: FieldTypes = field_types(FleetEntry)
 """What each field of a posted entry may hold (the broker is shared: anything may post)."""
 
 

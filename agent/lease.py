@@ -52,7 +52,7 @@ from agent.config import AgentConfig
 from agent.errors import FleetDuplicateError
 from agent.lease_store import BrokerUnreachable, LeaseStore, describe_broker, store_for, supports
 from agent.login import inspect_auth_file
-from agent.records import FieldTypes, parse_record, read_record
+from agent.records import FieldTypes, field_defaults, field_types, parse_record, read_record
 
 __all__ = [
     "HISTORY_FILE",
@@ -116,7 +116,7 @@ class LeaseHolder:
     def from_json(cls, text: bytes | str) -> LeaseHolder | None:
         """Parse a broker record, any bytes; None when it is not one of ours."""
         try:
-            return cls(**parse_record(text, HOLDER_FIELDS, defaults={"pid": 0, "boot_id": "", "volume_id": ""}))
+            return cls(**parse_record(text, HOLDER_FIELDS, defaults=field_defaults(LeaseHolder)))
         except ValueError:
             return None
 
@@ -140,17 +140,7 @@ class LeaseHolder:
         )
 
 
-HOLDER_FIELDS: FieldTypes = {
-    "worker": (str,),
-    "host": (str,),
-    "shard": (int, type(None)),
-    "volume": (str, type(None)),
-    "claim_id": (str,),
-    "since": (int, float),
-    "pid": (int,),
-    "boot_id": (str,),
-    "volume_id": (str,),
-}
+HOLDER_FIELDS: FieldTypes = field_types(LeaseHolder)
 """What each field of a lease record may hold (the broker is shared: anything may write there)."""
 
 

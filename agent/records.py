@@ -9,16 +9,57 @@ field is checked once, at the boundary, against the JSON types it may hold.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import types
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FieldTypes", "typed_fields", "parse_record", "read_record"]
+__all__ = ["FieldTypes", "field_types", "field_defaults", "typed_fields", "parse_record", "read_record"]
 
 FieldTypes = Mapping[str, tuple[type, ...]]
 """Each field's accepted Python types after ``json.loads`` (``type(None)`` for null)."""
+
+
+_JSON_TYPES: dict[Any, tuple[type, ...]] = {
+    str: (str,),
+    int: (int,),
+    float: (int, float),
+    bool: (bool,),
+    list: (list,),
+    dict: (dict,),
+    type(None): (type(None),),
+}
+"""A field's Python type -> what ``json.loads`` may give for it (a float may be written as 1)."""
+
+
+def _json_types(hint: Any) -> tuple[type, ...]:
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return tuple(t for arm in typing.get_args(hint) for t in _json_types(arm))
+    base = typing.get_origin(hint) or hint
+    if base not in _JSON_TYPES:
+        raise TypeError(f"no JSON type for {hint!r}")
+    return _JSON_TYPES[base]
+
+
+def field_types(record: type) -> FieldTypes:
+    """The :data:`FieldTypes` of a dataclass, from its own annotations: declared once, in the class."""
+    hints = typing.get_type_hints(record)
+    return {f.name: _json_types(hints[f.name]) for f in dataclasses.fields(record)}
+
+
+def field_defaults(record: type) -> dict[str, Any]:
+    """The defaults a dataclass declares, for records written by an older agent that lack a field."""
+    found: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        if f.default is not dataclasses.MISSING:
+            found[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            found[f.name] = f.default_factory()
+    return found
 
 
 def _accepts(value: Any, types: tuple[type, ...]) -> bool:

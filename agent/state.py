@@ -15,7 +15,7 @@ from typing import Any
 import psutil
 
 from agent.atomic import write_json_atomically
-from agent.records import FieldTypes, read_record
+from agent.records import FieldTypes, field_types, read_record
 
 __all__ = ["STATE_FILE", "AgentState", "write_state", "read_state", "Health", "judge_health"]
 
@@ -54,25 +54,7 @@ def write_state(state_dir: Path, state: AgentState) -> None:
     write_json_atomically(state_dir / STATE_FILE, state.to_dict())
 
 
-_NUMBER = (int, float)
-_TEXT_OR_NULL = (str, type(None))
-STATE_FIELDS: FieldTypes = {
-    "worker": (str,),
-    "pid": (int,),
-    "process_start": _NUMBER,
-    "codex_worker": (bool,),
-    "gate": (str,),
-    "gate_since": _NUMBER,
-    "shard": (int, type(None)),
-    "queue": _TEXT_OR_NULL,
-    "volume": _TEXT_OR_NULL,
-    "codex_home": _TEXT_OR_NULL,
-    "reason": (list,),
-    "checks": (dict, type(None)),
-    "claim": (dict, type(None)),
-    "updated_at": _NUMBER,
-    "usage": (dict, type(None)),
-}
+STATE_FIELDS: FieldTypes = field_types(AgentState)
 """What each field of a published state may hold; anything else makes the file unreadable."""
 
 

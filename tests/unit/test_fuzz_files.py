@@ -259,3 +259,14 @@ def _as_nobody(task: Callable[[], str]) -> str:
         text = answer.read()
     os.waitpid(pid, 0)
     return text
+
+
+class TestRecordsDeclaredOnce:
+    def test_field_types_come_from_the_dataclass(self) -> None:
+        """A record's accepted JSON types are read off its annotations: floats take ints, optionals null."""
+        from agent.claim import MARKER_FIELDS
+        from agent.fleet import ENTRY_FIELDS
+
+        assert MARKER_FIELDS["pid"] == (int,) and MARKER_FIELDS["heartbeat"] == (int, float)
+        assert MARKER_FIELDS["container_id"] == (str, type(None)) and MARKER_FIELDS["shard"] == (int, type(None))
+        assert ENTRY_FIELDS["codes"] == (list,) and ENTRY_FIELDS["used_5h"] == (int, float, type(None))
