@@ -56,6 +56,8 @@ class AgentConfig:
     phase_timeout: float = defaults.PHASE_TIMEOUT
     artifacts_root: Path = Path(defaults.ARTIFACTS_ROOT)
     seed_root: Path | None = None
+    workspace_retention: float = 0.0
+    """Seconds a run's workspace may stay idle before the sweep removes it (``CODEX_WORKSPACE_RETENTION``)."""
     """``CODEX_SEED_ROOT``: the directory phases may seed their workspace from; None: no seeding."""
     codex_queues: tuple[str, ...] = ()
     """Every Codex queue this worker consumes (``codex_queue`` first): ``CODEX_QUEUE`` alone when set,
@@ -166,6 +168,7 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         phase_timeout=read("CODEX_PHASE_TIMEOUT"),
         artifacts_root=Path(read("CODEX_ARTIFACTS_ROOT")),
         seed_root=read("CODEX_SEED_ROOT"),
+        workspace_retention=read("CODEX_WORKSPACE_RETENTION"),
         sandbox=load_sandbox(env),
         metrics_port=read("AGENT_METRICS_PORT"),
         job_retries=read("CODEX_JOB_RETRIES"),

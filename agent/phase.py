@@ -27,7 +27,7 @@ from typing import Any
 
 import structlog
 
-from agent import reconcile, revocation, usage
+from agent import reconcile, revocation, usage, workspaces
 from agent.artifacts import OUTCOME_FILE, RunArtifacts, checked_name
 from agent.codex_output import StreamSummary, auth_failure, summarize
 from agent.config import AgentConfig
@@ -103,6 +103,7 @@ class CodexPhase:
         codex_args: Sequence[str] | None = None,
         env: Mapping[str, str] | None = None,
         seed: str | None = None,
+        final: bool = False,
     ) -> dict[str, Any]:
         """Run (or find completed) one phase; returns its outcome.
 
@@ -117,6 +118,8 @@ class CodexPhase:
                 never reach a log, an error, an artifact or the outcome.
             seed: a directory or tar file under ``CODEX_SEED_ROOT`` unpacked into the run's
                 workspace before this phase, when the workspace is new (:mod:`agent.seed`).
+            final: this phase ends the run: once it has completed, the run's workspace volume is
+                removed (:mod:`agent.workspaces`); its artifacts and session stay.
 
         Raises:
             PhaseRequestError: CODEX-E044, a bad run id, phase, prompt, model, Codex argument or
@@ -164,6 +167,8 @@ class CodexPhase:
                 completed_by=done.get("task_id"),
                 harvested=done.get("harvested"),
             )
+            if final:
+                workspaces.remove_run_workspace(self.launcher.client, self.config, run_id)
             return {**done, "skipped": True}
         session = artifacts.session_id() if resume else None
         if resume and session is None:
@@ -174,7 +179,10 @@ class CodexPhase:
                 cause=f"run {run_id} has no earlier Codex session on this shard",
                 accepted="false for a run's first phase",
             )
-        return self._execute(artifacts, phase, prompt, session, task_id, options, seed_from)
+        outcome = self._execute(artifacts, phase, prompt, session, task_id, options, seed_from)
+        if final:
+            workspaces.remove_run_workspace(self.launcher.client, self.config, run_id)
+        return outcome
 
     def _execute(
         self,

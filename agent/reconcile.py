@@ -38,6 +38,7 @@ from agent.config import AgentConfig
 from agent.dockerenv import optional_client
 from agent.dockerrun import DOCKER_FAILURES
 from agent.job_container import JobContainer, note_worker_start, worker_started
+from agent.workspaces import sweep_workspaces
 
 __all__ = [
     "ORPHAN_REASON",
@@ -135,6 +136,7 @@ class JobReconciler:
             settled = self._settle(client, job, trigger)
             if settled is not None:
                 removed.append(settled)
+        workspaces = sweep_workspaces(client, self.config)
         log.info(
             "codex.reconcile.done",
             trigger=trigger,
@@ -142,6 +144,7 @@ class JobReconciler:
             removed=len(removed),
             left=len(found) - len(removed),
             awaited=awaited,
+            workspaces_removed=len(workspaces),
         )
         return removed
 

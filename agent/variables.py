@@ -167,6 +167,13 @@ def _executable(text: str) -> str:
     return text
 
 
+def _seconds_or_zero(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be a finite number of seconds >= 0")
+    return value
+
+
 def size(text: str) -> int:
     """A size of at least Docker's minimum of 6m (bytes, or 512m, 4g…)."""
     try:
@@ -347,6 +354,14 @@ VARIABLES: dict[str, Variable] = {
             defaults.ARTIFACTS_ROOT,
             "where each run keeps its artifacts and completion records",
             "artifacts",
+        ),
+        Variable(
+            "CODEX_WORKSPACE_RETENTION",
+            _seconds_or_zero,
+            "a number of seconds >= 0 (0: keep every workspace)",
+            0.0,
+            "seconds a run's workspace volume may stay idle before the sweep removes it (0: kept)",
+            "-1",
         ),
         Variable(
             "CODEX_SEED_ROOT",

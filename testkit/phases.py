@@ -237,10 +237,10 @@ class PhaseLab:
     def close(self) -> None:
         """Remove the workers, the job containers and workspaces of the test, and the volumes."""
         for worker in self.workers:
-            print(f"--- {worker.name} ---\n{worker.tail()}")  # shown by pytest when the test failed
             try:
+                print(f"--- {worker.name} ---\n{worker.tail()}")  # shown by pytest when the test failed
                 worker.container.remove(force=True)
-            except Exception:  # noqa: BLE001  (already gone)
+            except Exception:  # noqa: BLE001  (already stopped and removed by the test)
                 pass
         for guard in self.guards:
             print(f"--- guard {guard.dir} ---\n{guard.tail()}")

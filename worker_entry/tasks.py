@@ -42,6 +42,7 @@ def codex_phase(
     codex_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     seed: str | None = None,
+    final: bool = False,
 ) -> dict[str, Any]:
     """One phase of a Codex run; enqueues the run's next phase pinned to this shard.
 
@@ -53,7 +54,9 @@ def codex_phase(
     ``codex login status``. ``CODEX_JOB_IMAGE=none`` runs no container; ``hold_s`` keeps the phase
     busy for that long (used to test redelivery). ``model``, ``codex_args`` and ``env`` shape the
     phase (:mod:`agent.phase_options`: allow-lists, CODEX-E044) and carry over to the next phases;
-    ``seed`` (under ``CODEX_SEED_ROOT``) fills the run's new workspace first (:mod:`agent.seed`).
+    ``seed`` (under ``CODEX_SEED_ROOT``) fills the run's new workspace first (:mod:`agent.seed`);
+    ``final=True`` removes the run's workspace volume once its last phase (this one, or the last of
+    ``next_phases``, which carry it on) completed.
     """
     context = self.codex_context()
     image = self.agent.config.job_image
@@ -74,6 +77,7 @@ def codex_phase(
                 codex_args=codex_args,
                 env=env,
                 seed=seed,
+                final=final and not next_phases,
             )
     if hold_s:
         time.sleep(hold_s)
@@ -88,6 +92,7 @@ def codex_phase(
                 "resume": prompt is not None,
                 PIN_ARG: context["shard"],
                 **{k: v for k, v in (("model", model), ("codex_args", codex_args), ("env", env)) if v is not None},
+                **({"final": True} if final else {}),
             }
         )
     return {**context, "phase": phase, "affinity_key": affinity_key, "job": job}
@@ -109,6 +114,7 @@ def codex_step(
     codex_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     seed: str | None = None,
+    final: bool = False,
 ) -> dict[str, Any]:
     """One phase of a run written as a Celery chain: ``chain(codex_step.si(...), codex_step.s(...))``.
 
@@ -118,7 +124,8 @@ def codex_step(
     The chain's later steps follow the first Codex step's shard (:mod:`agent.chains`); a phase
     completed earlier is skipped (``codex.phase.skipped``), so a re-submitted run starts at the
     phase that failed. ``hold_s`` keeps the task busy after its phase ran (tests). ``model``,
-    ``codex_args``, ``env`` and ``seed`` shape the phase as in ``codex.phase``.
+    ``codex_args``, ``env`` and ``seed`` shape the phase as in ``codex.phase``; ``final=True`` on the
+    chain's last step removes the run's workspace volume once it completed.
     """
     context = self.codex_context()
     if resume is None:
@@ -133,6 +140,7 @@ def codex_step(
         codex_args=codex_args,
         env=env,
         seed=seed,
+        final=final,
     )
     if hold_s and not job.get("skipped"):
         time.sleep(hold_s)

@@ -29,6 +29,7 @@ from agent.job_policy import (
     judge_volume,
     own_volume,
     workspace_labels,
+    workspace_prefix,
 )
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "refuse_container",
     "refuse_volume",
     "may_inspect",
+    "may_remove_volume",
     "container_filters",
     "own_volumes",
     "FULL_ID",
@@ -99,6 +101,7 @@ _QUERY: dict[str, dict[str, re.Pattern[str] | str]] = {
     "version": {},
     "image": {},
     "volume": {},
+    "workspace-remove": {"force": _BOOL},
     "create": {"name": _CREATE_NAME, "platform": _PLATFORM},
     "containers": {
         "all": _BOOL,
@@ -252,6 +255,8 @@ def _classify(policy: ShardPolicy, method: str, path: str) -> tuple[str, str | N
         return "image", None, image.group(1)
     if method == "GET" and (volume := _VOLUME.fullmatch(path)):
         return "volume", None, volume.group(1)
+    if method == "DELETE" and (volume := _VOLUME.fullmatch(path)):
+        return "workspace-remove", None, volume.group(1)
     container = _CONTAINER.fullmatch(path)
     if container and (action := _CONTAINER_ACTIONS.get((method, container.group(2)))):
         return "container", action, container.group(1)
@@ -261,7 +266,8 @@ def _classify(policy: ShardPolicy, method: str, path: str) -> tuple[str, str | N
         path,
         "endpoint",
         "not on the allow-list of a job launch (create, start, wait, logs, attach, inspect, kill, "
-        "remove of its own containers; image inspect; its own volumes; ping, version)",
+        "remove of its own containers; image inspect; its own volumes, and removal of its own workspaces; "
+        "ping, version)",
     )
 
 
@@ -290,6 +296,9 @@ def upstream_target(policy: ShardPolicy, call: Route, container_id: str | None =
         path = f"/images/{quote(call.name or '', safe='/:@')}/json"
     elif call.kind == "volume":
         path = f"/volumes/{quote(call.name or '', safe='')}"
+    elif call.kind == "workspace-remove":
+        path = f"/volumes/{quote(call.name or '', safe='')}"
+        params = []  # never forced: the Engine refuses to remove a volume a container still uses
     else:
         if container_id is None or not FULL_ID.fullmatch(container_id):
             raise ValueError("a container call is sent by its full ID only")
@@ -319,6 +328,11 @@ def refuse_container(policy: ShardPolicy, method: str, path: str, name: str) -> 
         "foreign-container",
         f"container {name} was not created through shard {policy.index}'s endpoint",
     )
+
+
+def may_remove_volume(policy: ShardPolicy, name: str, labels: Mapping[str, Any] | None) -> bool:
+    """Only a workspace this shard's endpoint created may be removed through it: never a login."""
+    return name != policy.volume and name.startswith(workspace_prefix(policy.volume)) and owns(policy, labels)
 
 
 def refuse_volume(policy: ShardPolicy, method: str, path: str, name: str) -> Refusal:

@@ -33,7 +33,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Any
 from urllib.parse import quote
@@ -477,6 +477,8 @@ class GuardServer:
             return _Call(route, rules.upstream_target(policy, route), rewrite=_pinned_version)
         if route.kind == "volume":
             await self._volume(policy, route)
+        if route.kind == "workspace-remove":
+            await self._workspace(policy, route)
         if route.kind == "container":
             container_id = await self._container(endpoint, route)
             return _Call(route, rules.upstream_target(policy, route, container_id))
@@ -525,6 +527,15 @@ class GuardServer:
         if status == 200 and not rules.own_volume(policy, route.name, (attrs or {}).get("Labels")):
             raise rules.refuse_volume(policy, route.method, route.path, route.name)
         raise _Answer(status, attrs if isinstance(attrs, dict) else {"message": f"volume {route.name}: {status}"})
+
+    async def _workspace(self, policy: ShardPolicy, route: Route) -> None:
+        """A volume removal passes for this shard's own workspace only (never its login, never forced)."""
+        assert route.name is not None
+        status, attrs = await self._engine("GET", rules.upstream_target(policy, replace(route, kind="volume")))
+        if status == 404:
+            raise _Answer(404, attrs if isinstance(attrs, dict) else {"message": f"no such volume: {route.name}"})
+        if status != 200 or not rules.may_remove_volume(policy, route.name, (attrs or {}).get("Labels")):
+            raise rules.refuse_volume(policy, route.method, route.path, route.name)
 
     async def _container(self, endpoint: _Endpoint, route: Route) -> str:
         """The full ID of the container a call names, once it is checked to be the shard's.

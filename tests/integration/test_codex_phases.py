@@ -9,8 +9,10 @@ hung model endpoint ending at the wall-clock limit with no container left behind
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +312,49 @@ class TestShapedPhase:
         with pytest.raises(Exception, match="CODEX-E044"):
             outside.get(timeout=PHASE_TIMEOUT_S)
         assert not worker.events("codex.job.started", run_id="cwa-run-h")
+
+
+class TestWorkspaceLifetime:
+    def test_the_last_phase_removes_the_workspace_and_the_sweep_removes_idle_ones(
+        self,
+        lab: PhaseLab,
+        standin: StandIn,
+        docker_client: Any,
+        rabbitmq_url: str,
+        backend_url: str,
+    ) -> None:
+        """A run whose last phase says ``final`` leaves no workspace; a run idle past
+        CODEX_WORKSPACE_RETENTION loses its workspace at the next worker's start, a recent one keeps it,
+        and with no retention set (the unprotected variant) the idle one stays too."""
+        from agent.config import load
+        from worker_entry.app import create_app
+
+        publisher = create_app(load({"CELERY_BROKER_URL": rabbitmq_url}), result_backend=backend_url)
+        view = BrokerView(rabbitmq_url)
+        view.purge()
+        shard = lab.shard(0)
+        worker = lab.ready_worker(shard, rabbitmq_url, backend_url)
+        key = keys_for_shard(0, 1)[0]
+        volumes = lambda: {v.name for v in docker_client.volumes.list(filters={"name": "codex_ws_"})}  # noqa: E731
+        phase(publisher, key, "cwa-ws-done", "one", "first", next_phases=["two"], final=True).get(
+            timeout=PHASE_TIMEOUT_S
+        )
+        wait_until(lambda: worker.events("codex.workspace.removed"), PHASE_TIMEOUT_S, what="the final phase's removal")
+        assert worker.events("codex.workspace.removed")[0]["reason"] == "run completed"
+        assert workspace_name(shard.volume, "cwa-ws-done") not in volumes()
+        for run_id in ("cwa-ws-idle", "cwa-ws-recent"):
+            phase(publisher, key, run_id, "one", "kept").get(timeout=PHASE_TIMEOUT_S)
+        idle, recent = workspace_name(shard.volume, "cwa-ws-idle"), workspace_name(shard.volume, "cwa-ws-recent")
+        assert {idle, recent} <= volumes()
+        old = time.time() - 7200
+        for path in (lab.artifacts / "cwa-ws-idle").rglob("*"):
+            os.utime(path, (old, old))
+        os.utime(lab.artifacts / "cwa-ws-idle", (old, old))
+        worker.stop()
+        lab.ready_worker(shard, rabbitmq_url, backend_url).stop()  # no retention: the startup sweep keeps both
+        assert {idle, recent} <= volumes()
+        third = lab.ready_worker(shard, rabbitmq_url, backend_url, CODEX_WORKSPACE_RETENTION="3600")
+        wait_until(lambda: third.events("codex.reconcile.done"), 60, what="the startup sweep")
+        assert idle not in volumes() and recent in volumes()
+        assert third.events("codex.workspace.removed")[0]["reason"] == "retention"
+        view.purge()

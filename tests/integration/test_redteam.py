@@ -264,7 +264,7 @@ ATTEMPTS: list[tuple[str, str, Any, str, str]] = [
         "endpoint",
     ),
     ("sdk-network-create", "sdk", "client.networks.create(NAME)", E045, "endpoint"),
-    ("sdk-volume-remove-other-shard", "sdk", "client.api.remove_volume(THEIRS)", E045, "endpoint"),
+    ("sdk-volume-remove-other-shard", "sdk", "client.api.remove_volume(THEIRS)", E045, "foreign-volume"),
     ("cli-cap-add", "cli", ["run", "--rm", "--cap-add", "SYS_ADMIN", "$IMAGE", "true"], E041, "create-option"),
     ("cli-uts-host", "cli", ["run", "--rm", "--uts", "host", "$IMAGE", "true"], E041, "create-option"),
     ("cli-ipc-host", "cli", ["run", "--rm", "--ipc", "host", "$IMAGE", "true"], E041, "create-option"),
@@ -956,3 +956,31 @@ class TestReferences:
             assert info.value.status_code == 403
         finally:
             own.remove(force=True)
+
+
+class TestWorkspaceRemoval:
+    def test_a_shard_removes_its_own_workspace_only(self, range_: Range) -> None:
+        """Shard 0 removes its workspace; shard 1's workspace and shard 0's own login are refused
+        (foreign-volume) and survive; on the raw socket the same removal of shard 1's goes through."""
+        from agent.job_policy import workspace_name
+
+        tag = secrets.token_hex(3)
+        ours, theirs = workspace_name(range_.mine, f"rt-{tag}"), workspace_name(range_.theirs, f"rt-{tag}")
+        for index, name in ((0, ours), (1, theirs)):
+            made = range_.guard.client(index).containers.create(
+                range_.images.job,
+                ["true"],
+                volumes={name: {"bind": "/workspace", "mode": "rw"}},
+                labels=dict(TEST_LABEL),
+            )
+            made.remove()
+        client = range_.guard.client(0)
+        for refused in (theirs, range_.mine):
+            with pytest.raises(docker.errors.APIError) as info:
+                client.api.remove_volume(refused)
+            assert info.value.status_code == 403 and "foreign-volume" in str(info.value.explanation)
+        client.api.remove_volume(ours)
+        names = {v.name for v in range_.raw.volumes.list()}
+        assert ours not in names and {theirs, range_.mine} <= names
+        range_.raw.api.remove_volume(theirs)  # the raw socket obeys: the guard is what refused it
+        assert theirs not in {v.name for v in range_.raw.volumes.list()}

@@ -126,6 +126,7 @@ class TestRoute:
             ("GET", "/v1.41/volumes/codex_ws_r1", "volume"),
             ("POST", "/v1.41/containers/abc/attach?stream=1", "container"),
             ("DELETE", "/v1.41/containers/abc?force=1", "container"),
+            ("DELETE", "/v1.41/volumes/codex_ws_r1?force=True", "workspace-remove"),
             ("GET", "/v1.41/containers/abc/archive?path=/x", "container"),
         ],
         ids=lambda v: v if isinstance(v, str) else None,
@@ -152,7 +153,6 @@ class TestRoute:
             ("GET", "/v1.41/plugins"),
             ("GET", "/v1.41/secrets"),
             ("GET", "/v1.41/configs"),
-            ("DELETE", "/v1.41/volumes/codex_auth_1"),
             ("POST", "/v1.41/volumes/create"),
             ("POST", "/v1.41/containers/abc/rename"),
             ("GET", "/v1.41/containers/../images/json"),
@@ -599,3 +599,18 @@ class TestStrictBody:
             workspace_name("codex_auth_1", "x").startswith("codex_ws_")
             and len({workspace_name(v, "r") for v in ("codex_auth_1", "codex_auth_10", "codex_auth_1_0")}) == 3
         )
+
+
+class TestWorkspaceRemoval:
+    def test_only_the_shards_own_workspace_may_be_removed_and_never_forced(self) -> None:
+        """Its workspace by label and name; never its login, another shard's or an unlabelled volume."""
+        from agent.guard.policy import may_remove_volume
+
+        own = workspace_name("codex_auth_0", "r1")
+        assert may_remove_volume(POLICY, own, {GUARD_LABEL: "codex_auth_0"})
+        assert not may_remove_volume(POLICY, "codex_auth_0", {GUARD_LABEL: "codex_auth_0"})
+        assert not may_remove_volume(POLICY, own, {GUARD_LABEL: "codex_auth_1"})
+        assert not may_remove_volume(POLICY, workspace_name("codex_auth_1", "r1"), {GUARD_LABEL: "codex_auth_0"})
+        assert not may_remove_volume(POLICY, "data", {})
+        call = route(POLICY, "DELETE", f"/v1.41/volumes/{own}?force=True")
+        assert upstream_target(POLICY, call) == f"/v1.41/volumes/{own}"
