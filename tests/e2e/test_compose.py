@@ -107,7 +107,7 @@ def remove_project(
         tail = container.logs(tail=25).decode("utf-8", "replace")
         print(f"--- {container.name} ---\n{tail}")
     subprocess.run(down, env=env, cwd=cwd, capture_output=True, timeout=180, check=False)
-    ours = [v.name for v in client.volumes.list() if v.name.startswith(prefix)]
+    ours = [v.name for v in client.volumes.list() if v.name.startswith((prefix, f"{project}_"))]
     for name in ours + [f"{project}_rabbitmq_data"]:
         for user_container in client.containers.list(all=True, filters={"volume": name}):
             user_container.remove(force=True)
