@@ -13,6 +13,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -43,12 +44,19 @@ def _pythonpath(*dirs: Path) -> str:
 
 
 def _read_back(broker_url: str, hostname: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The running worker's configuration and stats, over Celery's remote control."""
+    """The running worker's configuration and stats, over Celery's remote control.
+
+    Asked again until it answers (up to 60 s): on Redis a broadcast is pub/sub, lost when it is sent
+    before the worker's control consumer has subscribed, which may come after its queue consumer.
+    """
     client = Celery("probe", broker=broker_url)
+    conf = stats = None
+    deadline = time.monotonic() + 60
     try:
-        inspect = client.control.inspect(destination=[hostname], timeout=10)
-        conf = (inspect.conf(with_defaults=True) or {}).get(hostname)
-        stats = (inspect.stats() or {}).get(hostname)
+        while (conf is None or stats is None) and time.monotonic() < deadline:
+            inspect = client.control.inspect(destination=[hostname], timeout=3)
+            conf = conf or (inspect.conf(with_defaults=True) or {}).get(hostname)
+            stats = stats or (inspect.stats() or {}).get(hostname)
     finally:
         client.close()
     assert conf is not None and stats is not None, f"no remote-control answer from {hostname}"
