@@ -68,8 +68,10 @@ class _Side:
         _land(self.home, content)
         self.proc = workers.agent(self.home, AGENT_WATCH=mode, AGENT_RECHECK_INTERVAL=f"{recheck:g}")
         self.proc.wait_for("codex.gate.opened", timeout=_TIMEOUT)
-        if not self.proc.events("codex.watch.started", mode=mode):
-            raise RuntimeError(f"the worker does not watch in {mode} mode:\n{self.proc.tail(20)}")
+        try:  # logged just after the gate opens: wait for it rather than look once
+            self.proc.wait_for("codex.watch.started", timeout=_TIMEOUT, mode=mode)
+        except Exception as e:  # noqa: BLE001  (a timeout, or the worker exited)
+            raise RuntimeError(f"the worker does not watch in {mode} mode:\n{self.proc.tail(20)}") from e
 
     def close_after_chmod(self, spread: float) -> float:
         """10a: seconds from chmod 0755 to the gate closed; then the mode is restored and the gate reopens."""
