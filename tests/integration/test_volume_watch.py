@@ -88,7 +88,7 @@ class TestEventWatch:
         """chmod 0755 while open, a task published right after: it never runs; chmod 0700 runs it once."""
         home = shard_homes()
         worker = _open_worker(workers, home, codex_bin, queue)
-        assert worker.events("codex.watch.started", mode="events")
+        assert worker.wait_for("codex.watch.started", timeout=30, mode="events")
 
         os.chmod(home.codex_home, 0o755)
         task = _publish(publisher, queue)
@@ -139,7 +139,7 @@ class TestWithoutTheEventWatch:
         per-task volume guard is what refuses the phase (CODEX-E023), requeueing it."""
         home = shard_homes()
         worker = _open_worker(workers, home, codex_bin, queue, AGENT_WATCH="poll")
-        assert worker.events("codex.watch.started", mode="poll")
+        assert worker.wait_for("codex.watch.started", timeout=30, mode="poll")
 
         os.chmod(home.codex_home, 0o755)
         time.sleep(3)  # bounded: six rounds of the stat loop
