@@ -32,6 +32,7 @@ from agent.errors import AgentError, GuardRefusedError, JobRejectedError
 from agent.sandbox import NO_NEW_PRIVILEGES, TMP_PATH, Sandbox
 
 __all__ = [
+    "API_VERSION",
     "GUARD_LABEL",
     "RESERVED_LABEL_PREFIXES",
     "WORKER_LABELS",
@@ -49,6 +50,10 @@ __all__ = [
     "workspace_name",
     "workspace_prefix",
 ]
+
+API_VERSION = "1.41"
+"""The one Engine API version job bodies are written for and the Docker API guard serves (docker.io
+20.10); the docker SDK and CLI negotiate down to it."""
 
 GUARD_LABEL = "codex.guard"
 """Label on every container and workspace volume created through a shard's endpoint: the shard's

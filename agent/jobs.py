@@ -32,12 +32,9 @@ from agent.config import AgentConfig
 from agent.discovery import find_auth_volumes
 from agent.dockerrun import ContainerTimeout, EngineCreate, run_container, translate_docker_errors
 from agent.errors import AgentError, GuardRefusedError, JobFailedError, JobRejectedError, JobTimeoutError
-from agent.job_policy import RESERVED_LABEL_PREFIXES, Refusal, ShardPolicy, create_request
+from agent.job_policy import API_VERSION, RESERVED_LABEL_PREFIXES, Refusal, ShardPolicy, create_request
 from agent.redact import scrub
 from agent.sandbox import JOB_OPTIONS, Sandbox
-
-API_VERSION = "1.41"
-"""The Engine API version job bodies are written for: the version the Docker API guard serves."""
 
 __all__ = [
     "WORKSPACE_PATH",

@@ -22,6 +22,7 @@ import structlog
 
 from agent.config import AgentConfig
 from agent.dockerrun import DOCKER_FAILURES
+from agent.job_container import docker_time
 from agent.job_policy import workspace_name, workspace_prefix
 
 __all__ = ["WORKSPACE_REMOVED", "remove_workspace", "remove_run_workspace", "sweep_workspaces", "last_activity"]
@@ -105,6 +106,4 @@ def sweep_workspaces(client: Any, config: AgentConfig, now: float | None = None)
 
 
 def _created(text: Any) -> float | None:
-    from agent.job_container import docker_time
-
     return docker_time(text) if isinstance(text, str) else None

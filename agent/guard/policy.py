@@ -19,6 +19,7 @@ from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
 from agent.job_policy import (
+    API_VERSION,
     GUARD_LABEL,
     CreatePlan,
     Refusal,
@@ -56,9 +57,6 @@ __all__ = [
     "FULL_ID",
 ]
 
-API_VERSION = "1.41"
-"""The one Engine API version served (docker.io 20.10). The docker SDK and CLI negotiate down to it
-from ``/_ping`` and ``/version``, whose answers say so."""
 
 FULL_ID = re.compile(r"^[0-9a-f]{64}$")
 _VERSIONED = re.compile(r"^/v(\d+\.\d+)(/.*)$")
