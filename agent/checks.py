@@ -18,7 +18,7 @@ import structlog
 from agent import login as login_mod
 from agent import mount as mount_mod
 from agent import revocation, usage
-from agent.claim import Holder, VolumeClaim, boot_id, own_container_id
+from agent.claim import Holder, VolumeClaim, boot_id, claim_for, own_container_id
 from agent.codex_cli import version_warning
 from agent.config import AgentConfig
 from agent.credstore import check_credentials_store
@@ -134,6 +134,7 @@ class Checker:
         login_check: how to run the login check; ``codex login status`` here by default.
         accept_own_container: count a claim held by another process of this same container as
             fine (for ``codex-agent check`` run beside a live worker).
+        claim: the volume's claim, owned by the caller (the worker's agent); a fresh one when omitted.
         lease: the fleet-wide login lease (:func:`agent.lease.lease_for`); None = not taken here.
     """
 
@@ -144,19 +145,14 @@ class Checker:
         docker_client: Any = None,
         login_check: LoginCheck | None = None,
         accept_own_container: bool = False,
+        claim: VolumeClaim | None = None,
         lease: LoginLease | None = None,
     ) -> None:
         self.config = config
         self.docker_client = docker_client
         self.login_check = login_check or local_login_check
         self.accept_own_container = accept_own_container
-        self.claim = VolumeClaim(
-            config.codex_home,
-            worker=config.worker_name,
-            shard=config.shard_index,
-            volume=config.volume_name,
-            stale_after=config.claim_stale_after,
-        )
+        self.claim = claim if claim is not None else claim_for(config)
         self.mounted_volume: str | None = None
         self.lease = lease
         self._log_outcome = _OutcomeLog()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
@@ -29,8 +28,10 @@ import psutil
 import structlog
 
 from agent.atomic import write_json_atomically
+from agent.config import AgentConfig
 from agent.errors import ClaimIOError, ClaimLostError, VolumeClaimedError
 from agent.records import FieldTypes, field_types, parse_record, read_record
+from agent.services import Heartbeat
 
 __all__ = [
     "LOCK_FILE",
@@ -161,7 +162,6 @@ class VolumeClaim:
             is_singleton=False,
             preserve_lock_file=True,
         )
-        self._heartbeats: threading.Event | None = None
 
     @property
     def held(self) -> bool:
@@ -290,33 +290,49 @@ class VolumeClaim:
         """
         if not self.held or self.holder is None:
             raise ClaimLostError(**self._facts(cause="this process does not hold the lock"))
+        self.verify_marker()
+
+    def verify_marker(self) -> None:
+        """The marker still names the claim this process (or its parent, in a pool child) won.
+
+        Raises:
+            ClaimLostError: no claim was won, the marker is gone or unreadable, or it names another.
+        """
+        if self.holder is None:
+            raise ClaimLostError(**self._facts(cause="no claim was taken"))
         current = read_marker(self.directory)
         if current is None:
             raise ClaimLostError(**self._facts(cause=marker_problem(self.directory)))
         if current.claim_id != self.holder.claim_id:
             raise ClaimLostError(**self._facts(cause=f"the marker now names {current.describe()}"))
 
-    def start_heartbeat(self, interval: float) -> None:
-        """Refresh the heartbeat every ``interval`` seconds on a daemon thread."""
-        if self._heartbeats is not None:
+    def beat(self) -> None:
+        """One heartbeat tick: refresh the marker while the claim is held, log its loss."""
+        if not self.held:
             return
-        stop = self._heartbeats = threading.Event()
+        try:
+            self.heartbeat()
+        except ClaimLostError as e:
+            log.error("codex.claim.lost", code=e.code, error=e.message)
 
-        def beat() -> None:
-            while not stop.wait(interval):
-                try:
-                    self.heartbeat()
-                except ClaimLostError as e:
-                    log.error("codex.claim.lost", code=e.code, error=e.message)
-
-        threading.Thread(target=beat, name="codex-claim-heartbeat", daemon=True).start()
+    def heartbeat_service(self, interval: float) -> Heartbeat:
+        """The claim's heartbeat as a worker service; its stop releases the claim."""
+        return Heartbeat(
+            "codex-claim-heartbeat",
+            interval,
+            self.beat,
+            on_stop=self.release,
+            on_fork=self.close_inherited,
+            error_event="codex.claim.heartbeat_error",
+        )
 
     def close_inherited(self) -> None:
         """In a forked child: close the inherited lock descriptor without unlocking.
 
         flock belongs to the open file description, shared across fork; a pool child that
         outlived a killed parent would otherwise keep the volume locked. Unlocking here would
-        release the parent's lock too, so the descriptor is only closed.
+        release the parent's lock too, so the descriptor is only closed. The holder record
+        stays: the child's pre-flight checks that the marker still names it.
         """
         fd = getattr(getattr(self._lock, "_context", None), "lock_file_fd", None)
         if isinstance(fd, int):
@@ -326,14 +342,9 @@ class VolumeClaim:
                 pass
             self._lock._context.lock_file_fd = None
             self._lock._context.lock_counter = 0
-        self._heartbeats = None
-        self.holder = None
 
     def release(self) -> None:
-        """Give the claim up: stop heartbeats, remove our marker, unlock."""
-        if self._heartbeats is not None:
-            self._heartbeats.set()
-            self._heartbeats = None
+        """Give the claim up: remove our marker, unlock."""
         if self.held and self.holder is not None:
             current = read_marker(self.directory)
             if current is not None and current.claim_id == self.holder.claim_id:
@@ -356,3 +367,14 @@ class VolumeClaim:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def claim_for(config: AgentConfig) -> VolumeClaim:
+    """The claim of the worker's volume at CODEX_HOME (not taken yet)."""
+    return VolumeClaim(
+        config.codex_home,
+        worker=config.worker_name,
+        shard=config.shard_index,
+        volume=config.volume_name,
+        stale_after=config.claim_stale_after,
+    )

@@ -151,13 +151,19 @@ class FleetPublisher:
         self._thread: threading.Thread | None = None
         self._reachable = True
 
+    name = "codex-fleet-post"
+
+    def start(self) -> None:
+        """Start the thread that posts and renews the entry (once)."""
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread.start()
+
     def publish(self, state: AgentState) -> None:
-        """Post ``state`` soon (never blocks on the broker); starts the renewal thread once."""
+        """Post ``state`` soon (never blocks on the broker)."""
         with self._lock:
             self._entry = FleetEntry.from_state(state, self.host)
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name="codex-fleet-post", daemon=True)
-                self._thread.start()
         self._wake.set()
 
     def _run(self) -> None:
@@ -189,7 +195,7 @@ class FleetPublisher:
             self._reachable = True
             self.posts += 1
 
-    def close(self) -> None:
+    def stop(self) -> None:
         """Post the last state (``stopped`` on a clean stop) at once, stop renewing; never raises."""
         self._stop.set()
         self._wake.set()
@@ -210,10 +216,15 @@ class FleetPublisher:
 class _NoPublisher:
     """A broker that cannot hold the board (memory, sentinel): nothing is posted."""
 
+    name = "codex-fleet-post"
+
+    def start(self) -> None:
+        pass
+
     def publish(self, state: AgentState) -> None:
         del state
 
-    def close(self) -> None:
+    def stop(self) -> None:
         pass
 
     def close_inherited(self) -> None:

@@ -53,6 +53,7 @@ from agent.errors import FleetDuplicateError
 from agent.lease_store import BrokerUnreachable, LeaseStore, describe_broker, store_for, supports
 from agent.login import inspect_auth_file
 from agent.records import FieldTypes, field_defaults, field_types, parse_record, read_record
+from agent.services import Heartbeat
 
 __all__ = [
     "HISTORY_FILE",
@@ -311,7 +312,6 @@ class LoginLease:
         self._reachable = True
         self._defer_until = 0.0
         self._lock = threading.Lock()
-        self._heartbeats: threading.Event | None = None
         self._facts = dict(shard=shard, volume=volume, codex_home=str(codex_home), worker=worker, uid=os.getuid())
 
     # -- facts ----------------------------------------------------------------------------
@@ -566,27 +566,20 @@ class LoginLease:
 
     # -- heartbeat and release ------------------------------------------------------------
 
-    def start_heartbeat(self, interval: float | None = None) -> None:
-        """Renew every ``interval`` seconds (a quarter of the TTL by default) on a daemon thread."""
-        if self._heartbeats is not None:
-            return
-        stop = self._heartbeats = threading.Event()
-        every = interval if interval is not None else self.ttl / 4
-
-        def beat() -> None:
-            while not stop.wait(every):
-                try:
-                    self.renew()
-                except Exception:  # the heartbeat must outlive any surprise; the next tick retries
-                    log.exception("codex.lease.heartbeat_error", volume=self.volume)
-
-        threading.Thread(target=beat, name="codex-lease-heartbeat", daemon=True).start()
+    def heartbeat_service(self, interval: float | None = None) -> Heartbeat:
+        """Renewal every ``interval`` seconds (a quarter of the TTL by default) as a worker
+        service; its stop gives every lease up."""
+        return Heartbeat(
+            "codex-lease-heartbeat",
+            interval if interval is not None else self.ttl / 4,
+            self.renew,
+            on_stop=self.release,
+            on_fork=self.close_inherited,
+            error_event="codex.lease.heartbeat_error",
+        )
 
     def release(self) -> None:
         """Give every lease up (clean stop); never raises."""
-        if self._heartbeats is not None:
-            self._heartbeats.set()
-            self._heartbeats = None
         with self._lock:
             if self.record is not None:
                 record = self._record_json()
@@ -607,7 +600,6 @@ class LoginLease:
         Takes no lock: the parent's heartbeat may have held it at the fork.
         """
         self.store.close_inherited()
-        self._heartbeats = None
         self._held = set()
         self.record = None
         self._lock = threading.Lock()

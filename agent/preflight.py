@@ -14,10 +14,10 @@ from collections.abc import Callable
 from typing import Any
 
 from agent import usage
-from agent.claim import marker_problem, read_marker
+from agent.claim import VolumeClaim, claim_for
 from agent.config import AgentConfig
 from agent.defaults import PREFLIGHT_LOGIN_TTL
-from agent.errors import ClaimLostError, NotLoggedInError, UsageLimitError
+from agent.errors import NotLoggedInError, UsageLimitError
 from agent.homestat import AuthSignature, VolumeGuard, auth_signature
 from agent.login import AUTH_FILE, LoginStatus, inspect_auth_file, require_readable
 
@@ -30,6 +30,8 @@ class Preflight:
     Args:
         config: the worker's configuration.
         login_check: the full login check (``codex login status``), called on a cache miss.
+        claim: the worker's claim (the agent owns it); a pool child keeps its parent's holder
+            record, so the child checks the marker still names the claim its parent won.
         ttl: seconds a passed login check stays valid while ``auth.json`` is unchanged.
     """
 
@@ -37,12 +39,13 @@ class Preflight:
         self,
         config: AgentConfig,
         login_check: Callable[[AgentConfig, dict[str, Any]], LoginStatus],
+        claim: VolumeClaim | None = None,
         ttl: float = PREFLIGHT_LOGIN_TTL,
     ) -> None:
         self.config = config
         self.login_check = login_check
+        self.claim = claim if claim is not None else claim_for(config)
         self.ttl = ttl
-        self.claim_id: str | None = None
         self._login_ok_at: float | None = None
         self._login_signature: AuthSignature = None
         self.volume = VolumeGuard(config)  # mode, owner and mount identity: a stat per task
@@ -53,16 +56,7 @@ class Preflight:
 
     def check_claim(self) -> None:
         """Raise ClaimLostError unless the marker still names our claim."""
-        holder = read_marker(self.config.codex_home)
-        if self.claim_id is None:
-            cause = "no claim was taken"
-        elif holder is None:
-            cause = marker_problem(self.config.codex_home)
-        elif holder.claim_id != self.claim_id:
-            cause = f"the marker now names {holder.describe()}"
-        else:
-            return
-        raise ClaimLostError(**self.config.facts(), cause=cause)
+        self.claim.verify_marker()
 
     def check_login(self) -> None:
         """Raise a LoginError unless the login passed recently and auth.json is unchanged."""

@@ -17,7 +17,7 @@ removed. Its finished line says so (``harvested``: completed, failed, cut_off, .
 An orphan is a labelled container that was created before this worker process started (a
 previous life of this worker), or whose task this process neither holds nor runs (its pool child
 died mid-run). A task this process is running keeps its container: the launcher that made it
-logs and removes it. Only the claim holder sweeps (:meth:`agent.runtime.Agent.sweep_jobs`), and it
+logs and removes it. Only the claim holder sweeps (the agent's ``may_sweep``), and it
 sweeps on a background thread, so startup never waits on the engine.
 """
 
@@ -78,6 +78,7 @@ class JobReconciler:
         config: the worker's configuration (shard and worker name select the containers).
         active: whether this process holds a task id (Celery's worker state by default).
         client_factory: a pinged Docker client or None when no engine answers.
+        may_sweep: whether this worker may sweep now (the agent: only while it holds the claim).
     """
 
     def __init__(
@@ -86,8 +87,10 @@ class JobReconciler:
         *,
         active: Callable[[str], bool] = task_is_active,
         client_factory: Callable[[], Any] = optional_client,
+        may_sweep: Callable[[], bool] = lambda: True,
     ) -> None:
         self.config = config
+        self.may_sweep = may_sweep
         self.active = active
         self.client_factory = client_factory
         self.process_start = psutil.Process().create_time()
@@ -96,9 +99,23 @@ class JobReconciler:
         self._awaited: set[str] = set()
         self._awaited_lock = threading.Lock()
 
-    def start(self, trigger: str) -> threading.Thread:
-        """Sweep on a daemon thread (sweeps never overlap); returns the thread."""
-        thread = threading.Thread(target=self.sweep, args=(trigger,), name="codex-agent-reconcile", daemon=True)
+    name = "codex-agent-reconcile"
+
+    def start(self) -> None:
+        """The startup sweep, as the worker's service starts."""
+        self.sweep_soon("startup")
+
+    def stop(self) -> None:
+        """Nothing to end: sweeps are idempotent daemon threads, and the next life sweeps again."""
+
+    def close_inherited(self) -> None:
+        """Nothing to drop: a pool child never sweeps."""
+
+    def sweep_soon(self, trigger: str) -> threading.Thread | None:
+        """Sweep on a daemon thread (sweeps never overlap) if this worker may sweep now."""
+        if not self.may_sweep():
+            return None
+        thread = threading.Thread(target=self.sweep, args=(trigger,), name=self.name, daemon=True)
         thread.start()
         return thread
 

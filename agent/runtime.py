@@ -27,6 +27,7 @@ from agent import defaults as routing_defaults
 from agent import usage
 from agent.audit import configure_logging
 from agent.checks import Checker, CheckReport, local_login_check
+from agent.claim import claim_for
 from agent.config import AgentConfig
 from agent.dockerenv import client_for_mount_check
 from agent.dockerrun import client_from_env
@@ -39,7 +40,9 @@ from agent.lease import lease_for
 from agent.preflight import Preflight
 from agent.reconcile import JobReconciler
 from agent.router import add_router
-from agent.state import AgentState, write_state
+from agent.services import Service, Services
+from agent.state import AgentState
+from agent.state_publisher import StatePublisher
 from agent.watch import VolumeWatcher
 from agent.worker_settings import apply_worker_settings
 
@@ -68,14 +71,18 @@ class Agent:
         self.config = config
         self.docker_client = docker_client
         login_check = _login_check_for(config)
-        self.checker = Checker(config, docker_client=docker_client, login_check=login_check, lease=lease_for(config))
-        self.preflight = Preflight(config, login_check)
+        self.claim = claim_for(config)
+        self.lease = lease_for(config)
+        self.checker = Checker(
+            config, docker_client=docker_client, login_check=login_check, claim=self.claim, lease=self.lease
+        )
+        self.preflight = Preflight(config, login_check, self.claim)
         self.gate: Gate | None = Gate(app, config.codex_queues) if config.codex_queues else None
         self.report: CheckReport | None = None
         self.consumer: Any = None
         """The running Celery consumer (GateStep hands it over), for gate changes; None between runs."""
         self._check_lock = threading.Lock()
-        lease = self.checker.lease
+        lease = self.lease
         self.drain_thresholds = usage.drain_thresholds()
         self.draining_until: float | None = None
         """Single mode: while set, the shared ``codex`` queue is not consumed (a login near its limit)."""
@@ -86,12 +93,21 @@ class Agent:
             extra=(lambda: lease.changes) if lease is not None else None,
             due=self._limit_reopen_at,
         )
-        self.reconciler = JobReconciler(config)
-        self.fleet = publisher_for(config)
-        """Posts this worker's state to the broker for ``codex-agent fleet``."""
+        self.reconciler = JobReconciler(config, may_sweep=lambda: self.claim.held)
+        self.state = StatePublisher(config, self._state, publisher_for(config))
+        """Writes this worker's state for ``codex-agent status`` and posts it for ``codex-agent fleet``."""
+        self.services = Services(self._services())
         self._consumer_starts = 0
         self._jobs_client: tuple[int, Any] | None = None
         self._process = psutil.Process()
+
+    def _services(self) -> list[Service]:
+        """The background work, in start order: the state first (stopped last, it posts ``stopped``)."""
+        if not self.config.is_codex_worker:
+            return [self.state]
+        claim = self.claim.heartbeat_service(max(1.0, self.config.claim_stale_after / 4))
+        lease = [self.lease.heartbeat_service()] if self.lease is not None else []
+        return [self.state, claim, *lease, self.watcher, self.reconciler]
 
     @property
     def volume_name(self) -> str | None:
@@ -108,8 +124,6 @@ class Agent:
             mount_ok = any(r.name == "mount" and r.ok for r in report.results)
             self.preflight.volume.vouch(home if mount_ok else None)
             self.report = report
-            holder = self.checker.claim.holder
-            self.preflight.claim_id = holder.claim_id if holder is not None else None
             if report.ok:
                 self.preflight.forget()  # a fresh full check: the next task re-runs the CLI once
             if self.gate is not None:
@@ -178,11 +192,14 @@ class Agent:
 
     # -- published state ------------------------------------------------------------------
 
-    def publish(self, stopped: bool = False) -> None:
-        """Write the live state for ``codex-agent status``; never raises."""
+    def publish(self) -> None:
+        """Write and post the live state for ``codex-agent status`` and ``codex-agent fleet``."""
+        self.state.publish()
+
+    def _state(self, stopped: bool = False) -> AgentState:
         gate = self.gate
-        holder = self.checker.claim.holder
-        state = AgentState(
+        holder = self.claim.holder if self.claim.held else None
+        return AgentState(
             worker=self.config.worker_name,
             pid=self._process.pid,
             process_start=self._process.create_time(),
@@ -200,34 +217,13 @@ class Agent:
             else None,
             usage=self.usage_view(),
         )
-        try:
-            write_state(self.config.state_dir, state)
-        except OSError as e:
-            log.warning("codex.state.unwritable", state_dir=str(self.config.state_dir), error=str(e))
-        self.fleet.publish(state)
 
     # -- the watcher ----------------------------------------------------------------------
 
     def _gate_open(self) -> bool:
         return self.gate is not None and self.gate.is_open
 
-    def start_watching(self) -> None:
-        """Start the re-check thread and the claim heartbeat."""
-        self.watcher.start()
-        if self.checker.claim.held:
-            self.checker.claim.start_heartbeat(max(1.0, self.config.claim_stale_after / 4))
-        if self.checker.lease is not None:
-            self.checker.lease.start_heartbeat()
-
     # -- orphaned job containers ---------------------------------------------------------
-
-    def sweep_jobs(self, trigger: str) -> None:
-        """Reconcile job containers a lost run left behind, on a background thread.
-
-        Only the claim holder sweeps: the claim makes this the one live worker of the volume.
-        """
-        if self.config.is_codex_worker and self.checker.claim.held:
-            self.reconciler.start(trigger)
 
     def consumer_started(self, consumer: Any) -> None:
         """GateStep: the consumer (re)started; apply the gate before it consumes, and after a
@@ -237,7 +233,7 @@ class Agent:
             self.gate.apply(consumer)
         self._consumer_starts += 1
         if self._consumer_starts > 1:
-            self.sweep_jobs("reconnect")
+            self.reconciler.sweep_soon("reconnect")  # only the claim holder: the one live worker
 
     def consumer_stopped(self) -> None:
         """GateStep: the consumer is stopping or reconnecting."""
@@ -264,6 +260,7 @@ class Agent:
         """``worker_init``: claim, verify, check; set the gate before any consuming starts."""
         if not self.config.is_codex_worker:
             self.publish()
+            self.services.start()
             log.info("codex.agent.ready", codex_worker=False, worker=self.config.worker_name)
             return
         report = self.run_checks()
@@ -274,11 +271,9 @@ class Agent:
             log.critical(
                 "codex.agent.fail_fast", code=failure.code, error=failure.message, remediation=failure.remediation
             )
-            self._release()
-            self.publish(stopped=True)
+            self.services.stop()  # releases the claim and the lease, posts ``stopped``
             raise FailFastExit(1)
-        self.start_watching()
-        self.sweep_jobs("startup")
+        self.services.start()  # heartbeats, watcher, fleet poster, startup sweep
         log.info(
             "codex.agent.ready",
             codex_worker=True,
@@ -289,25 +284,13 @@ class Agent:
         )
 
     def on_worker_process_init(self, **_: Any) -> None:
-        """``worker_process_init`` (pool child): drop the inherited claim lock descriptor."""
-        self.checker.claim.close_inherited()
-        if self.checker.lease is not None:
-            self.checker.lease.close_inherited()
-        self.fleet.close_inherited()
-        self.watcher.stop()
+        """``worker_process_init`` (pool child): drop every service's inherited threads and descriptors."""
+        self.services.close_inherited()
         self._process = psutil.Process()
 
     def on_worker_shutdown(self, **_: Any) -> None:
         """``worker_shutdown``: stop watching, release the lease and the claim, publish ``stopped``."""
-        self.watcher.stop()
-        self._release()
-        self.publish(stopped=True)
-        self.fleet.close()
-
-    def _release(self) -> None:
-        if self.checker.lease is not None:
-            self.checker.lease.release()
-        self.checker.claim.release()
+        self.services.stop()
 
     def on_setup_logging(self, **_: Any) -> None:
         """``setup_logging``: Celery's own lines go through our JSON chain."""

@@ -263,8 +263,14 @@ class VolumeWatcher:
         self.mode = "events" if self._sources is not None else "poll"
         log.info("codex.watch.started", mode=self.mode, codex_home=str(self.config.codex_home))
         seen = self._snapshot()  # the state the last checks saw: anything after it is a change
-        self._thread = threading.Thread(target=self._run, args=(seen,), name="codex-agent-watch", daemon=True)
+        self._thread = threading.Thread(target=self._run, args=(seen,), name=self.name, daemon=True)
         self._thread.start()
+
+    name = "codex-agent-watch"
+
+    def close_inherited(self) -> None:
+        """In a forked pool child (no thread there): close the inherited descriptors."""
+        self.stop()
 
     def stop(self) -> None:
         """Stop watching; in a forked pool child (no thread there) just close the descriptors."""

@@ -117,10 +117,9 @@ def bench_preflight(bench: Bench) -> list[Row]:
     home = _logged_in_home(bench)
     config = _config(bench, home)
     checker = Checker(config)
-    holder = checker.claim.acquire()
+    checker.claim.acquire()
     try:
-        preflight = Preflight(config, local_login_check)
-        preflight.claim_id = holder.claim_id
+        preflight = Preflight(config, local_login_check, checker.claim)
         preflight.run()  # fills the cache
         cached: list[float] = []
         for _ in range(bench.settings.preflight_cached_calls):

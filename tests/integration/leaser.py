@@ -46,6 +46,7 @@ def main() -> None:
         ttl=ttl,
         keep=keep,
     )
+    heartbeat = lease.heartbeat_service()
     for line in sys.stdin:
         command = line.strip()
         if command == "quit":
@@ -56,9 +57,9 @@ def main() -> None:
                 answer = {"status": state.status, "reachable": state.reachable, "fingerprints": state.fingerprints}
             except AgentError as e:
                 answer = {"error": e.code, "message": e.message}
-            lease.start_heartbeat()
+            heartbeat.start()
             print(json.dumps(answer), flush=True)
-    lease.release()
+    heartbeat.stop()  # releases the lease
     claim.release()
 
 

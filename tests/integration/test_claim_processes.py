@@ -147,9 +147,10 @@ class TestOtherHost:
     def test_heartbeat_keeps_the_marker_fresh(self, tmp_path: Path) -> None:
         """The heartbeat thread rewrites the marker's heartbeat while the claim lives."""
         claim = VolumeClaim(tmp_path, worker="w", shard=0, volume="v")
+        heartbeat = claim.heartbeat_service(0.05)
         try:
             first = claim.acquire().heartbeat
-            claim.start_heartbeat(0.05)
+            heartbeat.start()
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 marker = read_marker(tmp_path)
@@ -160,4 +161,5 @@ class TestOtherHost:
             assert marker is not None and marker.heartbeat > first
             claim.verify()
         finally:
-            claim.release()
+            heartbeat.stop()  # the service's stop releases the claim
+        assert not claim.held and read_marker(tmp_path) is None

@@ -125,12 +125,13 @@ def test_a_worker_posting_to_an_unreachable_broker_logs_once_and_carries_on() ->
         volume="v",
         codex_home="/x",
     )
+    publisher.start()
     with capture_logs() as logs:
         for _ in range(3):
             publisher.publish(state)
         wait_until(lambda: sum(e["event"] == "codex.fleet.unreachable" for e in logs), 30, what="the warning")
         time.sleep(0.5)  # a few more rounds, all failing
-        publisher.close()
+        publisher.stop()
     assert [e["event"] for e in logs].count("codex.fleet.unreachable") == 1 and publisher.posts == 0
 
 
@@ -154,4 +155,4 @@ def test_publish_never_waits_for_a_post_in_flight() -> None:
         caller.start()
         caller.join(30)
         assert not caller.is_alive()  # returned while the post is still in flight
-    publisher.close()
+    publisher.stop()
