@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 from agent import defaults, variables
 from agent.errors import ConfigError
@@ -86,14 +86,20 @@ class AgentConfig:
         """The numeric uid job containers run as."""
         return int(self.job_user.split(":", 1)[0])
 
-    def facts(self) -> dict[str, object]:
+    def shard_facts(self, volume: str | None = None) -> dict[str, Any]:
+        """The shard, volume and worker that this worker's audit lines and errors name.
+
+        Args:
+            volume: the volume really mounted (the mount check's finding), when known.
+        """
+        return {"shard": self.shard_index, "volume": volume or self.volume_name, "worker": self.worker_name}
+
+    def facts(self) -> dict[str, Any]:
         """Shard, volume and paths, for error messages and audit lines."""
         return {
-            "shard": self.shard_index,
-            "volume": self.volume_name,
+            **self.shard_facts(),
             "queue": self.codex_queue,
             "codex_home": str(self.codex_home),
-            "worker": self.worker_name,
             "uid": os.getuid(),
         }
 

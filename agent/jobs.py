@@ -295,11 +295,7 @@ class JobLauncher:
         self.context = dict(context)
 
     def _facts(self) -> dict[str, Any]:
-        return {
-            "shard": self.context.get("shard"),
-            "volume": self.volume_name,
-            "worker": self.context.get("worker") or self.config.worker_name,
-        }
+        return self.config.shard_facts(self.volume_name)
 
     def policy(self, list_auth_volumes: bool = True) -> JobPolicy:
         """The policy for this task, with the engine's current list of auth volumes.

@@ -85,11 +85,7 @@ class CodexPhase:
         self.environ = os.environ if environ is None else environ
 
     def _facts(self) -> dict[str, Any]:
-        return {
-            "shard": self.config.shard_index,
-            "volume": self.launcher.volume_name,
-            "worker": self.config.worker_name,
-        }
+        return self.config.shard_facts(self.launcher.volume_name)
 
     def run(
         self,
@@ -244,9 +240,7 @@ class CodexPhase:
             "run_id": artifacts.run_id,
             "phase": phase,
             "task_id": task_id,
-            "shard": self.config.shard_index,
-            "volume": self.launcher.volume_name,
-            "worker": self.config.worker_name,
+            **self._facts(),
             "container_id": result.container_id,
             "exit_code": result.exit_code,
             "session_id": summary.session_id,

@@ -250,8 +250,7 @@ class Agent:
             DockerUnavailableError: no engine answers (CODEX-E040).
         """
         if self._jobs_client is None or self._jobs_client[0] != os.getpid():
-            facts = {"shard": self.config.shard_index, "volume": self.volume_name, "worker": self.config.worker_name}
-            self._jobs_client = (os.getpid(), client_from_env(facts))
+            self._jobs_client = (os.getpid(), client_from_env(self.config.shard_facts(self.volume_name)))
         return JobLauncher(self._jobs_client[1], self.config, self.volume_name, context)
 
     # -- Celery signal handlers -----------------------------------------------------------

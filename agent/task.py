@@ -182,9 +182,7 @@ class CodexTask(Task):
         request = self.request
         return {
             "queue": (request.delivery_info or {}).get("routing_key") or agent.config.codex_queue,
-            "shard": agent.config.shard_index,
-            "volume": agent.volume_name,
-            "worker": agent.config.worker_name,
+            **agent.config.shard_facts(agent.volume_name),
             "run_id": kwargs.get("run_id") or request.root_id or request.id,
             "task_id": request.id,
         }
