@@ -13,6 +13,12 @@ The public face, for a task author and an app owner (``import agent``)::
     agent.AgentError              base of every coded error (``code``, ``message``, ``remediation``)
 
 Each name is imported on first use (PEP 562), so ``import agent`` loads neither Celery nor Docker.
+
+The house, one subpackage per concern, each importing only those listed before it (its
+``__init__`` says what it owns and may import; ``tests/unit/test_layout.py`` holds it to that):
+``util``, ``settings``, ``engine``, ``login``, ``fleet``, ``volume``, ``telemetry``, ``jobs``,
+``routing``, ``worker``, ``guard``, ``cli``; below them all, the code catalogue ``errors`` and the
+report types ``problems``.
 """
 
 from __future__ import annotations
@@ -21,20 +27,20 @@ from importlib import import_module, metadata
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from agent.checks import Checker as Checker
-    from agent.checks import CheckReport as CheckReport
-    from agent.config import AgentConfig as AgentConfig
-    from agent.config import load as load_config
     from agent.errors import AgentError as AgentError
     from agent.errors import ConfigError as ConfigError
-    from agent.jobs import JobLauncher as JobLauncher
-    from agent.phase import CodexPhase as CodexPhase
-    from agent.router import add_router as add_router
-    from agent.routing import DEFAULT_AFFINITY_ARG as DEFAULT_AFFINITY_ARG
-    from agent.routing import PIN_ARG as PIN_ARG
-    from agent.runtime import Agent as Agent
-    from agent.runtime import install as install
-    from agent.task import CodexTask as CodexTask
+    from agent.jobs.launcher import JobLauncher as JobLauncher
+    from agent.jobs.phase import CodexPhase as CodexPhase
+    from agent.routing.router import add_router as add_router
+    from agent.settings.config import AgentConfig as AgentConfig
+    from agent.settings.config import load as load_config
+    from agent.settings.topology import DEFAULT_AFFINITY_ARG as DEFAULT_AFFINITY_ARG
+    from agent.settings.topology import PIN_ARG as PIN_ARG
+    from agent.worker.checks import Checker as Checker
+    from agent.worker.checks import CheckReport as CheckReport
+    from agent.worker.runtime import Agent as Agent
+    from agent.worker.runtime import install as install
+    from agent.worker.task import CodexTask as CodexTask
 
 __all__ = [
     "Agent",
@@ -55,20 +61,20 @@ __all__ = [
 ]
 
 _LAZY: dict[str, tuple[str, str]] = {
-    "Agent": ("agent.runtime", "Agent"),
-    "AgentConfig": ("agent.config", "AgentConfig"),
+    "Agent": ("agent.worker.runtime", "Agent"),
+    "AgentConfig": ("agent.settings.config", "AgentConfig"),
     "AgentError": ("agent.errors", "AgentError"),
-    "CheckReport": ("agent.checks", "CheckReport"),
-    "Checker": ("agent.checks", "Checker"),
-    "CodexPhase": ("agent.phase", "CodexPhase"),
-    "CodexTask": ("agent.task", "CodexTask"),
+    "CheckReport": ("agent.worker.checks", "CheckReport"),
+    "Checker": ("agent.worker.checks", "Checker"),
+    "CodexPhase": ("agent.jobs.phase", "CodexPhase"),
+    "CodexTask": ("agent.worker.task", "CodexTask"),
     "ConfigError": ("agent.errors", "ConfigError"),
-    "DEFAULT_AFFINITY_ARG": ("agent.routing", "DEFAULT_AFFINITY_ARG"),
-    "JobLauncher": ("agent.jobs", "JobLauncher"),
-    "PIN_ARG": ("agent.routing", "PIN_ARG"),
-    "add_router": ("agent.router", "add_router"),
-    "install": ("agent.runtime", "install"),
-    "load_config": ("agent.config", "load"),
+    "DEFAULT_AFFINITY_ARG": ("agent.settings.topology", "DEFAULT_AFFINITY_ARG"),
+    "JobLauncher": ("agent.jobs.launcher", "JobLauncher"),
+    "PIN_ARG": ("agent.settings.topology", "PIN_ARG"),
+    "add_router": ("agent.routing.router", "add_router"),
+    "install": ("agent.worker.runtime", "install"),
+    "load_config": ("agent.settings.config", "load"),
 }
 """Public name -> (module, attribute), imported by :func:`__getattr__` on first use."""
 

@@ -1,5 +1,5 @@
 """``python -m agent``: the codex-agent command line."""
 
-from agent.cli import main
+from agent.cli.commands import main
 
 main()

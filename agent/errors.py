@@ -358,7 +358,7 @@ class CredentialStoreError(LoginError):
 
 class UsageLimitError(LoginError):
     """A state of the login, not a failure: a LoginError, so the phase is requeued untouched and the
-    gate closes; the marker in the volume keeps it closed until the reset time (:mod:`agent.usage`)."""
+    gate closes; the marker in the volume keeps it closed until the reset time (:mod:`agent.login.usage`)."""
 
     code = "CODEX-E036"
     title = "usage limit reached"

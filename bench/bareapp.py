@@ -1,7 +1,7 @@
 """A Celery app with the default app's worker settings (worker_entry.settings) and no agent import.
 
 Row 8's second baseline: the plain worker of ``worker_entry.app`` already imports much of the
-agent (its example tasks import ``agent.jobs``, hence the Docker SDK); this app shows what a worker
+agent (its example tasks import ``agent.jobs.launcher``, hence the Docker SDK); this app shows what a worker
 weighs with none of it.
 """
 

@@ -146,7 +146,7 @@ def _failed_rows(suite: Suite, error: str) -> list[Row]:
 )
 def cli(quick: bool, only: str, out_dir: Path, broker: str, backend: str) -> None:
     """Run every benchmark of the codex worker agent against its baseline."""
-    from agent.audit import configure_logging
+    from agent.telemetry.audit import configure_logging
 
     wanted = {name.strip() for name in only.split(",") if name.strip()}
     unknown = wanted - {s[0] for s in SUITES}

@@ -31,8 +31,8 @@ COMMAND = ["codex", "login", "status"]
 
 def bench_guard(bench: Bench) -> list[Row]:
     """Sides alternated so drift hits both alike; run 0 of each side warms up and is dropped."""
-    from agent.config import load
-    from agent.jobs import JobLauncher
+    from agent.jobs.launcher import JobLauncher
+    from agent.settings.config import load
     from testkit import VolumeFactory, make_api_key_login_in_volume
     from testkit.guard import GuardProcess
 

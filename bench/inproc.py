@@ -17,7 +17,7 @@ __all__ = ["bench_checks", "bench_preflight", "bench_routing"]
 
 
 def _config(bench: Bench, home: Any) -> Any:
-    from agent.config import load
+    from agent.settings.config import load
 
     return load(
         {
@@ -65,8 +65,8 @@ def _cli_alone(bench: Bench, codex_home: str) -> float:
 
 def bench_checks(bench: Bench) -> list[Row]:
     """Row 1: Checker.run (claim + mount + login) on a real mount vs ``codex login status`` alone."""
-    from agent.checks import CHECK_NAMES, Checker
-    from agent.dockerenv import optional_client
+    from agent.engine.optional import optional_client
+    from agent.worker.checks import CHECK_NAMES, Checker
 
     home = _logged_in_home(bench)
     config = _config(bench, home)
@@ -111,8 +111,8 @@ def bench_checks(bench: Bench) -> list[Row]:
 
 def bench_preflight(bench: Bench) -> list[Row]:
     """Row 3: Preflight.run with the login verdict cached, and uncached (forgotten before each run)."""
-    from agent.checks import Checker, local_login_check
-    from agent.preflight import Preflight
+    from agent.worker.checks import Checker, local_login_check
+    from agent.worker.preflight import Preflight
 
     home = _logged_in_home(bench)
     config = _config(bench, home)
@@ -184,7 +184,7 @@ def _balance(shards_of: list[int], shards: int) -> float:
 
 def bench_routing(bench: Bench) -> list[Row]:
     """Row 4: shard_for decisions/s on one core, balance over 3 shards, moved fraction 3 -> 4."""
-    from agent.routing import key_digest, shard_for
+    from agent.settings.topology import key_digest, shard_for
 
     def modulo(key: str, shards: int) -> int:
         return key_digest(key) % shards

@@ -30,8 +30,8 @@ def _raw_run(client: Any, image: str, volume: str) -> None:
 
 def bench_jobs(bench: Bench) -> list[Row]:
     """JobLauncher.run and raw containers.run, alternated so drift hits both sides alike."""
-    from agent.config import load
-    from agent.jobs import JobLauncher
+    from agent.jobs.launcher import JobLauncher
+    from agent.settings.config import load
     from testkit import VolumeFactory, make_api_key_login_in_volume
 
     volume = VolumeFactory(bench.docker, bench.cleanup, bench.busybox_image)("bench_job").name

@@ -1,4 +1,4 @@
-"""Rows 11a-11d: the fleet-wide login lease (agent/lease.py) with real worker processes.
+"""Rows 11a-11d: the fleet-wide login lease (agent/fleet/lease.py) with real worker processes.
 
 11a: a second ``worker-entry`` on another volume holding a copy of a running worker's login, to its
      ``codex.check.failed`` CODEX-E013 line (target <= 1 s after its checks begin).
@@ -22,10 +22,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from agent.claim import VolumeClaim
-from agent.lease import LEASE_TTL, LoginLease
-from agent.lease_store import describe_broker, store_for
-from agent.state import STATE_FILE
+from agent.fleet.lease import LEASE_TTL, LoginLease
+from agent.fleet.lease_store import describe_broker, store_for
+from agent.fleet.state import STATE_FILE
+from agent.volume.claim import VolumeClaim
 from bench.core import REPO_ROOT, Bench, Row, median
 from bench.workers import STARTUP_FLAGS, VENV_BIN, Spawned, _Workers, stamp
 from testkit import make_api_key_login

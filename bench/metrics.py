@@ -59,7 +59,7 @@ def bench_metrics(bench: Bench) -> list[Row]:
             "end_to_end_on_ms_median": round(median(on), 4),
             "end_to_end_off_ms_median": round(median(off), 4),
         },
-        method="agent.metrics' observer (EventMetrics + GateCollector, multiprocess mmap values) timed alone on "
+        method="agent.telemetry.metrics' observer (EventMetrics + GateCollector, multiprocess mmap values) timed alone on "
         "codex.run.audit, codex.job.started and codex.job.finished; the full log lines with the observer attached "
         "and detached (alternating rounds) are in details.",
     )
@@ -71,7 +71,7 @@ def bench_metrics(bench: Bench) -> list[Row]:
         judged_label="median",
         target="report (no target)",
         details={"bytes": probes[0]["scrape_bytes"], "db_files": probes[0]["files"]},
-        method="GET http://127.0.0.1:PORT/metrics of agent.metrics.enable's server after two forked children "
+        method="GET http://127.0.0.1:PORT/metrics of agent.telemetry.metrics.enable's server after two forked children "
         "logged tasks too (their files summed by MultiProcessCollector; auth.json read per scrape).",
     )
     memory = Row(

@@ -1,6 +1,6 @@
 """One process measuring the worker metrics (rows 12a-12c); run by bench.metrics as a subprocess.
 
-A subprocess because :func:`agent.metrics.enable` switches prometheus_client to multiprocess mode
+A subprocess because :func:`agent.telemetry.metrics.enable` switches prometheus_client to multiprocess mode
 for the whole process, as worker-entry does. Prints one JSON object:
 
 * ``observer_ms``: per task, the metrics observer alone on a task's three events (what metrics add);
@@ -29,8 +29,8 @@ from typing import Any
 import psutil
 import structlog
 
-from agent.audit import configure_logging, observe_events
-from agent.login import inspect_auth_file  # noqa: F401  (imported by the worker before metrics too)
+from agent.login.auth import inspect_auth_file  # noqa: F401  (imported by the worker before metrics too)
+from agent.telemetry.audit import configure_logging, observe_events
 
 MB = 1024 * 1024
 
@@ -69,7 +69,7 @@ def main() -> None:
     _tasks(per_round)  # warm the logging chain before the baseline RSS
     process = psutil.Process()
     rss_before = process.memory_info().rss
-    from agent.metrics import enable
+    from agent.telemetry.metrics import enable
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -27,11 +27,11 @@ def _raw_phase(
 ) -> None:
     """What task code would write without the agent: the same job, no guard, no artifacts.
 
-    ``sandboxed`` adds the job sandbox's secure defaults (``agent.sandbox``: read-only root, a tmpfs
+    ``sandboxed`` adds the job sandbox's secure defaults (``agent.settings.sandbox``: read-only root, a tmpfs
     ``/tmp``, an init, limits, no capabilities), which the agent imposes on every job: the third
     side of row 9a, to tell the sandbox's cost from the agent's own.
     """
-    from agent.sandbox import TMP_PATH, Sandbox
+    from agent.settings.sandbox import TMP_PATH, Sandbox
 
     sandbox = Sandbox()
     extra: dict[str, Any] = {**sandbox.run_options(), "tmpfs": {TMP_PATH: sandbox.tmpfs_options}} if sandboxed else {}
@@ -52,10 +52,10 @@ def _raw_phase(
 
 def bench_phases(bench: Bench) -> list[Row]:
     """Both rows; every volume, workspace and container is removed afterwards."""
-    from agent.config import load
-    from agent.job_policy import workspace_name
-    from agent.jobs import JobLauncher
-    from agent.phase import CodexPhase
+    from agent.jobs.launcher import JobLauncher
+    from agent.jobs.phase import CodexPhase
+    from agent.jobs.policy import workspace_name
+    from agent.settings.config import load
     from openai_standin import StandIn, login_files
     from testkit import VolumeFactory
 

@@ -80,7 +80,7 @@ def run_variant(
     import docker
 
     import worker_entry.tasks  # noqa: F401  (the publisher knows codex.phase)
-    from agent.config import load
+    from agent.settings.config import load
     from openai_standin import Behaviour, StandIn
     from testkit.phases import UNHARVESTED_SITE, PhaseLab
     from testkit.private_brokers import PrivateRabbitMQ, PrivateRedis

@@ -62,9 +62,9 @@ def _naive(home: Path) -> None:
 
 def bench_usage(bench: Bench) -> list[Row]:
     """Rows 14a (snapshot read per job) and 14b (due time to the watcher's re-check)."""
-    from agent import usage
-    from agent.config import load
-    from agent.watch import VolumeWatcher
+    from agent.login import usage
+    from agent.settings.config import load
+    from agent.volume.watch import VolumeWatcher
 
     home = _sessions(bench.tmp)
     runs = 20 if bench.settings.quick else 200
@@ -113,7 +113,7 @@ def bench_usage(bench: Bench) -> list[Row]:
             target="<= 5 ms",
             test=lambda v: v <= 5.0,
             details={"median_ms": round(median(reads), 3)},
-            method="agent.usage.read_headroom on 60 day folders x 20 rollouts, the newest 4 MiB; baseline in the same run.",
+            method="agent.login.usage.read_headroom on 60 day folders x 20 rollouts, the newest 4 MiB; baseline in the same run.",
         ),
         Row(
             id="14b",

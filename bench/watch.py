@@ -27,7 +27,7 @@ RECHECK = 1.0
 """AGENT_RECHECK_INTERVAL of both sides: short, so the baseline's trials take seconds, not minutes."""
 
 POLL_INTERVAL = 0.5
-"""The stat loop's period (agent.defaults.WATCH_INTERVAL)."""
+"""The stat loop's period (agent.settings.defaults.WATCH_INTERVAL)."""
 
 _TIMEOUT = 60.0
 

@@ -140,7 +140,7 @@ class _Workers:
     def publisher(self) -> Any:
         """The platform's side: an app that knows this queue and reads results."""
         import worker_entry.tasks  # noqa: F401  (registers the shared tasks)
-        from agent.config import load
+        from agent.settings.config import load
         from worker_entry.app import create_app
 
         config = load({"CELERY_BROKER_URL": self.bench.broker_url, "CODEX_SHARD_INDEX": "0", "CODEX_QUEUE": self.queue})

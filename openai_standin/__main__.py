@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from agent import __version__
-from agent.clickext import VERSION_MESSAGE
+from agent.cli.clickext import VERSION_MESSAGE
 from openai_standin.logins import login_files
 from openai_standin.server import LOOPBACK, StandIn
 from openai_standin.tokens import DEFAULT_ACCESS_TTL, LoginTokens, TokenAuthority

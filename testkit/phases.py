@@ -34,12 +34,12 @@ ARTIFACTS_IN_WORKER = "/var/artifacts/spec_workflows"
 
 UNHARVESTED_SITE = """\
 # The unprotected variant of the harvest (tests/integration/test_phase_once.py, bench/soak.py): a
-# worker that harvests no job of a Codex phase (agent.reconcile and agent.phase call these names
+# worker that harvests no job of a Codex phase (agent.jobs.reconcile and agent.jobs.phase call these names
 # at call time).
-import agent.harvest
-import agent.reconcile
-agent.harvest.locate = lambda config, job: None
-agent.reconcile.settle_earlier_job = lambda *args, **kwargs: None
+import agent.jobs.harvest
+import agent.jobs.reconcile
+agent.jobs.harvest.locate = lambda config, job: None
+agent.jobs.reconcile.settle_earlier_job = lambda *args, **kwargs: None
 """
 
 

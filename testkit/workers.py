@@ -51,7 +51,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, interval: float = 0
 
 def keys_for_shard(shard: int, count: int, shards: int = 3, prefix: str = "repo") -> list[str]:
     """``count`` affinity keys that route to ``shard``."""
-    from agent.routing import shard_for
+    from agent.settings.topology import shard_for
 
     keys: list[str] = []
     i = 0

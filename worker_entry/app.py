@@ -1,7 +1,7 @@
 """The default Celery app of the worker image: durable queues, safe acks, the agent's router.
 
 Import ``app`` to run or publish with the environment's configuration, or call
-:func:`create_app` with your own :class:`~agent.config.AgentConfig`.
+:func:`create_app` with your own :class:`~agent.settings.config.AgentConfig`.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import os
 from celery import Celery
 from kombu import Queue
 
-from agent import config as config_mod
-from agent.config import AgentConfig
-from agent.defaults import DEFAULT_QUEUE
-from agent.router import add_router
-from agent.worker_settings import VISIBILITY_TIMEOUT, transport_options
+from agent.routing.router import add_router
+from agent.settings import config as config_mod
+from agent.settings.config import AgentConfig
+from agent.settings.defaults import DEFAULT_QUEUE
+from agent.worker.settings import VISIBILITY_TIMEOUT, transport_options
 from worker_entry.settings import WORKER_SETTINGS
 
 __all__ = ["app", "create_app", "VISIBILITY_TIMEOUT"]
@@ -32,7 +32,7 @@ def create_app(config: AgentConfig | None = None, *, result_backend: str | None 
         task_queues=[Queue(name, durable=True) for name in names],
         task_default_queue=DEFAULT_QUEUE,
         # Redis only (AMQP ignores them): redeliver a dead worker's unacked task after the visibility
-        # timeout (CELERY_VISIBILITY_TIMEOUT, else longer than the phase limit); agent.worker_settings.
+        # timeout (CELERY_VISIBILITY_TIMEOUT, else longer than the phase limit); agent.worker.settings.
         broker_transport_options=transport_options(config),
         result_expires=24 * 3600,
         **WORKER_SETTINGS,

@@ -14,11 +14,11 @@ import click
 import structlog
 
 from agent import __version__
-from agent import config as config_mod
-from agent.audit import configure_logging
-from agent.clickext import VERSION_MESSAGE, AgentClickException, AgentCommand, import_app
-from agent.config import AgentConfig
-from agent.runtime import install
+from agent.cli.clickext import VERSION_MESSAGE, AgentClickException, AgentCommand, import_app
+from agent.settings import config as config_mod
+from agent.settings.config import AgentConfig
+from agent.telemetry.audit import configure_logging
+from agent.worker.runtime import install
 
 __all__ = ["main", "worker_argv"]
 
@@ -131,8 +131,8 @@ def cli(ctx: click.Context, app_path: str) -> None:
     configure_logging("INFO")  # until the configuration says otherwise: a bad one is logged too
     config = config_mod.load()
     configure_logging(config.log_level)
-    if config.metrics_port is not None:  # before the app import and the pool's fork (agent.metrics)
-        from agent.metrics import enable
+    if config.metrics_port is not None:  # before the app import and the pool's fork (agent.telemetry.metrics)
+        from agent.telemetry.metrics import enable
 
         enable(
             config.metrics_port,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.worker_settings import GUARANTEED
+from agent.worker.settings import GUARANTEED
 
 __all__ = ["WORKER_SETTINGS"]
 
 WORKER_SETTINGS: dict[str, Any] = {
-    **GUARANTEED,  # late acks, reject on worker lost, prefetch 1, task events: agent.worker_settings
+    **GUARANTEED,  # late acks, reject on worker lost, prefetch 1, task events: agent.worker.settings
     "task_serializer": "json",
     "result_serializer": "json",
     "accept_content": ["json"],

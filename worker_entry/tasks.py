@@ -12,12 +12,12 @@ from typing import Any
 import structlog
 from celery import current_app, current_task, shared_task
 
-from agent.artifacts import RunArtifacts
-from agent.phase import CodexPhase
-from agent.router import PIN_ARG
-from agent.run_failures import RUN_FAILED, failure_report
-from agent.runtime import agent_for
-from agent.task import CodexTask
+from agent.jobs.artifacts import RunArtifacts
+from agent.jobs.phase import CodexPhase
+from agent.routing.router import PIN_ARG
+from agent.worker.run_failures import RUN_FAILED, failure_report
+from agent.worker.runtime import agent_for
+from agent.worker.task import CodexTask
 
 __all__ = ["codex_phase", "codex_step", "run_failed", "housekeeping"]
 
@@ -47,14 +47,14 @@ def codex_phase(
     """One phase of a Codex run; enqueues the run's next phase pinned to this shard.
 
     With a ``prompt`` the phase is ``codex exec --json`` in a guarded job container
-    (:class:`agent.phase.CodexPhase`): artifacts under ``CODEX_ARTIFACTS_ROOT/<run_id>/<phase>``,
+    (:class:`agent.jobs.phase.CodexPhase`): artifacts under ``CODEX_ARTIFACTS_ROOT/<run_id>/<phase>``,
     the wall-clock limit ``CODEX_PHASE_TIMEOUT`` (CODEX-E043), ``resume=True`` to continue the run's
     Codex session, and a phase already completed is not run again. A login that dies during the
     run requeues the task and closes the gate (CODEX-E034). Without a prompt the job only runs
     ``codex login status``. ``CODEX_JOB_IMAGE=none`` runs no container; ``hold_s`` keeps the phase
     busy for that long (used to test redelivery). ``model``, ``codex_args`` and ``env`` shape the
-    phase (:mod:`agent.phase_options`: allow-lists, CODEX-E044) and carry over to the next phases;
-    ``seed`` (under ``CODEX_SEED_ROOT``) fills the run's new workspace first (:mod:`agent.seed`);
+    phase (:mod:`agent.jobs.phase_options`: allow-lists, CODEX-E044) and carry over to the next phases;
+    ``seed`` (under ``CODEX_SEED_ROOT``) fills the run's new workspace first (:mod:`agent.jobs.seed`);
     ``final=True`` removes the run's workspace volume once its last phase (this one, or the last of
     ``next_phases``, which carry it on) completed.
     """
@@ -121,7 +121,7 @@ def codex_step(
     ``previous`` receives the previous step's result with a partial signature (``.s``) and stays
     None with an immutable one (``.si``). ``resume=None`` continues the run's Codex session when this
     shard has one (every phase after the first), ``True`` requires it, ``False`` starts a new one.
-    The chain's later steps follow the first Codex step's shard (:mod:`agent.chains`); a phase
+    The chain's later steps follow the first Codex step's shard (:mod:`agent.routing.chains`); a phase
     completed earlier is skipped (``codex.phase.skipped``), so a re-submitted run starts at the
     phase that failed. ``hold_s`` keeps the task busy after its phase ran (tests). ``model``,
     ``codex_args``, ``env`` and ``seed`` shape the phase as in ``codex.phase``; ``final=True`` on the

@@ -4,8 +4,10 @@ Docker authorization plugins can deny a request but never rewrite it, and need d
 reconfigured; socket proxies allow-list endpoints but never look inside a request. The guard does
 both, with no change to dockerd: every call on a shard's endpoint is judged against an allow-list
 of endpoints (:mod:`agent.guard.policy`), every container create is rebuilt under that shard's job
-policy (:mod:`agent.job_policy`), whichever client sent it, and the Engine only ever sees requests
+policy (:mod:`agent.jobs.policy`), whichever client sent it, and the Engine only ever sees requests
 the guard wrote itself. Run it with ``python -m agent.guard``.
+
+May import: ``agent.errors``, ``agent.util``, ``agent.settings``, ``agent.telemetry``, ``agent.jobs``.
 """
 
 from __future__ import annotations

@@ -19,11 +19,11 @@ import sys
 import docker
 import docker.errors
 
-from agent import variables
-from agent.audit import configure_logging
 from agent.errors import AgentError, GuardBusyError
 from agent.guard.config import GuardConfig, load_guard_config
 from agent.guard.server import GuardServer
+from agent.settings import variables
+from agent.telemetry.audit import configure_logging
 
 __all__ = ["main", "probe", "serve"]
 

@@ -1,7 +1,7 @@
 """The guard's configuration: which shards it serves, where their sockets are, and the real engine.
 
 The job policy (``CODEX_JOB_HOME``, ``CODEX_JOB_USER``, ``CODEX_JOB_NETWORK``, the sandbox
-variables) is read with the workers' own validation (:func:`agent.config.load`), so the guard and
+variables) is read with the workers' own validation (:func:`agent.settings.config.load`), so the guard and
 the workers cannot disagree on what a setting means. The shards are either listed
 (``CODEX_GUARD_SHARDS``) or discovered: every volume named ``<CODEX_GUARD_VOLUME_PREFIX><N>`` is
 shard N's login, so adding a shard never changes (and never restarts) the guard.
@@ -16,10 +16,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 
-from agent import config as agent_config
-from agent import defaults, variables
 from agent.errors import ConfigError
 from agent.guard.policy import ShardPolicy
+from agent.settings import config as agent_config
+from agent.settings import defaults, variables
 
 __all__ = [
     "SOCKET_DIR_ENV",
@@ -93,7 +93,7 @@ def _pairs(raw: str) -> list[tuple[int, str]]:
 
 
 def load_guard_config(environ: Mapping[str, str] | None = None) -> GuardConfig:
-    """Read and validate the guard's environment, through :mod:`agent.variables`.
+    """Read and validate the guard's environment, through :mod:`agent.settings.variables`.
 
     Raises:
         ConfigError: CODEX-E001 naming the variable, the value and what is accepted.

@@ -40,7 +40,7 @@ __all__ = [
 MAX_HEAD = 64 * 1024
 """Bytes a request or response head may have (the stream limit)."""
 MAX_BODY = 256 * 1024
-"""Bytes a request body may have: a create is a few kB (:data:`agent.job_policy.MAX_CREATE_BODY`)."""
+"""Bytes a request body may have: a create is a few kB (:data:`agent.jobs.policy.MAX_CREATE_BODY`)."""
 _PIECE = 64 * 1024
 
 _REQUEST_LINE = re.compile(rb"^(GET|HEAD|POST|PUT|DELETE) (/[\x21-\x7e]{0,8191}) HTTP/1\.1$")

@@ -6,7 +6,7 @@ parameters validated one by one) or raises :class:`Refusal`; :func:`upstream_tar
 canonical target the guard sends to the Engine: the pinned API version, a path made from the route
 (with the full container ID the server resolved and checked), and a query re-encoded from the
 validated parameters. Nothing of the client's target is copied. The job policy of a create body is
-:mod:`agent.job_policy`, shared with the worker's launcher.
+:mod:`agent.jobs.policy`, shared with the worker's launcher.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode
 
-from agent.job_policy import (
+from agent.jobs.policy import (
     API_VERSION,
     GUARD_LABEL,
     CreatePlan,

@@ -3,7 +3,7 @@
 Each shard's worker reaches Docker only through its endpoint, ``<dir>/<volume>/docker.sock``
 (``DOCKER_HOST``). The guard never forwards a byte the client wrote (streamed attach and log data
 aside): every request is read strictly (:mod:`agent.guard.http`), judged (:mod:`agent.guard.policy`,
-:mod:`agent.job_policy`), and the guard then writes a fresh request of its own: the pinned API
+:mod:`agent.jobs.policy`), and the guard then writes a fresh request of its own: the pinned API
 version, a canonical path in which every container is named by the full ID the guard checked, a
 query re-encoded from validated parameters, its own headers, and a body re-encoded from the object
 the policy built. So:
@@ -59,7 +59,7 @@ from agent.guard.http import (
 )
 from agent.guard.lock import GuardLock
 from agent.guard.policy import API_VERSION, FULL_ID, STREAMING, Refusal, Route, ShardPolicy
-from agent.job_policy import decode_body
+from agent.jobs.policy import decode_body
 
 __all__ = [
     "GUARD_STARTED",

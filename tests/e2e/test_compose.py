@@ -43,8 +43,8 @@ import yaml
 from kombu import Connection
 
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
-from agent import config as config_mod
-from agent.routing import shard_for
+from agent.settings import config as config_mod
+from agent.settings.topology import shard_for
 from testkit import REPO_ROOT, Images, fake_api_key, make_api_key_login_in_volume
 from testkit.monitoring import Flower, Prometheus, binary_or_skip
 from testkit.rabbit import rabbitmqctl

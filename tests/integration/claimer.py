@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from agent.audit import configure_logging
-from agent.claim import VolumeClaim
 from agent.errors import AgentError
+from agent.telemetry.audit import configure_logging
+from agent.volume.claim import VolumeClaim
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ from urllib.parse import quote, urlsplit
 import pytest
 from celery import Celery
 
-from agent.config import load
+from agent.settings.config import load
 from openai_standin import StandIn
 from testkit.components import REPO_ROOT
 from testkit.phases import PhaseLab

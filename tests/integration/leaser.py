@@ -17,11 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from agent.audit import configure_logging
-from agent.claim import VolumeClaim
 from agent.errors import AgentError
-from agent.lease import LEASE_KEEP, LEASE_TTL, FingerprintHistory, LoginLease
-from agent.lease_store import describe_broker, store_for
+from agent.fleet.lease import LEASE_KEEP, LEASE_TTL, FingerprintHistory, LoginLease
+from agent.fleet.lease_store import describe_broker, store_for
+from agent.telemetry.audit import configure_logging
+from agent.volume.claim import VolumeClaim
 
 
 def _option(name: str, default: float) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 import agent
-from agent.routing import shard_for
+from agent.settings.topology import shard_for
 from testkit.phases import PhaseLab
 from testkit.workers import BrokerView
 

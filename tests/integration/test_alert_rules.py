@@ -14,10 +14,10 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 
-from agent import usage
-from agent.login import AuthFacts
-from agent.metrics import EventMetrics, GateCollector, exposition, usage_families, volumes_exposition
-from agent.volumes import VolumesReport, VolumeStatus
+from agent.login import usage
+from agent.login.auth import AuthFacts
+from agent.telemetry.metrics import EventMetrics, GateCollector, exposition, usage_families, volumes_exposition
+from agent.volume.inventory import VolumesReport, VolumeStatus
 from testkit.monitoring import binary_or_skip
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ PostgreSQL as the result backend and the OpenAI stand-in.
   hand; later phases resume the first phase's Codex session; results are read back from PostgreSQL
   after every worker stopped, and hold no token.
 * Single mode: a group inside a chain runs every member on the shard that took the chain's first step
-  (two chains, two workers, each worker took a first step); a worker without ``agent.chains``'
+  (two chains, two workers, each worker took a first step); a worker without ``agent.routing.chains``'
   re-routing takes the members from the shared ``codex`` queue instead.
 * A phase failing on its second attempt calls ``link_error`` once with its code; the same run
   submitted again skips the completed phase (no model call for it) and starts at the failed one.
@@ -27,7 +27,7 @@ from celery.result import AsyncResult
 from kombu import Connection, Queue
 
 import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
-from agent.config import load
+from agent.settings.config import load
 from openai_standin import Behaviour, StandIn
 from testkit.phases import ARTIFACTS_IN_WORKER, ContainerWorker, PhaseLab
 from testkit.postgres import postgres_backend_or_skip, result_rows
@@ -154,9 +154,9 @@ def test_a_four_phase_chain_stays_on_one_shard_and_its_results_outlive_the_worke
 
 UNPINNED_SITE = """\
 # The unprotected variant of a test in tests/integration/test_chains.py: a worker whose Codex tasks
-# no longer re-route the rest of their chain (agent.task imports this name from agent.chains).
-import agent.chains
-agent.chains.keep_chain_on_shard = lambda task, config: agent.chains.own_queue(config)
+# no longer re-route the rest of their chain (agent.worker.task imports this name from agent.routing.chains).
+import agent.routing.chains
+agent.routing.chains.keep_chain_on_shard = lambda task, config: agent.routing.chains.own_queue(config)
 """
 
 
@@ -179,7 +179,7 @@ def test_single_mode_a_group_inside_a_chain_stays_on_the_first_steps_shard(
     work from it. Every group member must then run on its chain's plan shard and volume, delivered
     from that shard's own ``codex-N`` queue, which the other worker does not consume.
 
-    What would break: without ``agent.chains`` every member is published to the shared ``codex``
+    What would break: without ``agent.routing.chains`` every member is published to the shared ``codex``
     queue, where either worker takes it, so a member may run under the other login (another
     account's quota and ``CODEX_HOME``, not the run's). The last part runs that variant, a worker
     whose ``keep_chain_on_shard`` is replaced (``UNPINNED_SITE``) with no re-routing: its chain's
@@ -373,7 +373,7 @@ def test_a_login_revoked_mid_chain_requeues_the_step_without_spending_a_retry_an
     ``link_error`` (``codex.run.failed``) although ``CODEX_JOB_RETRIES`` is 1, and the gate closed on
     CODEX-E034. The volume's re-login then completes the chain with that same message.
 
-    What makes it fail: ``CodexTask.__call__`` (agent/preflight.py) sending ``LoginError`` down the
+    What makes it fail: ``CodexTask.__call__`` (agent/worker/preflight.py) sending ``LoginError`` down the
     ``JobFailedError`` path (``self.retry`` with backoff) instead of ``PreflightRejected``. Tried once
     in a worker image derived with that change: build logged ``codex.run.retrying`` (CODEX-E034),
     was republished with ``retries`` 1, met the dead login again a second later, and the second E034

@@ -186,7 +186,7 @@ class TestBrokenSetups:
 
 
 HOLD = (
-    "import time; from pathlib import Path; from agent.claim import VolumeClaim; "
+    "import time; from pathlib import Path; from agent.volume.claim import VolumeClaim; "
     f"claim = VolumeClaim(Path('{CODEX_HOME}'), worker='holder-worker', shard=0, volume='v'); claim.acquire(); "
     "print('held', flush=True); time.sleep(120)"
 )

@@ -1,4 +1,4 @@
-"""agent.claim between real processes on a real folder."""
+"""agent.volume.claim between real processes on a real folder."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agent.claim import MARKER_FILE, VolumeClaim, read_marker
 from agent.errors import VolumeClaimedError
+from agent.volume.claim import MARKER_FILE, VolumeClaim, read_marker
 
 CLAIMER = Path(__file__).with_name("claimer.py")
 

@@ -1,4 +1,4 @@
-"""Contract of the pinned Codex CLI with agent.usage: what ``codex exec --json`` prints, and what it
+"""Contract of the pinned Codex CLI with agent.login.usage: what ``codex exec --json`` prints, and what it
 writes into the session rollout, for each answer the stand-in gives (the real CLI on this host, a
 real CODEX_HOME, the stand-in on loopback; no container, ~1 s per case).
 
@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from agent import usage
-from agent.codex_output import summarize
+from agent.jobs.codex_output import summarize
+from agent.login import usage
 from openai_standin import StandIn, login_files
 
 pytestmark = [pytest.mark.codex]
@@ -124,14 +124,14 @@ LOGIN_CASES: dict[str, tuple[float | None, LoginScript, set[str]]] = {
     ),
 }
 """Stand-in script (with the access token's lifetime: 0 makes the CLI refresh first) -> the reasons
-agent.phase.auth_failure may name. A 401 on a dead family may make the CLI refresh, which the family
+agent.jobs.phase.auth_failure may name. A 401 on a dead family may make the CLI refresh, which the family
 then refuses: either reason is a dead login."""
 
 
 @pytest.mark.parametrize("case", list(LOGIN_CASES))
 def test_each_dead_login_is_classified_from_what_the_cli_prints(codex_bin: str, tmp_path: Path, case: str) -> None:
     """Reused, expired and invalidated refresh tokens and a 401: the real CLI's words name the reason."""
-    from agent.codex_output import auth_failure
+    from agent.jobs.codex_output import auth_failure
 
     ttl, script, reasons = LOGIN_CASES[case]
     with StandIn() as standin:

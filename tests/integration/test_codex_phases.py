@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent.job_policy import workspace_name
+from agent.jobs.policy import workspace_name
 from openai_standin import Behaviour, StandIn
 from testkit.phases import PhaseLab
 from testkit.workers import BrokerView, keys_for_shard, wait_until
@@ -326,7 +326,7 @@ class TestWorkspaceLifetime:
         """A run whose last phase says ``final`` leaves no workspace; a run idle past
         CODEX_WORKSPACE_RETENTION loses its workspace at the next worker's start, a recent one keeps it,
         and with no retention set (the unprotected variant) the idle one stays too."""
-        from agent.config import load
+        from agent.settings.config import load
         from worker_entry.app import create_app
 
         publisher = create_app(load({"CELERY_BROKER_URL": rabbitmq_url}), result_backend=backend_url)

@@ -20,9 +20,9 @@ import pytest
 from kombu import Connection, Queue
 
 import worker_entry.tasks  # noqa: F401  (registers the shared tasks with the publisher app)
-from agent.config import load
-from agent.drain import Move, drain, task_kinds_from_app
 from agent.errors import DrainError
+from agent.routing.drain import Move, drain, task_kinds_from_app
+from agent.settings.config import load
 from testkit.rabbit import rabbitmqctl
 from testkit.workers import BrokerView, keys_for_shard
 from worker_entry.app import create_app
@@ -85,7 +85,7 @@ def publish_to_removed_shard(broker_url: str, count: int) -> tuple[list[str], di
     Returns the task ids and, per id, the queue it must reach with 3 shards.
     """
     publisher = create_app(load({"CELERY_BROKER_URL": broker_url, "CODEX_SHARDS": "4"}))
-    from agent.routing import shard_for
+    from agent.settings.topology import shard_for
 
     expected: dict[str, str] = {}
     for key in keys_for_shard(3, count, shards=4, prefix=f"drain-{secrets.token_hex(2)}"):
@@ -294,7 +294,7 @@ class TestDrainWithTheAdoptersApp:
     def _publish(self, project: Path, broker_url: str) -> dict[str, str]:
         """Phases routed to codex-3 with 4 shards by the adopter's own app, a pinned one and a plain
         task; per id, the queue it must reach with 3 shards."""
-        from agent.routing import shard_for
+        from agent.settings.topology import shard_for
 
         code = (
             "import json, sys\n"

@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from agent.fleet import FLEET_TTL, FleetPublisher
-from agent.fleet_board import board_for
-from agent.state import AgentState
+from agent.fleet.board import board_for
+from agent.fleet.roster import FLEET_TTL, FleetPublisher
+from agent.fleet.state import AgentState
 from testkit import make_api_key_login
 from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 

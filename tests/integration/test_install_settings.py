@@ -32,7 +32,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.codex]
 BARE_APP = 'from celery import Celery\n\napp = Celery("bare_app")  # broker from CELERY_BROKER_URL, nothing else\n'
 UNSAFE_APP = 'from celery import Celery\n\napp = Celery("unsafe_app")\napp.conf.update(task_acks_late=False)\n'
 UNPROTECTED_SITE = """
-import agent.worker_settings as settings
+import agent.worker.settings as settings
 
 settings.apply_worker_settings = lambda app, config, environ=None: {"broker_transport_options": {"visibility_timeout": None}}
 """

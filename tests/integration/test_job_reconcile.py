@@ -20,10 +20,10 @@ import docker
 import docker.errors
 import pytest
 
-from agent import config as config_mod
-from agent.artifacts import ATTEMPTS_FILE, RunArtifacts
-from agent.jobs import JobLauncher, job_create_args
-from agent.reconcile import ORPHAN_REASON, JobReconciler
+from agent.jobs.artifacts import ATTEMPTS_FILE, RunArtifacts
+from agent.jobs.launcher import JobLauncher, job_create_args
+from agent.jobs.reconcile import ORPHAN_REASON, JobReconciler
+from agent.settings import config as config_mod
 from testkit import DockerCleanup, Images
 from testkit.workers import ShardHome, WorkerFactory, WorkerProcess, wait_until
 
@@ -233,7 +233,7 @@ def _jsonl_job(session: str, message: str, code: int, *, sleep_s: float = 0) -> 
 
 
 class TestHarvest:
-    """A Codex phase's job found by the sweep becomes the phase's record (agent.harvest)."""
+    """A Codex phase's job found by the sweep becomes the phase's record (agent.jobs.harvest)."""
 
     @staticmethod
     def reconciler(name: str, artifacts: Path, **env: str) -> JobReconciler:

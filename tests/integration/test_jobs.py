@@ -1,4 +1,4 @@
-"""agent.jobs.JobLauncher on the real Docker engine with the real Codex CLI in the job image."""
+"""agent.jobs.launcher.JobLauncher on the real Docker engine with the real Codex CLI in the job image."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 from celery import Celery
 from structlog.testing import capture_logs
 
-from agent import config as config_mod
-from agent.audit import JOB_FINISHED, JOB_STARTED
 from agent.errors import DockerUnavailableError, JobFailedError, JobRejectedError, JobTimeoutError
-from agent.jobs import JobLauncher
-from agent.runtime import install
+from agent.jobs.launcher import JobLauncher
+from agent.settings import config as config_mod
+from agent.telemetry.audit import JOB_FINISHED, JOB_STARTED
+from agent.worker.runtime import install
 from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent.lease import HISTORY_FILE
-from agent.login import AUTH_FILE
+from agent.fleet.lease import HISTORY_FILE
+from agent.login.auth import AUTH_FILE
 from testkit import make_api_key_login
 from testkit.private_brokers import PrivateBroker, PrivateRabbitMQ, PrivateRedis
 from testkit.workers import BrokerView, ShardHome, WorkerFactory, agent_status, keys_for_shard, wait_until

@@ -1,4 +1,4 @@
-"""agent.login with the real Codex CLI on real folders."""
+"""agent.login.auth with the real Codex CLI on real folders."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from agent.errors import (
     LoginTimeoutError,
     NotLoggedInError,
 )
-from agent.login import inspect_auth_file, run_login_status
+from agent.login.auth import inspect_auth_file, run_login_status
 from testkit import make_api_key_login
 
 FACTS = {"shard": 0, "volume": "codex_auth_0", "codex_home": "/x", "uid": 1000}
@@ -149,8 +149,8 @@ class TestFailures:
 class TestFreshnessWarning:
     def test_old_refresh_with_expired_token_warns_but_passes(self, codex_bin: str, tmp_path: Path) -> None:
         """The login check passes and carries CODEX-W030 when the last refresh is weeks old."""
-        from agent.checks import Checker
-        from agent.config import load
+        from agent.settings.config import load
+        from agent.worker.checks import Checker
 
         write_chatgpt_auth(tmp_path, refresh_token="rt-test-refresh-0002", expired_hours=2, refreshed_days_ago=30)
         config = load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(tmp_path), "CODEX_BIN": codex_bin})
@@ -161,8 +161,8 @@ class TestFreshnessWarning:
 
     def test_recent_refresh_does_not_warn(self, codex_bin: str, tmp_path: Path) -> None:
         """An expired access token alone (refreshed yesterday) is normal and earns no warning."""
-        from agent.checks import Checker
-        from agent.config import load
+        from agent.settings.config import load
+        from agent.worker.checks import Checker
 
         write_chatgpt_auth(tmp_path, refresh_token="rt-test-refresh-0003", expired_hours=2, refreshed_days_ago=1)
         config = load({"CODEX_SHARD_INDEX": "0", "CODEX_HOME": str(tmp_path), "CODEX_BIN": codex_bin})

@@ -1,4 +1,4 @@
-"""agent.login_container: CODEX_LOGIN_CHECK=container on the real engine and the real Codex CLI."""
+"""agent.login.container: CODEX_LOGIN_CHECK=container on the real engine and the real Codex CLI."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from agent import config as config_mod
-from agent.config import AgentConfig
 from agent.errors import DockerUnavailableError, LoginTimeoutError, NotLoggedInError
-from agent.login_container import container_login_check
+from agent.login.container import container_login_check
+from agent.settings import config as config_mod
+from agent.settings.config import AgentConfig
 from testkit import Images, VolumeFactory, make_api_key_login_in_volume, unique_name
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]

@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.lease import HISTORY_FILE
-from agent.login import AUTH_FILE
-from agent.login_move import MOVED_FILE
+from agent.fleet.lease import HISTORY_FILE
+from agent.login.auth import AUTH_FILE
+from agent.volume.transfer import MOVED_FILE
 from testkit import make_api_key_login
 
 CODEX_AGENT = Path(sys.executable).parent / "codex-agent"

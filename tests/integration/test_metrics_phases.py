@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 from celery import Celery
 
-from agent.metrics import JOB_OUTCOMES
+from agent.telemetry.metrics import JOB_OUTCOMES
 from openai_standin import Behaviour, StandIn
 from testkit.monitoring import Samples, free_port, scrape
 from testkit.phases import ContainerWorker, PhaseLab

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from agent.codex_cli import SUPPORTED_VERSION
-from agent.routing import shard_for
+from agent.login.codex_cli import SUPPORTED_VERSION
+from agent.settings.topology import shard_for
 from testkit.components import REPO_ROOT
 from testkit.phases import PhaseLab
 

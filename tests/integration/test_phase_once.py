@@ -4,7 +4,7 @@
   message comes back): the redelivery finds the recorded outcome and runs nothing.
 * Mid-job (the worker killed with SIGKILL): the job runs on. Whether it exits while the worker is
   down or is still running when the worker is back, the restarted worker harvests it
-  (:mod:`agent.harvest`) and the redelivered task returns its result: one Codex run.
+  (:mod:`agent.jobs.harvest`) and the redelivered task returns its result: one Codex run.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from urllib.parse import unquote, urlsplit
 import pytest
 from celery import Celery
 
-from agent.acklog import ACK_LOST
-from agent.config import load
+from agent.jobs.acklog import ACK_LOST
+from agent.settings.config import load
 from openai_standin import Behaviour, StandIn
 from testkit.phases import UNHARVESTED_SITE, PhaseLab
 from testkit.private_brokers import PrivateRabbitMQ
@@ -60,9 +60,9 @@ def test_a_broker_outage_after_the_phase_ran_does_not_run_it_again(
 CELERY_ACK_SITE = """\
 # The unprotected variant of tests/integration/test_phase_once.py: Codex tasks acknowledged by
 # Celery's own Request.acknowledge (kombu's critical lost-ack line with its traceback).
-import agent.task
+import agent.worker.task
 import celery.worker.request
-agent.task.CodexRequest.acknowledge = celery.worker.request.Request.acknowledge
+agent.worker.task.CodexRequest.acknowledge = celery.worker.request.Request.acknowledge
 """
 
 

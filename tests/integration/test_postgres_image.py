@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from celery.result import AsyncResult
 
-from agent.config import load
+from agent.settings.config import load
 from testkit import REPO_ROOT
 from testkit.dockerkit import TEST_LABEL, TEST_PREFIX
 from testkit.workers import wait_until

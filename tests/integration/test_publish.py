@@ -17,7 +17,7 @@ import textwrap
 import pytest
 from kombu import Connection, Queue
 
-from agent.routing import shard_for
+from agent.settings.topology import shard_for
 
 KEY = "github.com/org/publish-probe"
 SHARDS = 3

@@ -27,9 +27,9 @@ import docker.errors
 import pytest
 from structlog.testing import capture_logs
 
-from agent import config as config_mod
 from agent.errors import DockerUnavailableError, JobRejectedError
-from agent.jobs import JOB_REFUSED, JobLauncher
+from agent.jobs.launcher import JOB_REFUSED, JobLauncher
+from agent.settings import config as config_mod
 from testkit import TEST_LABEL, Images, make_api_key_login_in_volume, unique_name
 from testkit.guard import GUARD_DOCKER_HOST, GuardProcess
 
@@ -828,7 +828,7 @@ RAW_ATTEMPTS: list[tuple[str, Bytes, int, str]] = [
 
 @pytest.fixture(scope="module")
 def raw_env(range_: Range) -> dict[str, str]:
-    from agent.job_policy import workspace_name
+    from agent.jobs.policy import workspace_name
 
     victim = range_.raw.api.inspect_container(range_.victim_job.id)
     return {
@@ -962,7 +962,7 @@ class TestWorkspaceRemoval:
     def test_a_shard_removes_its_own_workspace_only(self, range_: Range) -> None:
         """Shard 0 removes its workspace; shard 1's workspace and shard 0's own login are refused
         (foreign-volume) and survive; on the raw socket the same removal of shard 1's goes through."""
-        from agent.job_policy import workspace_name
+        from agent.jobs.policy import workspace_name
 
         tag = secrets.token_hex(3)
         ours, theirs = workspace_name(range_.mine, f"rt-{tag}"), workspace_name(range_.theirs, f"rt-{tag}")

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.audit import configure_logging
-from agent.checks import Checker
-from agent.config import load
+from agent.settings.config import load
+from agent.telemetry.audit import configure_logging
+from agent.worker.checks import Checker
 from testkit import make_api_key_login
 
 from .test_login_cli import write_chatgpt_auth

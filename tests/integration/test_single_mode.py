@@ -11,7 +11,7 @@ from collections.abc import Callable
 from celery import Celery
 
 import worker_entry.tasks  # noqa: F401  (the publisher knows the shared tasks)
-from agent.config import load
+from agent.settings.config import load
 from testkit import make_api_key_login
 from testkit.workers import BrokerView, ShardHome, WorkerFactory, wait_until
 from worker_entry.app import create_app

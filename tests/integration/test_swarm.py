@@ -28,7 +28,7 @@ from typing import Any
 import docker
 import pytest
 
-from agent import config as config_mod
+from agent.settings import config as config_mod
 from testkit.codex import make_api_key_login_in_volume
 from testkit.workers import keys_for_shard, wait_until
 from worker_entry.app import create_app

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.checks import local_login_check
-from agent.config import load
 from agent.errors import NotLoggedInError
-from agent.preflight import Preflight
+from agent.settings.config import load
+from agent.worker.checks import local_login_check
+from agent.worker.preflight import Preflight
 from testkit import make_api_key_login
 from testkit.workers import ShardHome, WorkerFactory, agent_status, wait_until
 

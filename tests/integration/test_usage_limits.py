@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent import usage
+from agent.login import usage
 from openai_standin import StandIn
 from testkit.monitoring import free_port, scrape
 from testkit.phases import ARTIFACTS_IN_WORKER, PhaseLab
@@ -47,9 +47,9 @@ variant fails fast."""
 
 UNPROTECTED_SITE = """\
 # The unprotected variant of tests/integration/test_usage_limits.py: a worker that does not tell a
-# usage limit from any other failed run (agent.phase calls usage.classify through the module).
-import agent.usage
-agent.usage.classify = lambda *args, **kwargs: None
+# usage limit from any other failed run (agent.jobs.phase calls usage.classify through the module).
+import agent.login.usage
+agent.login.usage.classify = lambda *args, **kwargs: None
 """
 
 
@@ -208,7 +208,7 @@ def test_single_mode_a_login_near_its_limit_takes_no_new_runs_but_finishes_the_o
     published to ``codex`` all go to shard 1. The unprotected variant (draining turned off with the
     threshold at 100 %) takes new runs at 90 %.
     """
-    from agent.config import load
+    from agent.settings.config import load
     from worker_entry.app import create_app
 
     publisher = create_app(load({"CELERY_BROKER_URL": broker_url, **SINGLE}), result_backend=backend_url)

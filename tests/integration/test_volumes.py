@@ -10,7 +10,7 @@ import docker
 import pytest
 from click.testing import CliRunner
 
-from agent.cli import cli
+from agent.cli.commands import cli
 from testkit import DockerCleanup, Images, VolumeFactory, make_api_key_login_in_volume, run_once
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex]

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.cli import cli
+from agent.cli.commands import cli
 from testkit import DockerCleanup, Images, VolumeFactory
 from testkit.monitoring import fake_jwt
 

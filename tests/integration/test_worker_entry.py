@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent.routing import shard_for
+from agent.settings.topology import shard_for
 from testkit import make_api_key_login
 from testkit.workers import (
     BrokerView,
@@ -61,9 +61,9 @@ class TestBadInput:
 
 USER_APP = """
 from celery import Celery
-from agent.config import load
-from agent.task import CodexTask
-from agent.router import add_router
+from agent.settings.config import load
+from agent.worker.task import CodexTask
+from agent.routing.router import add_router
 
 app = Celery("user_app")
 app.conf.update(task_acks_late=True, worker_hijack_root_logger=False)

@@ -1,4 +1,4 @@
-"""The lost-ack line of a Codex task: one agent warning without a traceback (agent.acklog)."""
+"""The lost-ack line of a Codex task: one agent warning without a traceback (agent.jobs.acklog)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 from amqp.exceptions import RecoverableConnectionError
 from kombu.exceptions import OperationalError
 
-from agent.acklog import ACK_LOST, LostAckLog, next_step
-from agent.artifacts import RunArtifacts
-from agent.audit import configure_logging
+from agent.jobs.acklog import ACK_LOST, LostAckLog, next_step
+from agent.jobs.artifacts import RunArtifacts
+from agent.telemetry.audit import configure_logging
 
 FACTS = {"task_id": "t-1", "task": "codex.phase", "run_id": "run-1", "phase": "plan", "shard": 2, "queue": "codex-2"}
 

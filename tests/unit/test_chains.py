@@ -1,4 +1,4 @@
-"""agent.chains and agent.run_failures on real Celery canvases, in the form a worker receives them.
+"""agent.routing.chains and agent.worker.run_failures on real Celery canvases, in the form a worker receives them.
 
 The remaining chain of a request is what Celery itself builds (``prepare_steps``) and sends as JSON;
 the routes are what the app's own router (Celery's ``amqp.router``) decides for each next step.
@@ -13,12 +13,12 @@ import pytest
 from celery import Celery, chain, group
 
 import worker_entry.tasks as tasks
-from agent.chains import accepts_pin, own_queue, pin_signatures, signatures_in
-from agent.config import load
-from agent.defaults import DEFAULT_QUEUE
 from agent.errors import ConfigError, JobFailedError
-from agent.routing import PIN_ARG
-from agent.run_failures import RetryPolicy, failure_kind, failure_report, retry_policy
+from agent.routing.chains import accepts_pin, own_queue, pin_signatures, signatures_in
+from agent.settings.config import load
+from agent.settings.defaults import DEFAULT_QUEUE
+from agent.settings.topology import PIN_ARG
+from agent.worker.run_failures import RetryPolicy, failure_kind, failure_report, retry_policy
 from worker_entry.app import create_app
 
 RUN = {"affinity_key": "repo-a", "run_id": "run-1", "prompt": "p"}

@@ -14,9 +14,9 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
-import agent.checks
-from agent.checks import Checker
-from agent.config import load
+import agent.worker.checks
+from agent.settings.config import load
+from agent.worker.checks import Checker
 
 
 def _checker(home: Path, codex_bin: Path) -> Checker:
@@ -29,13 +29,13 @@ def _checker(home: Path, codex_bin: Path) -> Checker:
 
 @pytest.fixture
 def logs(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
-    """What agent.checks logs during the test.
+    """What agent.worker.checks logs during the test.
 
     Once the JSON logging is set up (by any earlier test), loggers cache their processors on first
     use, so the module gets a fresh logger made while the capture is in place.
     """
     with capture_logs() as captured:
-        monkeypatch.setattr(agent.checks, "log", structlog.get_logger(agent.checks.__name__))
+        monkeypatch.setattr(agent.worker.checks, "log", structlog.get_logger(agent.worker.checks.__name__))
         yield captured
 
 
@@ -61,7 +61,7 @@ class TestOutcomeLog:
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, logs: list[dict[str, Any]]
     ) -> None:
         checker = _checker(tmp_path / ".codex", tmp_path / "no-codex")
-        monkeypatch.setattr(agent.checks, "FAILURE_REMINDER_INTERVAL", 0.0)
+        monkeypatch.setattr(agent.worker.checks, "FAILURE_REMINDER_INTERVAL", 0.0)
         checker.run()
         checker.run()
         failed = _failed(logs)

@@ -1,4 +1,4 @@
-"""agent.config: the environment contract, validated."""
+"""agent.settings.config: the environment contract, validated."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load
 from agent.errors import ConfigError
+from agent.settings.config import load
 
 
 class TestDefaults:

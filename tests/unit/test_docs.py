@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 import pytest
 
-from agent.cli import cli as codex_agent_cli
+from agent.cli.commands import cli as codex_agent_cli
 from agent.errors import all_codes
 from worker_entry.main import cli as worker_entry_cli
 
@@ -187,8 +187,8 @@ class TestQuickstart:
 
 class TestConfigurationTable:
     def test_the_readme_table_is_the_declared_table(self) -> None:
-        """Every variable of agent.variables has a README row, and every row is declared (or handed on)."""
-        from agent.variables import PASSED_THROUGH, VARIABLES
+        """Every variable of agent.settings.variables has a README row, and every row is declared (or handed on)."""
+        from agent.settings.variables import PASSED_THROUGH, VARIABLES
 
         rows = set(re.findall(r"^\| `([A-Z][A-Z0-9_]+)` \|", section(README.read_text(), "Configuration"), re.M))
         declared = set(VARIABLES) - {"HOME"}
@@ -198,9 +198,9 @@ class TestConfigurationTable:
         )
 
     def test_no_module_reads_the_environment_past_the_table(self) -> None:
-        """The agent reads no variable of the contract by hand: every read goes through agent.variables
+        """The agent reads no variable of the contract by hand: every read goes through agent.settings.variables
         (``HOME`` is handed to the Codex CLI's own environment, not read)."""
-        from agent.variables import VARIABLES
+        from agent.settings.variables import VARIABLES
 
         for source in [*ROOT.glob("agent/**/*.py"), *ROOT.glob("worker_entry/*.py")]:
             if source.name == "variables.py":

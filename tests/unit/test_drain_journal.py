@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.errors import DrainError
+from agent.routing.drain_journal import MoveJournal, journal_path, message_key
 
 HEADERS = {"id": "t-1", "task": "codex.phase", "retries": 0}
 

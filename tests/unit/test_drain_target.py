@@ -1,4 +1,4 @@
-"""agent.drain.target_queue: where a waiting task routes after the shard count changes."""
+"""agent.routing.drain.target_queue: where a waiting task routes after the shard count changes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from agent.drain import target_queue
 from agent.errors import RoutingError
-from agent.routing import Topology, shard_for
+from agent.routing.drain import target_queue
+from agent.settings.topology import Topology, shard_for
 
 
 def by_key(key: str, shards: int) -> str:
@@ -65,7 +65,7 @@ class TestWithTheAppsRegistry:
     def _app(self) -> Any:
         from celery import Celery
 
-        from agent.task import CodexTask
+        from agent.worker.task import CodexTask
 
         app = Celery("myproj")
         app.conf.task_default_queue = "myproj-default"
@@ -79,7 +79,7 @@ class TestWithTheAppsRegistry:
         return app
 
     def test_routes_by_the_tasks_affinity_argument_and_the_apps_default_queue(self) -> None:
-        from agent.drain import task_kinds_from_app
+        from agent.routing.drain import task_kinds_from_app
 
         kinds = task_kinds_from_app(self._app())
         assert target_queue("myproj.review_pr", {"repo": "r1"}, shards=3, kinds=kinds) == by_key("r1", 3)
@@ -90,7 +90,7 @@ class TestWithTheAppsRegistry:
 
     def test_a_task_the_app_does_not_know_is_not_guessed(self) -> None:
         """Unknown to the app: UnknownTask (the drain's CODEX-E051), not the default queue."""
-        from agent.drain import UnknownTask, task_kinds_from_app
+        from agent.routing.drain import UnknownTask, task_kinds_from_app
 
         kinds = task_kinds_from_app(self._app())
         with pytest.raises(UnknownTask) as info:

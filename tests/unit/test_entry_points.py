@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import agent
-from agent.codex_cli import SUPPORTED_VERSION
+from agent.login.codex_cli import SUPPORTED_VERSION
 from worker_entry.main import _CELERY_ARGS
 from worker_entry.main import cli as worker_entry_cli
 
@@ -88,7 +88,7 @@ def test_app_is_imported_from_the_current_directory(tmp_path: Path) -> None:
     runner.parent.mkdir()
     runner.write_text(
         textwrap.dedent("""
-        from agent.clickext import import_app
+        from agent.cli.clickext import import_app
         print(import_app("myproj.celery:app").main)
     """)
     )

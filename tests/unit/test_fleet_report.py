@@ -1,4 +1,4 @@
-"""agent.fleet: reading the board's records into shards (pure; the brokers are in tests/integration)."""
+"""agent.fleet.roster: reading the board's records into shards (pure; the brokers are in tests/integration)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agent.fleet import FleetEntry, FleetReport, newest_per_worker
+from agent.fleet.roster import FleetEntry, FleetReport, newest_per_worker
 
 
 def entry(

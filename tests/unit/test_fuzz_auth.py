@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.errors import LoginCheckError, LoginError, NotLoggedInError
-from agent.login import AUTH_FILE, facts_from_text, inspect_auth_file, judge_status_output
+from agent.login.auth import AUTH_FILE, facts_from_text, inspect_auth_file, judge_status_output
 from testkit.fuzz import any_bytes, any_text, budget, is_strict_json, json_values
 
 FACTS = {"shard": 0, "volume": "codex_auth_0", "codex_home": "/x", "uid": 1000}

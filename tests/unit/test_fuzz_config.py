@@ -1,6 +1,6 @@
 """Fuzz: any string in any variable of the environment contract gives a config or a ConfigError.
 
-The variables are the worker's rows of the one table (:data:`agent.variables.VARIABLES`, all but the
+The variables are the worker's rows of the one table (:data:`agent.settings.variables.VARIABLES`, all but the
 guard's), so a variable added later is fuzzed without touching this file.
 """
 
@@ -12,16 +12,16 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from agent import variables
-from agent.config import AgentConfig, load
 from agent.errors import ConfigError
+from agent.settings import variables
+from agent.settings.config import AgentConfig, load
 from testkit.fuzz import any_text, budget
 from worker_entry.app import create_app
 
 VARIABLES = sorted(
     name for name in variables.VARIABLES if not name.startswith("CODEX_GUARD_") and name != "CELERY_VISIBILITY_TIMEOUT"
 )
-"""What :func:`agent.config.load` reads (the visibility timeout is the worker settings', fuzzed below)."""
+"""What :func:`agent.settings.config.load` reads (the visibility timeout is the worker settings', fuzzed below)."""
 
 _values = st.one_of(
     any_text,

@@ -18,14 +18,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.claim import MARKER_FILE, Holder, marker_problem, read_marker
-from agent.credstore import CONFIG_FILE, SETTING, check_credentials_store, credentials_store
-from agent.drain_journal import MoveJournal, journal_path, message_key
 from agent.errors import CredentialStoreError
-from agent.login import AUTH_FILE, inspect_auth_file
-from agent.smallfile import UnreadableFile, read_small_file
-from agent.state import STATE_FILE, AgentState, judge_health, read_state
-from agent.volumes import holder_view
+from agent.fleet.state import STATE_FILE, AgentState, judge_health, read_state
+from agent.login.auth import AUTH_FILE, inspect_auth_file
+from agent.login.credstore import CONFIG_FILE, SETTING, check_credentials_store, credentials_store
+from agent.routing.drain_journal import MoveJournal, journal_path, message_key
+from agent.util.smallfile import UnreadableFile, read_small_file
+from agent.volume.claim import MARKER_FILE, Holder, marker_problem, read_marker
+from agent.volume.inventory import holder_view
 from testkit.fuzz import any_bytes, any_text, budget, is_strict_json, json_fields, json_values
 
 _HOLDER_FIELDS = tuple(Holder.__dataclass_fields__)
@@ -121,7 +121,7 @@ class TestPublishedState:
         assert read_state(tmp_path) is None and judge_health(None).healthy is False
 
     def test_a_real_state_round_trips(self, tmp_path: Path) -> None:
-        from agent.state import write_state
+        from agent.fleet.state import write_state
 
         state = AgentState(
             worker="w",
@@ -264,8 +264,8 @@ def _as_nobody(task: Callable[[], str]) -> str:
 class TestRecordsDeclaredOnce:
     def test_field_types_come_from_the_dataclass(self) -> None:
         """A record's accepted JSON types are read off its annotations: floats take ints, optionals null."""
-        from agent.claim import MARKER_FIELDS
-        from agent.fleet import ENTRY_FIELDS
+        from agent.fleet.roster import ENTRY_FIELDS
+        from agent.volume.claim import MARKER_FIELDS
 
         assert MARKER_FIELDS["pid"] == (int,) and MARKER_FIELDS["heartbeat"] == (int, float)
         assert MARKER_FIELDS["container_id"] == (str, type(None)) and MARKER_FIELDS["shard"] == (int, type(None))

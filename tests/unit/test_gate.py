@@ -15,7 +15,7 @@ from celery import Celery
 from kombu import Queue
 
 from agent.errors import LoginRevokedError, NotLoggedInError
-from agent.gate import Gate
+from agent.worker.gate import Gate
 
 QUEUES = ("codex", "codex-1")
 

@@ -3,7 +3,7 @@
 The Engine decodes JSON with Go's ``encoding/json``: a key matches a struct field exactly or, failing
 that, ignoring case (with Unicode folds: ``ſ`` is ``s``, the Kelvin sign is ``k``); later keys
 overwrite earlier ones; unknown keys are ignored. :func:`go_reads` models that for the fields of a
-create. Hypothesis throws bodies full of such keys at :func:`agent.job_policy.create_request`:
+create. Hypothesis throws bodies full of such keys at :func:`agent.jobs.policy.create_request`:
 whatever it approves, the bytes the guard sends decode, Go's way, to exactly that object.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.job_policy import (
+from agent.jobs.policy import (
     CONFIG_FIELDS,
     HOST_FIELDS,
     MOUNT_FIELDS,

@@ -20,8 +20,8 @@ from agent.guard.policy import (
     route,
     upstream_target,
 )
-from agent.job_policy import decode_body, workspace_name
-from agent.sandbox import Sandbox, load_sandbox
+from agent.jobs.policy import decode_body, workspace_name
+from agent.settings.sandbox import Sandbox, load_sandbox
 
 HOME = "/home/app/.codex"
 POLICY = ShardPolicy(

@@ -1,4 +1,4 @@
-"""agent.jobs.job_create_args: the pure translation of a job request into the Engine body the job policy approved."""
+"""agent.jobs.launcher.job_create_args: the pure translation of a job request into the Engine body the job policy approved."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from docker.types import Mount
 
 from agent.errors import JobRejectedError
-from agent.jobs import JobPolicy, job_create_args, job_labels
-from agent.sandbox import Sandbox
+from agent.jobs.launcher import JobPolicy, job_create_args, job_labels
+from agent.settings.sandbox import Sandbox
 
 HOME = "/home/app/.codex"
 POLICY = JobPolicy(
@@ -96,7 +96,7 @@ class TestImposed:
 
     def test_the_launcher_and_the_guard_judge_with_one_function(self) -> None:
         """What the launcher sends passes the guard's own policy unchanged: one policy, one body."""
-        from agent.job_policy import create_request
+        from agent.jobs.policy import create_request
 
         body = build(workspace="run_42_ws", labels={"team": "a"})
         assert create_request(POLICY.shard_policy(), body).body == body

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import defaults
-from agent.cli import cli
+from agent.cli.commands import cli
+from agent.settings import defaults
 
 kubernetes_validate = pytest.importorskip(
     "kubernetes_validate", reason="kubernetes-validate absent (pip install -e .[test])"

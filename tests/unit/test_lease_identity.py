@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.claim import boot_id
-from agent.fleet import FleetEntry
-from agent.lease import HISTORY_FILE, FingerprintHistory, LeaseHolder, LeaseState
+from agent.fleet.lease import HISTORY_FILE, FingerprintHistory, LeaseHolder, LeaseState
+from agent.fleet.roster import FleetEntry
+from agent.util.host import boot_id
 
 
 class TestFingerprintHistory:

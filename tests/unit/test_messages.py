@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from agent import errors
-from agent.claim import MARKER_FIELDS, MARKER_FILE, Holder, VolumeClaim, marker_problem
-from agent.login import AuthFacts
-from agent.state import STATE_FIELDS, AgentState
-from agent.volumes import VolumeStatus, forked_logins
+from agent.fleet.state import STATE_FIELDS, AgentState
+from agent.login.auth import AuthFacts
+from agent.volume.claim import MARKER_FIELDS, MARKER_FILE, Holder, VolumeClaim, marker_problem
+from agent.volume.inventory import VolumeStatus, forked_logins
 from testkit import REPO_ROOT
 
 HOLDER_ID = "f" * 64

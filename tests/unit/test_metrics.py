@@ -17,11 +17,11 @@ import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.audit import configure_logging, observe_events
-from agent.codex_output import summarize
-from agent.jobs import described
-from agent.login import facts_from_text, inspect_auth_file
-from agent.metrics import (
+from agent.jobs.codex_output import summarize
+from agent.jobs.launcher import described
+from agent.login.auth import facts_from_text, inspect_auth_file
+from agent.telemetry.audit import configure_logging, observe_events
+from agent.telemetry.metrics import (
     CredentialCollector,
     EventMetrics,
     GateCollector,
@@ -205,18 +205,18 @@ _FORKED_COUNTS = r"""
 import json, multiprocessing, os, socket, sys, urllib.request
 from pathlib import Path
 import structlog
-from agent.audit import configure_logging
+from agent.telemetry.audit import configure_logging
 configure_logging("INFO", stream=open(os.devnull, "w"))
 mode, state = sys.argv[1], Path(sys.argv[2])
 if mode == "multiprocess":
-    from agent.metrics import enable
+    from agent.telemetry.metrics import enable
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
     enable(port, state_dir=state, codex_home=state / "home", volume="v", shard="0", addr="127.0.0.1")
 else:  # counting in one process's registry: what children count never reaches the scrape
     from prometheus_client import CollectorRegistry, generate_latest
-    from agent.audit import observe_events
-    from agent.metrics import EventMetrics
+    from agent.telemetry.audit import observe_events
+    from agent.telemetry.metrics import EventMetrics
     registry = CollectorRegistry(); observe_events(EventMetrics("0", registry=registry).observe)
 
 def child():
@@ -252,8 +252,8 @@ _FORK_WHILE_COUNTING = r"""
 import json, os, socket, sys, threading, time
 from pathlib import Path
 import structlog
-from agent.audit import configure_logging
-from agent.metrics import enable
+from agent.telemetry.audit import configure_logging
+from agent.telemetry.metrics import enable
 configure_logging("INFO", stream=open(os.devnull, "w"))
 guarded, state = sys.argv[1] == "guarded", Path(sys.argv[2])
 with socket.socket() as s:
@@ -297,7 +297,7 @@ def test_a_child_forked_while_a_thread_counts_never_hangs(tmp_path: Path, mode: 
 
 def test_codex_workers_send_task_events_by_default() -> None:
     """Flower and celery-exporter see Codex tasks without a flag (bench row 12d prices it)."""
-    from agent.config import load
+    from agent.settings.config import load
     from worker_entry.app import create_app
 
     assert create_app(load({"CODEX_SHARD_INDEX": "0"})).conf.worker_send_task_events is True

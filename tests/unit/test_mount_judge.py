@@ -1,11 +1,11 @@
-"""agent.mount: the pure verdict and the mountinfo parser."""
+"""agent.volume.mount: the pure verdict and the mountinfo parser."""
 
 from __future__ import annotations
 
 import pytest
 
 from agent.errors import MountError
-from agent.mount import MountObservation, judge, parse_mountinfo, volume_from_root
+from agent.volume.mount import MountObservation, judge, parse_mountinfo, volume_from_root
 
 FACTS = {"shard": 1, "volume": "codex_auth_1", "codex_home": "/home/app/.codex", "uid": 1000}
 

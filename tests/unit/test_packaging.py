@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 import agent
-from agent import codex_cli
+from agent.login import codex_cli
 from agent.problems import CODEX_VERSION_DIFFERS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,8 +124,8 @@ class TestDocsInTheRepository:
 
 class TestCheckWarnsOnAnotherRelease:
     def _checker(self, tmp_path: Path, codex_bin: str) -> Any:
-        from agent.checks import Checker
-        from agent.config import load
+        from agent.settings.config import load
+        from agent.worker.checks import Checker
         from testkit import make_api_key_login
 
         home = tmp_path / ".codex"

@@ -1,4 +1,4 @@
-"""agent.phase_options: what a task may choose about a phase (model, Codex arguments, job environment)."""
+"""agent.jobs.phase_options: what a task may choose about a phase (model, Codex arguments, job environment)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from agent.errors import PhaseRequestError
-from agent.jobs import JobPolicy, job_create_args
-from agent.phase_options import (
+from agent.jobs.launcher import JobPolicy, job_create_args
+from agent.jobs.phase_options import (
     CODEX_ARGS_RULE,
     MODEL_RULE,
     RESERVED_ENV,

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from agent.artifacts import RunArtifacts, checked_name
-from agent.codex_output import auth_failure, summarize
-from agent.credstore import check_credentials_store, credentials_store
 from agent.errors import CredentialStoreError, LoginRevokedError, PhaseRequestError
-from agent.login import AuthFacts
-from agent.phase import exec_argv
-from agent.revocation import Revocation, clear, read, record, still_revoked
+from agent.jobs.artifacts import RunArtifacts, checked_name
+from agent.jobs.codex_output import auth_failure, summarize
+from agent.jobs.phase import exec_argv
+from agent.login.auth import AuthFacts
+from agent.login.credstore import check_credentials_store, credentials_store
+from agent.login.revocation import Revocation, clear, read, record, still_revoked
 
 FACTS = {"shard": 1, "volume": "codex_auth_1", "worker": "w"}
 

@@ -24,13 +24,13 @@ def test_every_public_name_resolves(name: str) -> None:
 
 
 def test_public_names_are_the_library_objects() -> None:
-    from agent.config import load
     from agent.errors import AgentError
-    from agent.jobs import JobLauncher
-    from agent.phase import CodexPhase
-    from agent.routing import PIN_ARG
-    from agent.runtime import install
-    from agent.task import CodexTask
+    from agent.jobs.launcher import JobLauncher
+    from agent.jobs.phase import CodexPhase
+    from agent.settings.config import load
+    from agent.settings.topology import PIN_ARG
+    from agent.worker.runtime import install
+    from agent.worker.task import CodexTask
 
     assert (agent.install, agent.CodexTask, agent.CodexPhase, agent.JobLauncher) == (
         install,

@@ -1,4 +1,4 @@
-"""agent.router.routed_options: a Codex task routes itself when the publishing app has no router."""
+"""agent.routing.router.routed_options: a Codex task routes itself when the publishing app has no router."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent.config import load
 from agent.errors import RoutingError
-from agent.router import add_router, routed_options
-from agent.routing import shard_for
-from agent.task import CodexTask
+from agent.routing.router import add_router, routed_options
+from agent.settings.config import load
+from agent.settings.topology import shard_for
+from agent.worker.task import CodexTask
 
 
 def _bare_app() -> tuple[Celery, Any]:

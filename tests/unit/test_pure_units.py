@@ -12,13 +12,13 @@ from typing import Any
 import psutil
 import pytest
 
-from agent.checks import local_login_check
-from agent.config import load
 from agent.errors import LoginCheckError, NotLoggedInError
-from agent.login import AuthFacts, judge_status_output
-from agent.preflight import Preflight
-from agent.state import AgentState, judge_health
-from agent.volumes import VolumeStatus, forked_logins, holder_view
+from agent.fleet.state import AgentState, judge_health
+from agent.login.auth import AuthFacts, judge_status_output
+from agent.settings.config import load
+from agent.volume.inventory import VolumeStatus, forked_logins, holder_view
+from agent.worker.checks import local_login_check
+from agent.worker.preflight import Preflight
 from testkit import make_api_key_login
 
 FACTS = {"shard": 1, "volume": "codex_auth_1"}

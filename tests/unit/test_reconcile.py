@@ -1,4 +1,4 @@
-"""agent.reconcile: engine timestamps, what a job container still tells, and who counts as an orphan."""
+"""agent.jobs.reconcile: engine timestamps, what a job container still tells, and who counts as an orphan."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from agent.job_container import JobContainer, docker_time
-from agent.reconcile import is_orphan
+from agent.jobs.container import JobContainer, docker_time
+from agent.jobs.reconcile import is_orphan
 
 LABELS = {
     "codex.queue": "codex-1",

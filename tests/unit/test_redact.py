@@ -1,10 +1,10 @@
-"""agent.redact: secrets never leave in text."""
+"""agent.util.redact: secrets never leave in text."""
 
 from __future__ import annotations
 
 import pytest
 
-from agent.redact import REDACTED, scrub
+from agent.util.redact import REDACTED, scrub
 
 SECRETS = [
     "API key configured - sk-test-***bc123",

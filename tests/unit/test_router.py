@@ -1,4 +1,4 @@
-"""agent.router and agent.runtime.install: routing decisions and idempotent wiring."""
+"""agent.routing.router and agent.worker.runtime.install: routing decisions and idempotent wiring."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent.config import load
 from agent.errors import RoutingError
-from agent.gate import GateStep
-from agent.router import CodexRouter, add_router
-from agent.routing import shard_for
-from agent.runtime import install
-from agent.task import CodexTask
+from agent.routing.router import CodexRouter, add_router
+from agent.settings.config import load
+from agent.settings.topology import shard_for
+from agent.worker.gate import GateStep
+from agent.worker.runtime import install
+from agent.worker.task import CodexTask
 
 
 def _app(**env: str) -> tuple[Celery, CodexRouter]:

@@ -1,4 +1,4 @@
-"""agent.routing: jump consistent hash over a stable digest."""
+"""agent.settings.topology: jump consistent hash over a stable digest."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agent.errors import RoutingError
-from agent.routing import Topology, jump_hash, key_digest, reshard_plan, shard_for
+from agent.settings.topology import Topology, jump_hash, key_digest, reshard_plan, shard_for
 
 KEYS = [f"github.com/org/repo-{i}" for i in range(10_000)]
 
@@ -38,7 +38,7 @@ class TestShardFor:
         """10,000 keys map the same in a separate interpreter with another hash seed."""
         here = [shard_for(k, 3) for k in KEYS]
         code = (
-            "import sys; from agent.routing import shard_for\n"
+            "import sys; from agent.settings.topology import shard_for\n"
             "keys=[f'github.com/org/repo-{i}' for i in range(10000)]\n"
             "sys.stdout.write(''.join(str(shard_for(k,3)) for k in keys))"
         )

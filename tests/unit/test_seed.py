@@ -1,4 +1,4 @@
-"""agent.seed: a workspace seed is a plain tree under CODEX_SEED_ROOT, packed with nothing but dirs and files."""
+"""agent.jobs.seed: a workspace seed is a plain tree under CODEX_SEED_ROOT, packed with nothing but dirs and files."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import PhaseRequestError
-from agent.seed import seed_archive, seed_path
+from agent.jobs.seed import seed_archive, seed_path
 
 FACTS = {"shard": 0, "volume": "codex_auth_0", "worker": "w"}
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import load
 from agent.errors import ConfigError
-from agent.variables import VARIABLES
+from agent.settings.config import load
+from agent.settings.variables import VARIABLES
 
 ENTRY = str(Path(sys.executable).parent / "worker-entry")
 

@@ -1,4 +1,4 @@
-"""agent.usage: the usage-limit classifier, the bounded snapshot reader (hostile files too), the
+"""agent.login.usage: the usage-limit classifier, the bounded snapshot reader (hostile files too), the
 limit's reset time and its marker, and the gate's side of it (check, pre-flight, watcher)."""
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-from agent import usage
-from agent.checks import Checker
-from agent.config import load
 from agent.errors import AgentError, LoginError, UsageLimitError
-from agent.preflight import Preflight
-from agent.usage import Headroom, LimitHit, Window
-from agent.watch import VolumeWatcher
+from agent.login import usage
+from agent.login.usage import Headroom, LimitHit, Window
+from agent.settings.config import load
+from agent.volume.watch import VolumeWatcher
+from agent.worker.checks import Checker
+from agent.worker.preflight import Preflight
 from testkit.workers import wait_until
 
 NOW = 1_796_160_000.0
@@ -370,7 +370,7 @@ class TestGateSide:
 
 class TestGauges:
     def test_headroom_and_limit_become_gauges_per_volume_and_window(self) -> None:
-        from agent.metrics import exposition, usage_families
+        from agent.telemetry.metrics import exposition, usage_families
 
         snap = Headroom((Window(42.5, 300, NOW + 100), Window(91.0, 10080, NOW + 900)), NOW)
         limit = usage.UsageLimit("usage", "usage_limit_reached", NOW + 100, True, 300, NOW)
@@ -416,9 +416,9 @@ class TestDrainThresholds:
         assert usage.drain_thresholds({"CODEX_DRAIN_WEEKLY_PERCENT": "90"}) == usage.DrainThresholds(85.0, 90.0)
 
     def test_volumes_prometheus_says_which_volume_a_limit_holds(self) -> None:
-        from agent.login import AuthFacts
-        from agent.metrics import volumes_exposition
-        from agent.volumes import VolumesReport, VolumeStatus
+        from agent.login.auth import AuthFacts
+        from agent.telemetry.metrics import volumes_exposition
+        from agent.volume.inventory import VolumesReport, VolumeStatus
 
         limit = usage.view(
             None, usage.UsageLimit("usage", "usage_limit_reached", time.time() + 60, True, 300, time.time())

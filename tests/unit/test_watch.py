@@ -1,4 +1,4 @@
-"""agent.watch on real directories: which changes run the checks, in events mode and in poll mode."""
+"""agent.volume.watch on real directories: which changes run the checks, in events mode and in poll mode."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.claim import VolumeClaim
-from agent.config import load
-from agent.watch import Snapshot, VolumeWatcher
+from agent.settings.config import load
+from agent.volume.claim import VolumeClaim
+from agent.volume.watch import Snapshot, VolumeWatcher
 from testkit.workers import wait_until
 
 QUIET_S = 1.5
@@ -127,9 +127,9 @@ class TestEventsMode:
 
 FALLBACK = """
 import os, resource, sys
-from agent.audit import configure_logging
-from agent.config import load
-from agent.watch import VolumeWatcher
+from agent.telemetry.audit import configure_logging
+from agent.settings.config import load
+from agent.volume.watch import VolumeWatcher
 configure_logging("INFO")
 config = load({"HOME": sys.argv[1], "CODEX_SHARD_INDEX": "0", "AGENT_WATCH": "events"})
 watcher = VolumeWatcher(config, lambda: None, lambda: True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import load
+from agent.settings.config import load
 from worker_entry.main import worker_argv
 
 CODEX = load({"CODEX_SHARD_INDEX": "1", "AGENT_WORKER_NAME": "node"})

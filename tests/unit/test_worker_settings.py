@@ -1,4 +1,4 @@
-"""agent.worker_settings: the settings a Codex worker's guarantees rest on, applied to any app."""
+"""agent.worker.settings: the settings a Codex worker's guarantees rest on, applied to any app."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from agent.config import load
 from agent.errors import ConfigError, UnsafeSettingError
-from agent.worker_settings import GUARANTEED, VISIBILITY_TIMEOUT, apply_worker_settings, explicit_settings
+from agent.settings.config import load
+from agent.worker.settings import GUARANTEED, VISIBILITY_TIMEOUT, apply_worker_settings, explicit_settings
 
 REDIS = "redis://localhost:6379/0"
 AMQP = "amqp://guest:guest@localhost:5672//"

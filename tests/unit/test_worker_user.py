@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from agent.config import load
 from agent.errors import ConfigError
-from agent.runtime import _check_worker_user
+from agent.settings.config import load
+from agent.worker.runtime import _check_worker_user
 
 
 class TestWorkerUser:
