@@ -6,8 +6,8 @@ The public face, for a task author and an app owner (``import agent``)::
     agent.add_router(app, cfg)    route Codex tasks to their shard (publisher side)
     agent.load_config()           the validated configuration (AgentConfig), from the environment
     agent.CodexTask               base class of a Codex phase task (routing, pre-flight, audit)
-    agent.CodexPhase              ``codex exec`` in a guarded job container: ``CodexPhase(task.jobs).run(...)``
-    agent.JobLauncher             the guarded job launcher a task gets as ``self.jobs``
+    agent.CodexPhase              ``codex exec`` in a job container under the job policy: ``CodexPhase(task.jobs).run(...)``
+    agent.JobLauncher             the job launcher a task gets as ``self.jobs``
     agent.PIN_ARG                 the keyword (``codex_shard``) that pins a phase to a shard
     agent.DEFAULT_AFFINITY_ARG    the keyword (``affinity_key``) routed by, unless a task sets affinity_arg
     agent.AgentError              base of every coded error (``code``, ``message``, ``remediation``)

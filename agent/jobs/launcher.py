@@ -1,4 +1,4 @@
-"""The guarded Docker client: job containers that always carry the shard's login and audit trail.
+"""The job launcher: job containers that always carry the shard's login and audit trail.
 
 Task code calls :meth:`JobLauncher.run` instead of ``client.containers.run``. It may pass only the
 allow-listed options of :data:`agent.settings.sandbox.JOB_OPTIONS`, and the container always gets this
@@ -64,7 +64,7 @@ RESERVED_OPTIONS = frozenset({"detach", "remove", "auto_remove", "stdout", "stde
 
 _LABEL_KEYS = ("shard", "queue", "volume", "run_id", "task_id", "worker")
 JOB_REFUSED = "codex.job.refused"
-"""Audit event of a job request the guarded client refused (CODEX-E041), before anything was created."""
+"""Audit event of a job request the launcher refused (CODEX-E041), before anything was created."""
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,7 @@ def described(describe: Callable[[str], Mapping[str, Any]] | None, output: str) 
 
 
 class JobLauncher:
-    """Creates job containers for one Codex task through the guarded path.
+    """Creates job containers for one Codex task under the job policy.
 
     Args:
         client: a ``docker.DockerClient``.

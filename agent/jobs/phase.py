@@ -1,8 +1,8 @@
-"""A Codex phase: ``codex exec --json`` in a guarded job container, with its artifacts and limit.
+"""A Codex phase: ``codex exec --json`` in a job container under the job policy, with its artifacts and limit.
 
 :class:`CodexPhase` runs one phase of a run on this worker's shard:
 
-* the job container gets the shard's login (the guarded :class:`~agent.jobs.launcher.JobLauncher`), the run's
+* the job container gets the shard's login (the :class:`~agent.jobs.launcher.JobLauncher`), the run's
   workspace volume at ``/workspace``, ``CODEX_PHASE_TIMEOUT`` as its wall-clock limit (CODEX-E043),
   and Codex's own token-endpoint overrides when the worker has them (staging and tests);
 * a later phase resumes the run's Codex session (``codex exec resume <id>``), whose files live in the
@@ -75,7 +75,7 @@ class CodexPhase:
     """Runs phases of runs on this worker's shard.
 
     Args:
-        launcher: the guarded launcher of the running task (its shard, volume and audit context);
+        launcher: the job launcher of the running task (its shard, volume and audit context);
             its configuration gives the image, limit, network, artifacts root and CODEX_HOME.
         environ: where the endpoint overrides are read from (``os.environ`` by default).
     """

@@ -3,7 +3,7 @@
 The source is a directory, or a ``.tar``/``.tar.gz``/``.tgz`` file, under ``CODEX_SEED_ROOT``, the
 one place the operator lets tasks seed from (unset: seeding is off). The worker packs it into a
 fresh tar holding only directories and regular files with plain relative names (no links, devices,
-owners or ``..``), and a seed job (the job image, through the same guarded launcher and job policy
+owners or ``..``), and a seed job (the job image, through the same job launcher and job policy
 as a phase) unpacks it from its stdin into the run's workspace volume. It happens once per run,
 while the workspace is new: :data:`SEED_FILE` in the run's artifacts marks it done.
 """

@@ -1,6 +1,6 @@
 """Which Docker volumes hold a Codex login: by label ``codex.auth=1`` or by name ``codex_auth_*``.
 
-Both the guarded job client (to refuse a foreign login) and ``codex-agent volumes`` (to list
+Both the job launcher (to refuse a foreign login) and ``codex-agent volumes`` (to list
 them all) need the same answer, so it is decided here once.
 """
 

@@ -5,7 +5,7 @@ pre-flight cannot afford that every time, yet must not start a phase on a volume
 chmod-ed, chown-ed, remounted read-only or replaced since the last check. :class:`HomeStat` is
 what ``stat`` and ``statvfs`` say about the directory (device, inode, mode, owner, read-only
 flag): a different volume, or the directory underneath an unmounted one, has another inode.
-:class:`VolumeGuard` compares it with the last stat a full check vouched for, and runs the mount
+:class:`VolumeIdentityCheck` compares it with the last stat a full check vouched for, and runs the mount
 check again only when they differ.
 """
 
@@ -20,7 +20,7 @@ from agent.login.auth import AUTH_FILE
 from agent.settings.config import AgentConfig
 from agent.volume import mount as mount_mod
 
-__all__ = ["AuthSignature", "auth_signature", "HomeStat", "stat_home", "VolumeGuard"]
+__all__ = ["AuthSignature", "auth_signature", "HomeStat", "stat_home", "VolumeIdentityCheck"]
 
 AuthSignature = tuple[int, int, int] | None
 
@@ -55,7 +55,7 @@ def stat_home(codex_home: Path) -> HomeStat | None:
     return HomeStat(st.st_dev, st.st_ino, stat.S_IMODE(st.st_mode), st.st_uid, read_only)
 
 
-class VolumeGuard:
+class VolumeIdentityCheck:
     """Refuses a task when CODEX_HOME is no longer the private, writable volume last verified.
 
     The worker's main process vouches for the stat taken just before each passing mount check;

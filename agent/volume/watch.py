@@ -19,7 +19,7 @@ the snapshot is also taken every 0.5 s.
 ``poll`` mode (``AGENT_WATCH=poll``, and the fallback when inotify is unavailable) is the stat
 loop: auth.json and the marker every 0.5 s; permissions, owner and mount wait for the next full
 re-check. In both modes the per-task pre-flight refuses a volume that changed
-(:class:`~agent.volume.identity.VolumeGuard`).
+(:class:`~agent.volume.identity.VolumeIdentityCheck`).
 """
 
 from __future__ import annotations

@@ -53,7 +53,7 @@ class Gate:
 
     @property
     def queue(self) -> str:
-        """The first guarded queue (the one ``status`` and the audit lines name)."""
+        """The first gated queue (the one ``status`` and the audit lines name)."""
         return self.queues[0]
 
     def set(
@@ -96,7 +96,7 @@ class Gate:
         return True
 
     def wanted(self, name: str) -> bool:
-        """Whether guarded queue ``name`` is to be consumed now: open and not drained."""
+        """Whether gated queue ``name`` is to be consumed now: open and not drained."""
         return self.is_open and name not in self.drained
 
     def drain(self, queues: frozenset[str], *, consumer: Any = None) -> bool:

@@ -1,7 +1,7 @@
 """Per-task pre-flight of Codex tasks: the cheap checks before every phase.
 
 Before a Codex phase starts, :class:`Preflight` checks that CODEX_HOME is still the private,
-writable volume last verified (a stat, :class:`~agent.volume.identity.VolumeGuard`), that the claim is
+writable volume last verified (a stat, :class:`~agent.volume.identity.VolumeIdentityCheck`), that the claim is
 still ours, that no usage limit stands, and that the login still holds (the ``codex login status``
 verdict is cached briefly, and forgotten the moment ``auth.json`` changes). A failure raises the
 agent's error; the task base (:mod:`agent.worker.task`) turns it into a requeue.
@@ -19,7 +19,7 @@ from agent.login.auth import AUTH_FILE, LoginStatus, inspect_auth_file, require_
 from agent.settings.config import AgentConfig
 from agent.settings.defaults import PREFLIGHT_LOGIN_TTL
 from agent.volume.claim import VolumeClaim, claim_for
-from agent.volume.identity import AuthSignature, VolumeGuard, auth_signature
+from agent.volume.identity import AuthSignature, VolumeIdentityCheck, auth_signature
 
 __all__ = ["Preflight"]
 
@@ -48,7 +48,7 @@ class Preflight:
         self.ttl = ttl
         self._login_ok_at: float | None = None
         self._login_signature: AuthSignature = None
-        self.volume = VolumeGuard(config)  # mode, owner and mount identity: a stat per task
+        self.volume = VolumeIdentityCheck(config)  # mode, owner and mount identity: a stat per task
 
     def forget(self) -> None:
         """Drop the cached login verdict."""

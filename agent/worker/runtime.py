@@ -242,7 +242,7 @@ class Agent:
     # -- job containers -------------------------------------------------------------------
 
     def launcher(self, context: Mapping[str, Any]) -> JobLauncher:
-        """The guarded launcher for a running task (its audit ``context``), with this process's client.
+        """The job launcher for a running task (its audit ``context``), with this process's client.
 
         A forked pool child never reuses its parent's sockets: the client is made per process.
 

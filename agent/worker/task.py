@@ -133,7 +133,7 @@ class CodexTask(Task):
 
     @property
     def jobs(self) -> JobLauncher:
-        """The guarded launcher for this run: the shard's login, user, labels and audit lines."""
+        """The job launcher for this run: the shard's login, user, labels and audit lines."""
         return self.agent.launcher(self.codex_context())
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
