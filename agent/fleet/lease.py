@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -51,7 +50,7 @@ from agent.fleet.lease_store import BrokerUnreachable, LeaseStore, describe_brok
 from agent.login.auth import inspect_auth_file
 from agent.settings.config import AgentConfig
 from agent.util.atomic import write_json_atomically
-from agent.util.host import boot_id
+from agent.util.host import this_process
 from agent.util.records import FieldTypes, field_defaults, field_types, parse_record, read_record
 from agent.util.services import Heartbeat
 
@@ -358,15 +357,16 @@ class LoginLease:
         """
         with self._lock:
             if self.record is None:
+                process = this_process()
                 self.record = LeaseHolder(
                     worker=self.worker,
-                    host=socket.gethostname(),
+                    host=process.hostname,
                     shard=self.shard,
                     volume=self.volume,
                     claim_id=claim_id,
                     since=time.time(),
-                    pid=os.getpid(),
-                    boot_id=boot_id(),
+                    pid=process.pid,
+                    boot_id=process.boot_id,
                     volume_id=_volume_id(self.codex_home),
                 )
             self._observe()

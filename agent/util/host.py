@@ -6,10 +6,15 @@ container by them.
 
 from __future__ import annotations
 
+import os
 import re
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["boot_id", "own_container_id"]
+import psutil
+
+__all__ = ["ProcessFacts", "boot_id", "own_container_id", "this_process"]
 
 _CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
 
@@ -30,3 +35,25 @@ def own_container_id() -> str | None:
         return None
     match = _CONTAINER_ID.search(text)
     return match.group(1) if match else None
+
+
+@dataclass(frozen=True)
+class ProcessFacts:
+    """Where this process runs: what a claim marker and a lease record name their holder by."""
+
+    hostname: str
+    boot_id: str
+    container_id: str | None
+    pid: int
+    process_start: float
+
+
+def this_process() -> ProcessFacts:
+    """The facts of the calling process, read now (a forked child gets its own)."""
+    return ProcessFacts(
+        hostname=socket.gethostname(),
+        boot_id=boot_id(),
+        container_id=own_container_id(),
+        pid=os.getpid(),
+        process_start=psutil.Process().create_time(),
+    )

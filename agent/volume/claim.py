@@ -23,13 +23,12 @@ from types import TracebackType
 from typing import Any
 
 import filelock
-import psutil
 import structlog
 
 from agent.errors import ClaimIOError, ClaimLostError, VolumeClaimedError
 from agent.settings.config import AgentConfig
 from agent.util.atomic import write_json_atomically
-from agent.util.host import boot_id, own_container_id
+from agent.util.host import boot_id, own_container_id, this_process
 from agent.util.records import FieldTypes, field_types, parse_record, read_record
 from agent.util.services import Heartbeat
 
@@ -230,15 +229,10 @@ class VolumeClaim:
         return holder
 
     def _write_marker(self, *, claimed_at: float, claim_id: str | None = None) -> Holder:
-        process = psutil.Process()
         holder = Holder(
             claim_id=claim_id or uuid.uuid4().hex,
             worker=self.worker,
-            container_id=own_container_id(),
-            hostname=socket.gethostname(),
-            boot_id=boot_id(),
-            pid=process.pid,
-            process_start=process.create_time(),
+            **asdict(this_process()),
             shard=self.shard,
             volume=self.volume,
             claimed_at=claimed_at,
