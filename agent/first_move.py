@@ -29,7 +29,7 @@ from agent.errors import FleetUnreadableError
 from agent.fleet import FleetEntry, FleetReport, read_fleet
 from agent.usage import utc
 
-__all__ = ["BOARD_TTL", "ROUTE_MOVED", "ROUTE_KEPT", "Move", "choose_shard", "FirstPhaseMover"]
+__all__ = ["BOARD_TTL", "ROUTE_MOVED", "ROUTE_KEPT", "Move", "choose_shard", "FirstPhaseMover", "mover_for"]
 
 log = structlog.get_logger(__name__)
 
@@ -183,3 +183,17 @@ class FirstPhaseMover:
             reason="usage limit (CODEX-E036), and no other shard open: it waits for the reset",
         )
         return own
+
+
+_MOVERS: dict[tuple[str, int], FirstPhaseMover] = {}
+_MOVERS_LOCK = threading.Lock()
+
+
+def mover_for(broker_url: str, shards: int) -> FirstPhaseMover:
+    """The process's one mover for a broker and shard count, so that every router (an app's own, and
+    the one :func:`agent.router.routed_options` makes per publish for a bare app) shares one board read."""
+    with _MOVERS_LOCK:
+        mover = _MOVERS.get((broker_url, shards))
+        if mover is None:
+            mover = _MOVERS[(broker_url, shards)] = FirstPhaseMover(broker_url, shards)
+        return mover

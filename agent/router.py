@@ -20,7 +20,7 @@ from celery import current_task
 from agent import config as config_mod
 from agent.chains import accepts_pin
 from agent.config import AgentConfig
-from agent.first_move import FirstPhaseMover
+from agent.first_move import FirstPhaseMover, mover_for
 from agent.routing import DEFAULT_AFFINITY_ARG, PIN_ARG, Topology
 
 __all__ = ["CodexRouter", "PIN_ARG", "add_router", "routed_options"]
@@ -35,7 +35,7 @@ class CodexRouter:
         self.topology: Topology = config.topology
         self._included = False
         self.mover: FirstPhaseMover | None = (
-            FirstPhaseMover(config.broker_url, self.topology.shards)
+            mover_for(config.broker_url, self.topology.shards)
             if config.move_first_phase and self.topology.mode == "sharded"
             else None
         )

@@ -13,7 +13,7 @@ from celery import Celery
 
 from agent.config import load
 from agent.errors import FleetUnreadableError
-from agent.first_move import FirstPhaseMover, Move, choose_shard
+from agent.first_move import FirstPhaseMover, Move, choose_shard, mover_for
 from agent.fleet import FleetEntry, FleetReport
 from agent.router import add_router
 from agent.routing import PIN_ARG, shard_for
@@ -139,8 +139,7 @@ class TestRouterMove:
         _, router = _app(**env)
         if router.mover is not None:
             board = [entry(1, "closed", LIMITED), entry(0, h5=80.0), entry(2, h5=20.0)]
-            router.mover.reader = lambda url, shards: _report(board)
-            router.mover.clock = lambda: NOW
+            router.mover = FirstPhaseMover("memory://", 3, reader=lambda url, shards: _report(board), clock=lambda: NOW)
         return router
 
     def test_a_first_phase_moves_pinned_and_a_pinned_phase_stays(self) -> None:
@@ -160,3 +159,26 @@ class TestRouterMove:
         plain = {"affinity_key": _key(1)}
         assert router("t.unpinnable", (), plain, {}) == {"queue": "codex-1"} and PIN_ARG not in plain
         assert router("t.phase", (), {"affinity_key": _key(1)}, {"queue": "mine"}) is None
+
+    def test_every_router_of_a_process_shares_one_mover(self) -> None:
+        """An app's router and the per-publish router of a bare app read the board once per TTL together."""
+        (_, first), (_, second) = _app(CODEX_MOVE_FIRST_PHASE="1"), _app(CODEX_MOVE_FIRST_PHASE="1")
+        assert first.mover is second.mover is mover_for("memory://", 3)
+        assert mover_for("memory://", 4) is not first.mover
+
+    def test_a_phase_published_by_a_running_codex_task_never_moves(self) -> None:
+        """A later phase sent without its pin from inside a Codex task stays by its key (its session lives there)."""
+        app, router = _app(CODEX_MOVE_FIRST_PHASE="1")
+        board = [entry(1, "closed", LIMITED), entry(0)]
+        router.mover = FirstPhaseMover("memory://", 3, reader=lambda url, shards: _report(board), clock=lambda: NOW)
+        seen: list[Any] = []
+
+        @app.task(name="t.runner", shared=False)
+        def runner() -> None:
+            later = {"affinity_key": _key(1)}
+            seen.append((router("t.phase", (), later, {}), later))
+
+        runner.codex = True  # as CodexTask declares it
+        runner.apply()  # run here, as a worker runs it: celery.current_task is this task
+        assert seen == [({"queue": "codex-1"}, {"affinity_key": _key(1)})]
+        assert router("t.phase", (), {"affinity_key": _key(1)}, {}) == {"queue": "codex-0"}, "outside a task it moves"
