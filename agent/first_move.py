@@ -27,6 +27,7 @@ import structlog
 
 from agent.errors import FleetUnreadableError
 from agent.fleet import FleetEntry, FleetReport, read_fleet
+from agent.routing import Topology
 from agent.usage import utc
 
 __all__ = ["BOARD_TTL", "ROUTE_MOVED", "ROUTE_KEPT", "Move", "choose_shard", "FirstPhaseMover", "mover_for"]
@@ -163,10 +164,13 @@ class FirstPhaseMover:
         if choice is None:
             return own
         if isinstance(choice, Move):
+            topology = Topology(self.shards)
             log.warning(
                 ROUTE_MOVED,
                 task=task,
                 run_id=run_id,
+                from_queue=topology.shard_queue(own),
+                queue=topology.shard_queue(choice.to_shard),
                 from_shard=own,
                 shard=choice.to_shard,
                 reason="usage limit (CODEX-E036)",
@@ -179,6 +183,7 @@ class FirstPhaseMover:
             ROUTE_KEPT,
             task=task,
             run_id=run_id,
+            queue=Topology(self.shards).shard_queue(own),
             shard=own,
             reason="usage limit (CODEX-E036), and no other shard open: it waits for the reset",
         )

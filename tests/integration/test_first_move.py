@@ -79,7 +79,7 @@ def test_a_first_phase_leaves_a_limited_shard_pinned_and_a_pinned_phase_waits(
         result, sent = first(moved_run, mover)
     assert sent[PIN_ARG] == 0, "the move pins the run"
     moved = [line for line in logs if line["event"] == ROUTE_MOVED]
-    assert [(m["from_shard"], m["shard"], m["run_id"]) for m in moved] == [(1, 0, moved_run)]
+    assert [(m["from_queue"], m["queue"], m["run_id"]) for m in moved] == [("codex-1", "codex-0", moved_run)]
     assert moved[0]["limited_until"] == usage.utc(reset)
     done = result.get(timeout=60)
     assert (done["shard"], done["queue"]) == (0, "codex-0")
