@@ -16,6 +16,7 @@ from bench.guard import bench_guard
 from bench.inproc import bench_checks, bench_preflight, bench_routing
 from bench.jobs import bench_jobs
 from bench.lease import bench_lease
+from bench.limits import bench_limits
 from bench.machine import machine_details
 from bench.metrics import bench_events, bench_metrics
 from bench.phases import bench_phases
@@ -78,6 +79,11 @@ SUITES: tuple[Suite, ...] = (
         ),
     ),
     ("usage", bench_usage, (("14a", "Usage snapshot read per job"), ("14b", "Usage reset time, to the re-check"))),
+    (
+        "limits",
+        bench_limits,
+        (("14c", "Usage limit met, to the gate closed"), ("14d", "Usage reset, to the held phase started")),
+    ),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 

@@ -114,6 +114,8 @@ class UsageBook:
         self._usage: dict[str, Usage] = {}
         self.refusals: dict[str, int] = {}
         """429 answers per family."""
+        self.refused_at: dict[str, list[float]] = {}
+        """When each 429 was answered, per family (epoch seconds; the benchmarks time from it)."""
 
     def get(self, family: str, at: float | None = None) -> Usage:
         """The family's usage as of ``at`` (now by default)."""
@@ -177,6 +179,7 @@ class UsageBook:
         """Count a 429 answer."""
         with self._lock:
             self.refusals[family] = self.refusals.get(family, 0) + 1
+            self.refused_at.setdefault(family, []).append(time.time())
 
 
 def usage_from_json(data: dict[str, Any], current: Usage) -> Usage:

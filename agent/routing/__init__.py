@@ -1,5 +1,5 @@
-"""Where a task goes: the Celery router, chains kept on their shard, and the drain that moves a
-removed shard's queued tasks.
+"""Where a task goes: the Celery router, chains kept on their shard, a first phase moved off a
+limited login (``CODEX_MOVE_FIRST_PHASE``), and the drain that moves a removed shard's queued tasks.
 
-May import: ``agent.errors``, ``agent.settings``.
+May import: ``agent.errors``, ``agent.util``, ``agent.settings``, ``agent.login``, ``agent.fleet``.
 """

@@ -4,12 +4,21 @@ Precedence: an explicit ``queue=`` wins; then the :class:`~agent.settings.topolo
 pinned shard (``codex_shard`` keyword, set by a phase when it enqueues the next one, so a run stays
 on its first shard's login even if ``CODEX_SHARDS`` changes mid-run or in single-queue mode), then
 the affinity key. A pin outside the current shards is CODEX-E050 at publish time.
+
+Sharded mode with ``CODEX_MOVE_FIRST_PHASE=on``: a run's first phase (no pin, not published from
+inside a running Codex task) whose affinity shard is held at its usage limit goes to the open shard
+with the most headroom (:mod:`agent.routing.first_move`), and the pin keyword is added to its keyword
+arguments, so the rest of the run follows it there.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from celery import current_task
+
+from agent.routing.chains import accepts_pin
+from agent.routing.first_move import FirstPhaseMover, mover_for
 from agent.settings import config as config_mod
 from agent.settings.config import AgentConfig
 from agent.settings.topology import DEFAULT_AFFINITY_ARG, PIN_ARG, Topology
@@ -25,6 +34,11 @@ class CodexRouter:
         self.config = config
         self.topology: Topology = config.topology
         self._included = False
+        self.mover: FirstPhaseMover | None = (
+            mover_for(config.broker_url, self.topology.shards)
+            if config.move_first_phase and self.topology.mode == "sharded"
+            else None
+        )
 
     def __call__(
         self,
@@ -41,7 +55,26 @@ class CodexRouter:
         if not getattr(task, "codex", False):
             return None
         affinity_arg = getattr(task, "affinity_arg", DEFAULT_AFFINITY_ARG)
-        return {"queue": self.topology.route(kwargs or {}, affinity_arg, task=name)}
+        queue = self.topology.route(kwargs or {}, affinity_arg, task=name)
+        if self.mover is not None and kwargs is not None and kwargs.get(PIN_ARG) is None:
+            queue = self._maybe_move(name, task, kwargs, affinity_arg, queue)
+        return {"queue": queue}
+
+    def _maybe_move(self, name: str, task: Any, kwargs: dict[str, Any], affinity_arg: str, queue: str) -> str:
+        """A first phase's queue: another shard's, pinned in ``kwargs``, when its own is limited.
+
+        Never for a task that cannot take the pin (its later phases could not follow), nor for one
+        published by a running Codex task (a later phase of a run published without a pin).
+        """
+        assert self.mover is not None
+        if not accepts_pin(task) or getattr(current_task, "codex", False):
+            return queue
+        own = self.topology.shard_of(kwargs[affinity_arg])
+        shard = self.mover.target(own, task=name, run_id=kwargs.get("run_id"))
+        if shard == own:
+            return queue
+        kwargs[PIN_ARG] = shard
+        return self.topology.shard_queue(shard)
 
     def _task(self, name: str) -> Any:
         """The task registered as ``name``, importing the app's ``include`` modules if need be.

@@ -70,6 +70,8 @@ class AgentConfig:
     """Retries of a failed Codex job (``CODEX_JOB_RETRIES``)."""
     job_retry_backoff: float = defaults.JOB_RETRY_BACKOFF
     """Seconds before the first retry, doubled each time (``CODEX_JOB_RETRY_BACKOFF``)."""
+    move_first_phase: bool = False
+    """Sharded mode: a first phase leaves a shard held at its usage limit (``CODEX_MOVE_FIRST_PHASE``)."""
 
     @property
     def topology(self) -> Topology:
@@ -179,4 +181,5 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         metrics_port=read("AGENT_METRICS_PORT"),
         job_retries=read("CODEX_JOB_RETRIES"),
         job_retry_backoff=read("CODEX_JOB_RETRY_BACKOFF"),
+        move_first_phase=read("CODEX_MOVE_FIRST_PHASE"),
     )

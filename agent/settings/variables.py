@@ -496,6 +496,15 @@ VARIABLES: dict[str, Variable] = {
             "the same for the weekly window",
             "0",
         ),
+        Variable(
+            "CODEX_MOVE_FIRST_PHASE",
+            flag,
+            _FLAG,
+            False,
+            "sharded mode: a run's first phase whose shard is held at its usage limit moves, pinned, "
+            "to the open shard with the most headroom (the run gives up its key's shard)",
+            "sometimes",
+        ),
         # -- the Docker API guard
         Variable(
             "CODEX_GUARD_SOCKET_DIR",

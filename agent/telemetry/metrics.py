@@ -160,6 +160,12 @@ class EventMetrics:
             ["shard", "window", "limit"],
             registry=registry,
         )
+        self.moves = Counter(
+            "codex_first_phase_moves",
+            "First phases this process published away from their limited shard (CODEX_MOVE_FIRST_PHASE).",
+            ["shard", "from_shard", "to_shard"],
+            registry=registry,
+        )
         self.lease_refused = Counter(
             "codex_lease_refused",
             "Fleet lease refusals: this login is held elsewhere (CODEX-E013).",
@@ -190,6 +196,9 @@ class EventMetrics:
             "codex.login.revoked": lambda e: self.revoked.labels(self.shard, str(e.get("reason") or "unknown")).inc(),
             "codex.lease.refused": lambda e: self.lease_refused.labels(self.shard).inc(),
             "codex.ack.lost": lambda e: self.acks_lost.labels(self.shard).inc(),
+            "codex.route.moved": lambda e: self.moves.labels(
+                self.shard, str(e.get("from_shard")), str(e.get("shard"))
+            ).inc(),
             "codex.usage.limited": lambda e: self.limited.labels(
                 self.shard, str(e.get("window") or "unknown"), str(e.get("limit") or "unknown")
             ).inc(),

@@ -119,6 +119,8 @@ class CodexTask(Task):
         An ``env`` keyword's values are withheld from ``kwargsrepr``, what Celery's events, Flower
         and worker logs show of the message (the message itself carries them to the worker).
         """
+        if isinstance(kwargs, dict):
+            kwargs = dict(kwargs)  # the router may add the pin (agent.routing.first_move): never to the caller's dict
         if isinstance(kwargs, dict) and isinstance(kwargs.get("env"), dict) and "kwargsrepr" not in options:
             options["kwargsrepr"] = repr({**kwargs, "env": {str(k): "<withheld>" for k in kwargs["env"]}})
         return super().apply_async(args, kwargs, **routed_options(self, args, kwargs, options))

@@ -13,8 +13,9 @@ containers, the real engine and broker; the OpenAI stand-in answers shard 1's lo
 * Drain before the wall (single mode): a login at 90 % of its 5-hour window (threshold 85 %) stops
   taking new runs from the shared queue, and still runs the pinned later phases of the run it holds.
 
-RabbitMQ only: the hold waits for a real reset time, and the gate mechanics it relies on (requeue
-before the gate closes) are the ones the E034 tests already run on both brokers.
+The whole hold runs on RabbitMQ (with the other shard, the board, the gauges and the unprotected
+variant); on Redis a slimmer hold (one limited shard, three phases, a 30 s reset) checks what the
+broker changes: the requeue of a held phase, the gate's cancel and re-consume, one run per phase.
 """
 
 from __future__ import annotations
@@ -188,6 +189,45 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     assert not bare.events("codex.usage.limited") and bare.status()["state"]["gate"] == "open"
     standin.usage.clear(families[1])
     broker.purge()
+
+
+REDIS_HOLD_S = 30
+"""Seconds from the limit to its reset in the Redis hold: the phases must be held first."""
+
+
+@pytest.mark.parametrize("broker_url", ["redis"], indirect=True)
+def test_on_redis_a_limited_shard_holds_its_phases_and_runs_each_once_at_the_reset(
+    lab: PhaseLab,
+    standin: StandIn,
+    broker: BrokerView,
+    broker_url: str,
+    backend_url: str,
+    publisher: Celery,
+) -> None:
+    shard = lab.shard(1)
+    limited = lab.ready_worker(shard, broker_url, backend_url, **ENV)
+    family = shard.tokens.family  # type: ignore[union-attr]
+    reset = time.time() + REDIS_HOLD_S
+    standin.usage.limit(family, reset)
+    tag = uuid.uuid4().hex[:6]
+    runs = [f"cwa-rlimit-{tag}-{i}" for i in range(3)]
+    held = [send(publisher, key, run) for key, run in zip(keys_for_shard(1, 3, prefix="rds"), runs, strict=False)]
+    state = wait_until(
+        lambda: (s := limited.status()["state"])["gate"] == "closed" and s, 60, what="the gate closed on CODEX-E036"
+    )
+    assert [r["code"] for r in state["reason"]] == ["CODEX-E036"] and usage.utc(int(reset)) in state["reason"][0][
+        "message"
+    ]
+    wait_until(lambda: broker.count("codex-1") == 3, 30, what="the three phases queued in codex-1")
+    assert not any(r.ready() for r in held)
+    results = [r.get(timeout=REDIS_HOLD_S + 120) for r in held]
+    assert [r["job"]["status"] for r in results] == ["completed"] * 3
+    assert all(r["job"]["started_at"] >= reset for r in results)
+    assert not limited.events("codex.run.retrying") and not limited.events("codex.run.failed"), "a retry or link_error"
+    for run_id in runs:
+        assert len({a["task_id"] for a in limited.events("codex.run.audit", run_id=run_id)}) == 1, run_id
+    assert limited.events("codex.usage.reset") and limited.status()["state"]["gate"] == "open"
+    standin.usage.clear(family)
 
 
 SINGLE = {"CODEX_QUEUE_MODE": "single", "CODEX_SHARDS": "2"}

@@ -85,6 +85,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     log.info("codex.check.passed")
     log.warning("codex.lease.refused")
     log.warning("codex.ack.lost", task_id="t-1")
+    log.warning("codex.route.moved", task="codex.phase", from_shard=1, shard=2, reason="usage limit (CODEX-E036)")
     log.info("codex.unrelated.event", exit_code=0)
 
     def value(name: str, **labels: str) -> float | None:
@@ -108,6 +109,7 @@ def test_audit_events_become_counts_whatever_the_log_level(events: tuple[EventMe
     assert value("codex_check_outcomes_total", outcome="failed", check="login", code="CODEX-E030") == 1
     assert value("codex_check_outcomes_total", outcome="passed", check="-", code="") == 1
     assert value("codex_lease_refused_total") == 1
+    assert value("codex_first_phase_moves_total", from_shard="1", to_shard="2") == 1
     assert value("codex_acks_lost_total") == 1
 
 
