@@ -124,23 +124,23 @@ def bench_limits(bench: Bench) -> list[Row]:
         ),
         Row(
             id="14d",
-            what="Usage limit's reset (+2 s margin), to the gate open and the held phase started",
+            what="Usage limit's reset, to the gate open and the held phase started",
             unit="s",
-            samples=started_s,
+            samples=from_reset_s,
             baseline_samples=open_s,
             baseline_label="a phase published to the open gate, to its start",
             judged_label="max",
-            judged=max(started_s),
+            judged=max(from_reset_s),
             target="<= 2 s",
             test=lambda v: v <= 2.0,
             details={
                 "to_gate_opened_s_median": round(median(reopened_s), 4),
-                "from_reset_time_itself_s_median": round(median(from_reset_s), 4),
-                "from_reset_time_itself_s_max": round(max(from_reset_s), 4),
+                "from_reopen_time_s_median": round(median(started_s), 4),
+                "from_reopen_time_s_max": round(max(started_s), 4),
                 "reopen_margin_s": usage.REOPEN_MARGIN_S,
             },
-            method=f"{method_common}; the limit's reset {RESET_AFTER_S:.0f} s ahead, from reset + "
-            f"{usage.REOPEN_MARGIN_S:g} s (when the agent reopens) to the held phase's second codex.run.audit line.",
+            method=f"{method_common}; the limit's reset {RESET_AFTER_S:.0f} s ahead, from the reset time itself "
+            f"(the agent reopens {usage.REOPEN_MARGIN_S:g} s later) to the held phase's second codex.run.audit line.",
         ),
     ]
 

@@ -80,7 +80,7 @@ DAYS_LOOKED_AT = 2
 """Newest day directories whose rollouts are compared by mtime (a session resumed from yesterday)."""
 MAX_WAIT_S = 8 * 24 * 3600.0
 """Sanity bound: no reset time more than a week and a day away is believed (the weekly window)."""
-REOPEN_MARGIN_S = 2.0
+REOPEN_MARGIN_S = 1.0
 """Seconds after the reset time before the gate reopens (clocks differ a little)."""
 FALLBACK_S: dict[str, float] = {"rate": 30.0, "usage": 30.0, "quota": 3600.0}
 """Cool-down when no reset time is known, by kind (codex-lb's values); then the next phase re-checks."""
