@@ -9,8 +9,10 @@ container of the job image mounts every volume READ-ONLY at its own path (the fi
   only warns that it cannot create its PATH aliases under ``tmp/``, and answers as usual; that one
   warning line, :data:`READ_ONLY_WARNING`, is dropped);
 * bounded copies of ``auth.json``, the claim, revocation and usage-limit markers (``head -c``
-  limit+1: a larger file is reported as too large, never sent), and the tail of the newest rollout
-  (:data:`agent.usage.TAIL_BYTES`, chosen as :func:`agent.usage.newest_rollout` does).
+  limit+1: a larger file is reported as too large, never parsed), and the tail of the newest
+  rollout (:data:`agent.usage.TAIL_BYTES`, chosen as :func:`agent.usage.newest_rollout` does: the
+  newest mtime in the two newest day folders). Shell builtins do the choosing, so a step starts a
+  handful of processes only (34 volumes share two cores).
 
 Symbolic links are never followed (``auth.json``, ``sessions``, a day folder or a rollout pointing
 into another volume would put that volume's facts on this one's row), FIFOs and directories are
@@ -71,50 +73,40 @@ FILE_LIMITS: dict[str, tuple[str, int]] = {
 """Frame kind -> file in the volume and the most bytes it may have."""
 
 _STEP = r"""
-i=$1; d=$2; tmp=/tmp/codex-inspect/$i.d
-mkdir -p "$tmp" || exit 90
-emit() { echo "@@ $i begin $1 $3"; base64 < "$2"; echo "@@ $i end $1"; }
+i=$1; d=$2; out=/tmp/codex-inspect/$i.login
 note() { echo "@@ $i note $1 $2"; }
 grab() {
   f="$d/$2"
   if [ -L "$f" ]; then note "$1" symlink; return 1; fi
   [ -e "$f" ] || return 0
   if [ ! -f "$f" ]; then note "$1" notfile; return 1; fi
-  if ! head -c $(($3 + 1)) "$f" > "$tmp/$1" 2>/dev/null; then note "$1" unreadable; return 1; fi
-  if [ "$(wc -c < "$tmp/$1")" -gt "$3" ]; then note "$1" toolarge; return 1; fi
-  emit "$1" "$tmp/$1" "$(stat -c %Y "$f" 2>/dev/null || echo -)"
-}
-newest() {
-  ls -1f "$1" 2>/dev/null | head -n 4096 | grep -E '^[0-9]{1,9}$' | sort -n -r | while read -r n; do
-    if [ -d "$1/$n" ] && [ ! -L "$1/$n" ]; then echo "$n"; fi
-  done
+  if [ ! -r "$f" ]; then note "$1" unreadable; return 1; fi
+  stat -c "@@ $i begin $1 %Y" "$f" || { note "$1" unreadable; return 1; }
+  head -c $(($3 + 1)) "$f" | base64; echo "@@ $i end $1"
 }
 grab claim "$CLAIM" "$SMALL"; grab revoked "$REVOKED" "$SMALL"; grab limited "$LIMITED" "$MARKER"
 if grab auth "$AUTH" "$AUTHMAX"; then
-  CODEX_HOME="$d" "$CODEX" login status > "$tmp/login" 2>&1 < /dev/null
-  emit login "$tmp/login" "$?"
+  CODEX_HOME="$d" "$CODEX" login status > "$out" 2>&1 < /dev/null
+  echo "@@ $i begin login $?"; base64 < "$out"; echo "@@ $i end login"
 fi
-s="$d/sessions"; best=""
+s="$d/sessions"; best=""; newest=""; second=""
 if [ -d "$s" ] && [ ! -L "$s" ]; then
-  days=0
-  for y in $(newest "$s"); do
-    for m in $(newest "$s/$y"); do
-      for day in $(newest "$s/$y/$m"); do
-        ls -1t "$s/$y/$m/$day" 2>/dev/null | head -n 4096 | grep -E '^rollout-.*\.jsonl$' > "$tmp/names"
-        while read -r r; do
-          p="$s/$y/$m/$day/$r"
-          if [ -f "$p" ] && [ ! -L "$p" ]; then
-            if [ -z "$best" ] || [ "$p" -nt "$best" ]; then best=$p; fi
-            break
-          fi
-        done < "$tmp/names"
-        days=$((days + 1)); [ "$days" -ge 2 ] && break 3
-      done
+  for day in "$s"/[0-9]*/[0-9]*/[0-9]*; do
+    month=${day%/*}; year=${month%/*}
+    if [ -d "$day" ] && [ ! -L "$day" ] && [ ! -L "$month" ] && [ ! -L "$year" ]; then
+      second=$newest; newest=$day
+    fi
+  done
+  for day in $second $newest; do
+    n=0
+    for p in "$day"/rollout-*.jsonl; do
+      n=$((n + 1)); [ "$n" -gt 4096 ] && break
+      if [ -f "$p" ] && [ ! -L "$p" ] && { [ -z "$best" ] || ! [ "$best" -nt "$p" ]; }; then best=$p; fi
     done
   done
 fi
-if [ -n "$best" ]; then
-  tail -c "$TAIL" "$best" > "$tmp/rollout" 2>/dev/null && emit rollout "$tmp/rollout" "$(stat -c %Y:%s "$best")"
+if [ -n "$best" ] && [ -r "$best" ]; then
+  stat -c "@@ $i begin rollout %Y:%s" "$best" && tail -c "$TAIL" "$best" | base64 && echo "@@ $i end rollout"
 fi
 """
 """One volume's step: ``sh -c STEP step INDEX MOUNT`` (file names and limits in the environment)."""
@@ -122,7 +114,7 @@ fi
 _MAIN = r"""
 exec 2>/dev/null
 step=$1; t=$2; shift 2
-for tool in timeout base64 head tail stat wc ls grep sort "$CODEX"; do
+for tool in timeout base64 head tail stat "$CODEX"; do
   command -v "$tool" > /dev/null || { echo "@@ - missing $tool"; exit 3; }
 done
 mkdir -p /tmp/codex-inspect || { echo "@@ - missing writable-tmp"; exit 3; }
@@ -244,6 +236,8 @@ def parse_frames(output: str, count: int) -> list[VolumeReading]:
             extra = words[2] if len(words) > 2 else "-"
             if kind == "login":
                 reading.login = (int(extra), _without_alias_warning(content)) if extra.isdigit() else None
+            elif kind in FILE_LIMITS and len(content) > FILE_LIMITS[kind][1]:
+                reading.files[kind] = FileRead(problem="toolarge")
             else:
                 stamp, _, size = extra.partition(":")
                 reading.files[kind] = FileRead(content, _number(stamp), size=int(size) if size.isdigit() else None)

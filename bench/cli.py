@@ -21,6 +21,7 @@ from bench.metrics import bench_events, bench_metrics
 from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
 from bench.usage import bench_usage
+from bench.volumes import bench_volumes
 from bench.watch import bench_watch
 from bench.workers import bench_heal, bench_refusal, bench_startup
 
@@ -78,6 +79,7 @@ SUITES: tuple[Suite, ...] = (
         ),
     ),
     ("usage", bench_usage, (("14a", "Usage snapshot read per job"), ("14b", "Usage reset time, to the re-check"))),
+    ("volumes", bench_volumes, (("14c", "codex-agent volumes over 34 volumes"),)),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 
