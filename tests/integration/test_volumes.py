@@ -136,8 +136,9 @@ class TestVolumesCommand:
 
 # -- one inspection container for the whole listing (issue 19) -------------------------------
 
-ONE_PASS = 10
-HOSTILE = ONE_PASS - 1
+ONE_PASS = 11
+HOSTILE = 9
+HUGE = 10
 
 
 def api_key(i: int) -> str:
@@ -182,9 +183,10 @@ def one_pass(
     docker_cleanup: DockerCleanup,
     monkeypatch: pytest.MonkeyPatch,
 ) -> list[str]:
-    """10 volumes, sorted by name: 0-7 API-key logins with claim markers of worker w-<i>, 8 empty, 9
+    """11 volumes, sorted by name: 0-7 API-key logins with claim markers of worker w-<i>, 8 empty, 9
     hostile: auth.json and sessions are links into volume 1 (mounted at /inspect/1), the claim
-    marker a FIFO, the limit marker 200 kB of noise, the revocation marker a nesting bomb."""
+    marker a FIFO, the limit marker 200 kB of noise, the revocation marker a nesting bomb; 10 broken:
+    a 2 MiB auth.json, a rollout of random bytes ending in a 70 kB line."""
     monkeypatch.setenv("CODEX_LOGIN_CHECK_IMAGE", images.job)
     names = [volume_factory(f"onepass{i:02d}", labels=AUTH_LABEL).name for i in range(ONE_PASS)]
     assert names == sorted(names)
@@ -201,6 +203,10 @@ def one_pass(
         f"mkfifo {h}/.codex-agent-claim.json",
         f"head -c 200000 /dev/urandom > {h}/.codex-agent-limited.json",
         f"printf '%0*d' 20000 0 | tr 0 '[' > {h}/.codex-agent-revoked.json",
+        f"head -c 2097152 /dev/zero > /v{HUGE}/auth.json",
+        f"mkdir -p /v{HUGE}/sessions/2026/12/01",
+        f"head -c 300000 /dev/urandom > /v{HUGE}/sessions/2026/12/01/rollout-b.jsonl",
+        f"printf '%0*d' 70000 0 >> /v{HUGE}/sessions/2026/12/01/rollout-b.jsonl",
     ]
     plant_many(docker_client, docker_cleanup, images.busybox, names, "; ".join(script))
     return names
@@ -210,7 +216,7 @@ class TestOneInspectionContainer:
     def test_every_volume_is_read_in_one_container_and_each_row_is_its_own(
         self, docker_client: docker.DockerClient, one_pass: list[str]
     ) -> None:
-        """One container reads 10 volumes; each verdict, fingerprint and holder is its volume's; the
+        """One container reads 11 volumes; each verdict, fingerprint and holder is its volume's; the
         hostile volume's row says why and the other rows are untouched; no key leaks."""
         since = time.time() - 1
         runner = CliRunner()
@@ -227,6 +233,9 @@ class TestOneInspectionContainer:
         assert hostile["auth"]["fingerprint"] is None and hostile["auth"]["unreadable"]
         assert hostile["holder"] == {"holder": "unreadable marker", "fresh": False}
         assert hostile["usage"]["headroom"] is None and hostile["limited"]["error_type"] == "unreadable limit marker"
+        huge = rows[HUGE]
+        assert huge["login"]["code"] == "CODEX-E030" and "larger than 1048576 bytes" in huge["login"]["message"]
+        assert huge["usage"]["headroom"] is None and huge["usage"]["5h_used_percent"] is None
         table = runner.invoke(cli, ["volumes", *one_pass], catch_exceptions=False).output
         assert "symbolic link" in table and "w-7" in table
         for text in (json.dumps(report), table):

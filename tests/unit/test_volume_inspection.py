@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import base64
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from agent import usage
-from agent.volume_inspection import AUTH_LIMIT, READ_ONLY_WARNING, mount_points, overall_timeout, parse_frames
+from agent.volume_inspection import (
+    AUTH_LIMIT,
+    MAX_VOLUMES_PER_CONTAINER,
+    READ_ONLY_WARNING,
+    inspect_batch,
+    mount_points,
+    overall_timeout,
+    parse_frames,
+)
 
 
 def frame(index: int, kind: str, content: bytes, extra: str = "1796000000") -> str:
@@ -74,6 +83,11 @@ class TestFrames:
 class TestLayout:
     def test_the_first_volume_sits_at_the_job_home_the_others_apart(self) -> None:
         assert mount_points("/home/app/.codex", 3) == ["/home/app/.codex", "/inspect/1", "/inspect/2"]
+
+    def test_a_batch_past_the_mount_limit_is_refused_before_the_engine(self) -> None:
+        names = [f"v{i}" for i in range(MAX_VOLUMES_PER_CONTAINER + 1)]
+        with pytest.raises(ValueError, match="at most 64"):
+            inspect_batch(None, image="i", volumes=names, job_home="/h", user="1000:1000", timeout=1, facts={})
 
     def test_the_overall_timeout_grows_with_the_count(self) -> None:
         assert overall_timeout(20, 64) > overall_timeout(20, 1) > 20
