@@ -36,7 +36,7 @@ from typing import Any
 import docker
 
 from agent.claim import MARKER_FILE
-from agent.dockerrun import run_container
+from agent.dockerrun import EngineCreate, run_container
 from agent.login import AUTH_FILE
 from agent.login_container import CONTAINER_CODEX_BIN, PURPOSE_LABEL
 from agent.revocation import REVOKED_FILE
@@ -281,19 +281,24 @@ def inspect_batch(
         "REVOKED": REVOKED_FILE,
         "LIMITED": LIMIT_FILE,
     }
-    args = {
-        "image": image,
-        "command": ["sh", "-c", _MAIN, "inspect", _STEP, f"{timeout:g}", *points],
-        "entrypoint": [],
-        "user": user,
-        "environment": env,
-        "volumes": [f"{name}:{point}:ro,nocopy" for name, point in zip(volumes, points, strict=True)],
-        "labels": {PURPOSE_LABEL: "inspect", "codex.volume": volumes[0]},
-        "network_mode": "none",
+    # The Engine body itself, not docker-py's create(): its ``volumes`` turns a bind mode "ro,nocopy"
+    # into a bogus Config.Volumes path (an anonymous volume per mount), and the Docker API guard
+    # takes the shard's own volume at CODEX_JOB_HOME as a bind only (it re-mounts it there).
+    body = {
+        "Image": image,
+        "Cmd": ["sh", "-c", _MAIN, "inspect", _STEP, f"{timeout:g}", *points],
+        "Entrypoint": [],
+        "User": user,
+        "Env": [f"{key}={value}" for key, value in env.items()],
+        "Labels": {PURPOSE_LABEL: "inspect", "codex.volume": volumes[0]},
+        "HostConfig": {
+            "Binds": [f"{name}:{point}:ro,nocopy" for name, point in zip(volumes, points, strict=True)],
+            "NetworkMode": "none",
+        },
     }
     run = run_container(
         client,
-        args,
+        EngineCreate(body),
         operation="inspect container",
         facts=facts,
         timeout=overall_timeout(timeout, len(volumes)),

@@ -162,17 +162,22 @@ def plant_many(
     assert code == 0, output
 
 
-def inspect_creates(client: docker.DockerClient, since: float, names: set[str]) -> int:
-    """Inspection containers the engine created since ``since`` whose first volume is one of ``names``."""
-    events = client.events(
-        since=int(since), until=int(time.time()) + 1, decode=True, filters={"type": "container", "event": "create"}
-    )
-    return sum(
-        1
-        for e in events
-        if e["Actor"]["Attributes"].get("codex.purpose") == "inspect"
-        and e["Actor"]["Attributes"].get("codex.volume") in names
-    )
+def inspect_containers(client: docker.DockerClient, since: float, names: set[str]) -> dict[str, dict[str, str]]:
+    """Inspection containers the engine made since ``since`` whose first volume is one of ``names``:
+    id -> {volume: "destination read/write"} of every volume the engine mounted into it."""
+    until = int(time.time()) + 1
+    found: dict[str, dict[str, str]] = {}
+    for e in client.events(
+        since=int(since), until=until, decode=True, filters={"type": "container", "event": "create"}
+    ):
+        labels = e["Actor"]["Attributes"]
+        if labels.get("codex.purpose") == "inspect" and labels.get("codex.volume") in names:
+            found[e["Actor"]["ID"]] = {}
+    for e in client.events(since=int(since), until=until, decode=True, filters={"type": "volume", "event": "mount"}):
+        attrs = e["Actor"]["Attributes"]
+        if attrs.get("container") in found:
+            found[attrs["container"]][e["Actor"]["ID"]] = f"{attrs.get('destination')} {attrs.get('read/write')}"
+    return found
 
 
 @pytest.fixture
@@ -216,13 +221,16 @@ class TestOneInspectionContainer:
     def test_every_volume_is_read_in_one_container_and_each_row_is_its_own(
         self, docker_client: docker.DockerClient, one_pass: list[str]
     ) -> None:
-        """One container reads 11 volumes; each verdict, fingerprint and holder is its volume's; the
-        hostile volume's row says why and the other rows are untouched; no key leaks."""
+        """One container reads 11 volumes, all mounted read-only; each verdict, fingerprint and holder
+        is its volume's; the hostile and broken rows say why, the other rows are untouched; no key leaks."""
         since = time.time() - 1
         runner = CliRunner()
         report = volumes_json(runner, *one_pass)
         rows = [report["by_name"][name] for name in one_pass]
-        assert inspect_creates(docker_client, since, set(one_pass)) == 1
+        (mounts,) = inspect_containers(docker_client, since, set(one_pass)).values()
+        assert mounts == {
+            name: f"{'/home/app/.codex' if i == 0 else f'/inspect/{i}'} false" for i, name in enumerate(one_pass)
+        }, "one container, every volume read-only at its own path, no other (anonymous) volume"
         for i, row in enumerate(rows[:8]):
             assert row["logged_in"] is True and row["login"]["method"] == "apikey", row["login"]
             assert row["auth"]["fingerprint"] == fingerprint(api_key(i))
