@@ -160,14 +160,16 @@ def _error_view(error: AgentError) -> dict[str, Any]:
 def _users_by_volume(client: Any) -> dict[str, tuple[str, ...]]:
     """Running containers by the named volumes they mount (one listing for every volume)."""
     try:
-        running = client.containers.list()
+        running = client.containers.list(sparse=True)  # the listing's own fields: no inspect per container
     except DOCKER_FAILURES:
         return {}
     users: dict[str, list[str]] = defaultdict(list)
     for container in running:
-        for mount in (container.attrs or {}).get("Mounts") or ():
+        attrs = container.attrs or {}
+        names = attrs.get("Names") or [container.id or "?"]
+        for mount in attrs.get("Mounts") or ():
             if isinstance(mount, dict) and mount.get("Type") == "volume" and mount.get("Name"):
-                users[str(mount["Name"])].append(container.name)
+                users[str(mount["Name"])].append(str(names[0]).lstrip("/"))
     return {name: tuple(sorted(set(found))) for name, found in users.items()}
 
 

@@ -219,10 +219,14 @@ def one_pass(
 
 class TestOneInspectionContainer:
     def test_every_volume_is_read_in_one_container_and_each_row_is_its_own(
-        self, docker_client: docker.DockerClient, one_pass: list[str]
+        self, docker_client: docker.DockerClient, images: Images, docker_cleanup: DockerCleanup, one_pass: list[str]
     ) -> None:
         """One container reads 11 volumes, all mounted read-only; each verdict, fingerprint and holder
         is its volume's; the hostile and broken rows say why, the other rows are untouched; no key leaks."""
+        user = docker_client.containers.run(
+            images.busybox, ["sleep", "120"], detach=True, volumes={one_pass[3]: {"bind": "/v", "mode": "ro"}}
+        )
+        docker_cleanup.container(user)
         since = time.time() - 1
         runner = CliRunner()
         report = volumes_json(runner, *one_pass)
@@ -236,6 +240,7 @@ class TestOneInspectionContainer:
             assert row["auth"]["fingerprint"] == fingerprint(api_key(i))
             assert row["holder"]["worker"] == f"w-{i}" and row["holder"]["fresh"] is True
         assert rows[8]["logged_in"] is False and rows[8]["login"]["code"] == "CODEX-E030"
+        assert [row["used_by"] for row in rows] == [[user.name] if i == 3 else [] for i in range(ONE_PASS)]
         hostile = rows[HOSTILE]
         assert hostile["login"]["code"] == "CODEX-E030" and "symbolic link" in hostile["login"]["message"]
         assert hostile["auth"]["fingerprint"] is None and hostile["auth"]["unreadable"]
