@@ -22,6 +22,7 @@ from bench.metrics import bench_events, bench_metrics
 from bench.phases import bench_phases
 from bench.report import table, write_json, write_markdown
 from bench.usage import bench_usage
+from bench.volumes import bench_volumes
 from bench.watch import bench_watch
 from bench.workers import bench_heal, bench_refusal, bench_startup
 
@@ -84,6 +85,7 @@ SUITES: tuple[Suite, ...] = (
         bench_limits,
         (("14c", "Usage limit met, to the gate closed"), ("14d", "Usage reset, to the held phase started")),
     ),
+    ("volumes", bench_volumes, (("14e", "codex-agent volumes over 34 volumes"),)),
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 

@@ -178,7 +178,9 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
 def _echo_volumes(report: VolumesReport) -> None:
     if not report.volumes:
         click.echo("no Codex auth volumes (label codex.auth=1 or name codex_auth_*)")
-    click.echo(f"{'VOLUME':<28} {'LOGIN':<12} {'MODE':<8} {'AGE':>7} {'FINGERPRINT':<17} HOLDER")
+    click.echo(
+        f"{'VOLUME':<28} {'LOGIN':<12} {'MODE':<8} {'AGE':>7} {'FINGERPRINT':<17} {'5H':>4} {'WEEKLY':>6} HOLDER"
+    )
     for volume in report.volumes:
         login = volume.login["method"] if volume.logged_in else (volume.login.get("code") or "FAIL")
         if volume.revoked is not None:
@@ -188,7 +190,8 @@ def _echo_volumes(report: VolumesReport) -> None:
         held = "-" if holder is None else f"{holder['holder']} ({'fresh' if holder.get('fresh') else 'stale'})"
         click.echo(
             f"{volume.name:<28} {login:<12} {volume.auth.auth_mode or '-':<8} "
-            f"{'-' if age is None else f'{age:.1f}d':>7} {volume.auth.fingerprint or '-':<17} {held}"
+            f"{'-' if age is None else f'{age:.1f}d':>7} {volume.auth.fingerprint or '-':<17} "
+            f"{_percent(volume.usage, '5h'):>4} {_percent(volume.usage, 'weekly'):>6} {held}"
         )
         if not volume.logged_in:
             click.echo(f"  {volume.login.get('message')}")
@@ -196,6 +199,8 @@ def _echo_volumes(report: VolumesReport) -> None:
             click.echo(
                 f"  revoked during run {volume.revoked.get('run_id')} ({volume.revoked.get('reason')}); log this volume in again"
             )
+        if volume.usage is not None and volume.usage.get("headroom"):
+            click.echo(f"  usage {_usage_line({**volume.usage, 'limited': False})}")
         if volume.limited is not None:
             click.echo(
                 f"  CODEX-E036 {volume.limited.get('window')} usage limit until {volume.limited.get('resets_at_utc')}; "
@@ -215,9 +220,9 @@ def _echo_volumes(report: VolumesReport) -> None:
     is_flag=True,
     help="Print the per-volume numbers in the Prometheus text format (for a textfile collector).",
 )
-@click.option("--image", default=None, help="Image of the inspection containers (default CODEX_LOGIN_CHECK_IMAGE).")
+@click.option("--image", default=None, help="Image of the inspection container (default CODEX_LOGIN_CHECK_IMAGE).")
 def volumes(names: tuple[str, ...], as_json: bool, as_prometheus: bool, image: str | None) -> None:
-    """List every Codex auth volume (or only NAMES): login, claim holder, credential age."""
+    """List every Codex auth volume (or only NAMES): login, claim holder, credential age, usage."""
     config = config_mod.load()
     if image:
         config = dataclasses.replace(config, login_check_image=image)
@@ -328,6 +333,12 @@ def _usage_line(view: dict[str, Any]) -> str:
     if view.get("limited") and isinstance(limit, dict):
         parts.append(f"LIMITED until {limit.get('resets_at_utc')} (CODEX-E036)")
     return " ".join(parts) or "no snapshot yet"
+
+
+def _percent(view: dict[str, Any] | None, name: str) -> str:
+    """``42%`` of the window named ``5h`` or ``weekly`` (as ``codex-agent fleet`` shows it), or ``-``."""
+    used = (view or {}).get(f"{name}_used_percent")
+    return f"{used:.0f}%" if isinstance(used, (int, float)) else "-"
 
 
 def _usage_text(entry: FleetEntry) -> str:

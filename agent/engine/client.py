@@ -9,9 +9,7 @@ and removed like every other.
 
 from __future__ import annotations
 
-import io
 import socket
-import tarfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,7 +32,6 @@ __all__ = [
     "guard_refusal",
     "translate_docker_errors",
     "run_container",
-    "read_file",
     "client_from_env",
 ]
 
@@ -72,7 +69,6 @@ class ContainerRun:
     output: str
     """stdout and stderr interleaved, as ``docker logs`` shows them."""
     duration_s: float
-    files: dict[str, tuple[bytes, float]]
 
 
 def docker_failure(error: BaseException, operation: str, facts: dict[str, Any]) -> DockerUnavailableError:
@@ -126,29 +122,6 @@ def client_from_env(facts: dict[str, Any], timeout: float = 30.0) -> docker.Dock
         client = docker.from_env(timeout=int(timeout))
         client.ping()
         return client
-
-
-def _untar_one(chunks: Any) -> tuple[bytes, float] | None:
-    data = b"".join(chunks)
-    with tarfile.open(fileobj=io.BytesIO(data)) as archive:
-        for member in archive.getmembers():
-            if member.isfile():
-                handle = archive.extractfile(member)
-                return (handle.read() if handle else b""), float(member.mtime)
-    return None
-
-
-def read_file(container: Any, path: str) -> tuple[bytes, float] | None:
-    """Content and mtime of ``path`` in a (possibly exited) container; None when absent.
-
-    The engine mounts an exited container's volumes for the archive API, so files in a volume
-    can be read without running anything in it.
-    """
-    try:
-        chunks, _stat = container.get_archive(path)
-    except docker.errors.NotFound:
-        return None
-    return _untar_one(chunks)
 
 
 RECONNECT_FOR = 300.0
@@ -235,7 +208,6 @@ def run_container(
     facts: dict[str, Any],
     timeout: float | None = None,
     on_started: Callable[[str], None] | None = None,
-    read_files: tuple[str, ...] = (),
     stdin: bytes | None = None,
 ) -> ContainerRun:
     """Create, start and wait for a container, collect its output, then remove it.
@@ -247,7 +219,6 @@ def run_container(
         facts: shard, volume… for error messages.
         timeout: seconds before the container is killed; None waits forever.
         on_started: called with the container id once it started (for audit lines).
-        read_files: paths whose content and mtime to read from the exited container.
         stdin: bytes for a container created with ``OpenStdin``/``StdinOnce``: written through an
             attach made before the start, then the attach is closed (the container's stdin ends).
 
@@ -281,8 +252,7 @@ def run_container(
             # One logs call for both streams: every judge of the output reads them together.
             logs = _reconnecting(lambda: container.logs(stdout=True, stderr=True), RECONNECT_FOR)
             output = logs.decode("utf-8", "replace")
-            files = {p: found for p in read_files if (found := read_file(container, p)) is not None}
-            return ContainerRun(container.id or "?", exit_code, output, duration, files)
+            return ContainerRun(container.id or "?", exit_code, output, duration)
     finally:
         if container is not None:
             try:

@@ -36,8 +36,6 @@ def status_in_container(
     user: str,
     timeout: float,
     facts: dict[str, Any],
-    read_files: tuple[str, ...] = (),
-    purpose: str = "login-check",
 ) -> ContainerRun:
     """Run ``codex login status`` against ``volume`` in a throwaway container.
 
@@ -49,11 +47,9 @@ def status_in_container(
         user: ``uid:gid`` the check runs as (the login's owner).
         timeout: seconds before the check counts as failed.
         facts: shard, volume… for error messages.
-        read_files: files (absolute paths) to read from the volume once the check exited.
-        purpose: value of the ``codex.purpose`` label.
 
     Returns:
-        The finished, removed container's exit code, output and files.
+        The finished, removed container's exit code and output.
 
     Raises:
         LoginTimeoutError: no answer in ``timeout`` (the container was killed and removed).
@@ -66,13 +62,11 @@ def status_in_container(
         "user": user,
         "environment": {"CODEX_HOME": job_home, "NO_COLOR": "1", "LANG": "C.UTF-8"},
         "volumes": [f"{volume}:{job_home}:rw"],
-        "labels": {PURPOSE_LABEL: purpose, "codex.volume": volume},
+        "labels": {PURPOSE_LABEL: "login-check", "codex.volume": volume},
         "network_mode": "none",
     }
     try:
-        return run_container(
-            client, args, operation=f"{purpose} container", facts=facts, timeout=timeout, read_files=read_files
-        )
+        return run_container(client, args, operation="login-check container", facts=facts, timeout=timeout)
     except ContainerTimeout as e:
         raise LoginTimeoutError(**facts, timeout=timeout) from e
 

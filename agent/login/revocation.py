@@ -54,7 +54,7 @@ def parse(raw: bytes, modified: float | None) -> Revocation:
     """A marker's content as a Revocation; an unreadable one still counts as a revocation."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # any bytes: a nesting bomb too
         data = None
     if not isinstance(data, dict):
         return Revocation("unreadable revocation marker", None, modified or 0.0)

@@ -54,6 +54,7 @@ __all__ = [
     "parse_snapshot",
     "newest_rollout",
     "read_headroom",
+    "snapshot_in_tail",
     "classify",
     "limit_for",
     "record",
@@ -304,7 +305,21 @@ def read_headroom(codex_home: Path, *, now: float | None = None) -> Headroom | N
     tail = _tail(path)
     if tail is None:
         return None
-    data, modified = tail
+    return snapshot_in_tail(*tail, now=now)
+
+
+def snapshot_in_tail(data: bytes, modified: float, *, cut: bool = False, now: float | None = None) -> Headroom | None:
+    """The newest snapshot in a rollout's tail (read here, or by ``codex-agent volumes``' container).
+
+    Args:
+        data: at most :data:`TAIL_BYTES` of the file's end (more is cut to that).
+        modified: the file's mtime, the snapshot's time when its line has none.
+        cut: the tail does not start at the file's start: its first line is partial and dropped.
+    """
+    if len(data) > TAIL_BYTES:
+        data, cut = data[-TAIL_BYTES:], True
+    if cut:
+        data = data.partition(b"\n")[2]
     for line in reversed(data.split(b"\n")):
         snapshot = parse_snapshot(line.strip(), modified, now)
         if snapshot is not None:
