@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -321,5 +322,6 @@ def test_a_worker_started_on_a_limited_login_waits_even_with_fail_fast_and_opens
     assert failed and "weekly" in failed[0]["error"] and usage.utc(reset) in failed[0]["error"]
     opened = worker.wait_for("codex.gate.opened", timeout=60)[0]
     assert worker.events("codex.watch.due") and worker.events("codex.usage.reset")
-    assert opened["timestamp"] >= usage.utc(reset + usage.REOPEN_MARGIN_S).rstrip("Z"), "opened before the reset"
+    opened_at = datetime.fromisoformat(opened["timestamp"].rstrip("Z")).replace(tzinfo=UTC).timestamp()
+    assert opened_at >= reset, f"opened {reset - opened_at:.3f} s before the reset"
     assert worker.process is not None and worker.process.poll() is None
