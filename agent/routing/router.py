@@ -111,7 +111,7 @@ def routed_options(task: Any, args: Any, kwargs: dict[str, Any] | None, options:
     A shared task belongs to the current app, which is Celery's bare default app when nothing
     built ours first (``import worker_entry.tasks`` alone): that app has no router, and the phase
     would go to a queue named ``celery`` that no worker consumes. Routing then happens here, from
-    the environment's shard count and queue mode, as the workers see them.
+    the environment's shard count and queue mode, as the workers see them, read once per app.
 
     Raises:
         RoutingError: no affinity key, or a bad pin (CODEX-E050); nothing is sent.
@@ -119,5 +119,13 @@ def routed_options(task: Any, args: Any, kwargs: dict[str, Any] | None, options:
     """
     if options.get("queue") or any(isinstance(r, CodexRouter) for r in _routes(task.app)):
         return options  # an explicit queue, or the app's own router decides
-    route = CodexRouter(task.app, config_mod.load())(task.name, args, kwargs, options, task=task)
+    router = _BARE_APP_ROUTERS.get(task.app)
+    if router is None:  # the environment is read once per app, at its first Codex publish
+        router = _BARE_APP_ROUTERS[task.app] = CodexRouter(task.app, config_mod.load())
+    route = router(task.name, args, kwargs, options, task=task)
     return {**options, **(route or {})}
+
+
+_BARE_APP_ROUTERS: dict[Any, CodexRouter] = {}
+"""The router of each app without one of its own, made at its first Codex publish (apps live as
+long as their process, so nothing is dropped)."""
