@@ -8,6 +8,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from string import ascii_lowercase
 
 import click
 
@@ -89,7 +90,9 @@ SUITES: tuple[Suite, ...] = (
 )
 """Name, function and the rows it produces (id, short name), in the order they run."""
 
-_ORDER = sorted((row_id for _, _, rows in SUITES for row_id, _ in rows), key=lambda i: (int(i.rstrip("abcd")), i))
+_ORDER = sorted(
+    (row_id for _, _, rows in SUITES for row_id, _ in rows), key=lambda i: (int(i.rstrip(ascii_lowercase)), i)
+)
 """Rows in the table by number (1, 2, 3a, 3b, …), whichever suite makes them."""
 FINDINGS = Path(__file__).with_name("FINDINGS.md")
 
