@@ -29,7 +29,7 @@ from typing import Any
 import psutil
 import structlog
 
-from agent.login.auth import inspect_auth_file  # noqa: F401  (imported by the worker before metrics too)
+import worker_entry.main  # noqa: F401  (what a worker has imported when it enables the metrics)
 from agent.telemetry.audit import configure_logging, observe_events
 
 MB = 1024 * 1024
