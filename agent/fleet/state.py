@@ -12,9 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
-
 from agent.util.atomic import write_json_atomically
+from agent.util.host import start_ticks
 from agent.util.records import FieldTypes, field_types, read_record
 
 __all__ = ["STATE_FILE", "AgentState", "write_state", "read_state", "Health", "judge_health"]
@@ -42,6 +41,9 @@ class AgentState:
     updated_at: float = field(default_factory=time.time)
     usage: dict[str, Any] | None = None
     """The login's headroom and usage limit (:func:`agent.login.usage.view`); None off a Codex worker."""
+    process_ticks: int | None = None
+    """The writer's start in clock ticks since boot (:func:`agent.util.host.start_ticks`): how a
+    reader knows the writer still runs. ``process_start`` is the same moment by the wall clock, for people."""
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe view."""
@@ -60,7 +62,7 @@ STATE_FIELDS: FieldTypes = field_types(AgentState)
 
 def read_state(state_dir: Path) -> AgentState | None:
     """The published state, or None when there is none or it is unreadable (any bytes, any shape)."""
-    record = read_record(state_dir / STATE_FILE, STATE_FIELDS, defaults={"usage": None})
+    record = read_record(state_dir / STATE_FILE, STATE_FIELDS, defaults={"usage": None, "process_ticks": None})
     if record is None or record["pid"] <= 0 or not all(isinstance(r, dict) for r in record["reason"]):
         return None
     return AgentState(**record)
@@ -75,11 +77,8 @@ class Health:
 
 
 def _writer_alive(state: AgentState) -> bool:
-    try:
-        process = psutil.Process(state.pid)
-        return abs(process.create_time() - state.process_start) < 1.0
-    except (psutil.Error, ValueError, OverflowError):  # gone, hidden, or a pid no process can have
-        return False
+    """Whether the writer still runs: its pid, started at the same tick (a reused pid starts later)."""
+    return state.process_ticks is not None and start_ticks(state.pid) == state.process_ticks
 
 
 def judge_health(state: AgentState | None) -> Health:

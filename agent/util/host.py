@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["ProcessFacts", "boot_id", "own_container_id", "this_process"]
+__all__ = ["ProcessFacts", "boot_id", "own_container_id", "start_ticks", "this_process"]
 
 _CONTAINER_ID = re.compile(r"/(?:docker/)?containers/([0-9a-f]{64})/")
 
@@ -35,6 +35,25 @@ def own_container_id() -> str | None:
         return None
     match = _CONTAINER_ID.search(text)
     return match.group(1) if match else None
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process ``pid`` started, in clock ticks since boot; None when there is no such process.
+
+    Another process tells a live writer from a reused pid by it. A wall-clock start time (psutil's
+    ``create_time``: the boot time plus these ticks) moves whenever the clock is stepped or slewed,
+    as on a machine that has just booted (psutil issue 2526); these ticks never do.
+    """
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except (OSError, ValueError):
+        return None
+    # Field 22 of proc_pid_stat(5); the command name before it is in parentheses and may hold spaces.
+    after_name = stat.rpartition(b")")[2].split()
+    try:
+        return int(after_name[19])
+    except (IndexError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)

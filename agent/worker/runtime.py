@@ -37,6 +37,7 @@ from agent.settings import config as config_mod
 from agent.settings import defaults as routing_defaults
 from agent.settings.config import AgentConfig
 from agent.telemetry.audit import configure_logging
+from agent.util.host import start_ticks
 from agent.util.services import Service, Services
 from agent.volume.claim import claim_for
 from agent.volume.identity import stat_home
@@ -203,6 +204,7 @@ class Agent:
             worker=self.config.worker_name,
             pid=self._process.pid,
             process_start=self._process.create_time(),
+            process_ticks=start_ticks(self._process.pid),
             codex_worker=self.config.is_codex_worker,
             gate="stopped" if stopped else ("open" if gate is None or gate.is_open else "closed"),
             gate_since=gate.since if gate is not None else time.time(),

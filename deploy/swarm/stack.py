@@ -14,6 +14,8 @@
   given every shard (``CODEX_GUARD_SHARDS``) instead of discovering them by volume: Swarm does not
   create a missing bind-mount source, and a shard's volume exists on a node only once its worker
   ran there, so a new shard's worker would be rejected forever waiting for its endpoint directory.
+  For the same reason it mounts the node's ``/run`` rather than ``/run/codex-guard``, which a
+  freshly booted node lacks; the workers' endpoint binds are rejected (and retried) until it runs.
 - Login services (compose profile ``login``) are left out: under Swarm a login is a ``docker run``
   on the shard's node (runbook, "Docker Swarm").
 - ``restart: always`` becomes ``restart_policy: any``. ``group_add``, which stack files do not
@@ -41,7 +43,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["SHARD_LABEL", "UNSUPPORTED", "build_stack", "guard_shards", "main", "shard_of"]
+__all__ = ["HOST_RUN", "SHARD_LABEL", "UNSUPPORTED", "build_stack", "guard_shards", "main", "shard_of"]
 
 SHARD_LABEL = "codex.shard.{shard}"
 """The node label that places shard N: ``docker node update --label-add codex.shard.N=true NODE``."""
@@ -50,6 +52,14 @@ BROKER_LABEL = "codex.broker"
 """The node label that places the broker service (its data volume is local too)."""
 
 DOCKER_SOCKET = "/var/run/docker.sock"
+
+GUARD_SOCKET_DIR = "/run/codex-guard"
+"""The compose file's endpoint directory on the host: the guard creates it, each worker mounts its part."""
+
+HOST_RUN = "/run/host"
+"""Where the guard sees the node's ``/run`` under Swarm: Swarm refuses a bind whose source is
+missing, and ``/run`` is a tmpfs, so ``/run/codex-guard`` is missing on every freshly booted node
+until the guard creates it, which it cannot do from behind its own rejected mount."""
 
 UNSUPPORTED = ("restart", "depends_on", "group_add", "profiles", "container_name")
 """Compose keys a stack file does not take (replaced as described above, or dropped)."""
@@ -91,7 +101,14 @@ def _service(name: str, service: dict[str, Any], broker: str, shards: str) -> di
     placement: dict[str, Any] = {"constraints": constraints}
     out["deploy"] = {"mode": "global"} if per_node else {"mode": "replicated", "replicas": 1}
     if per_node and isinstance(out.get("environment"), dict):
-        out["environment"] = {**out["environment"], "CODEX_GUARD_SHARDS": shards}
+        out["environment"] = {
+            **out["environment"],
+            "CODEX_GUARD_SHARDS": shards,
+            "CODEX_GUARD_SOCKET_DIR": HOST_RUN + GUARD_SOCKET_DIR.removeprefix("/run"),
+        }
+        out["volumes"] = [
+            f"/run:{HOST_RUN}" if str(v).split(":", 1)[0] == GUARD_SOCKET_DIR else v for v in out.get("volumes") or []
+        ]
     if not per_node:
         placement["max_replicas_per_node"] = 1
         if isinstance(out.get("environment"), dict):

@@ -61,6 +61,20 @@ def swarm(docker_client: docker.DockerClient) -> Iterator[str]:
             docker_cli("network", "rm", "docker_gwbridge", check=False)
 
 
+def health_story(container: Any) -> str:
+    """The container's state and its last HEALTHCHECK probes (exit code, output), for a failure message."""
+    state = container.attrs["State"]
+    probes = [
+        f"  {p.get('Start', '')[:23]} exit {p.get('ExitCode')}: {p.get('Output', '').strip()[:300]}"
+        for p in state.get("Health", {}).get("Log", [])
+    ]
+    logs = container.logs(tail=30).decode(errors="replace")
+    return (
+        f"state {state.get('Status')} (exit {state.get('ExitCode')}, started {state.get('StartedAt')}), "
+        f"health {state.get('Health', {}).get('Status')}, probes:\n" + "\n".join(probes) + f"\nworker log:\n{logs}"
+    )
+
+
 def test_the_stack_on_a_single_node_swarm(
     swarm: str, images: Any, docker_client: docker.DockerClient, rabbitmq_vhost: str, tmp_path: Path
 ) -> None:
@@ -160,7 +174,10 @@ def test_the_stack_on_a_single_node_swarm(
             container.reload()
             return bool(container.attrs["State"].get("Health", {}).get("Status") == "healthy")
 
-        wait_until(healthy, 60, interval=1, what="shard 0's task healthy")
+        try:
+            wait_until(healthy, 60, interval=1, what="shard 0's task healthy")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{health_story(container)}") from None
         rows = fleet_rows()
         assert rows[0]["status"] == "open", rows
         (entry,) = rows[0]["workers"]  # named by the stack's template, not the host's name all tasks share

@@ -16,6 +16,7 @@ from agent.errors import LoginCheckError, NotLoggedInError
 from agent.fleet.state import AgentState, judge_health
 from agent.login.auth import AuthFacts, judge_status_output
 from agent.settings.config import load
+from agent.util.host import start_ticks
 from agent.volume.inventory import VolumeStatus, forked_logins, holder_view
 from agent.worker.checks import local_login_check
 from agent.worker.preflight import Preflight
@@ -30,6 +31,7 @@ def state(**overrides: Any) -> AgentState:
         worker="w",
         pid=me.pid,
         process_start=me.create_time(),
+        process_ticks=start_ticks(me.pid),
         codex_worker=True,
         gate="open",
         gate_since=0.0,
@@ -50,8 +52,24 @@ class TestJudgeHealth:
             ({"gate": "stopped"}, False, "not running"),
             ({"pid": 2**22 + 7}, False, "not running"),
             ({"codex_worker": False, "gate": "closed"}, True, "not a Codex worker"),
+            # The wall clock stepped or slewed since the writer started (a freshly booted machine):
+            # its start by the clock moved, its start in ticks did not. Judged by the clock, as
+            # before, this live worker was "not running" and its HEALTHCHECK failed.
+            ({"process_start": psutil.Process().create_time() - 3.0}, True, "gate open"),
+            # The pid now belongs to a process that started later: not the writer.
+            ({"process_ticks": (start_ticks(os.getpid()) or 0) - 1}, False, "not running"),
+            ({"process_ticks": None}, False, "not running"),
         ],
-        ids=["open", "closed-names-code", "stopped", "dead-writer", "non-codex"],
+        ids=[
+            "open",
+            "closed-names-code",
+            "stopped",
+            "dead-writer",
+            "non-codex",
+            "clock-stepped",
+            "pid-reused",
+            "no-ticks",
+        ],
     )
     def test_verdicts(self, overrides: dict[str, Any], healthy: bool, says: str) -> None:
         health = judge_health(state(**overrides))

@@ -18,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "swarm"))
-from stack import SHARD_LABEL, UNSUPPORTED, build_stack, shard_of  # noqa: E402
+from stack import HOST_RUN, SHARD_LABEL, UNSUPPORTED, build_stack, shard_of  # noqa: E402
 
 KEPT = ("image", "environment", "volumes", "healthcheck", "stop_grace_period", "init")
 
@@ -89,6 +89,20 @@ def test_the_socket_holder_runs_on_every_node(compose: dict[str, Any], stack: di
     assert guard == ",".join(
         f"{i}=${{CODEX_VOLUME_PREFIX:-codex_auth_}}{i}" for i in range(len(shard_services(compose)))
     )
+
+
+def test_the_guard_binds_only_what_every_node_has(compose: dict[str, Any], stack: dict[str, Any]) -> None:
+    """Swarm rejects a bind whose source is missing, and ``/run/codex-guard`` is missing on every
+    freshly booted node: the guard binds the node's ``/run`` and makes its endpoint directory there."""
+    assert "/run/codex-guard:/run/codex-guard" in compose["services"]["docker-guard"]["volumes"]
+    guard = stack["services"]["docker-guard"]
+    sources = {str(v).split(":", 1)[0] for v in guard["volumes"]}
+    assert sources == {"/var/run/docker.sock", "/run"}
+    assert f"/run:{HOST_RUN}" in guard["volumes"]
+    assert guard["environment"]["CODEX_GUARD_SOCKET_DIR"] == f"{HOST_RUN}/codex-guard"
+    # The workers still bind their own part of the node's /run/codex-guard.
+    for name, service in shard_services(compose).items():
+        assert any(str(v).startswith("/run/codex-guard/") for v in stack["services"][name]["volumes"]), name
 
 
 def test_group_add_becomes_the_users_primary_group() -> None:
