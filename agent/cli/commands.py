@@ -33,7 +33,7 @@ from agent.login import usage
 from agent.routing import drain as drain_mod
 from agent.routing.drain import DrainReport
 from agent.settings import config as config_mod
-from agent.settings import topology as routing
+from agent.settings import topology
 from agent.telemetry.audit import configure_logging
 from agent.volume.inventory import VolumesReport, list_volumes
 from agent.volume.transfer import export_login, import_login
@@ -133,8 +133,8 @@ def status(ctx: click.Context, as_json: bool, probe: bool) -> None:
 def route(key: str, shards: int | None, mode: str | None) -> None:
     """Print the queue an affinity KEY routes to (a run's first phase)."""
     config = config_mod.load()
-    topology = routing.Topology(shards or config.shards, cast(routing.QueueMode, mode or config.queue_mode))
-    click.echo(topology.route({routing.DEFAULT_AFFINITY_ARG: key}))
+    queues = topology.Topology(shards or config.shards, cast(topology.QueueMode, mode or config.queue_mode))
+    click.echo(queues.route({topology.DEFAULT_AFFINITY_ARG: key}))
 
 
 @cli.command("reshard-plan")
@@ -161,7 +161,7 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
         keys = [line.strip() for line in keys_file.read_text().splitlines() if line.strip()]
     else:
         keys = [f"sample-key-{i}" for i in range(sample)]
-    plan = routing.reshard_plan(keys, old, new)
+    plan = topology.reshard_plan(keys, old, new)
     if as_json:
         _echo_json(plan.to_dict(with_moves=keys_file is not None))
         return
@@ -170,9 +170,9 @@ def reshard_plan(old: int, new: int, keys_file: Path | None, sample: int, as_jso
         f"{old} -> {new} shards: {len(plan.moves)} of {plan.total} keys move ({plan.moved_fraction:.1%}) [{source}]"
     )
     if keys_file:
-        topology = routing.Topology(max(old, new))
+        queues = topology.Topology(max(old, new))
         for key, before, after in plan.moves:
-            click.echo(f"  {key}: {topology.shard_queue(before)} -> {topology.shard_queue(after)}")
+            click.echo(f"  {key}: {queues.shard_queue(before)} -> {queues.shard_queue(after)}")
 
 
 def _echo_volumes(report: VolumesReport) -> None:
@@ -286,7 +286,7 @@ def drain(
         broker or config.broker_url,
         queue,
         shards=shards if shards is not None else config.shards,
-        mode=cast(routing.QueueMode, mode or config.queue_mode),
+        mode=cast(topology.QueueMode, mode or config.queue_mode),
         kinds=drain_mod.task_kinds_from_app(app),
         dry_run=dry_run,
         limit=limit,

@@ -34,8 +34,8 @@ from agent.jobs.reconcile import JobReconciler
 from agent.login import usage
 from agent.routing.router import add_router
 from agent.settings import config as config_mod
-from agent.settings import defaults as routing_defaults
 from agent.settings.config import AgentConfig
+from agent.settings.defaults import SINGLE_QUEUE
 from agent.telemetry.audit import configure_logging
 from agent.util.host import start_ticks
 from agent.util.services import Service, Services
@@ -171,7 +171,7 @@ class Agent:
         return view
 
     def _drain(self, until: float | None) -> None:
-        shared = routing_defaults.SINGLE_QUEUE
+        shared = SINGLE_QUEUE
         if self.gate is None or self.config.queue_mode != "single" or shared not in self.gate.queues:
             return
         self.draining_until = until

@@ -101,7 +101,7 @@ def test_the_guard_binds_only_what_every_node_has(compose: dict[str, Any], stack
     assert f"/run:{HOST_RUN}" in guard["volumes"]
     assert guard["environment"]["CODEX_GUARD_SOCKET_DIR"] == f"{HOST_RUN}/codex-guard"
     # The workers still bind their own part of the node's /run/codex-guard.
-    for name, service in shard_services(compose).items():
+    for name in shard_services(compose):
         assert any(str(v).startswith("/run/codex-guard/") for v in stack["services"][name]["volumes"]), name
 
 
