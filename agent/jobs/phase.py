@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -40,17 +39,12 @@ from agent.login.auth import inspect_auth_file
 from agent.settings.config import AgentConfig
 
 __all__ = [
-    "PASSTHROUGH_ENV",
     "PROMPT_LIMIT",
     "exec_argv",
     "CodexPhase",
 ]
 
 log = structlog.get_logger(__name__)
-
-PASSTHROUGH_ENV = ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "CODEX_REVOKE_TOKEN_URL_OVERRIDE")
-"""Codex's own endpoint overrides, handed from the worker to its jobs when set (staging, tests)."""
-
 
 PROMPT_LIMIT = 100_000
 """Characters a phase prompt may have (it travels in the task message and the job's argv)."""
@@ -76,14 +70,13 @@ class CodexPhase:
 
     Args:
         launcher: the job launcher of the running task (its shard, volume and audit context);
-            its configuration gives the image, limit, network, artifacts root and CODEX_HOME.
-        environ: where the endpoint overrides are read from (``os.environ`` by default).
+            its configuration gives the image, limit, network, artifacts root, CODEX_HOME and the
+            Codex endpoint overrides its jobs get.
     """
 
-    def __init__(self, launcher: JobLauncher, environ: Mapping[str, str] | None = None) -> None:
+    def __init__(self, launcher: JobLauncher) -> None:
         self.launcher = launcher
         self.config: AgentConfig = launcher.config
-        self.environ = os.environ if environ is None else environ
 
     def _facts(self) -> dict[str, Any]:
         return self.config.shard_facts(self.launcher.volume_name)
@@ -192,7 +185,7 @@ class CodexPhase:
         seed_from: Path | None = None,
     ) -> dict[str, Any]:
         options = options or PhaseOptions()
-        env = {**options.env, **{name: self.environ[name] for name in PASSTHROUGH_ENV if self.environ.get(name)}}
+        env = {**options.env, **dict(self.config.codex_endpoints)}
         assert self.config.job_image is not None
         workspace = workspace_name(self.launcher.volume_name or "", artifacts.run_id)
         seeded = None

@@ -56,9 +56,9 @@ class AgentConfig:
     phase_timeout: float = defaults.PHASE_TIMEOUT
     artifacts_root: Path = Path(defaults.ARTIFACTS_ROOT)
     seed_root: Path | None = None
+    """``CODEX_SEED_ROOT``: the directory phases may seed their workspace from; None: no seeding."""
     workspace_retention: float = 0.0
     """Seconds a run's workspace may stay idle before the sweep removes it (``CODEX_WORKSPACE_RETENTION``)."""
-    """``CODEX_SEED_ROOT``: the directory phases may seed their workspace from; None: no seeding."""
     codex_queues: tuple[str, ...] = ()
     """Every Codex queue this worker consumes (``codex_queue`` first): ``CODEX_QUEUE`` alone when set,
     else the topology's (its own ``codex-N``, and the shared ``codex`` in single mode)."""
@@ -72,6 +72,9 @@ class AgentConfig:
     """Seconds before the first retry, doubled each time (``CODEX_JOB_RETRY_BACKOFF``)."""
     move_first_phase: bool = False
     """Sharded mode: a first phase leaves a shard held at its usage limit (``CODEX_MOVE_FIRST_PHASE``)."""
+    codex_endpoints: tuple[tuple[str, str], ...] = ()
+    """The Codex endpoint overrides set here (``CODEX_REFRESH_TOKEN_URL_OVERRIDE``…), as name and value:
+    every phase's job gets them."""
 
     @property
     def topology(self) -> Topology:
@@ -182,4 +185,9 @@ def load(environ: Mapping[str, str] | None = None) -> AgentConfig:
         job_retries=read("CODEX_JOB_RETRIES"),
         job_retry_backoff=read("CODEX_JOB_RETRY_BACKOFF"),
         move_first_phase=read("CODEX_MOVE_FIRST_PHASE"),
+        codex_endpoints=tuple(
+            (name, value)
+            for name in variables.CODEX_ENDPOINT_OVERRIDES
+            if (value := variables.raw(env, name)) is not None
+        ),
     )

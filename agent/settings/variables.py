@@ -550,11 +550,13 @@ VARIABLES: dict[str, Variable] = {
 }
 """The one table of the environment contract."""
 
+CODEX_ENDPOINT_OVERRIDES = ("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "CODEX_REVOKE_TOKEN_URL_OVERRIDE")
+"""Codex's own endpoint overrides, handed from the worker to its jobs when set (staging, tests)."""
+
 PASSED_THROUGH = (
     "CELERY_RESULT_BACKEND",
     "DOCKER_HOST",
-    "CODEX_REFRESH_TOKEN_URL_OVERRIDE",
-    "CODEX_REVOKE_TOKEN_URL_OVERRIDE",
+    *CODEX_ENDPOINT_OVERRIDES,
     "PROMETHEUS_MULTIPROC_DIR",
 )
 """Variables the agent hands on unread: to Celery, the docker SDK, the Codex CLI or prometheus_client."""

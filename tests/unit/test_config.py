@@ -49,6 +49,18 @@ class TestDefaults:
             True,
         )
 
+    def test_codex_endpoint_overrides_are_read_once_with_the_rest(self) -> None:
+        """The phases' jobs get the overrides set when the worker started; blank ones are unset."""
+        config = load(
+            {
+                "HOME": "/h",
+                "CODEX_REFRESH_TOKEN_URL_OVERRIDE": " http://127.0.0.1:9/oauth/token ",
+                "CODEX_REVOKE_TOKEN_URL_OVERRIDE": " ",
+            }
+        )
+        assert config.codex_endpoints == (("CODEX_REFRESH_TOKEN_URL_OVERRIDE", "http://127.0.0.1:9/oauth/token"),)
+        assert load({"HOME": "/h"}).codex_endpoints == ()
+
     def test_config_is_frozen(self) -> None:
         """The configuration cannot be changed once loaded."""
         config = load({})
