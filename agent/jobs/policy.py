@@ -446,6 +446,8 @@ class CreatePlan:
 
     body: dict[str, Any]
     volumes: list[str] = field(default_factory=list)
+    login_read_only: bool = False
+    """The create asked for the imposed login mount read-only (``codex-agent volumes``): it stays so."""
 
 
 def _normal(path: str) -> str:
@@ -518,6 +520,7 @@ def _binds(policy: ShardPolicy, binds: Any, plan: CreatePlan) -> tuple[list[str]
                 "Binds",
             )
         if _named_source(policy, source, target, "HostConfig.Binds", plan):
+            plan.login_read_only |= "ro" in modes
             continue
         mode = ",".join(m for m in _BIND_MODES if m in modes) or "rw"
         normal = _normal(target)
@@ -840,7 +843,7 @@ def create_request(policy: ShardPolicy, body: Any) -> CreatePlan:
         )
     new_host: dict[str, Any] = {
         **_limits(policy, host),
-        "Binds": [f"{policy.volume}:{policy.job_home}:rw", *binds],
+        "Binds": [f"{policy.volume}:{policy.job_home}:{'ro' if plan.login_read_only else 'rw'}", *binds],
         "Tmpfs": _tmpfs(policy, host.get("Tmpfs")),
         "NetworkMode": _network(policy, host, config.get("NetworkingConfig")),
         "AutoRemove": _bool(policy, host.get("AutoRemove"), "HostConfig.AutoRemove"),

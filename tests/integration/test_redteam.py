@@ -552,10 +552,28 @@ class TestLegitimatePath:
         assert code == 0 and "piped" in text and "API key configured" in text, text
 
     def test_codex_agent_volumes_in_the_worker_shows_its_own_volume(self, range_: Range) -> None:
-        """`codex-agent volumes` works through the endpoint and sees this shard's login only."""
+        """`codex-agent volumes` works through the endpoint and sees this shard's login only, mounted
+        read-only as it asked (the guard imposes the login mount; it keeps the mode it was asked for)."""
+        since = time.time() - 1
         code, output = range_.worker.exec_run(["codex-agent", "volumes", "--json"])
         report = json.loads(output)
         assert [v["name"] for v in report["volumes"]] == [range_.mine] and report["volumes"][0]["logged_in"] is True
+        until = int(time.time()) + 1
+        inspectors = {
+            e["Actor"]["ID"]
+            for e in range_.raw.events(
+                since=int(since), until=until, decode=True, filters={"type": "container", "event": "create"}
+            )
+            if e["Actor"]["Attributes"].get("codex.purpose") == "inspect"
+        }
+        modes = [
+            e["Actor"]["Attributes"].get("read/write")
+            for e in range_.raw.events(
+                since=int(since), until=until, decode=True, filters={"type": "volume", "event": "mount"}
+            )
+            if e["Actor"]["ID"] == range_.mine and e["Actor"]["Attributes"].get("container") in inspectors
+        ]
+        assert len(inspectors) == 1 and modes == ["false"], (inspectors, modes)
 
     def test_a_guard_down_is_e040_and_its_restart_heals_the_same_client(self, range_: Range) -> None:
         """SIGKILL of the guard: the launch fails with CODEX-E040 (not a login error); after a restart the same client works."""

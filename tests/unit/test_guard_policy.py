@@ -239,6 +239,22 @@ class TestCreate:
         assert body["Labels"] == {"codex.shard": "0", "codex.volume": "codex_auth_0", GUARD_LABEL: "codex_auth_0"}
         assert body["OpenStdin"] is True and "MaskedPaths" not in host and "Privileged" not in host
 
+    @pytest.mark.parametrize(
+        ("asked", "imposed"),
+        [
+            ({"Binds": [f"codex_auth_0:{HOME}:ro,nocopy"]}, "ro"),
+            ({"Binds": [f"codex_auth_0:{HOME}:ro", f"codex_auth_0:{HOME}:rw"]}, "ro"),
+            ({"Binds": [f"codex_auth_0:{HOME}"]}, "rw"),
+            ({"Binds": [f"codex_auth_0:{HOME}:rw"]}, "rw"),
+        ],
+        ids=["ro", "ro-once-of-two", "default", "rw"],
+    )
+    def test_the_login_mount_stays_read_only_when_asked(self, asked: dict[str, Any], imposed: str) -> None:
+        """``codex-agent volumes`` inside a worker mounts the login read-only: the guard keeps it so,
+        and never makes it writable for a create that did not ask for it."""
+        body = create_request(POLICY, with_host(**asked)).body
+        assert body["HostConfig"]["Binds"] == [f"codex_auth_0:{HOME}:{imposed}"]
+
     def test_the_launchers_own_request_passes(self) -> None:
         """What JobLauncher sends (its login bind, labels, limits, workspace) is accepted, the bind not doubled."""
         body = with_host(
