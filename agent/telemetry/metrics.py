@@ -348,8 +348,12 @@ class CredentialCollector(Collector):
         yield from credential_families([VolumeFacts(self.volume, self.shard, auth, revoked)])
 
 
-def usage_families(volume: str, shard: str, view: Mapping[str, Any]) -> list[Metric]:
-    """Per-volume gauges of a login's headroom (:func:`agent.login.usage.view`): numbers only."""
+def usage_families(views: Iterable[tuple[str, str, Mapping[str, Any]]]) -> list[Metric]:
+    """Per-volume gauges of logins' headroom: numbers only.
+
+    Args:
+        views: ``(volume, shard, view)`` for each login, ``view`` as :func:`agent.login.usage.view` makes it.
+    """
     labels = ["volume", "shard", "window"]
     used = GaugeMetricFamily(
         "codex_usage_used_percent",
@@ -369,19 +373,20 @@ def usage_families(volume: str, shard: str, view: Mapping[str, Any]) -> list[Met
         "When the gate of a limited login reopens by itself (reset time plus margin).",
         labels=["volume", "shard"],
     )
-    headroom = view.get("headroom")
-    for window in headroom.get("windows", []) if isinstance(headroom, dict) else []:
-        percent, stamp = _number(window.get("used_percent")), _number(window.get("resets_at"))
-        key = [volume, shard, str(window.get("window"))]
-        if percent is not None:
-            used.add_metric(key, percent)
+    for volume, shard, view in views:
+        headroom = view.get("headroom")
+        for window in headroom.get("windows", []) if isinstance(headroom, dict) else []:
+            percent, stamp = _number(window.get("used_percent")), _number(window.get("resets_at"))
+            key = [volume, shard, str(window.get("window"))]
+            if percent is not None:
+                used.add_metric(key, percent)
+            if stamp is not None:
+                resets.add_metric(key, stamp)
+        limit = view.get("limit")
+        limited.add_metric([volume, shard], 1.0 if view.get("limited") else 0.0)
+        stamp = _number(limit.get("resets_at")) if isinstance(limit, dict) else None
         if stamp is not None:
-            resets.add_metric(key, stamp)
-    limit = view.get("limit")
-    limited.add_metric([volume, shard], 1.0 if view.get("limited") else 0.0)
-    stamp = _number(limit.get("resets_at")) if isinstance(limit, dict) else None
-    if stamp is not None:
-        reopen.add_metric([volume, shard], stamp + usage.REOPEN_MARGIN_S)
+            reopen.add_metric([volume, shard], stamp + usage.REOPEN_MARGIN_S)
     return [used, resets, limited, reopen]
 
 
@@ -395,7 +400,7 @@ class UsageCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         view = usage.view(usage.read_headroom(self.codex_home), usage.read(self.codex_home))
-        yield from usage_families(self.volume, self.shard, view)
+        yield from usage_families([(self.volume, self.shard, view)])
 
 
 class _Families(Collector):
@@ -417,8 +422,8 @@ def exposition(families: list[Metric]) -> str:
 
 def volumes_exposition(report: VolumesReport, now: float | None = None) -> str:
     """``codex-agent volumes --prometheus``: every volume's credential numbers, its login verdict,
-    how many volumes hold its refresh token (more than 1: a forked login, CODEX-W031) and whether a
-    usage limit holds it (CODEX-E036)."""
+    how many volumes hold its refresh token (more than 1: a forked login, CODEX-W031) and its
+    headroom: used percent and reset per window, and whether a usage limit holds it (CODEX-E036)."""
     copies = Counter_(v.auth.fingerprint for v in report.volumes if _refreshes(v.auth))
     labels = ["volume", "shard"]
     ok = GaugeMetricFamily("codex_login_ok", "1 when codex login status passed on the volume.", labels=labels)
@@ -427,18 +432,16 @@ def volumes_exposition(report: VolumesReport, now: float | None = None) -> str:
         "Volumes holding this volume's refresh token (1 is normal; more is a forked login).",
         labels=labels,
     )
-    limited = GaugeMetricFamily(
-        "codex_usage_limited", "1 while the login is held at its usage limit (CODEX-E036), 0 otherwise.", labels=labels
-    )
     facts = []
+    views: list[tuple[str, str, Mapping[str, Any]]] = []
     for volume in report.volumes:
         shard = volume.labels.get("codex.shard") or _suffix_shard(volume.name)
         facts.append(VolumeFacts(volume.name, shard, volume.auth, volume.revoked is not None))
+        views.append((volume.name, shard, volume.usage or {"limited": volume.limited is not None}))
         ok.add_metric([volume.name, shard], 1.0 if volume.logged_in else 0.0)
-        limited.add_metric([volume.name, shard], 1.0 if volume.limited is not None else 0.0)
         if _refreshes(volume.auth):
             shared.add_metric([volume.name, shard], float(copies[volume.auth.fingerprint]))
-    return exposition([*credential_families(facts, now), ok, shared, limited])
+    return exposition([*credential_families(facts, now), ok, shared, *usage_families(views)])
 
 
 def _refreshes(auth: AuthFacts) -> bool:

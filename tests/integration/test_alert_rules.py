@@ -104,7 +104,7 @@ def test_rules_name_only_series_the_agent_exposes() -> None:
     exposed = (
         generate_latest(registry).decode()
         + volumes_exposition(VolumesReport(volumes=(volume,)))
-        + exposition(usage_families("codex_auth_0", "0", usage.view(snapshot, limit)))
+        + exposition(usage_families([("codex_auth_0", "0", usage.view(snapshot, limit))]))
     )
     names = set(re.findall(r"^# TYPE (\w+) ", exposed, re.M))
     expressions = " ".join(r["expr"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import time
 
 import docker
@@ -10,7 +12,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.cli.commands import cli
-from testkit import DockerCleanup, Images, VolumeFactory
+from testkit import DockerCleanup, Images, VolumeFactory, run_once
 from testkit.monitoring import fake_jwt
 
 from .test_volumes import AUTH_LABEL, REFRESH, chatgpt_auth, plant
@@ -37,6 +39,21 @@ def test_volumes_prometheus_gives_expiry_age_and_copies(
     own = chatgpt_auth()
     own["tokens"] = {"access_token": fake_jwt(exp - 7200), "refresh_token": SECRET_REFRESH, "id_token": "x.y.z"}
     plant(docker_client, docker_cleanup, images.busybox, alone.name, "auth.json", own)
+    # A session rollout as Codex writes it: the login's headroom, read from the volume with the rest.
+    resets = int(time.time()) + 3600
+    limits = {
+        "limit_id": "codex",
+        "primary": {"used_percent": 37.5, "window_minutes": 300, "resets_at": resets},
+        "secondary": {"used_percent": 92.0, "window_minutes": 10080, "resets_at": resets + 86400},
+    }
+    line = {"type": "event_msg", "payload": {"type": "token_count", "info": None, "rate_limits": limits}}
+    rollout = base64.b64encode(json.dumps(line).encode() + b"\n").decode()
+    day = "/v/sessions/2026/12/02"
+    script = f"mkdir -p {day} && echo {rollout} | base64 -d > {day}/rollout-p.jsonl && chown -R 1000:1000 /v/sessions"
+    code, output = run_once(
+        docker_client, docker_cleanup, images.busybox, ["sh", "-c", script], volumes={alone.name: "/v"}, user="0:0"
+    )
+    assert code == 0, output
 
     before = time.time()
     result = CliRunner().invoke(
@@ -56,3 +73,13 @@ def test_volumes_prometheus_gives_expiry_age_and_copies(
     )
     assert values[("codex_last_refresh_age_seconds", alone.name)] == pytest.approx(2 * 86400, abs=120)
     assert values[("codex_login_present", alone.name)] == 1
+    windows = {
+        (s.name, s.labels["volume"], s.labels.get("window")): s.value
+        for m in text_string_to_metric_families(result.output)
+        for s in m.samples
+    }
+    assert windows[("codex_usage_used_percent", alone.name, "5h")] == 37.5
+    assert windows[("codex_usage_used_percent", alone.name, "weekly")] == 92.0
+    assert windows[("codex_usage_resets_at_timestamp_seconds", alone.name, "5h")] == resets
+    assert ("codex_usage_used_percent", fork_a.name, "5h") not in windows  # no rollout, no number
+    assert values[("codex_usage_limited", alone.name)] == 0 and values[("codex_usage_limited", fork_a.name)] == 0

@@ -374,14 +374,14 @@ class TestGauges:
 
         snap = Headroom((Window(42.5, 300, NOW + 100), Window(91.0, 10080, NOW + 900)), NOW)
         limit = usage.UsageLimit("usage", "usage_limit_reached", NOW + 100, True, 300, NOW)
-        text = exposition(usage_families("codex_auth_2", "2", usage.view(snap, limit, now=NOW)))
+        text = exposition(usage_families([("codex_auth_2", "2", usage.view(snap, limit, now=NOW))]))
         assert 'codex_usage_used_percent{shard="2",volume="codex_auth_2",window="5h"} 42.5' in text
         assert 'codex_usage_used_percent{shard="2",volume="codex_auth_2",window="weekly"} 91.0' in text
         assert 'codex_usage_limited{shard="2",volume="codex_auth_2"} 1.0' in text
         assert (
             'codex_usage_resets_at_timestamp_seconds{shard="2",volume="codex_auth_2",window="5h"} 1.7961601e+09' in text
         )
-        idle = exposition(usage_families("codex_auth_0", "0", usage.view(None, None, now=NOW)))
+        idle = exposition(usage_families([("codex_auth_0", "0", usage.view(None, None, now=NOW))]))
         assert (
             'codex_usage_limited{shard="0",volume="codex_auth_0"} 0.0' in idle
             and "codex_usage_used_percent{" not in idle
