@@ -33,7 +33,7 @@ _TIMEOUT = 120.0
 def _next(worker: Any, event: str, count: int, timeout: float = _TIMEOUT, **fields: Any) -> list[dict[str, Any]]:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        found = worker.events(event, **fields)
+        found: list[dict[str, Any]] = worker.events(event, **fields)
         if len(found) >= count:
             return found
         if worker.exited():

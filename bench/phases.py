@@ -61,19 +61,19 @@ def bench_phases(bench: Bench) -> list[Row]:
 
     artifacts = tempfile.mkdtemp(prefix="bench-artifacts-")
     make_volume = VolumeFactory(bench.docker, bench.cleanup, bench.busybox_image)
-    config = load(
-        {
-            "CODEX_SHARD_INDEX": "1",
-            "AGENT_WORKER_NAME": f"bench-{bench.run_id}",
-            "CODEX_JOB_NETWORK": "host",
-            "CODEX_ARTIFACTS_ROOT": artifacts,
-            "CODEX_JOB_IMAGE": bench.job_image,
-        }
-    )
     runs = max(1, bench.settings.job_runs)
     workspaces: list[str] = []
     with StandIn() as standin:
-        environ = {"CODEX_REFRESH_TOKEN_URL_OVERRIDE": standin.refresh_url}
+        config = load(
+            {
+                "CODEX_SHARD_INDEX": "1",
+                "AGENT_WORKER_NAME": f"bench-{bench.run_id}",
+                "CODEX_JOB_NETWORK": "host",
+                "CODEX_ARTIFACTS_ROOT": artifacts,
+                "CODEX_JOB_IMAGE": bench.job_image,
+                "CODEX_REFRESH_TOKEN_URL_OVERRIDE": standin.refresh_url,
+            }
+        )
 
         def logged_in(name: str, ttl: float | None) -> tuple[str, str]:
             volume = make_volume(name).name
@@ -92,7 +92,7 @@ def bench_phases(bench: Bench) -> list[Row]:
                 "task_id": run_id,
             }
             launcher = JobLauncher(bench.docker, config, volume, context)
-            return CodexPhase(launcher, environ).run(run_id=run_id, phase="p", prompt="bench", task_id=run_id)
+            return CodexPhase(launcher).run(run_id=run_id, phase="p", prompt="bench", task_id=run_id)
 
         volume, _ = logged_in("bench_phase", None)
         agent_ms: list[float] = []

@@ -29,7 +29,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def budget(examples: int) -> Callable[[F], F]:
     """The fuzz settings: fixed seed, no database, no deadline, at most ``examples`` examples."""
-    return settings(  # type: ignore[no-any-return]
+    return settings(
         derandomize=True,
         database=None,
         deadline=None,

@@ -51,7 +51,7 @@ def pytest_runtest_makereport(
 ) -> Generator[None, pytest.TestReport, None]:
     """Fail a test that skipped in setup, call or teardown."""
     outcome = yield
-    _fail_skip(outcome.get_result())  # type: ignore[attr-defined]
+    _fail_skip(outcome.get_result())
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -60,4 +60,4 @@ def pytest_make_collect_report(
 ) -> Generator[None, pytest.CollectReport, None]:
     """Fail a module that skipped at import (``importorskip``, ``allow_module_level``)."""
     outcome = yield
-    _fail_skip(outcome.get_result())  # type: ignore[attr-defined]
+    _fail_skip(outcome.get_result())
