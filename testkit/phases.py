@@ -26,7 +26,15 @@ from .dockerkit import TEST_LABEL, TEST_PREFIX
 from .guard import GUARD_DOCKER_HOST, GuardProcess
 from .workers import JsonLog
 
-__all__ = ["APP_UID", "JOB_HOME", "UNHARVESTED_SITE", "ContainerWorker", "PhaseLab", "PhaseShard"]
+__all__ = [
+    "APP_UID",
+    "JOB_HOME",
+    "UNCLASSIFIED_LIMIT_SITE",
+    "UNHARVESTED_SITE",
+    "ContainerWorker",
+    "PhaseLab",
+    "PhaseShard",
+]
 
 APP_UID = 1000
 JOB_HOME = "/home/app/.codex"
@@ -40,6 +48,14 @@ import agent.jobs.harvest
 import agent.jobs.reconcile
 agent.jobs.harvest.locate = lambda config, job: None
 agent.jobs.reconcile.settle_earlier_job = lambda *args, **kwargs: None
+"""
+
+UNCLASSIFIED_LIMIT_SITE = """\
+# The unprotected variant of the usage-limit hold (tests/integration/test_usage_limits.py,
+# bench/limit_hold.py): a worker that does not tell a usage limit from any other failed run
+# (agent.jobs.phase calls usage.classify through the module).
+import agent.login.usage
+agent.login.usage.classify = lambda *args, **kwargs: None
 """
 
 

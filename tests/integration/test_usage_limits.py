@@ -35,24 +35,18 @@ from celery import Celery
 from agent.login import usage
 from openai_standin import StandIn
 from testkit.monitoring import free_port, scrape
-from testkit.phases import ARTIFACTS_IN_WORKER, PhaseLab
+from testkit.phases import UNCLASSIFIED_LIMIT_SITE, PhaseLab
 from testkit.workers import BrokerView, keys_for_shard, wait_until
 
 pytestmark = [pytest.mark.docker, pytest.mark.codex, pytest.mark.broker, pytest.mark.timeout(600)]
 
 HOLD_S = 75
-"""Seconds from the limit to its reset (the brief: 60-90 s)."""
+"""Seconds from the limit to its reset. The issue's scale (3 shards, 2-3 minutes, both brokers, other
+shards published to throughout) is ``python -m bench.limit_hold``: minutes of waiting, not for the suite."""
 HELD = 5
 ENV = {"CODEX_JOB_RETRIES": "1", "CODEX_JOB_RETRY_BACKOFF": "1"}
 """Three shards (the publisher's default), workers for 0 and 1; one retry each, so that the unprotected
 variant fails fast."""
-
-UNPROTECTED_SITE = """\
-# The unprotected variant of tests/integration/test_usage_limits.py: a worker that does not tell a
-# usage limit from any other failed run (agent.jobs.phase calls usage.classify through the module).
-import agent.login.usage
-agent.login.usage.classify = lambda *args, **kwargs: None
-"""
 
 
 def send(publisher: Celery, key: str, run_id: str) -> Any:
@@ -171,11 +165,8 @@ def test_a_limited_shard_holds_its_phases_until_the_reset_and_the_unprotected_wo
     # The unprotected variant: the limit is an ordinary failed job (E042), retried and failed.
     limited.container.stop(timeout=30)
     standin.usage.limit(families[1], time.time() + 600)
-    site = lab.artifacts / "unprotected-usage-site"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(UNPROTECTED_SITE)
     bare = lab.ready_worker(
-        shards[1], broker_url, backend_url, PYTHONPATH=f"{ARTIFACTS_IN_WORKER}/unprotected-usage-site", **ENV
+        shards[1], broker_url, backend_url, **lab.site("unprotected-usage-site", UNCLASSIFIED_LIMIT_SITE), **ENV
     )
     bare_runs = [f"cwa-bare-{tag}-{i}" for i in range(HELD)]
     for key, run in zip(keys_for_shard(1, HELD, prefix="bare"), bare_runs, strict=False):
