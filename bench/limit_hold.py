@@ -39,6 +39,10 @@ __all__ = ["main", "run_hold"]
 LIMITED = 2
 """The shard whose login is at its limit; 0 and 1 keep working."""
 
+VISIBILITY = {"CELERY_VISIBILITY_TIMEOUT": "21600"}
+"""The product's default, not the lab's 30 s (made for kill tests): on Redis a retry waits unacked
+for its countdown (60 s for the last), and a shorter timeout runs it twice."""
+
 
 def _ended(result: Any) -> str | None:
     if not result.ready():
@@ -78,7 +82,9 @@ def run_hold(images: Any, broker_kind: str, protected: bool, hold: float, held: 
                 homes = [lab.shard(i) for i in range(3)]
                 site = {} if protected else lab.site("unclassified-limit-site", UNCLASSIFIED_LIMIT_SITE)
                 workers = [
-                    lab.ready_worker(home, broker_url, backend_url, **(site if home.index == LIMITED else {}))
+                    lab.ready_worker(
+                        home, broker_url, backend_url, **VISIBILITY, **(site if home.index == LIMITED else {})
+                    )
                     for home in homes
                 ]
                 publisher = create_app(load({"CELERY_BROKER_URL": broker_url}), result_backend=backend_url)

@@ -49,6 +49,11 @@ class RetryPolicy:
         """Seconds before retry number ``attempt`` (0 for the first retry)."""
         return float(self.backoff_s * (2 ** max(attempt, 0)))
 
+    @property
+    def longest_countdown(self) -> float:
+        """Seconds before the last retry: the longest a retried phase waits as an unacked message."""
+        return self.countdown(self.retries - 1) if self.retries > 0 else 0.0
+
 
 def retry_policy(config: AgentConfig) -> RetryPolicy:
     """``CODEX_JOB_RETRIES`` and ``CODEX_JOB_RETRY_BACKOFF``, as the configuration read them at start."""

@@ -20,6 +20,7 @@ import structlog
 
 from agent.errors import UnsafeSettingError
 from agent.settings import variables
+from agent.worker.run_failures import retry_policy
 
 if TYPE_CHECKING:
     from agent.settings.config import AgentConfig
@@ -89,9 +90,16 @@ _REDELIVERING = ("redis", "rediss", "sentinel", "sqs")
 """Brokers that redeliver an unacknowledged task after ``visibility_timeout`` (AMQP never does)."""
 
 
+def must_outlast(config: AgentConfig) -> float:
+    """What Redis's visibility timeout must outlast: a running phase (``CODEX_PHASE_TIMEOUT``) and the
+    longest retry countdown, since a retry waits in the worker as an unacknowledged message with an
+    ETA (Celery's Redis caveat), and a shorter timeout hands it to a second worker meanwhile."""
+    return max(config.phase_timeout, retry_policy(config).longest_countdown)
+
+
 def default_visibility(config: AgentConfig) -> float:
-    """Six hours, or twice ``CODEX_PHASE_TIMEOUT`` when that is longer."""
-    return max(VISIBILITY_TIMEOUT, 2 * config.phase_timeout)
+    """Six hours, or twice :func:`must_outlast` when that is longer."""
+    return max(VISIBILITY_TIMEOUT, 2 * must_outlast(config))
 
 
 def transport_options(
@@ -162,19 +170,25 @@ def apply_worker_settings(app: Any, config: AgentConfig, environ: Mapping[str, s
     options = transport_options(config, environ, own)
     visibility = options["visibility_timeout"]
     operator = variables.raw(os.environ if environ is None else environ, "CELERY_VISIBILITY_TIMEOUT") is not None
-    if _redelivers(app, config) and not (_seconds(visibility) and visibility > config.phase_timeout):
+    if _redelivers(app, config) and not (_seconds(visibility) and visibility > must_outlast(config)):
+        countdown = retry_policy(config).longest_countdown
         if not operator:  # the app's own value: refused, it would run a phase twice at once
             raise UnsafeSettingError(
                 app=app.main,
                 setting="broker_transport_options['visibility_timeout']",
                 value=visibility,
-                accepted=f"more seconds than CODEX_PHASE_TIMEOUT ({config.phase_timeout:g}), e.g. {default_visibility(config):g}",
-                why="Redis hands an unacknowledged phase to another worker after it, while the first still runs it",
+                accepted=(
+                    f"more seconds than CODEX_PHASE_TIMEOUT ({config.phase_timeout:g}) and than the longest "
+                    f"retry countdown ({countdown:g}), e.g. {default_visibility(config):g}"
+                ),
+                why="Redis hands an unacknowledged phase, or a retry waiting for its countdown, to another "
+                "worker after it, while the first still holds it",
             )
         log.warning(
             "codex.settings.visibility_short",
             visibility_timeout=visibility,
             phase_timeout=config.phase_timeout,
+            retry_countdown=countdown,
             variable="CELERY_VISIBILITY_TIMEOUT",
         )
     app.conf.broker_transport_options = applied["broker_transport_options"] = options

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
+from structlog.testing import capture_logs
 
 from agent.errors import ConfigError, UnsafeSettingError
 from agent.settings.config import load
@@ -84,6 +85,28 @@ def test_a_short_visibility_timeout_of_the_app_is_refused_on_redis_only() -> Non
     amqp = Celery("mine", broker=AMQP)
     amqp.conf.broker_transport_options = {"visibility_timeout": 3600}  # AMQP never redelivers by time
     apply_worker_settings(amqp, codex_config(AMQP), environ={})
+
+
+def test_the_visibility_timeout_also_outlasts_the_longest_retry_countdown() -> None:
+    """A retry waits in the worker as an unacked message with an ETA: on Redis a visibility timeout
+    shorter than its countdown hands it to a second worker (seen with bench.limit_hold: a 30 s timeout
+    against a 60 s countdown ran each last retry twice)."""
+    slow_retries = {"CODEX_JOB_RETRIES": "3", "CODEX_JOB_RETRY_BACKOFF": "3000"}  # the last waits 12000 s
+    app = Celery("mine", broker=REDIS)
+    app.conf.broker_transport_options = {"visibility_timeout": 7200}  # outlasts the phase, not the retry
+    with pytest.raises(UnsafeSettingError) as info:
+        apply_worker_settings(app, codex_config(**slow_retries), environ={})
+    assert "longest retry countdown (12000)" in info.value.remediation
+    kept = Celery("mine", broker=REDIS)
+    kept.conf.broker_transport_options = {"visibility_timeout": 7200}
+    apply_worker_settings(kept, codex_config(CODEX_JOB_RETRIES="2", CODEX_JOB_RETRY_BACKOFF="3000"), environ={})
+    bare = Celery("bare", broker=REDIS)
+    apply_worker_settings(bare, codex_config(**slow_retries), environ={})
+    assert bare.conf.broker_transport_options["visibility_timeout"] == 24000  # twice the longest wait
+    with capture_logs() as logs:
+        apply_worker_settings(Celery("x", broker=REDIS), codex_config(), environ={"CELERY_VISIBILITY_TIMEOUT": "45"})
+    (short,) = [line for line in logs if line["event"] == "codex.settings.visibility_short"]
+    assert (short["retry_countdown"], short["phase_timeout"]) == (60.0, 3600.0)
 
 
 def test_the_operators_variable_wins_and_is_only_warned_about() -> None:
