@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery import exceptions as celery_exceptions
 
 from testkit import make_api_key_login
 from testkit.workers import (
@@ -190,12 +191,21 @@ class TestBrokerReconnect:
         for worker in (opened, closed):
             wait_until(lambda w=worker: _connections(w) >= 1, 30, what="first broker connection")
 
+        consuming = len(opened.events("codex.gate.consuming"))
         _drop_broker_connections(broker_url)
         for worker in (opened, closed):
             wait_until(lambda w=worker: _connections(w) >= 2, 90, what="reconnect after the broker dropped us")
+        # The restarted consumer applies the open gate again before it consumes.
+        opened.wait_for("codex.gate.consuming", timeout=90, count=consuming + 1)
 
         runs = _send_phases(publisher, keys_for_shard(0, 2))
-        assert {r.get(timeout=60)["queue"] for r in runs} == {"codex-0"}
+        try:
+            queues = {r.get(timeout=60)["queue"] for r in runs}
+        except celery_exceptions.TimeoutError as e:
+            raise AssertionError(
+                f"{e!r}: {broker.count('codex-0')} left in codex-0; open worker's log:\n{opened.tail(60)}"
+            ) from None
+        assert queues == {"codex-0"}
         waiting = _send_phases(publisher, keys_for_shard(1, 2))
         wait_until(lambda: broker.count("codex-1") == len(waiting), 10, what="codex-1 still closed")
         assert not closed.events("codex.run.audit")
