@@ -101,6 +101,7 @@ class Agent:
         self._consumer_starts = 0
         self._jobs_client: tuple[int, Any] | None = None
         self._process = psutil.Process()
+        self._process_ticks = start_ticks(self._process.pid)  # fixed for the life of the process
 
     def _services(self) -> list[Service]:
         """The background work, in start order: the state first (stopped last, it posts ``stopped``)."""
@@ -204,7 +205,7 @@ class Agent:
             worker=self.config.worker_name,
             pid=self._process.pid,
             process_start=self._process.create_time(),
-            process_ticks=start_ticks(self._process.pid),
+            process_ticks=self._process_ticks,
             codex_worker=self.config.is_codex_worker,
             gate="stopped" if stopped else ("open" if gate is None or gate.is_open else "closed"),
             gate_since=gate.since if gate is not None else time.time(),
@@ -288,6 +289,7 @@ class Agent:
         """``worker_process_init`` (pool child): drop every service's inherited threads and descriptors."""
         self.services.close_inherited()
         self._process = psutil.Process()
+        self._process_ticks = start_ticks(self._process.pid)  # fixed for the life of the process
 
     def on_worker_shutdown(self, **_: Any) -> None:
         """``worker_shutdown``: stop watching, release the lease and the claim, publish ``stopped``."""
